@@ -1,0 +1,68 @@
+//! The one record type the kernel programs write to the ring buffer.
+
+use crate::socket::{Activity, Owner, Tuple};
+
+/// Stable numeric event kinds (`SocketEvent::kind`). Never reorder.
+pub const EVENT_RETRANSMIT: u32 = 1;
+pub const EVENT_STATE_CHANGE: u32 = 2;
+pub const EVENT_RESET_RECEIVED: u32 = 3;
+pub const EVENT_RESET_SENT: u32 = 4;
+pub const EVENT_SOCKET_ERROR: u32 = 5;
+pub const EVENT_DESTROY: u32 = 6;
+/// A retransmitting socket made progress (data received or acknowledged).
+pub const EVENT_PROGRESS: u32 = 7;
+
+/// `SocketEvent::detail` for `EVENT_PROGRESS`.
+pub const PROGRESS_DATA_RECEIVED: u32 = 1;
+pub const PROGRESS_ACKNOWLEDGED: u32 = 2;
+
+/// TCP internals read at the moment of the event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSnapshot {
+    pub snd_una: u32,
+    /// `TCP_USER_TIMEOUT` in milliseconds, 0 when unset.
+    pub user_timeout_ms: u32,
+    /// `icsk_retransmits`: consecutive unacknowledged RTO retransmits.
+    pub rto_retransmits: u8,
+    /// `icsk_backoff`: how many times the RTO has doubled.
+    pub backoff: u8,
+    /// `icsk_ca_state` (`TCP_CA_*`).
+    pub ca_state: u8,
+    /// The namespace's `net.ipv4.tcp_retries2`.
+    pub tcp_retries2: u8,
+    /// Segments in the retransmitted skb (`tcp_skb_pcount`), retransmits only.
+    pub segments: u16,
+    /// `RETRANSMIT_*`, retransmits only.
+    pub retransmit_kind: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 16);
+
+/// One ring-buffer record. Every kind has the same layout: the socket's
+/// identity, owner and activity, plus a kind-specific `detail`:
+///
+/// | kind | detail |
+/// |---|---|
+/// | retransmit | the attempt's result: 0 or a negative errno, as `i32` bits |
+/// | state change | `old_state << 8 \| new_state` |
+/// | reset sent | `sk_rst_reason` on kernels that have it, else 0 |
+/// | socket error | the positive errno (`sk_err`) |
+/// | progress | `PROGRESS_*` |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketEvent {
+    pub kind: u32,
+    pub detail: u32,
+    /// `bpf_ktime_get_ns()` when the event happened.
+    pub timestamp_ns: u64,
+    /// The kernel's socket cookie: unique for the life of the machine, the
+    /// same value sock_diag reports as `idiag_cookie`.
+    pub cookie: u64,
+    pub owner: Owner,
+    pub tuple: Tuple,
+    pub activity: Activity,
+    pub tcp: TcpSnapshot,
+}
+const _: () = assert!(core::mem::size_of::<SocketEvent>() == 168);
+const _: () = assert!(core::mem::align_of::<SocketEvent>() == 8);

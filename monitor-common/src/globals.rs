@@ -1,0 +1,122 @@
+//! Read-only globals the loader sets before the programs are verified.
+//!
+//! Rust eBPF has no CO-RE relocations, so every kernel struct offset the
+//! programs use is resolved from `/sys/kernel/btf/vmlinux` by the daemon at
+//! load time and handed in here. An offset of `u32::MAX` means "absent on
+//! this kernel": the programs then skip that read.
+
+/// Byte offsets into kernel structs (BTF names in the comments).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sock.__sk_common.skc_family` (u16)
+    pub skc_family: u32,
+    /// `sock.__sk_common.skc_state` (u8)
+    pub skc_state: u32,
+    /// `sock.__sk_common.skc_num`: local port, host order (u16)
+    pub skc_num: u32,
+    /// `sock.__sk_common.skc_dport`: remote port, network order (u16)
+    pub skc_dport: u32,
+    /// `sock.__sk_common.skc_daddr` (4 bytes)
+    pub skc_daddr: u32,
+    /// `sock.__sk_common.skc_rcv_saddr` (4 bytes)
+    pub skc_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_daddr` (16 bytes)
+    pub skc_v6_daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr` (16 bytes)
+    pub skc_v6_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_net` (pointer to `struct net`)
+    pub skc_net: u32,
+    /// `sock.sk_protocol` (u16)
+    pub sk_protocol: u32,
+    /// `sock.sk_err` (int)
+    pub sk_err: u32,
+    /// `net.ns.inum` (u32)
+    pub net_ns_inum: u32,
+    /// `net.ipv4.sysctl_tcp_retries2` (u8)
+    pub net_tcp_retries2: u32,
+    /// `tcp_sock.snd_una` (u32)
+    pub tcp_snd_una: u32,
+    /// `inet_connection_sock.icsk_retransmits` (u8)
+    pub icsk_retransmits: u32,
+    /// `inet_connection_sock.icsk_backoff` (u8)
+    pub icsk_backoff: u32,
+    /// `inet_connection_sock.icsk_user_timeout` (u32)
+    pub icsk_user_timeout: u32,
+    /// Byte holding the `icsk_ca_state` bitfield, and the field's bit shift
+    /// and width within that byte.
+    pub icsk_ca_state_byte: u32,
+    pub icsk_ca_state_shift: u32,
+    pub icsk_ca_state_bits: u32,
+    /// `sk_buff.cb`, and `tcp_skb_cb.tcp_gso_segs` (u16) inside it.
+    pub skb_cb: u32,
+    pub tcp_skb_cb_gso_segs: u32,
+    /// `task_struct.group_leader`, `task_struct.start_boottime` (u64) and
+    /// `task_struct.comm` (16 bytes).
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
+    pub task_comm: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
+
+/// Marks an offset the running kernel does not have.
+pub const OFFSET_ABSENT: u32 = u32::MAX;
+
+impl KernelOffsets {
+    /// Every offset absent: the state before the loader fills them in.
+    pub const ABSENT: Self = Self {
+        skc_family: OFFSET_ABSENT,
+        skc_state: OFFSET_ABSENT,
+        skc_num: OFFSET_ABSENT,
+        skc_dport: OFFSET_ABSENT,
+        skc_daddr: OFFSET_ABSENT,
+        skc_rcv_saddr: OFFSET_ABSENT,
+        skc_v6_daddr: OFFSET_ABSENT,
+        skc_v6_rcv_saddr: OFFSET_ABSENT,
+        skc_net: OFFSET_ABSENT,
+        sk_protocol: OFFSET_ABSENT,
+        sk_err: OFFSET_ABSENT,
+        net_ns_inum: OFFSET_ABSENT,
+        net_tcp_retries2: OFFSET_ABSENT,
+        tcp_snd_una: OFFSET_ABSENT,
+        icsk_retransmits: OFFSET_ABSENT,
+        icsk_backoff: OFFSET_ABSENT,
+        icsk_user_timeout: OFFSET_ABSENT,
+        icsk_ca_state_byte: OFFSET_ABSENT,
+        icsk_ca_state_shift: 0,
+        icsk_ca_state_bits: 0,
+        skb_cb: OFFSET_ABSENT,
+        tcp_skb_cb_gso_segs: OFFSET_ABSENT,
+        task_group_leader: OFFSET_ABSENT,
+        task_start_boottime: OFFSET_ABSENT,
+        task_comm: OFFSET_ABSENT,
+        _pad: 0,
+    };
+}
+
+/// Behaviour switches for the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// The send/receive hooks rewrite a socket's activity time only when it
+    /// is older than this: the hot path stays a lookup and a compare.
+    pub activity_granularity_ns: u64,
+    /// A gap without payload at least this long starts a new burst.
+    pub idle_threshold_ns: u64,
+    /// Non-zero: every port is watched (emit events for all TCP sockets).
+    pub watch_all_ports: u32,
+    /// Non-zero: `tp_btf/tcp_retransmit_skb` has the `err` argument (6.x
+    /// kernels newer than about 6.2).
+    pub retransmit_has_err: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 24);
+
+impl ProbeSettings {
+    pub const DEFAULT: Self = Self {
+        activity_granularity_ns: 1_000_000_000,
+        idle_threshold_ns: 30_000_000_000,
+        watch_all_ports: 0,
+        retransmit_has_err: 0,
+    };
+}

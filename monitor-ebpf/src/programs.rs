@@ -1,0 +1,291 @@
+//! One BTF tracepoint program per hook. Each hands `struct sock *` over as
+//! its first argument; none trusts the current task in softirq context.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use monitor_common::{
+    counters::{
+        RESETS_SENT_WITHOUT_SOCKET, RETRANSMIT_ATTEMPTS_FAILED, RETRANSMITS_BASE,
+        RETRANSMITTED_SEGMENTS, SOCKETS_REMOVED,
+    },
+    event::{
+        EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT,
+        EVENT_RETRANSMIT, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED,
+        PROGRESS_DATA_RECEIVED, TcpSnapshot,
+    },
+    retransmit::{RETRANSMIT_TIMEOUT, classify_retransmit},
+    socket::{
+        OWNER_SOURCE_CONNECT, OWNER_SOURCE_NONE, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND,
+        ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_RETRANSMITTING,
+    },
+    tcp::{TCP_CA_OPEN, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
+};
+
+use crate::{
+    emit::{WAKE_LATER, WAKE_NOW, emit},
+    kernel::{is_inet_tcp, off, read, setting},
+    maps::{SOCKETS, count},
+    socket::{cookie, current_owner, entry_or_insert, is_watched, note_activity},
+};
+
+/// CLOCK_MONOTONIC nanoseconds.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments, valid in every program type.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn sock_arg(ctx: &BtfTracePointContext) -> *const u8 {
+    ctx.arg::<*const u8>(0)
+}
+
+// ---- process context: who owns the socket, and when payload last moved ----
+
+/// `sock:sock_send_length(sk, ret, flags)`: after every sendmsg.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    on_payload(&ctx, true);
+    0
+}
+
+/// `sock:sock_recv_length(sk, ret, flags)`: after every recvmsg.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    on_payload(&ctx, false);
+    0
+}
+
+/// The hot path: runs on every send and receive of every socket. Look up
+/// first; write only when the owner changed or the activity time is older
+/// than the granularity.
+#[inline(always)]
+fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
+    let sk = sock_arg(ctx);
+    let bytes: i32 = ctx.arg(1);
+    if bytes <= 0 || !is_inet_tcp(sk) {
+        return;
+    }
+    let cookie = cookie(sk);
+    let now = now_ns();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let source = if is_send { OWNER_SOURCE_SEND } else { OWNER_SOURCE_RECV };
+
+    let Some(state) = SOCKETS.get_ptr_mut(cookie) else {
+        let Some(state) = entry_or_insert(ctx, cookie, now, current_owner(source, ROLE_UNKNOWN)) else {
+            return;
+        };
+        // SAFETY: pointer from a socket-map lookup in this run.
+        note_activity(unsafe { &mut (*state).activity }, now, is_send);
+        return;
+    };
+    // SAFETY: pointer from a socket-map lookup in this run. Concurrent
+    // writers on other CPUs can at worst interleave timestamps.
+    let state = unsafe { &mut *state };
+
+    // The writer names the thread; a reader only takes over a socket that
+    // another process (or nobody) owned.
+    let owner_changed = if is_send {
+        state.owner.tgid != tgid || state.owner.tid != tid
+    } else {
+        state.owner.tgid != tgid
+    };
+    let last = if is_send { state.activity.last_send_ns } else { state.activity.last_recv_ns };
+    let stale = now.saturating_sub(last) >= setting!(activity_granularity_ns);
+    let progress = !is_send && state.flags & SOCKET_FLAG_RETRANSMITTING != 0;
+    if !owner_changed && !stale && !progress {
+        return;
+    }
+    if owner_changed {
+        let role = state.owner.role;
+        state.owner = current_owner(source, role);
+    }
+    note_activity(&mut state.activity, now, is_send);
+    if progress {
+        state.flags &= !SOCKET_FLAG_RETRANSMITTING;
+        emit(EVENT_PROGRESS, PROGRESS_DATA_RECEIVED, sk, cookie, now, Some(state), TcpSnapshot::default(), WAKE_LATER);
+    }
+}
+
+/// `sock:inet_sock_set_state(sk, oldstate, newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk = sock_arg(&ctx);
+    if !is_inet_tcp(sk) {
+        return 0;
+    }
+    let old_state = ctx.arg::<i32>(1) as u8;
+    let new_state = ctx.arg::<i32>(2) as u8;
+    let cookie = cookie(sk);
+    let now = now_ns();
+
+    let state = if new_state == TCP_SYN_SENT {
+        // connect(): the one state change that runs in the owner's context.
+        let owner = current_owner(OWNER_SOURCE_CONNECT, ROLE_CLIENT);
+        entry_or_insert(&ctx, cookie, now, owner).inspect(|&state| {
+            // SAFETY: pointer from a socket-map lookup in this run.
+            unsafe { (*state).owner = owner };
+        })
+    } else if old_state == TCP_SYN_RECV && new_state == TCP_ESTABLISHED {
+        // An accepted connection, completed in softirq: the role is known,
+        // the owner is whoever first sends or receives on it.
+        let mut owner = monitor_common::socket::Owner::default();
+        owner.source = OWNER_SOURCE_NONE;
+        owner.role = ROLE_SERVER;
+        entry_or_insert(&ctx, cookie, now, owner)
+    } else {
+        SOCKETS.get_ptr_mut(cookie)
+    };
+    if is_watched(sk) {
+        let detail = (old_state as u32) << 8 | new_state as u32;
+        emit(EVENT_STATE_CHANGE, detail, sk, cookie, now, state.map(|s| s as *const _), TcpSnapshot::default(), WAKE_LATER);
+    }
+    0
+}
+
+// ---- softirq / timer context: the socket's owner comes from the map ----
+
+/// `tcp:tcp_retransmit_skb(sk, skb[, err])`.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    let sk = sock_arg(&ctx);
+    let skb = ctx.arg::<*const u8>(1);
+    let err: i32 = if setting!(retransmit_has_err) != 0 { ctx.arg(2) } else { 0 };
+    let cookie = cookie(sk);
+    let now = now_ns();
+
+    let ca_state = ca_state(sk);
+    let kind = classify_retransmit(ca_state);
+    count(RETRANSMITS_BASE + kind as u32, 1);
+    let segments = if err == 0 {
+        let cb = off!(skb_cb);
+        let segs = read::<u16>(skb, cb.wrapping_add(off!(tcp_skb_cb_gso_segs))).unwrap_or(1);
+        count(RETRANSMITTED_SEGMENTS, segs as u64);
+        segs
+    } else {
+        count(RETRANSMIT_ATTEMPTS_FAILED, 1);
+        0
+    };
+
+    let state = entry_or_insert(&ctx, cookie, now, Default::default());
+    if let Some(state) = state {
+        // SAFETY: pointer from a socket-map lookup in this run.
+        unsafe { (*state).retransmits = (*state).retransmits.wrapping_add(1) };
+    }
+    if !is_watched(sk) {
+        return 0;
+    }
+    if let Some(state) = state {
+        // SAFETY: as above.
+        unsafe { (*state).flags |= SOCKET_FLAG_RETRANSMITTING };
+    }
+    let tcp = TcpSnapshot {
+        snd_una: read::<u32>(sk, off!(tcp_snd_una)).unwrap_or(0),
+        user_timeout_ms: read::<u32>(sk, off!(icsk_user_timeout)).unwrap_or(0),
+        rto_retransmits: read::<u8>(sk, off!(icsk_retransmits)).unwrap_or(0),
+        backoff: read::<u8>(sk, off!(icsk_backoff)).unwrap_or(0),
+        ca_state,
+        tcp_retries2: tcp_retries2(sk),
+        segments,
+        retransmit_kind: kind,
+        _pad: 0,
+    };
+    // Only a timeout retransmit can confirm a storm: wake the reader for it.
+    let wake = if kind == RETRANSMIT_TIMEOUT { WAKE_NOW } else { WAKE_LATER };
+    emit(EVENT_RETRANSMIT, err as u32, sk, cookie, now, state.map(|s| s as *const _), tcp, wake);
+    0
+}
+
+/// `tcp:tcp_cong_state_set(sk, ca_state)`: a retransmitting socket whose
+/// congestion state returns to Open has had its data acknowledged.
+#[btf_tracepoint(function = "tcp_cong_state_set")]
+pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
+    let new_ca_state = ctx.arg::<u64>(1) as u8;
+    if new_ca_state != TCP_CA_OPEN {
+        return 0;
+    }
+    let sk = sock_arg(&ctx);
+    let cookie = cookie(sk);
+    let Some(state) = SOCKETS.get_ptr_mut(cookie) else {
+        return 0;
+    };
+    // SAFETY: pointer from a socket-map lookup in this run.
+    let state = unsafe { &mut *state };
+    if state.flags & SOCKET_FLAG_RETRANSMITTING == 0 {
+        return 0;
+    }
+    state.flags &= !SOCKET_FLAG_RETRANSMITTING;
+    emit(EVENT_PROGRESS, PROGRESS_ACKNOWLEDGED, sk, cookie, now_ns(), Some(state), TcpSnapshot::default(), WAKE_LATER);
+    0
+}
+
+/// `tcp:tcp_receive_reset(sk)`.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    emit_for_watched(&ctx, EVENT_RESET_RECEIVED, 0, WAKE_NOW);
+    0
+}
+
+/// `tcp:tcp_send_reset(sk, skb, reason)`: `sk` is NULL for a reset that
+/// answers a packet of no known socket.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    if sock_arg(&ctx).is_null() {
+        count(RESETS_SENT_WITHOUT_SOCKET, 1);
+        return 0;
+    }
+    emit_for_watched(&ctx, EVENT_RESET_SENT, 0, WAKE_NOW);
+    0
+}
+
+/// `sock:inet_sk_error_report(sk)`: ETIMEDOUT when the kernel gives up.
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
+    let sk = sock_arg(&ctx);
+    if !is_inet_tcp(sk) {
+        return 0;
+    }
+    let errno = read::<i32>(sk, off!(sk_err)).unwrap_or(0);
+    emit_for_watched(&ctx, EVENT_SOCKET_ERROR, errno as u32, WAKE_NOW);
+    0
+}
+
+/// `tcp:tcp_destroy_sock(sk)`: the socket's last event; its entry goes.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    emit_for_watched(&ctx, EVENT_DESTROY, 0, WAKE_LATER);
+    let cookie = cookie(sock_arg(&ctx));
+    if SOCKETS.remove(cookie).is_ok() {
+        count(SOCKETS_REMOVED, 1);
+    }
+    0
+}
+
+#[inline(always)]
+fn emit_for_watched(ctx: &BtfTracePointContext, kind: u32, detail: u32, wake: bool) {
+    let sk = sock_arg(ctx);
+    if !is_watched(sk) {
+        return;
+    }
+    let cookie = cookie(sk);
+    let state = SOCKETS.get_ptr(cookie);
+    emit(kind, detail, sk, cookie, now_ns(), state, TcpSnapshot::default(), wake);
+}
+
+#[inline(always)]
+fn ca_state(sk: *const u8) -> u8 {
+    let byte = read::<u8>(sk, off!(icsk_ca_state_byte)).unwrap_or(0);
+    let bits = off!(icsk_ca_state_bits);
+    let mask = if bits >= 8 { 0xff } else { (1u32 << bits) - 1 };
+    ((byte as u32 >> (off!(icsk_ca_state_shift) & 7)) & mask) as u8
+}
+
+#[inline(always)]
+fn tcp_retries2(sk: *const u8) -> u8 {
+    let net: *const u8 = read::<u64>(sk, off!(skc_net)).unwrap_or(0) as *const u8;
+    read::<u8>(net, off!(net_tcp_retries2)).unwrap_or(0)
+}

@@ -1,0 +1,73 @@
+//! The tracepoints connmon hooks, and what each one is for.
+
+/// One BTF tracepoint and the program attached to it.
+#[derive(Debug)]
+pub struct Hook {
+    /// Tracepoint name (`btf_trace_<name>` in the kernel's BTF).
+    pub tracepoint: &'static str,
+    /// Program name in the object.
+    pub program: &'static str,
+    /// Without it connmon cannot do its job at all.
+    pub required: bool,
+    /// What the hook gives; named in errors and degradation warnings.
+    pub purpose: &'static str,
+}
+
+/// Every hook, in attach order: owner tracking first, so sockets have
+/// owners before their first retransmit is seen.
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        tracepoint: "sock_send_length",
+        program: "sock_send_length",
+        required: false,
+        purpose: "socket owner and idle time from sends",
+    },
+    Hook {
+        tracepoint: "sock_recv_length",
+        program: "sock_recv_length",
+        required: false,
+        purpose: "socket owner and idle time from receives, recovery by received data",
+    },
+    Hook {
+        tracepoint: "inet_sock_set_state",
+        program: "inet_sock_set_state",
+        required: true,
+        purpose: "connection state changes and the owner of outgoing connections",
+    },
+    Hook {
+        tracepoint: "tcp_retransmit_skb",
+        program: "tcp_retransmit_skb",
+        required: true,
+        purpose: "retransmits",
+    },
+    Hook {
+        tracepoint: "tcp_cong_state_set",
+        program: "tcp_cong_state_set",
+        required: false,
+        purpose: "recovery by acknowledged data",
+    },
+    Hook {
+        tracepoint: "tcp_receive_reset",
+        program: "tcp_receive_reset",
+        required: false,
+        purpose: "resets received",
+    },
+    Hook {
+        tracepoint: "tcp_send_reset",
+        program: "tcp_send_reset",
+        required: false,
+        purpose: "resets sent",
+    },
+    Hook {
+        tracepoint: "inet_sk_error_report",
+        program: "inet_sk_error_report",
+        required: false,
+        purpose: "socket errors such as ETIMEDOUT when the kernel gives up",
+    },
+    Hook {
+        tracepoint: "tcp_destroy_sock",
+        program: "tcp_destroy_sock",
+        required: true,
+        purpose: "socket teardown (frees the socket's map entry)",
+    },
+];

@@ -1,0 +1,140 @@
+//! Command-line interface.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{capture::CaptureConfig, output::Format};
+
+#[derive(Debug, Parser)]
+#[command(name = "connmon", version, about = "Find the process behind TCP retransmit storms on idle pooled connections")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream retransmits, state changes, resets and socket errors of
+    /// watched connections, each with the process that owns the socket.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only show sockets in this network namespace: an inode number or a
+    /// path such as /run/netns/NAME or /proc/PID/ns/net.
+    #[arg(long, value_name = "INODE|PATH")]
+    pub netns: Option<String>,
+}
+
+impl TraceArgs {
+    pub fn format(&self) -> Format {
+        if self.json { Format::Json } else { Format::Text }
+    }
+}
+
+/// How the kernel side is set up.
+#[derive(Debug, Args, Clone)]
+pub struct CaptureArgs {
+    /// TCP ports (local or remote) to watch, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "6379", value_parser = parse_port, env = "CONNMON_PORTS")]
+    pub ports: Vec<u16>,
+    /// Watch every TCP port (overrides --ports).
+    #[arg(long, env = "CONNMON_ALL_PORTS")]
+    pub all_ports: bool,
+    /// Sockets the kernel's socket table can hold.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=4_194_304), env = "CONNMON_SOCKET_MAP_ENTRIES")]
+    pub socket_map_entries: u32,
+    /// Event ring buffer size in KiB (a power of two, at least 64).
+    #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib, env = "CONNMON_RING_BUFFER_KIB")]
+    pub ring_buffer_kib: u32,
+}
+
+impl CaptureArgs {
+    pub fn to_config(&self, idle_threshold_ns: u64) -> CaptureConfig {
+        CaptureConfig {
+            watched_ports: self.ports.iter().copied().collect::<BTreeSet<u16>>(),
+            watch_all_ports: self.all_ports,
+            idle_threshold_ns,
+            socket_map_entries: self.socket_map_entries,
+            ring_buffer_bytes: self.ring_buffer_kib * 1024,
+        }
+    }
+}
+
+fn parse_port(value: &str) -> Result<u16, String> {
+    match value.trim().parse::<u16>() {
+        Ok(0) => Err("port 0 is not a port".into()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("{value:?} is not a TCP port (1-65535)")),
+    }
+}
+
+fn parse_ring_kib(value: &str) -> Result<u32, String> {
+    let kib: u32 = value.trim().parse().map_err(|_| format!("{value:?} is not a number of KiB"))?;
+    if !(64..=1_048_576).contains(&kib) || !kib.is_power_of_two() {
+        return Err(format!("{kib} KiB: the ring buffer must be a power of two between 64 and 1048576 KiB"));
+    }
+    Ok(kib)
+}
+
+/// Resolves `--netns`: an inode number, or a namespace file to stat.
+pub fn resolve_netns(value: &str) -> Result<u32, String> {
+    if let Ok(inode) = value.parse::<u32>() {
+        return Ok(inode);
+    }
+    let path = PathBuf::from(value);
+    let metadata = std::fs::metadata(&path).map_err(|error| format!("--netns {value}: {error}"))?;
+    let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
+    u32::try_from(inode).map_err(|_| format!("--netns {value}: inode {inode} is not a namespace inode"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("connmon").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn trace_defaults_to_redis() {
+        let Command::Trace(args) = parse(&["trace"]).expect("valid").command;
+        assert_eq!(args.capture.ports, vec![6379]);
+        assert!(!args.json);
+    }
+
+    #[test]
+    fn ports_are_a_list() {
+        let Command::Trace(args) = parse(&["trace", "--ports", "6379,5432, 3306"]).expect("valid").command;
+        assert_eq!(args.capture.ports, vec![6379, 5432, 3306]);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for bad in [
+            &["trace", "--ports", "0"][..],
+            &["trace", "--ports", "70000"],
+            &["trace", "--ports", "redis"],
+            &["trace", "--ring-buffer-kib", "100"],
+            &["trace", "--socket-map-entries", "10"],
+            &["trace", "--bogus"],
+        ] {
+            let error = parse(bad).expect_err("invalid");
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn netns_accepts_inodes_and_paths() {
+        assert_eq!(resolve_netns("4026531840"), Ok(4026531840));
+        assert!(resolve_netns("/proc/self/ns/net").is_ok());
+        assert!(resolve_netns("/no/such/netns").is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! `connmon trace`: the live event stream.
+
+use std::{
+    io::Write,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use monitor_common::counters::{LOST_RINGBUF_FULL, LOST_SOCKET_MAP_FULL};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    capture::{Capture, counters::{CounterSnapshot, KernelCounters}, reader},
+    cli::{TraceArgs, resolve_netns},
+    clock::WallClock,
+    event::SocketEvent,
+    output::{Format, trace::{json_record, text_line}},
+    shutdown,
+};
+
+/// How often lost-record counters are checked and reported.
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
+    let netns = args.netns.as_deref().map(resolve_netns).transpose().map_err(anyhow::Error::msg)?;
+    // trace has no idle detection; the threshold only shapes burst times.
+    let config = args.capture.to_config(30_000_000_000);
+    let mut capture = Capture::start(&config).context("starting kernel capture")?;
+    let counters = capture.take_counters()?;
+    let ring = capture.take_events()?;
+    let stats = Arc::new(reader::ReaderStats::default());
+    let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);
+    let reader = reader::spawn(ring, tx, stats.clone()).context("polling the event ring buffer")?;
+    info!(ports = ?config.watched_ports, all_ports = config.watch_all_ports, "tracing");
+
+    let clock = WallClock::new();
+    let format = args.format();
+    let mut out = std::io::stdout().lock();
+    let mut losses = LossReporter::default();
+    let mut loss_tick = tokio::time::interval(LOSS_CHECK_INTERVAL);
+    let mut stop = std::pin::pin!(shutdown::signal());
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                if netns.is_some_and(|inode| inode != event.connection.netns) {
+                    continue;
+                }
+                let line = match format {
+                    Format::Json => json_record(&event, &clock).to_string(),
+                    Format::Text => text_line(&event, &clock),
+                };
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    // stdout closed (e.g. piped into head): nothing left to do.
+                    break;
+                }
+            }
+            _ = loss_tick.tick() => losses.report(&counters, format, &mut out),
+            signal = &mut stop => {
+                info!(signal = signal.as_str(), "stopping");
+                break;
+            }
+        }
+    }
+    reader.abort();
+    losses.report(&counters, format, &mut out);
+    drop(capture);
+    info!("kernel programs detached");
+    Ok(())
+}
+
+/// Reports records the kernel could not deliver, as they happen: in the
+/// stream itself (so a consumer knows it has a gap) and in the log.
+#[derive(Default)]
+struct LossReporter {
+    last: CounterSnapshot,
+}
+
+impl LossReporter {
+    fn report(&mut self, counters: &KernelCounters, format: Format, out: &mut impl Write) {
+        let now = match counters.snapshot() {
+            Ok(now) => now,
+            Err(error) => {
+                warn!(%error, "cannot read kernel counters");
+                return;
+            }
+        };
+        for (index, reason) in [(LOST_RINGBUF_FULL, "ring_buffer_full"), (LOST_SOCKET_MAP_FULL, "socket_map_full")] {
+            let lost = now.get(index).saturating_sub(self.last.get(index));
+            if lost == 0 {
+                continue;
+            }
+            warn!(reason, lost, total = now.get(index), "kernel records lost");
+            if format == Format::Json {
+                let record = serde_json::json!({"event": "lost", "reason": reason, "count": lost, "total": now.get(index)});
+                let _ = writeln!(out, "{record}");
+            }
+        }
+        self.last = now;
+    }
+}

@@ -1,0 +1,288 @@
+//! Bytes from the ring buffer to typed events. Pure: no kernel needed, and
+//! every tag is checked, never transmuted.
+
+use monitor_common::{
+    event::{
+        EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
+        EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED, PROGRESS_DATA_RECEIVED,
+        SocketEvent as RawEvent,
+    },
+    retransmit::{RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN},
+    socket::{OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN},
+};
+
+use crate::event::{
+    ActivityTimes, Connection, EventKind, OwnerSource, ProcessRef, Progress, RetransmitInfo,
+    RetransmitKind, Role, SocketEvent, TcpState,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record is {got} bytes, expected {expected}")]
+    Size { got: usize, expected: usize },
+    #[error("unknown event kind {0}")]
+    Kind(u32),
+    #[error("unknown {field} tag {value}")]
+    Tag { field: &'static str, value: u32 },
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
+    let expected = size_of::<RawEvent>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Size { got: bytes.len(), expected });
+    }
+    // SAFETY: the length equals size_of::<RawEvent>(), RawEvent is plain
+    // integers with no invalid bit patterns, and read_unaligned copes with
+    // any alignment of the ring buffer's bytes.
+    let raw: RawEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    convert(&raw)
+}
+
+/// Turns a raw record into a typed event.
+pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
+    let kind = match raw.kind {
+        EVENT_RETRANSMIT => EventKind::Retransmit(RetransmitInfo {
+            kind: retransmit_kind(raw.tcp.retransmit_kind)?,
+            result: raw.detail as i32,
+            segments: raw.tcp.segments,
+            rto_retransmits: raw.tcp.rto_retransmits,
+            backoff: raw.tcp.backoff,
+            snd_una: raw.tcp.snd_una,
+            user_timeout_ms: raw.tcp.user_timeout_ms,
+            tcp_retries2: raw.tcp.tcp_retries2,
+        }),
+        EVENT_STATE_CHANGE => EventKind::StateChange {
+            old: TcpState((raw.detail >> 8) as u8),
+            new: TcpState(raw.detail as u8),
+        },
+        EVENT_RESET_RECEIVED => EventKind::ResetReceived,
+        EVENT_RESET_SENT => EventKind::ResetSent,
+        EVENT_SOCKET_ERROR => EventKind::SocketError { errno: raw.detail as i32 },
+        EVENT_DESTROY => EventKind::Destroyed,
+        EVENT_PROGRESS => EventKind::Progress {
+            progress: match raw.detail {
+                PROGRESS_DATA_RECEIVED => Progress::DataReceived,
+                PROGRESS_ACKNOWLEDGED => Progress::Acknowledged,
+                other => return Err(DecodeError::Tag { field: "progress", value: other }),
+            },
+        },
+        other => return Err(DecodeError::Kind(other)),
+    };
+    let owner = &raw.owner;
+    let process = if owner.tgid == 0 {
+        None
+    } else {
+        Some(ProcessRef {
+            pid: owner.tgid,
+            tid: owner.tid,
+            comm: comm_to_string(&owner.comm),
+            cgroup_id: owner.cgroup_id,
+            start_boottime_ns: owner.start_boottime_ns,
+            source: match owner.source {
+                OWNER_SOURCE_CONNECT => OwnerSource::Connect,
+                OWNER_SOURCE_SEND => OwnerSource::Send,
+                OWNER_SOURCE_RECV => OwnerSource::Receive,
+                other => return Err(DecodeError::Tag { field: "owner source", value: other.into() }),
+            },
+        })
+    };
+    let role = match owner.role {
+        ROLE_CLIENT => Role::Client,
+        ROLE_SERVER => Role::Server,
+        ROLE_UNKNOWN => Role::Unknown,
+        other => return Err(DecodeError::Tag { field: "role", value: other.into() }),
+    };
+    let tuple = &raw.tuple;
+    let nonzero = |ns: u64| (ns != 0).then_some(ns);
+    Ok(SocketEvent {
+        timestamp_ns: raw.timestamp_ns,
+        cookie: raw.cookie,
+        kind,
+        owner: process,
+        role,
+        connection: Connection::from_raw(
+            tuple.family,
+            tuple.local_addr,
+            tuple.local_port,
+            tuple.remote_addr,
+            tuple.remote_port,
+            tuple.netns,
+        ),
+        state: TcpState(tuple.state),
+        activity: ActivityTimes {
+            last_send_ns: nonzero(raw.activity.last_send_ns),
+            last_recv_ns: nonzero(raw.activity.last_recv_ns),
+            burst_start_ns: nonzero(raw.activity.burst_start_ns),
+            idle_before_burst_ns: raw.activity.idle_before_burst_ns,
+        },
+    })
+}
+
+fn retransmit_kind(tag: u8) -> Result<RetransmitKind, DecodeError> {
+    Ok(match tag {
+        RETRANSMIT_TIMEOUT => RetransmitKind::Timeout,
+        RETRANSMIT_FAST => RetransmitKind::Fast,
+        RETRANSMIT_TAIL_LOSS_PROBE => RetransmitKind::TailLossProbe,
+        RETRANSMIT_UNKNOWN => RetransmitKind::Unknown,
+        other => return Err(DecodeError::Tag { field: "retransmit kind", value: other.into() }),
+    })
+}
+
+/// A kernel comm: NUL-terminated within 16 bytes, not necessarily UTF-8.
+fn comm_to_string(comm: &[u8; 16]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
+/// Encodes a raw record to bytes, as the kernel lays it out. For tests,
+/// replay files and fuzzing: the decoder's counterpart.
+pub fn encode(raw: &RawEvent) -> Vec<u8> {
+    let mut bytes = vec![0u8; size_of::<RawEvent>()];
+    // SAFETY: `bytes` holds exactly size_of::<RawEvent>() bytes and
+    // write_unaligned needs no alignment.
+    unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<RawEvent>(), *raw) };
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use monitor_common::{
+        event::TcpSnapshot,
+        socket::{Activity, Owner, Tuple},
+        tcp::{AF_INET, AF_INET6, TCP_CA_LOSS},
+    };
+
+    use super::*;
+
+    fn comm(name: &str) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..name.len()].copy_from_slice(name.as_bytes());
+        out
+    }
+
+    fn retransmit_record() -> RawEvent {
+        let mut local = [0u8; 16];
+        local[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let mut remote = [0u8; 16];
+        remote[..4].copy_from_slice(&[10, 0, 1, 3]);
+        RawEvent {
+            kind: EVENT_RETRANSMIT,
+            detail: 0,
+            timestamp_ns: 5_000_000_000,
+            cookie: 77,
+            owner: Owner {
+                tgid: 4242,
+                tid: 4243,
+                cgroup_id: 9,
+                start_boottime_ns: 123,
+                comm: comm("redis-client"),
+                source: OWNER_SOURCE_SEND,
+                role: ROLE_CLIENT,
+                _pad: [0; 6],
+            },
+            tuple: Tuple {
+                family: AF_INET,
+                local_port: 40000,
+                remote_port: 6379,
+                state: 1,
+                _pad0: 0,
+                netns: 4026531840,
+                _pad1: 0,
+                local_addr: local,
+                remote_addr: remote,
+            },
+            activity: Activity { last_send_ns: 4_000_000_000, last_recv_ns: 1_000_000_000, burst_start_ns: 4_000_000_000, idle_before_burst_ns: 3_000_000_000 },
+            tcp: TcpSnapshot {
+                snd_una: 1000,
+                user_timeout_ms: 0,
+                rto_retransmits: 2,
+                backoff: 2,
+                ca_state: TCP_CA_LOSS,
+                tcp_retries2: 15,
+                segments: 1,
+                retransmit_kind: RETRANSMIT_TIMEOUT,
+                _pad: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn decodes_a_retransmit_with_its_owner_and_tuple() {
+        let event = decode(&encode(&retransmit_record())).expect("valid record");
+        let owner = event.owner.expect("owner");
+        assert_eq!((owner.pid, owner.tid, owner.comm.as_str()), (4242, 4243, "redis-client"));
+        assert_eq!(owner.source, OwnerSource::Send);
+        assert_eq!(event.role, Role::Client);
+        assert_eq!(event.connection.local, "10.0.0.2:40000".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(event.connection.remote, "10.0.1.3:6379".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(event.connection.netns, 4026531840);
+        assert_eq!(event.state.name(), "ESTABLISHED");
+        let EventKind::Retransmit(info) = event.kind else { panic!("not a retransmit") };
+        assert_eq!(info.kind, RetransmitKind::Timeout);
+        assert_eq!((info.rto_retransmits, info.backoff, info.tcp_retries2), (2, 2, 15));
+        assert_eq!(event.activity.idle_before_burst_ns, 3_000_000_000);
+    }
+
+    #[test]
+    fn decodes_ipv6_and_an_unowned_socket() {
+        let mut raw = retransmit_record();
+        raw.tuple.family = AF_INET6;
+        raw.tuple.local_addr = "::1".parse::<std::net::Ipv6Addr>().expect("v6").octets();
+        raw.tuple.remote_addr = "::ffff:10.0.1.3".parse::<std::net::Ipv6Addr>().expect("v6").octets();
+        raw.owner = Owner::default();
+        let event = decode(&encode(&raw)).expect("valid record");
+        assert_eq!(event.owner, None);
+        assert_eq!(event.role, Role::Unknown);
+        assert_eq!(event.connection.local.to_string(), "[::1]:40000");
+        assert_eq!(event.connection.remote.to_string(), "[::ffff:10.0.1.3]:6379");
+    }
+
+    #[test]
+    fn decodes_state_change_and_error_details() {
+        let mut raw = retransmit_record();
+        raw.kind = EVENT_STATE_CHANGE;
+        raw.detail = (1 << 8) | 7;
+        let event = decode(&encode(&raw)).expect("valid");
+        assert_eq!(event.kind, EventKind::StateChange { old: TcpState(1), new: TcpState(7) });
+        raw.kind = EVENT_SOCKET_ERROR;
+        raw.detail = 110;
+        assert_eq!(decode(&encode(&raw)).expect("valid").kind, EventKind::SocketError { errno: 110 });
+        raw.kind = EVENT_RETRANSMIT;
+        raw.detail = (-16i32) as u32;
+        let EventKind::Retransmit(info) = decode(&encode(&raw)).expect("valid").kind else { panic!() };
+        assert_eq!(info.result, -16);
+    }
+
+    #[test]
+    fn rejects_wrong_sizes_and_unknown_tags() {
+        let bytes = encode(&retransmit_record());
+        assert!(matches!(decode(&bytes[..100]), Err(DecodeError::Size { got: 100, .. })));
+        assert!(matches!(decode(&[]), Err(DecodeError::Size { got: 0, .. })));
+        let mut raw = retransmit_record();
+        raw.kind = 99;
+        assert_eq!(decode(&encode(&raw)), Err(DecodeError::Kind(99)));
+        let mut raw = retransmit_record();
+        raw.tcp.retransmit_kind = 9;
+        assert!(matches!(decode(&encode(&raw)), Err(DecodeError::Tag { field: "retransmit kind", value: 9 })));
+        let mut raw = retransmit_record();
+        raw.owner.role = 5;
+        assert!(matches!(decode(&encode(&raw)), Err(DecodeError::Tag { field: "role", .. })));
+        let mut raw = retransmit_record();
+        raw.kind = EVENT_PROGRESS;
+        raw.detail = 0;
+        assert!(matches!(decode(&encode(&raw)), Err(DecodeError::Tag { field: "progress", .. })));
+    }
+
+    #[test]
+    fn comm_without_nul_and_invalid_utf8_is_kept_readable() {
+        let mut raw = retransmit_record();
+        raw.owner.comm = *b"sixteen-chars-xx";
+        assert_eq!(decode(&encode(&raw)).expect("valid").owner.expect("owner").comm, "sixteen-chars-xx");
+        raw.owner.comm = comm("a\u{00ff}");
+        raw.owner.comm[1] = 0xff;
+        assert!(decode(&encode(&raw)).expect("valid").owner.expect("owner").comm.starts_with('a'));
+    }
+}

@@ -1,0 +1,177 @@
+//! Typed events: what the decoder makes of the kernel's records. Everything
+//! downstream (socket table, detection, outputs) works on these.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::Serialize;
+
+/// A process: pid plus start time, so a reused pid is a different process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    /// The thread that last wrote to (or connected) the socket.
+    pub tid: u32,
+    /// Process name (thread group leader's comm).
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// Boot-time nanoseconds when the process started.
+    pub start_boottime_ns: u64,
+    /// Which hook recorded the owner.
+    pub source: OwnerSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerSource {
+    Connect,
+    Send,
+    Receive,
+}
+
+/// Who opened the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Client,
+    Server,
+    Unknown,
+}
+
+/// How a retransmit was triggered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetransmitKind {
+    /// The RTO timer fired: nothing was acknowledged for a whole RTO.
+    Timeout,
+    Fast,
+    TailLossProbe,
+    Unknown,
+}
+
+impl RetransmitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Fast => "fast",
+            Self::TailLossProbe => "tail_loss_probe",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Progress {
+    DataReceived,
+    Acknowledged,
+}
+
+/// A TCP state by its kernel number, printed by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcpState(pub u8);
+
+impl TcpState {
+    pub fn name(self) -> &'static str {
+        monitor_common::tcp::tcp_state_name(self.0)
+    }
+}
+
+impl Serialize for TcpState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// The connection an event is about. The network namespace is part of the
+/// identity: the same addresses in two namespaces are two connections.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Connection {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub netns: u32,
+}
+
+impl Connection {
+    pub fn from_raw(family: u16, local: [u8; 16], local_port: u16, remote: [u8; 16], remote_port: u16, netns: u32) -> Self {
+        let address = |bytes: [u8; 16]| -> IpAddr {
+            if family == monitor_common::tcp::AF_INET6 {
+                IpAddr::V6(Ipv6Addr::from(bytes))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+            }
+        };
+        Self {
+            local: SocketAddr::new(address(local), local_port),
+            remote: SocketAddr::new(address(remote), remote_port),
+            netns,
+        }
+    }
+}
+
+/// TCP internals at a retransmit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RetransmitInfo {
+    pub kind: RetransmitKind,
+    /// 0, or the negative errno of an attempt that failed to go out.
+    pub result: i32,
+    pub segments: u16,
+    /// Consecutive RTO retransmits without an acknowledgement.
+    pub rto_retransmits: u8,
+    pub backoff: u8,
+    pub snd_una: u32,
+    /// 0 when `TCP_USER_TIMEOUT` is unset.
+    pub user_timeout_ms: u32,
+    pub tcp_retries2: u8,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    Retransmit(RetransmitInfo),
+    StateChange { old: TcpState, new: TcpState },
+    ResetReceived,
+    ResetSent,
+    SocketError { errno: i32 },
+    Destroyed,
+    Progress { progress: Progress },
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Retransmit(_) => "retransmit",
+            Self::StateChange { .. } => "state_change",
+            Self::ResetReceived => "reset_received",
+            Self::ResetSent => "reset_sent",
+            Self::SocketError { .. } => "socket_error",
+            Self::Destroyed => "destroyed",
+            Self::Progress { .. } => "progress",
+        }
+    }
+}
+
+/// Payload activity known for the socket, monotonic nanoseconds; `None`
+/// when never seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ActivityTimes {
+    pub last_send_ns: Option<u64>,
+    pub last_recv_ns: Option<u64>,
+    pub burst_start_ns: Option<u64>,
+    pub idle_before_burst_ns: u64,
+}
+
+/// One decoded kernel event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketEvent {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub timestamp_ns: u64,
+    /// The kernel's socket cookie.
+    pub cookie: u64,
+    pub kind: EventKind,
+    pub owner: Option<ProcessRef>,
+    pub role: Role,
+    pub connection: Connection,
+    pub state: TcpState,
+    pub activity: ActivityTimes,
+}

@@ -1,0 +1,15 @@
+//! connmon: finds the process behind TCP retransmit storms on idle pooled
+//! connections.
+//!
+//! Data flows one way: kernel capture (`capture`) -> event decoding
+//! (`decode`, `event`) -> outputs (`output`). Everything right of capture is
+//! plain Rust, tested without a kernel.
+
+pub mod capture;
+pub mod clock;
+pub mod decode;
+pub mod event;
+pub mod output;
+pub mod cli;
+pub mod commands;
+pub mod shutdown;

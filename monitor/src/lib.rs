@@ -10,6 +10,7 @@ pub mod clock;
 pub mod decode;
 pub mod event;
 pub mod output;
+pub mod sockets;
 pub mod cli;
 pub mod commands;
 pub mod shutdown;

@@ -1,1 +1,12 @@
+//! Support for connmon's kernel tests: network namespaces, nftables rules,
+//! processes and a running connmon, each behind a guard that cleans up when
+//! dropped, also when a test fails.
+//!
+//! Tracepoints see the whole machine, so every assertion filters to the
+//! test's own namespaces and processes.
 
+pub mod cmd;
+pub mod connmon;
+pub mod netns;
+pub mod poll;
+pub mod process;

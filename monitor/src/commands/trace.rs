@@ -18,6 +18,7 @@ use crate::{
     event::SocketEvent,
     output::{Format, trace::{json_record, text_line}},
     shutdown,
+    sockets::SocketTable,
 };
 
 /// How often lost-record counters are checked and reported.
@@ -39,12 +40,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let format = args.format();
     let mut out = std::io::stdout().lock();
     let mut losses = LossReporter::default();
+    let mut sockets = SocketTable::default();
     let mut loss_tick = tokio::time::interval(LOSS_CHECK_INTERVAL);
     let mut stop = std::pin::pin!(shutdown::signal());
     loop {
         tokio::select! {
             event = rx.recv() => {
-                let Some(event) = event else { break };
+                let Some(mut event) = event else { break };
+                sockets.observe(&mut event);
                 if netns.is_some_and(|inode| inode != event.connection.netns) {
                     continue;
                 }

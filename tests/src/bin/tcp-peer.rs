@@ -1,0 +1,79 @@
+//! A minimal TCP peer for the kernel tests, so they control exactly what is
+//! on the wire and who owns each socket.
+//!
+//! `tcp-peer server ADDR`: accept connections and echo what arrives.
+//! `tcp-peer client ADDR`: connect, exchange one line, print
+//! `connected LOCAL_ADDR`, then on each stdin line send it and wait for the
+//! echo; a failed wait prints `error KIND ERRNO` and exits.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    thread,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: tcp-peer server|client ADDR");
+        std::process::exit(2);
+    };
+    let result = match mode.as_str() {
+        "server" => server(addr),
+        "client" => client(addr),
+        other => {
+            eprintln!("unknown mode {other}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = result {
+        println!("error {:?} {}", error.kind(), error.raw_os_error().unwrap_or(0));
+    }
+}
+
+fn server(addr: &str) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    println!("listening {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buffer) {
+                if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn client(addr: &str) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(addr)?;
+    exchange(&mut stream, b"hello\n")?;
+    println!("connected {}", stream.local_addr()?);
+    std::io::stdout().flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        exchange(&mut stream, format!("{line}\n").as_bytes())?;
+        println!("echoed {line}");
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+/// Sends `payload` and reads until the whole echo is back.
+fn exchange(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<()> {
+    stream.write_all(payload)?;
+    let mut echo = BufReader::new(stream.try_clone()?);
+    let mut got = Vec::new();
+    while got.len() < payload.len() {
+        let before = got.len();
+        echo.read_until(b'\n', &mut got)?;
+        if got.len() == before {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+    }
+    Ok(())
+}

@@ -1,6 +1,10 @@
 //! build, run and test.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -43,8 +47,50 @@ pub fn test(project: &Project, args: &[String]) -> Result<()> {
         .args(["test", "--workspace", "--exclude", "monitor-ebpf"])
         .args(args)
         .env("CONNMON_BIN", &binary)
-        .env("RUST_TEST_THREADS", "1");
-    run_checked(&mut cargo, "cargo test")
+        .env("RUST_TEST_THREADS", "1")
+        .stdout(Stdio::piped());
+    let mut child = cargo.spawn().context("starting cargo test")?;
+    let mut totals = TestTotals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    // One closing line for the whole suite, across every test binary.
+    println!("summary: {} passed, {} failed", totals.passed, totals.failed);
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Sums libtest's `test result:` lines.
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(count), Some(what)) = (words.next(), words.next()) {
+                let count: u64 = count.parse().unwrap_or(0);
+                match what {
+                    "passed" => self.passed += count,
+                    "failed" => self.failed += count,
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 fn cargo(project: &Project) -> Command {
@@ -59,4 +105,18 @@ fn run_checked(command: &mut Command, what: &str) -> Result<()> {
         bail!("{what} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn sums_libtest_result_lines() {
+        let mut totals = TestTotals::default();
+        totals.add_line("test result: ok. 17 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.75s");
+        totals.add_line("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        totals.add_line("running 3 tests");
+        assert_eq!((totals.passed, totals.failed), (19, 1));
+    }
 }

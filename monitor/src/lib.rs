@@ -7,7 +7,9 @@
 
 pub mod capture;
 pub mod clock;
+pub mod config;
 pub mod decode;
+pub mod detect;
 pub mod event;
 pub mod output;
 pub mod sockets;

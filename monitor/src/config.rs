@@ -1,0 +1,258 @@
+//! `connmon run` settings: defaults, then a TOML file (`--config`), then
+//! `CONNMON_*` environment variables, then flags; each layer overrides the
+//! one before. Every value is validated once, here; a bad one is a single
+//! clear line and exit code 2.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{capture::CaptureConfig, output::Format};
+
+/// Default `/metrics` port: not taken by any common exporter.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9878";
+
+/// Well-known services for ports users commonly watch, used in hints.
+pub const KNOWN_SERVICES: &[(u16, &str)] = &[
+    (6379, "redis"),
+    (5432, "postgres"),
+    (3306, "mysql"),
+    (5672, "amqp"),
+    (11211, "memcached"),
+    (27017, "mongodb"),
+    (9042, "cassandra"),
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{setting}: {reason}")]
+    Invalid { setting: &'static str, reason: String },
+}
+
+/// Validated settings for the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub ports: BTreeSet<u16>,
+    pub all_ports: bool,
+    /// No payload either way for this long makes a connection idle.
+    pub idle_threshold: Duration,
+    /// RTO retransmits without progress after an idle gap that confirm a storm.
+    pub confirm_retransmits: u32,
+    pub listen: SocketAddr,
+    pub log_format: Format,
+    pub socket_map_entries: u32,
+    pub ring_buffer_kib: u32,
+    /// Port -> service name, for hints and labels.
+    pub services: BTreeMap<u16, String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            ports: BTreeSet::from([6379]),
+            all_ports: false,
+            idle_threshold: Duration::from_secs(30),
+            confirm_retransmits: 3,
+            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9878))),
+            log_format: Format::Json,
+            socket_map_entries: 65_536,
+            ring_buffer_kib: 1024,
+            services: KNOWN_SERVICES.iter().map(|(port, name)| (*port, (*name).to_string())).collect(),
+        }
+    }
+}
+
+/// One layer of settings, as the TOML file or flags/environment give them:
+/// every field optional, raw strings not yet validated.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub ports: Option<Vec<u16>>,
+    pub all_ports: Option<bool>,
+    pub idle_threshold: Option<String>,
+    pub confirm_retransmits: Option<u32>,
+    pub listen: Option<String>,
+    pub log_format: Option<Format>,
+    pub socket_map_entries: Option<u32>,
+    pub ring_buffer_kib: Option<u32>,
+    pub services: Option<BTreeMap<String, String>>,
+}
+
+impl Layer {
+    /// Reads a TOML layer from `path`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file_error = |reason: String| ConfigError::File { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(path).map_err(|error| file_error(error.to_string()))?;
+        Self::from_toml(&text).map_err(file_error)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|error| error.message().replace('\n', " ").trim().to_string())
+    }
+}
+
+impl Settings {
+    /// Applies `layers` over the defaults, in order.
+    pub fn resolve(layers: &[Layer]) -> Result<Self, ConfigError> {
+        let mut settings = Self::default();
+        for layer in layers {
+            settings.apply(layer)?;
+        }
+        Ok(settings)
+    }
+
+    fn apply(&mut self, layer: &Layer) -> Result<(), ConfigError> {
+        if let Some(ports) = &layer.ports {
+            if ports.is_empty() {
+                return Err(invalid("ports", "at least one port is needed (or set all_ports)"));
+            }
+            if ports.contains(&0) {
+                return Err(invalid("ports", "port 0 is not a port"));
+            }
+            self.ports = ports.iter().copied().collect();
+        }
+        if let Some(all_ports) = layer.all_ports {
+            self.all_ports = all_ports;
+        }
+        if let Some(text) = &layer.idle_threshold {
+            let threshold = humantime::parse_duration(text.trim())
+                .map_err(|error| invalid("idle_threshold", format!("{text:?}: {error} (e.g. \"30s\", \"5m\")")))?;
+            if threshold < Duration::from_secs(1) || threshold > Duration::from_secs(7 * 24 * 3600) {
+                return Err(invalid("idle_threshold", format!("{text:?} is outside 1s..7d")));
+            }
+            self.idle_threshold = threshold;
+        }
+        if let Some(count) = layer.confirm_retransmits {
+            if !(1..=15).contains(&count) {
+                return Err(invalid("confirm_retransmits", format!("{count} is outside 1..15")));
+            }
+            self.confirm_retransmits = count;
+        }
+        if let Some(text) = &layer.listen {
+            self.listen = text
+                .trim()
+                .parse()
+                .map_err(|_| invalid("listen", format!("{text:?} is not an address:port such as 0.0.0.0:9878")))?;
+        }
+        if let Some(format) = layer.log_format {
+            self.log_format = format;
+        }
+        if let Some(entries) = layer.socket_map_entries {
+            if !(1024..=4_194_304).contains(&entries) {
+                return Err(invalid("socket_map_entries", format!("{entries} is outside 1024..4194304")));
+            }
+            self.socket_map_entries = entries;
+        }
+        if let Some(kib) = layer.ring_buffer_kib {
+            if !(64..=1_048_576).contains(&kib) || !kib.is_power_of_two() {
+                return Err(invalid("ring_buffer_kib", format!("{kib} is not a power of two in 64..1048576")));
+            }
+            self.ring_buffer_kib = kib;
+        }
+        if let Some(services) = &layer.services {
+            for (port, name) in services {
+                let port: u16 = port
+                    .parse()
+                    .ok()
+                    .filter(|port| *port != 0)
+                    .ok_or_else(|| invalid("services", format!("{port:?} is not a port")))?;
+                if name.trim().is_empty() || name.len() > 64 {
+                    return Err(invalid("services", format!("port {port}: name must be 1..64 characters")));
+                }
+                self.services.insert(port, name.trim().to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// The service name for a port, if known.
+    pub fn service(&self, port: u16) -> Option<&str> {
+        self.services.get(&port).map(String::as_str)
+    }
+
+    pub fn capture_config(&self) -> CaptureConfig {
+        CaptureConfig {
+            watched_ports: self.ports.clone(),
+            watch_all_ports: self.all_ports,
+            idle_threshold_ns: self.idle_threshold.as_nanos() as u64,
+            socket_map_entries: self.socket_map_entries,
+            ring_buffer_bytes: self.ring_buffer_kib * 1024,
+        }
+    }
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting, reason: reason.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_watch_redis_with_a_30s_idle_threshold() {
+        let settings = Settings::resolve(&[]).expect("defaults");
+        assert_eq!(settings.ports, BTreeSet::from([6379]));
+        assert_eq!(settings.idle_threshold, Duration::from_secs(30));
+        assert_eq!(settings.confirm_retransmits, 3);
+        assert_eq!(settings.listen.port(), 9878);
+        assert_eq!(settings.service(6379), Some("redis"));
+    }
+
+    #[test]
+    fn later_layers_override_earlier_ones() {
+        let file = Layer::from_toml(
+            "ports = [6379, 5432]\nidle_threshold = \"5m\"\nconfirm_retransmits = 4\n[services]\n7000 = \"cache\"\n",
+        )
+        .expect("valid toml");
+        let flags = Layer { idle_threshold: Some("10s".into()), ..Layer::default() };
+        let settings = Settings::resolve(&[file, flags]).expect("valid");
+        assert_eq!(settings.ports, BTreeSet::from([5432, 6379]));
+        assert_eq!(settings.idle_threshold, Duration::from_secs(10));
+        assert_eq!(settings.confirm_retransmits, 4);
+        assert_eq!(settings.service(7000), Some("cache"));
+        assert_eq!(settings.service(5432), Some("postgres"));
+    }
+
+    #[test]
+    fn every_bad_value_names_its_setting_in_one_line() {
+        let cases: Vec<(Layer, &str)> = vec![
+            (Layer { ports: Some(vec![]), ..Layer::default() }, "ports"),
+            (Layer { ports: Some(vec![0]), ..Layer::default() }, "ports"),
+            (Layer { idle_threshold: Some("soon".into()), ..Layer::default() }, "idle_threshold"),
+            (Layer { idle_threshold: Some("10ms".into()), ..Layer::default() }, "idle_threshold"),
+            (Layer { confirm_retransmits: Some(0), ..Layer::default() }, "confirm_retransmits"),
+            (Layer { confirm_retransmits: Some(16), ..Layer::default() }, "confirm_retransmits"),
+            (Layer { listen: Some("localhost".into()), ..Layer::default() }, "listen"),
+            (Layer { socket_map_entries: Some(5), ..Layer::default() }, "socket_map_entries"),
+            (Layer { ring_buffer_kib: Some(100), ..Layer::default() }, "ring_buffer_kib"),
+            (
+                Layer { services: Some(BTreeMap::from([("redis".into(), "x".into())])), ..Layer::default() },
+                "services",
+            ),
+        ];
+        for (layer, setting) in cases {
+            let error = Settings::resolve(&[layer]).expect_err("invalid").to_string();
+            assert!(error.starts_with(setting), "{error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_mistyped_file_keys_are_rejected() {
+        let unknown = Layer::from_toml("idle_treshold = \"5s\"\n").expect_err("typo");
+        assert!(unknown.contains("idle_treshold"), "{unknown}");
+        assert!(!unknown.contains('\n'));
+        let mistyped = Layer::from_toml("ports = \"6379\"\n").expect_err("wrong type");
+        assert!(!mistyped.contains('\n'), "{mistyped}");
+        let missing = Layer::from_file(Path::new("/no/such/connmon.toml")).expect_err("missing");
+        assert!(missing.to_string().starts_with("config file /no/such/connmon.toml"));
+    }
+}

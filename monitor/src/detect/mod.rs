@@ -1,0 +1,348 @@
+//! Storm detection: a pure, per-socket state machine over decoded events.
+//!
+//! A connection is *idle* when it carried no payload either way for at least
+//! the idle threshold. When payload starts again (a *burst*) and the data is
+//! not acknowledged, the kernel retransmits: first a tail-loss probe, then
+//! RTO retransmits with exponential backoff. A *storm* is confirmed by the
+//! configured number of RTO retransmits in a row, on a burst that followed
+//! an idle gap, with nothing received since the burst began. It ends with an
+//! outcome: data acknowledged or received again (`recovered`), the kernel
+//! giving up (`timed_out`), a reset either way (`reset`), or the socket
+//! closing (`closed`).
+//!
+//! No kernel, no clock, no I/O: tests drive it with recorded event
+//! sequences.
+
+pub mod giveup;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::event::{Connection, EventKind, ProcessRef, RetransmitKind, Role, SocketEvent, TcpState};
+
+/// How a storm ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Data was acknowledged or received again.
+    Recovered,
+    /// The kernel gave up (ETIMEDOUT).
+    TimedOut,
+    /// A reset was received or sent.
+    Reset,
+    /// The socket was closed or failed with another error.
+    Closed,
+    /// connmon stopped while the storm was still going.
+    MonitorStopped,
+    /// No event for the socket for `DetectorConfig::forget_after_ns`.
+    Unknown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recovered => "recovered",
+            Self::TimedOut => "timed_out",
+            Self::Reset => "reset",
+            Self::Closed => "closed",
+            Self::MonitorStopped => "monitor_stopped",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DetectorConfig {
+    pub idle_threshold_ns: u64,
+    /// RTO retransmits in a row that confirm a storm.
+    pub confirm_retransmits: u32,
+    /// The first retransmit must come within this long of the burst start
+    /// for the burst's idle gap to count (an old gap says nothing about a
+    /// later loss).
+    pub burst_window_ns: u64,
+    /// Episodes with no event for this long are dropped (storms among them
+    /// end as `unknown`). RTO timers fire at least every 120 s while a
+    /// storm lasts.
+    pub forget_after_ns: u64,
+    /// Bound on sockets with retransmits in flight.
+    pub max_episodes: usize,
+}
+
+impl DetectorConfig {
+    pub fn new(idle_threshold_ns: u64, confirm_retransmits: u32) -> Self {
+        Self {
+            idle_threshold_ns,
+            confirm_retransmits,
+            burst_window_ns: 60_000_000_000,
+            forget_after_ns: 300_000_000_000,
+            max_episodes: 65_536,
+        }
+    }
+}
+
+/// Everything known about a storm, for events, metrics and alerts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Storm {
+    /// Unique per connmon run.
+    pub id: u64,
+    pub cookie: u64,
+    pub owner: Option<ProcessRef>,
+    pub role: Role,
+    pub connection: Connection,
+    pub state: TcpState,
+    /// The idle gap before the burst whose data is stuck.
+    pub idle_ns: u64,
+    /// When the stuck data was first sent (monotonic ns).
+    pub started_ns: u64,
+    pub first_retransmit_ns: u64,
+    /// The retransmit that confirmed the storm.
+    pub confirmed_ns: u64,
+    /// Retransmits of every kind in this storm so far.
+    pub retransmits: u32,
+    pub timeout_retransmits: u32,
+    /// When the kernel will abort the connection, if it can be estimated.
+    pub gives_up_at_ns: Option<u64>,
+    pub tcp_retries2: u8,
+    pub user_timeout_ms: u32,
+}
+
+/// A reset on a connection right after it resumed from idle: the path
+/// forgot the flow and said so (RST) instead of dropping silently.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IdleReset {
+    pub cookie: u64,
+    pub owner: Option<ProcessRef>,
+    pub role: Role,
+    pub connection: Connection,
+    pub idle_ns: u64,
+    pub at_ns: u64,
+    pub retransmits: u32,
+}
+
+/// What the detector concluded from an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    StormStarted(Storm),
+    StormEnded { storm: Storm, outcome: Outcome, ended_ns: u64, errno: Option<i32> },
+    ResetAfterIdle(IdleReset),
+}
+
+/// Retransmits in flight on one socket.
+#[derive(Debug)]
+struct Episode {
+    first_retransmit_ns: u64,
+    last_event_ns: u64,
+    retransmits: u32,
+    timeout_retransmits: u32,
+    highest_rto_count: u8,
+    /// RTO retransmit times, for the give-up estimate (the last few).
+    rto_times_ns: Vec<u64>,
+    storm: Option<Storm>,
+}
+
+const RTO_TIMES_KEPT: usize = 8;
+
+pub struct Detector {
+    config: DetectorConfig,
+    episodes: HashMap<u64, Episode>,
+    next_storm_id: u64,
+    /// Episodes not tracked because `max_episodes` was reached.
+    pub episodes_dropped: u64,
+}
+
+/// The idle gap before the socket's current burst, if the burst followed an
+/// idle gap, started within the window before `at_ns`, and nothing has been
+/// received since it began.
+fn idle_before_stuck_burst(event: &SocketEvent, config: &DetectorConfig, at_ns: u64) -> Option<u64> {
+    let activity = &event.activity;
+    let burst_start = activity.burst_start_ns?;
+    if activity.idle_before_burst_ns < config.idle_threshold_ns {
+        return None;
+    }
+    if activity.last_recv_ns.is_some_and(|recv| recv >= burst_start) {
+        return None;
+    }
+    if at_ns.saturating_sub(burst_start) > config.burst_window_ns {
+        return None;
+    }
+    Some(activity.idle_before_burst_ns)
+}
+
+impl Detector {
+    pub fn new(config: DetectorConfig) -> Self {
+        Self { config, episodes: HashMap::new(), next_storm_id: 1, episodes_dropped: 0 }
+    }
+
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// Storms in progress.
+    pub fn active_storms(&self) -> impl Iterator<Item = &Storm> {
+        self.episodes.values().filter_map(|episode| episode.storm.as_ref())
+    }
+
+    /// Sockets with retransmits in flight.
+    pub fn episodes(&self) -> usize {
+        self.episodes.len()
+    }
+
+    /// Feeds one event; returns what it concluded.
+    pub fn handle(&mut self, event: &SocketEvent) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        match &event.kind {
+            EventKind::Retransmit(info) => {
+                // The kernel's count of RTOs in a row went down: an ACK made
+                // progress that we did not see as an event. The old episode
+                // is over.
+                let restarted = self.episodes.get(&event.cookie).is_some_and(|episode| {
+                    info.kind == RetransmitKind::Timeout && info.rto_retransmits < episode.highest_rto_count
+                });
+                if restarted {
+                    self.end(event.cookie, Outcome::Recovered, event.timestamp_ns, None, &mut findings);
+                }
+                self.on_retransmit(event, &mut findings);
+            }
+            EventKind::Progress { .. } => self.end(event.cookie, Outcome::Recovered, event.timestamp_ns, None, &mut findings),
+            EventKind::ResetReceived | EventKind::ResetSent => {
+                let in_storm = self.episodes.get(&event.cookie).is_some_and(|episode| episode.storm.is_some());
+                if in_storm {
+                    self.end(event.cookie, Outcome::Reset, event.timestamp_ns, None, &mut findings);
+                } else {
+                    let retransmits = self.episodes.remove(&event.cookie).map_or(0, |episode| episode.retransmits);
+                    if matches!(event.kind, EventKind::ResetReceived)
+                        && let Some(idle_ns) = idle_before_stuck_burst(event, &self.config, event.timestamp_ns)
+                    {
+                        findings.push(Finding::ResetAfterIdle(IdleReset {
+                            cookie: event.cookie,
+                            owner: event.owner.clone(),
+                            role: event.role,
+                            connection: event.connection.clone(),
+                            idle_ns,
+                            at_ns: event.timestamp_ns,
+                            retransmits,
+                        }));
+                    }
+                }
+            }
+            EventKind::SocketError { errno } => {
+                let outcome = match *errno {
+                    libc::ETIMEDOUT => Outcome::TimedOut,
+                    libc::ECONNRESET | libc::EPIPE => Outcome::Reset,
+                    _ => Outcome::Closed,
+                };
+                self.end(event.cookie, outcome, event.timestamp_ns, Some(*errno), &mut findings);
+            }
+            EventKind::StateChange { new, .. } if new.0 == monitor_common::tcp::TCP_CLOSE => {
+                self.end(event.cookie, Outcome::Closed, event.timestamp_ns, None, &mut findings);
+            }
+            EventKind::Destroyed => self.end(event.cookie, Outcome::Closed, event.timestamp_ns, None, &mut findings),
+            EventKind::StateChange { .. } => {}
+        }
+        findings
+    }
+
+    fn on_retransmit(&mut self, event: &SocketEvent, findings: &mut Vec<Finding>) {
+        let EventKind::Retransmit(info) = &event.kind else { return };
+        if !self.episodes.contains_key(&event.cookie) && self.episodes.len() >= self.config.max_episodes {
+            self.episodes_dropped += 1;
+            return;
+        }
+        let episode = self.episodes.entry(event.cookie).or_insert_with(|| Episode {
+            first_retransmit_ns: event.timestamp_ns,
+            last_event_ns: event.timestamp_ns,
+            retransmits: 0,
+            timeout_retransmits: 0,
+            highest_rto_count: 0,
+            rto_times_ns: Vec::new(),
+            storm: None,
+        });
+        episode.last_event_ns = event.timestamp_ns;
+        episode.retransmits += 1;
+        episode.highest_rto_count = episode.highest_rto_count.max(info.rto_retransmits);
+        if info.kind == RetransmitKind::Timeout {
+            episode.timeout_retransmits += 1;
+            if episode.rto_times_ns.len() == RTO_TIMES_KEPT {
+                episode.rto_times_ns.remove(0);
+            }
+            episode.rto_times_ns.push(event.timestamp_ns);
+        }
+        let started_ns = event.activity.burst_start_ns.unwrap_or(episode.first_retransmit_ns).min(episode.first_retransmit_ns);
+        let gives_up_at_ns =
+            giveup::gives_up_at_ns(started_ns, &episode.rto_times_ns, info.tcp_retries2, info.user_timeout_ms);
+
+        if let Some(storm) = &mut episode.storm {
+            storm.retransmits = episode.retransmits;
+            storm.timeout_retransmits = episode.timeout_retransmits;
+            storm.gives_up_at_ns = gives_up_at_ns.or(storm.gives_up_at_ns);
+            if event.owner.is_some() {
+                storm.owner = event.owner.clone();
+            }
+            return;
+        }
+        let in_a_row = episode.timeout_retransmits.max(u32::from(info.rto_retransmits));
+        if info.kind != RetransmitKind::Timeout || in_a_row < self.config.confirm_retransmits {
+            return;
+        }
+        let Some(idle_ns) = idle_before_stuck_burst(event, &self.config, episode.first_retransmit_ns) else {
+            return;
+        };
+        let storm = Storm {
+            id: self.next_storm_id,
+            cookie: event.cookie,
+            owner: event.owner.clone(),
+            role: event.role,
+            connection: event.connection.clone(),
+            state: event.state,
+            idle_ns,
+            started_ns,
+            first_retransmit_ns: episode.first_retransmit_ns,
+            confirmed_ns: event.timestamp_ns,
+            retransmits: episode.retransmits,
+            timeout_retransmits: episode.timeout_retransmits,
+            gives_up_at_ns,
+            tcp_retries2: info.tcp_retries2,
+            user_timeout_ms: info.user_timeout_ms,
+        };
+        self.next_storm_id += 1;
+        episode.storm = Some(storm.clone());
+        findings.push(Finding::StormStarted(storm));
+    }
+
+    fn end(&mut self, cookie: u64, outcome: Outcome, at_ns: u64, errno: Option<i32>, findings: &mut Vec<Finding>) {
+        if let Some(Episode { storm: Some(storm), .. }) = self.episodes.remove(&cookie) {
+            findings.push(Finding::StormEnded { storm, outcome, ended_ns: at_ns, errno });
+        }
+    }
+
+    /// Drops episodes silent for `forget_after_ns`; storms among them end as
+    /// `unknown`. Call periodically with the current monotonic time.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Finding> {
+        let forget_after = self.config.forget_after_ns;
+        let stale: Vec<u64> = self
+            .episodes
+            .iter()
+            .filter(|(_, episode)| now_ns.saturating_sub(episode.last_event_ns) >= forget_after)
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        let mut findings = Vec::new();
+        for cookie in stale {
+            self.end(cookie, Outcome::Unknown, now_ns, None, &mut findings);
+        }
+        findings
+    }
+
+    /// Ends every storm in progress as `monitor_stopped` (shutdown).
+    pub fn stop(&mut self, now_ns: u64) -> Vec<Finding> {
+        let cookies: Vec<u64> = self.episodes.keys().copied().collect();
+        let mut findings = Vec::new();
+        for cookie in cookies {
+            self.end(cookie, Outcome::MonitorStopped, now_ns, None, &mut findings);
+        }
+        findings
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! The detector driven by recorded event sequences: the seed scenario, the
+//! server side, and the negatives that must not be storms.
+
+use super::*;
+use crate::event::{ActivityTimes, OwnerSource, Progress, RetransmitInfo};
+
+const S: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+
+fn config() -> DetectorConfig {
+    DetectorConfig::new(30 * S, 3)
+}
+
+/// A socket whose events are recorded as the kernel would emit them.
+struct Recording {
+    cookie: u64,
+    owner: ProcessRef,
+    role: Role,
+    activity: ActivityTimes,
+    connection: Connection,
+}
+
+impl Recording {
+    fn client() -> Self {
+        Self {
+            cookie: 42,
+            owner: ProcessRef {
+                pid: 1234,
+                tid: 1240,
+                comm: "invite-svc".into(),
+                cgroup_id: 77,
+                start_boottime_ns: 5,
+                source: OwnerSource::Send,
+            },
+            role: Role::Client,
+            activity: ActivityTimes::default(),
+            connection: Connection {
+                local: "10.0.0.2:41000".parse().expect("addr"),
+                remote: "10.0.1.5:6379".parse().expect("addr"),
+                netns: 4026531840,
+            },
+        }
+    }
+
+    /// Payload sent at `at`, after the socket was last active at `previous`.
+    fn resumed(mut self, previous_ns: u64, at_ns: u64) -> Self {
+        self.activity = ActivityTimes {
+            last_send_ns: Some(at_ns),
+            last_recv_ns: Some(previous_ns),
+            burst_start_ns: Some(at_ns),
+            idle_before_burst_ns: at_ns - previous_ns,
+        };
+        self
+    }
+
+    fn event(&self, at_ns: u64, kind: EventKind) -> SocketEvent {
+        SocketEvent {
+            timestamp_ns: at_ns,
+            cookie: self.cookie,
+            kind,
+            owner: Some(self.owner.clone()),
+            role: self.role,
+            connection: self.connection.clone(),
+            state: TcpState(1),
+            activity: self.activity,
+        }
+    }
+
+    fn retransmit(&self, at_ns: u64, kind: RetransmitKind, rto_retransmits: u8) -> SocketEvent {
+        self.event(
+            at_ns,
+            EventKind::Retransmit(RetransmitInfo {
+                kind,
+                result: 0,
+                segments: 1,
+                rto_retransmits,
+                backoff: rto_retransmits.saturating_sub(1),
+                snd_una: 1000,
+                user_timeout_ms: 0,
+                tcp_retries2: 4,
+            }),
+        )
+    }
+}
+
+/// The seed scenario with `tcp_retries2 = 4`, as measured: SET after 60 s
+/// idle, a tail-loss probe, RTO retransmits at 416, 832, 1664, 3328 ms,
+/// ETIMEDOUT at 6.85 s, then close and destroy.
+fn seed(recording: &Recording, send_ns: u64) -> Vec<SocketEvent> {
+    vec![
+        recording.retransmit(send_ns + 208 * MS, RetransmitKind::TailLossProbe, 0),
+        recording.retransmit(send_ns + 416 * MS, RetransmitKind::Timeout, 1),
+        recording.retransmit(send_ns + 832 * MS, RetransmitKind::Timeout, 2),
+        recording.retransmit(send_ns + 1664 * MS, RetransmitKind::Timeout, 3),
+        recording.retransmit(send_ns + 3328 * MS, RetransmitKind::Timeout, 4),
+        recording.event(send_ns + 6850 * MS, EventKind::SocketError { errno: libc::ETIMEDOUT }),
+        recording.event(send_ns + 6850 * MS, EventKind::StateChange { old: TcpState(1), new: TcpState(7) }),
+        recording.event(send_ns + 6850 * MS, EventKind::Destroyed),
+    ]
+}
+
+fn run(detector: &mut Detector, events: &[SocketEvent]) -> Vec<(usize, Finding)> {
+    events.iter().enumerate().flat_map(|(index, event)| detector.handle(event).into_iter().map(move |f| (index, f))).collect()
+}
+
+#[test]
+fn seed_scenario_is_one_storm_confirmed_at_the_third_rto_then_timed_out() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut detector = Detector::new(config());
+    let findings = run(&mut detector, &seed(&recording, 100 * S));
+    assert_eq!(findings.len(), 2, "{findings:#?}");
+
+    let (index, Finding::StormStarted(storm)) = &findings[0] else { panic!("{findings:#?}") };
+    assert_eq!(*index, 3, "confirmed by the third RTO retransmit");
+    assert_eq!(storm.owner.as_ref().map(|o| (o.pid, o.tid, o.comm.as_str())), Some((1234, 1240, "invite-svc")));
+    assert_eq!(storm.role, Role::Client);
+    assert_eq!(storm.connection.remote.port(), 6379);
+    assert_eq!(storm.idle_ns, 60 * S);
+    assert_eq!(storm.retransmits, 4);
+    assert_eq!(storm.started_ns, 100 * S);
+    assert_eq!(storm.confirmed_ns, 100 * S + 1664 * MS);
+    assert_eq!(storm.gives_up_at_ns, Some(100 * S + 6656 * MS));
+
+    let (index, Finding::StormEnded { storm: ended, outcome, ended_ns, errno }) = &findings[1] else {
+        panic!("{findings:#?}")
+    };
+    assert_eq!(*index, 5);
+    assert_eq!(*outcome, Outcome::TimedOut);
+    assert_eq!(*errno, Some(libc::ETIMEDOUT));
+    assert_eq!(*ended_ns - ended.started_ns, 6850 * MS);
+    assert_eq!(ended.retransmits, 5);
+    assert_eq!(ended.id, storm.id);
+    assert_eq!(detector.episodes(), 0);
+}
+
+#[test]
+fn confirmation_count_is_configurable() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut detector = Detector::new(DetectorConfig::new(30 * S, 4));
+    let findings = run(&mut detector, &seed(&recording, 100 * S));
+    let (index, Finding::StormStarted(_)) = &findings[0] else { panic!("{findings:#?}") };
+    assert_eq!(*index, 4);
+}
+
+#[test]
+fn server_side_storm_is_attributed_to_the_server_with_role_server() {
+    let mut recording = Recording::client().resumed(10 * S, 50 * S);
+    recording.role = Role::Server;
+    recording.owner.comm = "redis-server".into();
+    recording.connection = Connection {
+        local: "10.0.1.5:6379".parse().expect("addr"),
+        remote: "10.0.0.2:41000".parse().expect("addr"),
+        netns: 1,
+    };
+    let findings = run(&mut Detector::new(config()), &seed(&recording, 50 * S));
+    let (_, Finding::StormStarted(storm)) = &findings[0] else { panic!("{findings:#?}") };
+    assert_eq!(storm.role, Role::Server);
+    assert_eq!(storm.owner.as_ref().map(|o| o.comm.as_str()), Some("redis-server"));
+}
+
+#[test]
+fn busy_connection_with_random_loss_is_not_an_idle_storm() {
+    // Payload flows both ways all the time: each retransmit sees a receive
+    // after the (long past) burst start.
+    let mut recording = Recording::client();
+    let mut detector = Detector::new(config());
+    let mut events = Vec::new();
+    for second in 1..200u64 {
+        let at = second * S;
+        recording.activity = ActivityTimes {
+            last_send_ns: Some(at),
+            last_recv_ns: Some(at - 10 * MS),
+            burst_start_ns: Some(S),
+            idle_before_burst_ns: 0,
+        };
+        events.push(recording.retransmit(at, RetransmitKind::Fast, 0));
+        if second % 7 == 0 {
+            // Even three RTOs in a row: receives keep happening.
+            events.push(recording.retransmit(at + 200 * MS, RetransmitKind::Timeout, 1));
+            events.push(recording.retransmit(at + 600 * MS, RetransmitKind::Timeout, 2));
+            events.push(recording.retransmit(at + 1400 * MS, RetransmitKind::Timeout, 3));
+        }
+        events.push(recording.event(at + 1500 * MS, EventKind::Progress { progress: Progress::Acknowledged }));
+    }
+    assert_eq!(run(&mut detector, &events), vec![]);
+    assert_eq!(detector.episodes(), 0, "progress ends every episode");
+}
+
+#[test]
+fn a_sender_that_resumed_long_ago_is_not_blamed_on_its_old_idle_gap() {
+    // Idle 60 s once, then sending for 10 minutes without replies (a
+    // one-way stream), then loss: the old gap is outside the burst window.
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let events = seed(&recording, 700 * S);
+    assert_eq!(run(&mut Detector::new(config()), &events), vec![]);
+}
+
+#[test]
+fn idle_connection_used_again_over_an_intact_path_is_quiet() {
+    // A lone tail-loss probe, acknowledged: no storm, and nothing left over.
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut detector = Detector::new(config());
+    let events = vec![
+        recording.retransmit(100 * S + 208 * MS, RetransmitKind::TailLossProbe, 0),
+        recording.event(100 * S + 210 * MS, EventKind::Progress { progress: Progress::DataReceived }),
+    ];
+    assert_eq!(run(&mut detector, &events), vec![]);
+    assert_eq!(detector.episodes(), 0);
+}
+
+#[test]
+fn short_idle_gap_is_not_idle() {
+    let recording = Recording::client().resumed(95 * S, 100 * S);
+    assert_eq!(run(&mut Detector::new(config()), &seed(&recording, 100 * S)), vec![]);
+}
+
+#[test]
+fn middlebox_reset_after_idle_is_reported_without_a_storm() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let events = vec![
+        recording.event(100 * S + MS, EventKind::ResetReceived),
+        recording.event(100 * S + MS, EventKind::SocketError { errno: libc::ECONNRESET }),
+        recording.event(100 * S + MS, EventKind::Destroyed),
+    ];
+    let findings = run(&mut Detector::new(config()), &events);
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    let (_, Finding::ResetAfterIdle(reset)) = &findings[0] else { panic!("{findings:#?}") };
+    assert_eq!(reset.idle_ns, 60 * S);
+    assert_eq!(reset.owner.as_ref().map(|o| o.pid), Some(1234));
+}
+
+#[test]
+fn reset_during_a_storm_ends_it_as_reset() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut events = seed(&recording, 100 * S)[..4].to_vec();
+    events.push(recording.event(102 * S, EventKind::ResetReceived));
+    let findings = run(&mut Detector::new(config()), &events);
+    assert!(matches!(findings[1].1, Finding::StormEnded { outcome: Outcome::Reset, .. }), "{findings:#?}");
+}
+
+#[test]
+fn acknowledged_data_ends_a_storm_as_recovered() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut events = seed(&recording, 100 * S)[..4].to_vec();
+    events.push(recording.event(102 * S, EventKind::Progress { progress: Progress::Acknowledged }));
+    let findings = run(&mut Detector::new(config()), &events);
+    assert!(matches!(findings[1].1, Finding::StormEnded { outcome: Outcome::Recovered, .. }), "{findings:#?}");
+}
+
+#[test]
+fn a_falling_rto_count_means_unseen_progress() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut events = seed(&recording, 100 * S)[..4].to_vec();
+    // The kernel's RTO count restarted: an ACK got through in between.
+    events.push(recording.retransmit(110 * S, RetransmitKind::Timeout, 1));
+    let mut detector = Detector::new(config());
+    let findings = run(&mut detector, &events);
+    assert!(matches!(findings[1].1, Finding::StormEnded { outcome: Outcome::Recovered, .. }), "{findings:#?}");
+    assert_eq!(detector.episodes(), 1, "a new episode began");
+}
+
+#[test]
+fn close_without_error_ends_as_closed() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut events = seed(&recording, 100 * S)[..4].to_vec();
+    events.push(recording.event(102 * S, EventKind::StateChange { old: TcpState(1), new: TcpState(7) }));
+    let findings = run(&mut Detector::new(config()), &events);
+    assert!(matches!(findings[1].1, Finding::StormEnded { outcome: Outcome::Closed, errno: None, .. }));
+}
+
+#[test]
+fn silent_storms_expire_and_shutdown_ends_the_rest() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut detector = Detector::new(config());
+    run(&mut detector, &seed(&recording, 100 * S)[..4]);
+    assert_eq!(detector.active_storms().count(), 1);
+    assert_eq!(detector.expire(200 * S), vec![], "not silent long enough");
+    let expired = detector.expire(500 * S);
+    assert!(matches!(expired[..], [Finding::StormEnded { outcome: Outcome::Unknown, .. }]));
+
+    let mut other = Recording::client().resumed(40 * S, 100 * S);
+    other.cookie = 43;
+    run(&mut detector, &seed(&other, 100 * S)[..4]);
+    let stopped = detector.stop(103 * S);
+    assert!(matches!(stopped[..], [Finding::StormEnded { outcome: Outcome::MonitorStopped, .. }]));
+}
+
+#[test]
+fn episode_table_is_bounded() {
+    let mut detector = Detector::new(DetectorConfig { max_episodes: 2, ..config() });
+    for cookie in 0..5 {
+        let mut recording = Recording::client();
+        recording.cookie = cookie;
+        detector.handle(&recording.retransmit(S, RetransmitKind::Fast, 0));
+    }
+    assert_eq!((detector.episodes(), detector.episodes_dropped), (2, 3));
+}

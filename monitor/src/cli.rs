@@ -4,7 +4,11 @@ use std::{collections::BTreeSet, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{capture::CaptureConfig, output::Format};
+use crate::{
+    capture::CaptureConfig,
+    config::{ConfigError, Layer, Settings},
+    output::Format,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "connmon", version, about = "Find the process behind TCP retransmit storms on idle pooled connections")]
@@ -15,6 +19,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon: detect retransmit storms on idle connections, name the
+    /// process, and report them (JSON lines on stdout, HTTP API).
+    Run(RunArgs),
     /// Stream retransmits, state changes, resets and socket errors of
     /// watched connections, each with the process that owns the socket.
     Trace(TraceArgs),
@@ -36,6 +43,61 @@ pub struct TraceArgs {
 impl TraceArgs {
     pub fn format(&self) -> Format {
         if self.json { Format::Json } else { Format::Text }
+    }
+}
+
+/// `connmon run` flags. Each also reads a `CONNMON_*` variable; both
+/// override the `--config` file, which overrides the defaults.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML settings file (see README for the keys).
+    #[arg(long, env = "CONNMON_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// TCP ports (local or remote) to watch, comma separated [default: 6379].
+    #[arg(long, value_delimiter = ',', value_parser = parse_port, env = "CONNMON_PORTS")]
+    pub ports: Option<Vec<u16>>,
+    /// Watch every TCP port.
+    #[arg(long, env = "CONNMON_ALL_PORTS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub all_ports: Option<bool>,
+    /// No payload either way for this long makes a connection idle [default: 30s].
+    #[arg(long, env = "CONNMON_IDLE_THRESHOLD", value_name = "DURATION")]
+    pub idle_threshold: Option<String>,
+    /// RTO retransmits without progress after idle that confirm a storm [default: 3].
+    #[arg(long, env = "CONNMON_CONFIRM_RETRANSMITS", value_name = "N")]
+    pub confirm_retransmits: Option<u32>,
+    /// HTTP listen address for /metrics, /healthz, /readyz, /api/v1/storms [default: 0.0.0.0:9878].
+    #[arg(long, env = "CONNMON_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Event output on stdout [default: json].
+    #[arg(long, env = "CONNMON_LOG_FORMAT", value_enum)]
+    pub log_format: Option<Format>,
+    /// Sockets the kernel's socket table can hold [default: 65536].
+    #[arg(long, env = "CONNMON_SOCKET_MAP_ENTRIES")]
+    pub socket_map_entries: Option<u32>,
+    /// Event ring buffer size in KiB, a power of two [default: 1024].
+    #[arg(long, env = "CONNMON_RING_BUFFER_KIB")]
+    pub ring_buffer_kib: Option<u32>,
+}
+
+impl RunArgs {
+    /// Defaults, then the config file, then environment and flags.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let mut layers = Vec::new();
+        if let Some(path) = &self.config {
+            layers.push(Layer::from_file(path)?);
+        }
+        layers.push(Layer {
+            ports: self.ports.clone(),
+            all_ports: self.all_ports,
+            idle_threshold: self.idle_threshold.clone(),
+            confirm_retransmits: self.confirm_retransmits,
+            listen: self.listen.clone(),
+            log_format: self.log_format,
+            socket_map_entries: self.socket_map_entries,
+            ring_buffer_kib: self.ring_buffer_kib,
+            services: None,
+        });
+        Settings::resolve(&layers)
     }
 }
 
@@ -105,14 +167,16 @@ mod tests {
 
     #[test]
     fn trace_defaults_to_redis() {
-        let Command::Trace(args) = parse(&["trace"]).expect("valid").command;
+        let Command::Trace(args) = parse(&["trace"]).expect("valid").command else { panic!() };
         assert_eq!(args.capture.ports, vec![6379]);
         assert!(!args.json);
     }
 
     #[test]
     fn ports_are_a_list() {
-        let Command::Trace(args) = parse(&["trace", "--ports", "6379,5432, 3306"]).expect("valid").command;
+        let Command::Trace(args) = parse(&["trace", "--ports", "6379,5432, 3306"]).expect("valid").command else {
+            panic!()
+        };
         assert_eq!(args.capture.ports, vec![6379, 5432, 3306]);
     }
 
@@ -129,6 +193,23 @@ mod tests {
             let error = parse(bad).expect_err("invalid");
             assert_eq!(error.exit_code(), 2, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn run_flags_override_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("connmon-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("connmon.toml");
+        std::fs::write(&file, "ports = [5432]\nidle_threshold = \"5m\"\n").expect("write");
+        let file_arg = file.to_string_lossy().into_owned();
+        let Command::Run(args) = parse(&["run", "--config", &file_arg, "--idle-threshold", "10s"]).expect("valid").command
+        else {
+            panic!()
+        };
+        let settings = args.settings().expect("valid settings");
+        assert_eq!(settings.ports.iter().copied().collect::<Vec<_>>(), vec![5432]);
+        assert_eq!(settings.idle_threshold, std::time::Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

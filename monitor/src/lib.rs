@@ -5,11 +5,13 @@
 //! (`decode`, `event`) -> outputs (`output`). Everything right of capture is
 //! plain Rust, tested without a kernel.
 
+pub mod attribution;
 pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod detect;
+pub mod http;
 pub mod event;
 pub mod output;
 pub mod sockets;

@@ -5,8 +5,24 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use connmon::cli::{Cli, Command};
 
+/// Exit code for bad flags, environment or config: one line, like clap's.
+const USAGE_ERROR: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("connmon: {first}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
@@ -17,16 +33,33 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Trace(args) => connmon::commands::trace::run(args).await,
+            Command::Trace(args) => connmon::commands::trace::run(args).await.map_err(Failure::Runtime),
+            Command::Run(args) => {
+                let settings = match args.settings() {
+                    Ok(settings) => settings,
+                    Err(error) => return Err(Failure::Usage(error.to_string())),
+                };
+                connmon::commands::run::run(settings).await.map_err(Failure::Runtime)
+            }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Err(Failure::Usage(message)) => {
+            eprintln!("connmon: invalid setting: {message}");
+            ExitCode::from(USAGE_ERROR)
+        }
+        Err(Failure::Runtime(error)) => {
             eprintln!("connmon: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+enum Failure {
+    /// Bad settings: exit code 2.
+    Usage(String),
+    Runtime(anyhow::Error),
 }
 
 /// Logs go to stderr (stdout carries events); `RUST_LOG` filters them.

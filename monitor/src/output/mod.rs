@@ -1,6 +1,8 @@
 //! What connmon prints: event streams for people (text) and machines (JSON
 //! lines).
 
+pub mod hint;
+pub mod report;
 pub mod trace;
 
 /// Output format for event streams.

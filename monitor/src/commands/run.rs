@@ -1,0 +1,122 @@
+//! `connmon run`: the daemon. Kernel events flow one way through the socket
+//! table and the storm detector; findings go to stdout and the HTTP API.
+
+use std::{io::Write, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    attribution::Attributor,
+    capture::{Capture, reader},
+    clock::{WallClock, monotonic_now_ns},
+    config::Settings,
+    detect::{Detector, DetectorConfig, Finding},
+    event::SocketEvent,
+    http::{self, Status},
+    output::{
+        Format,
+        report::{Reporter, text_line},
+    },
+    shutdown,
+    sockets::SocketTable,
+};
+
+/// How often silent episodes are expired.
+const EXPIRE_INTERVAL: Duration = Duration::from_secs(10);
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let status = Arc::new(Status::default());
+    let server = http::serve(settings.listen, status.clone()).await?;
+
+    let mut capture = Capture::start(&settings.capture_config()).context("starting kernel capture")?;
+    let ring = capture.take_events()?;
+    let stats = Arc::new(reader::ReaderStats::default());
+    let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);
+    let reader = reader::spawn(ring, tx, stats).context("polling the event ring buffer")?;
+    status.set_ready(true);
+    info!(
+        ports = ?settings.ports,
+        all_ports = settings.all_ports,
+        idle_threshold = ?settings.idle_threshold,
+        confirm_retransmits = settings.confirm_retransmits,
+        listen = %settings.listen,
+        "watching for retransmit storms on idle connections"
+    );
+
+    let mut pipeline = Pipeline {
+        sockets: SocketTable::default(),
+        detector: Detector::new(DetectorConfig::new(
+            settings.idle_threshold.as_nanos() as u64,
+            settings.confirm_retransmits,
+        )),
+        reporter: Reporter::new(WallClock::new(), Attributor::new("/proc")),
+        status: status.clone(),
+        settings,
+    };
+    let mut expire = tokio::time::interval(EXPIRE_INTERVAL);
+    let mut stop = std::pin::pin!(shutdown::signal());
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(event) => pipeline.event(event),
+                None => {
+                    warn!("event reader stopped");
+                    break;
+                }
+            },
+            _ = expire.tick() => {
+                let findings = pipeline.detector.expire(monotonic_now_ns());
+                pipeline.report(&findings);
+            }
+            signal = &mut stop => {
+                info!(signal = signal.as_str(), "stopping");
+                break;
+            }
+        }
+    }
+    // Storms still going end as monitor_stopped, so every start has an end.
+    let findings = pipeline.detector.stop(monotonic_now_ns());
+    pipeline.report(&findings);
+    status.set_ready(false);
+    reader.abort();
+    drop(capture);
+    server.abort();
+    info!("kernel programs detached");
+    Ok(())
+}
+
+struct Pipeline {
+    sockets: SocketTable,
+    detector: Detector,
+    reporter: Reporter,
+    status: Arc<Status>,
+    settings: Settings,
+}
+
+impl Pipeline {
+    fn event(&mut self, mut event: SocketEvent) {
+        self.sockets.observe(&mut event);
+        let findings = self.detector.handle(&event);
+        self.report(&findings);
+    }
+
+    fn report(&mut self, findings: &[Finding]) {
+        if findings.is_empty() {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        for finding in findings {
+            let record = self.reporter.record(finding, &self.settings);
+            let line = match self.settings.log_format {
+                Format::Json => serde_json::to_string(&record).unwrap_or_default(),
+                Format::Text => text_line(&record),
+            };
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                warn!("stdout closed; findings still go to the HTTP API");
+            }
+            self.status.record(&record);
+        }
+    }
+}

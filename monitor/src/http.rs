@@ -1,0 +1,106 @@
+//! The HTTP endpoints: health, readiness and the storms API. A slow client
+//! never stalls the pipeline: handlers only read shared state.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use serde::Serialize;
+
+use crate::output::report::FindingRecord;
+
+/// Ended storms kept for `/api/v1/storms`.
+const RECENT_STORMS: usize = 100;
+
+/// State the daemon shares with the HTTP handlers.
+#[derive(Default)]
+pub struct Status {
+    ready: AtomicBool,
+    storms: Mutex<StormBoard>,
+}
+
+#[derive(Default, Serialize, Clone)]
+pub struct StormBoard {
+    /// Storms in progress, by storm id.
+    pub active: BTreeMap<u64, FindingRecord>,
+    /// The latest ended storms and resets after idle, newest first.
+    pub recent: VecDeque<FindingRecord>,
+}
+
+impl Status {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Files a finding record under active or recent.
+    pub fn record(&self, record: &FindingRecord) {
+        let Ok(mut board) = self.storms.lock() else { return };
+        match (record.event, record.storm_id) {
+            ("storm_started", Some(id)) => {
+                board.active.insert(id, record.clone());
+            }
+            (_, id) => {
+                if let Some(id) = id {
+                    board.active.remove(&id);
+                }
+                board.recent.push_front(record.clone());
+                board.recent.truncate(RECENT_STORMS);
+            }
+        }
+    }
+
+    pub fn board(&self) -> StormBoard {
+        self.storms.lock().map(|board| board.clone()).unwrap_or_default()
+    }
+}
+
+pub fn router(status: Arc<Status>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/storms", get(storms))
+        .with_state(status)
+}
+
+async fn readyz(State(status): State<Arc<Status>>) -> (StatusCode, &'static str) {
+    if status.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "kernel programs not attached\n")
+    }
+}
+
+#[derive(Serialize)]
+struct StormsResponse {
+    active: Vec<FindingRecord>,
+    recent: Vec<FindingRecord>,
+}
+
+async fn storms(State(status): State<Arc<Status>>) -> Json<StormsResponse> {
+    let board = status.board();
+    Json(StormsResponse { active: board.active.into_values().collect(), recent: board.recent.into_iter().collect() })
+}
+
+/// Binds `listen` (so a taken port fails at start-up, with its address) and
+/// serves in the background.
+pub async fn serve(listen: SocketAddr, status: Arc<Status>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen on {listen}: {error}"))?;
+    let app = router(status);
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    }))
+}

@@ -1,0 +1,76 @@
+//! The one-line hint each finding carries: the likely cause and the fixes.
+
+use crate::event::Role;
+
+/// Formats seconds for people: "45s", "6m 10s", "2h 3m".
+pub fn human_duration(seconds: f64) -> String {
+    let total = seconds.max(0.0).round() as u64;
+    match total {
+        0..=59 => format!("{total}s"),
+        60..=3599 => format!("{}m {}s", total / 60, total % 60),
+        _ => format!("{}h {}m", total / 3600, (total % 3600) / 60),
+    }
+}
+
+/// Hint for a retransmit storm after idle.
+pub fn storm_hint(role: Role, service: Option<&str>, comm: Option<&str>, idle_seconds: f64, gives_up_in_seconds: Option<f64>) -> String {
+    let what = service.map(|service| format!("{service} connection")).unwrap_or_else(|| "connection".into());
+    let hang = match gives_up_in_seconds {
+        Some(seconds) => format!("the kernel retransmits until it gives up in about {}", human_duration(seconds)),
+        None => "the kernel retransmits until tcp_retries2 gives up (about 15 minutes by default)".into(),
+    };
+    let redis = service == Some("redis");
+    match role {
+        Role::Server => format!(
+            "Likely cause: the path to this client forgot the idle flow (NAT, load balancer or firewall idle timeout) after {idle} idle, so {who} cannot deliver and {hang}. Fix: {server_fix}; clients should enable TCP keepalive below the path's idle timeout.",
+            idle = human_duration(idle_seconds),
+            who = comm.unwrap_or("the server"),
+            server_fix = if redis {
+                "set Redis `tcp-keepalive 60` (keeps flows alive and drops dead clients) or `timeout` to close idle clients"
+            } else {
+                "enable TCP keepalive on the server's sockets shorter than the path's idle timeout"
+            },
+        ),
+        _ => format!(
+            "Likely cause: a middlebox (NAT gateway, load balancer, firewall) silently dropped this idle {what} after {idle} idle; {hang}, and the request hangs meanwhile. Fix: keep the connection alive below the path's idle timeout ({keepalive}client SO_KEEPALIVE with TCP_KEEPIDLE under it), or fail fast with TCP_USER_TIMEOUT or a lower net.ipv4.tcp_retries2.",
+            idle = human_duration(idle_seconds),
+            keepalive = if redis { "Redis `tcp-keepalive 60`, or " } else { "" },
+        ),
+    }
+}
+
+/// Hint for a reset right after idle.
+pub fn reset_hint(service: Option<&str>, idle_seconds: f64) -> String {
+    let what = service.map(|service| format!("{service} connection")).unwrap_or_else(|| "connection".into());
+    format!(
+        "Likely cause: the path (NAT, load balancer, firewall) or the server forgot this idle {what} after {} idle and answered the next request with a reset; the application saw a connection error. Fix: keepalive below the idle timeout{}, and retry on reset in the client.",
+        human_duration(idle_seconds),
+        if service == Some("redis") { " (Redis `tcp-keepalive`, client SO_KEEPALIVE)" } else { " (client SO_KEEPALIVE)" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(45.4), "45s");
+        assert_eq!(human_duration(370.0), "6m 10s");
+        assert_eq!(human_duration(7380.0), "2h 3m");
+    }
+
+    #[test]
+    fn client_hint_names_cause_and_fixes() {
+        let hint = storm_hint(Role::Client, Some("redis"), Some("app"), 400.0, Some(900.0));
+        for needle in ["middlebox", "tcp-keepalive", "TCP_USER_TIMEOUT", "tcp_retries2", "15m 0s", "6m 40s"] {
+            assert!(hint.contains(needle), "{needle} missing from {hint}");
+        }
+    }
+
+    #[test]
+    fn server_hint_names_the_server_fix() {
+        let hint = storm_hint(Role::Server, Some("redis"), Some("redis-server"), 60.0, None);
+        assert!(hint.contains("redis-server") && hint.contains("tcp-keepalive") && hint.contains("timeout"), "{hint}");
+    }
+}

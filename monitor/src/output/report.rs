@@ -1,0 +1,203 @@
+//! Findings as records: the same shape on stdout, in the HTTP API and in
+//! alerts.
+
+use serde::Serialize;
+
+use crate::{
+    attribution::{Attributor, ProcessDetails},
+    clock::WallClock,
+    config::Settings,
+    detect::{Finding, IdleReset, Outcome, Storm},
+    event::{Connection, ProcessRef, Role},
+    output::{hint, trace::errno_name},
+};
+
+const NS_PER_S: f64 = 1e9;
+
+/// One finding, flat and stable: `event` says which.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FindingRecord {
+    pub event: &'static str,
+    pub time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_id: Option<u64>,
+    pub pid: Option<u32>,
+    /// The thread that last wrote to the socket.
+    pub tid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    pub cgroup: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub local: String,
+    pub remote: String,
+    pub netns: u32,
+    pub role: Role,
+    pub service: Option<String>,
+    pub idle_seconds: f64,
+    pub retransmits: u32,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gives_up_in_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub tcp_retries2: Option<u8>,
+    pub cookie: u64,
+    pub hint: String,
+}
+
+/// Builds records from findings, looking processes up as needed.
+pub struct Reporter {
+    clock: WallClock,
+    attributor: Attributor,
+}
+
+impl Reporter {
+    pub fn new(clock: WallClock, attributor: Attributor) -> Self {
+        Self { clock, attributor }
+    }
+
+    pub fn record(&mut self, finding: &Finding, settings: &Settings) -> FindingRecord {
+        match finding {
+            Finding::StormStarted(storm) => {
+                let gives_up = storm
+                    .gives_up_at_ns
+                    .map(|at| round(at.saturating_sub(storm.confirmed_ns) as f64 / NS_PER_S));
+                let mut record = self.storm_record("storm_started", storm, storm.confirmed_ns, settings, gives_up);
+                record.gives_up_in_seconds = gives_up;
+                record
+            }
+            Finding::StormEnded { storm, outcome, ended_ns, errno } => {
+                let mut record = self.storm_record("storm_ended", storm, *ended_ns, settings, None);
+                record.outcome = Some(*outcome);
+                record.duration_seconds = Some(round(ended_ns.saturating_sub(storm.started_ns) as f64 / NS_PER_S));
+                record.error = errno.map(errno_name);
+                record
+            }
+            Finding::ResetAfterIdle(reset) => self.reset_record(reset, settings),
+        }
+    }
+
+    fn storm_record(&mut self, event: &'static str, storm: &Storm, at_ns: u64, settings: &Settings, gives_up: Option<f64>) -> FindingRecord {
+        let service = service_of(&storm.connection, storm.role, settings);
+        let idle_seconds = round(storm.idle_ns as f64 / NS_PER_S);
+        let owner = storm.owner.as_ref();
+        let hint = hint::storm_hint(storm.role, service.as_deref(), owner.map(|o| o.comm.as_str()), idle_seconds, gives_up.or_else(|| {
+            storm.gives_up_at_ns.map(|at| at.saturating_sub(storm.confirmed_ns) as f64 / NS_PER_S)
+        }));
+        let mut record = self.base(event, at_ns, owner, &storm.connection, storm.role, service, storm.cookie, hint);
+        record.storm_id = Some(storm.id);
+        record.idle_seconds = idle_seconds;
+        record.retransmits = storm.retransmits;
+        record.started_at = self.clock.rfc3339(storm.started_ns);
+        record.confirmed_at = Some(self.clock.rfc3339(storm.confirmed_ns));
+        record.tcp_retries2 = Some(storm.tcp_retries2);
+        record
+    }
+
+    fn reset_record(&mut self, reset: &IdleReset, settings: &Settings) -> FindingRecord {
+        let service = service_of(&reset.connection, reset.role, settings);
+        let idle_seconds = round(reset.idle_ns as f64 / NS_PER_S);
+        let hint = hint::reset_hint(service.as_deref(), idle_seconds);
+        let mut record = self.base("reset_after_idle", reset.at_ns, reset.owner.as_ref(), &reset.connection, reset.role, service, reset.cookie, hint);
+        record.idle_seconds = idle_seconds;
+        record.retransmits = reset.retransmits;
+        record.outcome = Some(Outcome::Reset);
+        record
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one private constructor for the shared fields")]
+    fn base(
+        &mut self,
+        event: &'static str,
+        at_ns: u64,
+        owner: Option<&ProcessRef>,
+        connection: &Connection,
+        role: Role,
+        service: Option<String>,
+        cookie: u64,
+        hint: String,
+    ) -> FindingRecord {
+        let details = owner.map(|owner| self.attributor.details(owner)).unwrap_or_else(ProcessDetails::default);
+        FindingRecord {
+            event,
+            time: self.clock.rfc3339(at_ns),
+            storm_id: None,
+            pid: owner.map(|o| o.pid),
+            tid: owner.map(|o| o.tid),
+            comm: owner.map(|o| o.comm.clone()),
+            exe: details.exe,
+            cgroup: details.cgroup,
+            cgroup_id: owner.map(|o| o.cgroup_id),
+            local: connection.local.to_string(),
+            remote: connection.remote.to_string(),
+            netns: connection.netns,
+            role,
+            service,
+            idle_seconds: 0.0,
+            retransmits: 0,
+            started_at: self.clock.rfc3339(at_ns),
+            confirmed_at: None,
+            gives_up_in_seconds: None,
+            outcome: None,
+            duration_seconds: None,
+            error: None,
+            tcp_retries2: None,
+            cookie,
+            hint,
+        }
+    }
+}
+
+/// The watched service on the far side (client) or this side (server).
+fn service_of(connection: &Connection, role: Role, settings: &Settings) -> Option<String> {
+    let (first, second) = match role {
+        Role::Server => (connection.local.port(), connection.remote.port()),
+        _ => (connection.remote.port(), connection.local.port()),
+    };
+    settings.service(first).or_else(|| settings.service(second)).map(str::to_string)
+}
+
+/// Seconds to milliseconds precision, for readable JSON.
+fn round(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
+/// A record as one line of text, for people.
+pub fn text_line(record: &FindingRecord) -> String {
+    let who = match (&record.pid, &record.comm) {
+        (Some(pid), Some(comm)) => format!("{comm}[{pid}] tid={}", record.tid.unwrap_or(*pid)),
+        _ => "unknown process".into(),
+    };
+    let service = record.service.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+    let detail = match record.event {
+        "storm_started" => format!(
+            "idle {} then {} retransmits, gives up in {}",
+            hint::human_duration(record.idle_seconds),
+            record.retransmits,
+            record.gives_up_in_seconds.map_or("?".into(), hint::human_duration)
+        ),
+        "storm_ended" => format!(
+            "{} after {}, {} retransmits",
+            record.outcome.map_or("?", Outcome::as_str),
+            hint::human_duration(record.duration_seconds.unwrap_or(0.0)),
+            record.retransmits
+        ),
+        _ => format!("reset after {} idle", hint::human_duration(record.idle_seconds)),
+    };
+    format!(
+        "{} {} {who} {:?} {} -> {}{service} netns={}: {detail}. {}",
+        record.time,
+        record.event.to_uppercase(),
+        record.role,
+        record.local,
+        record.remote,
+        record.netns,
+        record.hint
+    )
+}

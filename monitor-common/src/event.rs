@@ -45,7 +45,7 @@ const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 16);
 /// | kind | detail |
 /// |---|---|
 /// | retransmit | the attempt's result: 0 or a negative errno, as `i32` bits |
-/// | state change | `old_state << 8 \| new_state` |
+/// | state change | `errno << 16 \| old_state << 8 \| new_state`; errno is `sk_err` on CLOSE |
 /// | reset sent | `sk_rst_reason` on kernels that have it, else 0 |
 /// | socket error | the positive errno (`sk_err`) |
 /// | progress | `PROGRESS_*` |

@@ -89,3 +89,7 @@ const _: () = assert!(core::mem::size_of::<SocketState>() == 96);
 /// A watched socket has retransmitted and has not made progress since; the
 /// next receive or return to congestion state Open is reported.
 pub const SOCKET_FLAG_RETRANSMITTING: u32 = 1 << 0;
+/// The socket's ports matched the watch list once. Remembered because the
+/// kernel clears the local port when it unhashes a closing socket, and a
+/// server socket's last events (CLOSE, ETIMEDOUT, destroy) must still pass.
+pub const SOCKET_FLAG_WATCHED: u32 = 1 << 1;

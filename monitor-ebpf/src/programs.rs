@@ -21,7 +21,7 @@ use monitor_common::{
         OWNER_SOURCE_CONNECT, OWNER_SOURCE_NONE, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND,
         ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_RETRANSMITTING,
     },
-    tcp::{TCP_CA_OPEN, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
+    tcp::{TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
 };
 
 use crate::{
@@ -140,8 +140,11 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     } else {
         SOCKETS.get_ptr_mut(cookie)
     };
-    if is_watched(sk) {
-        let detail = (old_state as u32) << 8 | new_state as u32;
+    if is_watched(sk, state) {
+        // The kernel sets sk_err before it closes a socket on error
+        // (ETIMEDOUT, ECONNRESET): the CLOSE event says why.
+        let errno = if new_state == TCP_CLOSE { read::<i32>(sk, off!(sk_err)).unwrap_or(0) } else { 0 };
+        let detail = (errno as u32 & 0xffff) << 16 | (old_state as u32) << 8 | new_state as u32;
         emit(EVENT_STATE_CHANGE, detail, sk, cookie, now, state.map(|s| s as *const _), TcpSnapshot::default(), WAKE_LATER);
     }
     0
@@ -176,7 +179,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: pointer from a socket-map lookup in this run.
         unsafe { (*state).retransmits = (*state).retransmits.wrapping_add(1) };
     }
-    if !is_watched(sk) {
+    if !is_watched(sk, state) {
         return 0;
     }
     if let Some(state) = state {
@@ -268,12 +271,12 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn emit_for_watched(ctx: &BtfTracePointContext, kind: u32, detail: u32, wake: bool) {
     let sk = sock_arg(ctx);
-    if !is_watched(sk) {
+    let cookie = cookie(sk);
+    let state = SOCKETS.get_ptr_mut(cookie);
+    if !is_watched(sk, state) {
         return;
     }
-    let cookie = cookie(sk);
-    let state = SOCKETS.get_ptr(cookie);
-    emit(kind, detail, sk, cookie, now_ns(), state, TcpSnapshot::default(), wake);
+    emit(kind, detail, sk, cookie, now_ns(), state.map(|s| s as *const _), TcpSnapshot::default(), wake);
 }
 
 #[inline(always)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use monitor_common::{
     counters::{LOST_SOCKET_MAP_FULL, SOCKETS_ADDED},
-    socket::{Activity, Owner, SocketState, Tuple},
+    socket::{Activity, Owner, SOCKET_FLAG_WATCHED, SocketState, Tuple},
     tcp::AF_INET6,
 };
 
@@ -80,15 +80,27 @@ pub fn tuple(sk: *const u8) -> Tuple {
 }
 
 /// Whether events for `sk` go to userspace: its local or remote port is
-/// watched (or every port is).
+/// watched (or every port is), now or earlier in its life (remembered in
+/// its map entry, see `SOCKET_FLAG_WATCHED`).
 #[inline(always)]
-pub fn is_watched(sk: *const u8) -> bool {
+pub fn is_watched(sk: *const u8, state: Option<*mut SocketState>) -> bool {
     if setting!(watch_all_ports) != 0 {
         return true;
     }
+    if let Some(state) = state {
+        // SAFETY: pointer from a socket-map lookup in this run.
+        if unsafe { (*state).flags } & SOCKET_FLAG_WATCHED != 0 {
+            return true;
+        }
+    }
     let (local, remote) = ports(sk);
-    let watched = |port: u16| WATCHED_PORTS.get(port as u32).is_some_and(|flag| *flag != 0);
-    watched(local) || watched(remote)
+    let watched_port = |port: u16| WATCHED_PORTS.get(port as u32).is_some_and(|flag| *flag != 0);
+    let watched = watched_port(local) || watched_port(remote);
+    if watched && let Some(state) = state {
+        // SAFETY: as above.
+        unsafe { (*state).flags |= SOCKET_FLAG_WATCHED };
+    }
+    watched
 }
 
 /// The map entry for `cookie`, created with `owner` when missing. `None`

@@ -55,6 +55,7 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         EVENT_STATE_CHANGE => EventKind::StateChange {
             old: TcpState((raw.detail >> 8) as u8),
             new: TcpState(raw.detail as u8),
+            errno: (raw.detail >> 16) as i32,
         },
         EVENT_RESET_RECEIVED => EventKind::ResetReceived,
         EVENT_RESET_SENT => EventKind::ResetSent,
@@ -244,9 +245,9 @@ mod tests {
     fn decodes_state_change_and_error_details() {
         let mut raw = retransmit_record();
         raw.kind = EVENT_STATE_CHANGE;
-        raw.detail = (1 << 8) | 7;
+        raw.detail = (110 << 16) | (1 << 8) | 7;
         let event = decode(&encode(&raw)).expect("valid");
-        assert_eq!(event.kind, EventKind::StateChange { old: TcpState(1), new: TcpState(7) });
+        assert_eq!(event.kind, EventKind::StateChange { old: TcpState(1), new: TcpState(7), errno: 110 });
         raw.kind = EVENT_SOCKET_ERROR;
         raw.detail = 110;
         assert_eq!(decode(&encode(&raw)).expect("valid").kind, EventKind::SocketError { errno: 110 });

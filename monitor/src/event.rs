@@ -129,7 +129,8 @@ pub struct RetransmitInfo {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     Retransmit(RetransmitInfo),
-    StateChange { old: TcpState, new: TcpState },
+    /// `errno`: the socket's error when it closed on one (0 otherwise).
+    StateChange { old: TcpState, new: TcpState, errno: i32 },
     ResetReceived,
     ResetSent,
     SocketError { errno: i32 },

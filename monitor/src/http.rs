@@ -13,16 +13,17 @@ use std::{
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde::Serialize;
 
-use crate::output::report::FindingRecord;
+use crate::{capture::counters::KernelCounters, metrics::Metrics, output::report::FindingRecord};
 
 /// Ended storms kept for `/api/v1/storms`.
 const RECENT_STORMS: usize = 100;
 
 /// State the daemon shares with the HTTP handlers.
-#[derive(Default)]
 pub struct Status {
     ready: AtomicBool,
     storms: Mutex<StormBoard>,
+    pub metrics: Metrics,
+    kernel_counters: Mutex<Option<KernelCounters>>,
 }
 
 #[derive(Default, Serialize, Clone)]
@@ -34,6 +35,29 @@ pub struct StormBoard {
 }
 
 impl Status {
+    pub fn new(metrics: Metrics) -> Self {
+        Self { ready: AtomicBool::new(false), storms: Mutex::default(), metrics, kernel_counters: Mutex::new(None) }
+    }
+
+    /// Hands over the kernel counters, read at every scrape.
+    pub fn set_kernel_counters(&self, counters: KernelCounters) {
+        if let Ok(mut slot) = self.kernel_counters.lock() {
+            *slot = Some(counters);
+        }
+    }
+
+    fn scrape(&self) -> String {
+        if let Ok(slot) = self.kernel_counters.lock()
+            && let Some(counters) = slot.as_ref()
+        {
+            match counters.snapshot() {
+                Ok(snapshot) => self.metrics.observe_kernel(&snapshot),
+                Err(error) => tracing::warn!(%error, "cannot read kernel counters"),
+            }
+        }
+        self.metrics.render()
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
@@ -68,6 +92,7 @@ pub fn router(status: Arc<Status>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/storms", get(storms))
         .with_state(status)
 }
@@ -78,6 +103,10 @@ async fn readyz(State(status): State<Arc<Status>>) -> (StatusCode, &'static str)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "kernel programs not attached\n")
     }
+}
+
+async fn metrics(State(status): State<Arc<Status>>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], status.scrape())
 }
 
 #[derive(Serialize)]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod http;
+pub mod metrics;
 pub mod event;
 pub mod output;
 pub mod sockets;

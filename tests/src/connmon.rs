@@ -59,3 +59,88 @@ impl Drop for Trace {
         let _ = self.process.stop(libc::SIGINT, Duration::from_secs(5));
     }
 }
+
+/// `connmon run` with JSON findings on stdout and its HTTP endpoints on a
+/// free loopback port; stopped with SIGINT on drop.
+pub struct Daemon {
+    process: Process,
+    pub listen: std::net::SocketAddr,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits until its programs are attached.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let listen = free_loopback_port()?;
+        let mut command = Command::new(binary());
+        command.arg("run").args(["--listen", &listen.to_string(), "--log-format", "json"]).args(args);
+        command.env("RUST_LOG", "info");
+        let process = Process::spawn("connmon run", command)?;
+        process
+            .stderr
+            .wait_for_containing("watching for retransmit storms", Duration::from_secs(60))
+            .context("connmon run did not get ready")?;
+        Ok(Self { process, listen })
+    }
+
+    /// Every finding printed so far.
+    pub fn records(&self) -> Vec<Value> {
+        self.process.stdout.snapshot().iter().filter_map(|line| serde_json::from_str(line).ok()).collect()
+    }
+
+    /// Findings of one kind in one network namespace.
+    pub fn findings(&self, event: &str, netns: u32) -> Vec<Value> {
+        self.records().into_iter().filter(|r| r["event"] == event && r["netns"] == netns).collect()
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.process.stderr.snapshot()
+    }
+
+    /// GET `path` from the daemon's HTTP server; returns the body.
+    pub fn http_get(&self, path: &str) -> Result<String> {
+        http_get(self.listen, path)
+    }
+
+    /// A sample of `/metrics`, e.g. `connmon_events_total{event="destroyed"}`;
+    /// 0 when absent.
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let body = self.http_get("/metrics")?;
+        Ok(body
+            .lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Stops with SIGINT; returns the exit code.
+    pub fn stop(mut self) -> Result<Option<i32>> {
+        self.process.stop(libc::SIGINT, Duration::from_secs(10))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.process.stop(libc::SIGINT, Duration::from_secs(5));
+    }
+}
+
+fn free_loopback_port() -> Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A minimal HTTP/1.0 GET on loopback: status 200 or an error.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    Ok(body.to_string())
+}

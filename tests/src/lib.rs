@@ -10,3 +10,4 @@ pub mod connmon;
 pub mod netns;
 pub mod poll;
 pub mod process;
+pub mod topology;

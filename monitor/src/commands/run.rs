@@ -15,6 +15,7 @@ use crate::{
     detect::{Detector, DetectorConfig, Finding},
     event::SocketEvent,
     http::{self, Status},
+    metrics::Metrics,
     output::{
         Format,
         report::{Reporter, text_line},
@@ -27,11 +28,12 @@ use crate::{
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(10);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let status = Arc::new(Status::default());
+    let status = Arc::new(Status::new(Metrics::new().context("registering metrics")?));
     let server = http::serve(settings.listen, status.clone()).await?;
 
     let mut capture = Capture::start(&settings.capture_config()).context("starting kernel capture")?;
     let ring = capture.take_events()?;
+    status.set_kernel_counters(capture.take_counters()?);
     let stats = Arc::new(reader::ReaderStats::default());
     let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);
     let reader = reader::spawn(ring, tx, stats).context("polling the event ring buffer")?;
@@ -98,6 +100,7 @@ struct Pipeline {
 impl Pipeline {
     fn event(&mut self, mut event: SocketEvent) {
         self.sockets.observe(&mut event);
+        self.status.metrics.observe_event(&event);
         let findings = self.detector.handle(&event);
         self.report(&findings);
     }
@@ -108,6 +111,7 @@ impl Pipeline {
         }
         let mut out = std::io::stdout().lock();
         for finding in findings {
+            self.status.metrics.observe_finding(finding);
             let record = self.reporter.record(finding, &self.settings);
             let line = match self.settings.log_format {
                 Format::Json => serde_json::to_string(&record).unwrap_or_default(),

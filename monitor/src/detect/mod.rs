@@ -151,6 +151,28 @@ pub struct Detector {
     pub episodes_dropped: u64,
 }
 
+fn outcome_for(errno: i32) -> Outcome {
+    match errno {
+        libc::ETIMEDOUT => Outcome::TimedOut,
+        libc::ECONNRESET | libc::EPIPE => Outcome::Reset,
+        _ => Outcome::Closed,
+    }
+}
+
+/// How long the socket had been idle when a reset arrived: the stuck
+/// burst's idle gap, or, when the reset answers the very send that ended
+/// the idle time (it can arrive in softirq before the send hook has run),
+/// the time since the last payload.
+fn idle_before_reset(event: &SocketEvent, config: &DetectorConfig) -> Option<u64> {
+    if let Some(idle) = idle_before_stuck_burst(event, config, event.timestamp_ns) {
+        return Some(idle);
+    }
+    let activity = &event.activity;
+    let last_active = activity.last_send_ns.max(activity.last_recv_ns)?;
+    let idle = event.timestamp_ns.saturating_sub(last_active);
+    (idle >= config.idle_threshold_ns).then_some(idle)
+}
+
 /// The idle gap before the socket's current burst, if the burst followed an
 /// idle gap, started within the window before `at_ns`, and nothing has been
 /// received since it began.
@@ -212,7 +234,7 @@ impl Detector {
                 } else {
                     let retransmits = self.episodes.remove(&event.cookie).map_or(0, |episode| episode.retransmits);
                     if matches!(event.kind, EventKind::ResetReceived)
-                        && let Some(idle_ns) = idle_before_stuck_burst(event, &self.config, event.timestamp_ns)
+                        && let Some(idle_ns) = idle_before_reset(event, &self.config)
                     {
                         findings.push(Finding::ResetAfterIdle(IdleReset {
                             cookie: event.cookie,
@@ -227,15 +249,14 @@ impl Detector {
                 }
             }
             EventKind::SocketError { errno } => {
-                let outcome = match *errno {
-                    libc::ETIMEDOUT => Outcome::TimedOut,
-                    libc::ECONNRESET | libc::EPIPE => Outcome::Reset,
-                    _ => Outcome::Closed,
-                };
-                self.end(event.cookie, outcome, event.timestamp_ns, Some(*errno), &mut findings);
+                self.end(event.cookie, outcome_for(*errno), event.timestamp_ns, Some(*errno), &mut findings);
             }
-            EventKind::StateChange { new, .. } if new.0 == monitor_common::tcp::TCP_CLOSE => {
-                self.end(event.cookie, Outcome::Closed, event.timestamp_ns, None, &mut findings);
+            // The kernel closes a socket before it reports the error, so the
+            // CLOSE carries the errno (0 for an orderly close).
+            EventKind::StateChange { new, errno, .. } if new.0 == monitor_common::tcp::TCP_CLOSE => {
+                let errno = (*errno != 0).then_some(*errno);
+                let outcome = errno.map_or(Outcome::Closed, outcome_for);
+                self.end(event.cookie, outcome, event.timestamp_ns, errno, &mut findings);
             }
             EventKind::Destroyed => self.end(event.cookie, Outcome::Closed, event.timestamp_ns, None, &mut findings),
             EventKind::StateChange { .. } => {}

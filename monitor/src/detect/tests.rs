@@ -93,8 +93,12 @@ fn seed(recording: &Recording, send_ns: u64) -> Vec<SocketEvent> {
         recording.retransmit(send_ns + 832 * MS, RetransmitKind::Timeout, 2),
         recording.retransmit(send_ns + 1664 * MS, RetransmitKind::Timeout, 3),
         recording.retransmit(send_ns + 3328 * MS, RetransmitKind::Timeout, 4),
+        // The kernel closes first (sk_err already set), then reports.
+        recording.event(
+            send_ns + 6850 * MS,
+            EventKind::StateChange { old: TcpState(1), new: TcpState(7), errno: libc::ETIMEDOUT },
+        ),
         recording.event(send_ns + 6850 * MS, EventKind::SocketError { errno: libc::ETIMEDOUT }),
-        recording.event(send_ns + 6850 * MS, EventKind::StateChange { old: TcpState(1), new: TcpState(7) }),
         recording.event(send_ns + 6850 * MS, EventKind::Destroyed),
     ]
 }
@@ -230,6 +234,18 @@ fn middlebox_reset_after_idle_is_reported_without_a_storm() {
 }
 
 #[test]
+fn reset_racing_ahead_of_the_send_hook_is_still_after_idle() {
+    // The RST answers the first send after idle before sock_send_length ran:
+    // the socket's activity still shows only the old traffic.
+    let mut recording = Recording::client().resumed(30 * S, 40 * S);
+    recording.activity.idle_before_burst_ns = 0;
+    let events = vec![recording.event(100 * S, EventKind::ResetReceived)];
+    let findings = run(&mut Detector::new(config()), &events);
+    let [(_, Finding::ResetAfterIdle(reset))] = &findings[..] else { panic!("{findings:#?}") };
+    assert_eq!(reset.idle_ns, 60 * S);
+}
+
+#[test]
 fn reset_during_a_storm_ends_it_as_reset() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let mut events = seed(&recording, 100 * S)[..4].to_vec();
@@ -263,7 +279,7 @@ fn a_falling_rto_count_means_unseen_progress() {
 fn close_without_error_ends_as_closed() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let mut events = seed(&recording, 100 * S)[..4].to_vec();
-    events.push(recording.event(102 * S, EventKind::StateChange { old: TcpState(1), new: TcpState(7) }));
+    events.push(recording.event(102 * S, EventKind::StateChange { old: TcpState(1), new: TcpState(7), errno: 0 }));
     let findings = run(&mut Detector::new(config()), &events);
     assert!(matches!(findings[1].1, Finding::StormEnded { outcome: Outcome::Closed, errno: None, .. }));
 }

@@ -34,9 +34,13 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
             record.insert("tcp_retries2".into(), json!(info.tcp_retries2));
             record.insert("user_timeout_ms".into(), json!(info.user_timeout_ms));
         }
-        EventKind::StateChange { old, new } => {
+        EventKind::StateChange { old, new, errno } => {
             record.insert("old_state".into(), json!(old));
             record.insert("new_state".into(), json!(new));
+            if *errno != 0 {
+                record.insert("errno".into(), json!(errno));
+                record.insert("error".into(), json!(errno_name(*errno)));
+            }
         }
         EventKind::SocketError { errno } => {
             record.insert("errno".into(), json!(errno));
@@ -64,7 +68,10 @@ pub fn text_line(event: &SocketEvent, clock: &WallClock) -> String {
             info.backoff,
             if info.result != 0 { format!(" result={}", info.result) } else { String::new() }
         ),
-        EventKind::StateChange { old, new } => format!("state {} -> {}", old.name(), new.name()),
+        EventKind::StateChange { old, new, errno } if *errno != 0 => {
+            format!("state {} -> {} ({})", old.name(), new.name(), errno_name(*errno))
+        }
+        EventKind::StateChange { old, new, .. } => format!("state {} -> {}", old.name(), new.name()),
         EventKind::SocketError { errno } => format!("error {}", errno_name(*errno)),
         other => other.name().to_string(),
     };

@@ -20,8 +20,14 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded here; nothing else reads
     // the environment concurrently.
     unsafe { std::env::set_var("PATH", joined) };
-    let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {ebpf_dir:?}"))?;
-    let package = aya_build::Package { name: "monitor-ebpf", root_dir: ebpf_dir, ..Default::default() };
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {ebpf_dir:?}"))?;
+    let package = aya_build::Package {
+        name: "monitor-ebpf",
+        root_dir: ebpf_dir,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
         .context("building the kernel programs failed; run `cargo xtask setup` to install the nightly rust-src and bpf-linker")
 }

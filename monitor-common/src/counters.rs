@@ -54,7 +54,9 @@ mod tests {
     #[test]
     fn retransmit_kinds_fit_between_the_fixed_slots() {
         assert_eq!(RETRANSMITS_BASE + RETRANSMIT_UNKNOWN as u32, 2);
-        assert!(RETRANSMITS_BASE + (RETRANSMIT_TAIL_LOSS_PROBE as u32) < RETRANSMIT_ATTEMPTS_FAILED);
+        assert!(
+            RETRANSMITS_BASE + (RETRANSMIT_TAIL_LOSS_PROBE as u32) < RETRANSMIT_ATTEMPTS_FAILED
+        );
         for index in 0..COUNTER_SLOTS {
             assert_ne!(counter_name(index), "unknown", "slot {index} has no name");
         }

@@ -51,7 +51,11 @@ pub fn emit(
         activity,
         tcp,
     });
-    let flags = if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    let flags = if wake {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     entry.submit(flags as u64);
     count(EVENTS_EMITTED, 1);
 }

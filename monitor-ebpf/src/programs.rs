@@ -12,14 +12,14 @@ use monitor_common::{
         RETRANSMITTED_SEGMENTS, SOCKETS_REMOVED,
     },
     event::{
-        EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT,
-        EVENT_RETRANSMIT, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED,
-        PROGRESS_DATA_RECEIVED, TcpSnapshot,
+        EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
+        EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED, PROGRESS_DATA_RECEIVED,
+        TcpSnapshot,
     },
     retransmit::{RETRANSMIT_TIMEOUT, classify_retransmit},
     socket::{
-        OWNER_SOURCE_CONNECT, OWNER_SOURCE_NONE, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND,
-        ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_RETRANSMITTING,
+        OWNER_SOURCE_CONNECT, OWNER_SOURCE_NONE, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, ROLE_CLIENT,
+        ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_RETRANSMITTING,
     },
     tcp::{TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
 };
@@ -73,10 +73,15 @@ fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
     let now = now_ns();
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    let source = if is_send { OWNER_SOURCE_SEND } else { OWNER_SOURCE_RECV };
+    let source = if is_send {
+        OWNER_SOURCE_SEND
+    } else {
+        OWNER_SOURCE_RECV
+    };
 
     let Some(state) = SOCKETS.get_ptr_mut(cookie) else {
-        let Some(state) = entry_or_insert(ctx, cookie, now, current_owner(source, ROLE_UNKNOWN)) else {
+        let Some(state) = entry_or_insert(ctx, cookie, now, current_owner(source, ROLE_UNKNOWN))
+        else {
             return;
         };
         // SAFETY: pointer from a socket-map lookup in this run.
@@ -94,7 +99,11 @@ fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
     } else {
         state.owner.tgid != tgid
     };
-    let last = if is_send { state.activity.last_send_ns } else { state.activity.last_recv_ns };
+    let last = if is_send {
+        state.activity.last_send_ns
+    } else {
+        state.activity.last_recv_ns
+    };
     let stale = now.saturating_sub(last) >= setting!(activity_granularity_ns);
     let progress = !is_send && state.flags & SOCKET_FLAG_RETRANSMITTING != 0;
     if !owner_changed && !stale && !progress {
@@ -107,7 +116,16 @@ fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
     note_activity(&mut state.activity, now, is_send);
     if progress {
         state.flags &= !SOCKET_FLAG_RETRANSMITTING;
-        emit(EVENT_PROGRESS, PROGRESS_DATA_RECEIVED, sk, cookie, now, Some(state), TcpSnapshot::default(), WAKE_LATER);
+        emit(
+            EVENT_PROGRESS,
+            PROGRESS_DATA_RECEIVED,
+            sk,
+            cookie,
+            now,
+            Some(state),
+            TcpSnapshot::default(),
+            WAKE_LATER,
+        );
     }
 }
 
@@ -143,9 +161,22 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if is_watched(sk, state) {
         // The kernel sets sk_err before it closes a socket on error
         // (ETIMEDOUT, ECONNRESET): the CLOSE event says why.
-        let errno = if new_state == TCP_CLOSE { read::<i32>(sk, off!(sk_err)).unwrap_or(0) } else { 0 };
+        let errno = if new_state == TCP_CLOSE {
+            read::<i32>(sk, off!(sk_err)).unwrap_or(0)
+        } else {
+            0
+        };
         let detail = (errno as u32 & 0xffff) << 16 | (old_state as u32) << 8 | new_state as u32;
-        emit(EVENT_STATE_CHANGE, detail, sk, cookie, now, state.map(|s| s as *const _), TcpSnapshot::default(), WAKE_LATER);
+        emit(
+            EVENT_STATE_CHANGE,
+            detail,
+            sk,
+            cookie,
+            now,
+            state.map(|s| s as *const _),
+            TcpSnapshot::default(),
+            WAKE_LATER,
+        );
     }
     0
 }
@@ -157,7 +188,11 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     let sk = sock_arg(&ctx);
     let skb = ctx.arg::<*const u8>(1);
-    let err: i32 = if setting!(retransmit_has_err) != 0 { ctx.arg(2) } else { 0 };
+    let err: i32 = if setting!(retransmit_has_err) != 0 {
+        ctx.arg(2)
+    } else {
+        0
+    };
     let cookie = cookie(sk);
     let now = now_ns();
 
@@ -198,8 +233,21 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         _pad: 0,
     };
     // Only a timeout retransmit can confirm a storm: wake the reader for it.
-    let wake = if kind == RETRANSMIT_TIMEOUT { WAKE_NOW } else { WAKE_LATER };
-    emit(EVENT_RETRANSMIT, err as u32, sk, cookie, now, state.map(|s| s as *const _), tcp, wake);
+    let wake = if kind == RETRANSMIT_TIMEOUT {
+        WAKE_NOW
+    } else {
+        WAKE_LATER
+    };
+    emit(
+        EVENT_RETRANSMIT,
+        err as u32,
+        sk,
+        cookie,
+        now,
+        state.map(|s| s as *const _),
+        tcp,
+        wake,
+    );
     0
 }
 
@@ -222,7 +270,16 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     state.flags &= !SOCKET_FLAG_RETRANSMITTING;
-    emit(EVENT_PROGRESS, PROGRESS_ACKNOWLEDGED, sk, cookie, now_ns(), Some(state), TcpSnapshot::default(), WAKE_LATER);
+    emit(
+        EVENT_PROGRESS,
+        PROGRESS_ACKNOWLEDGED,
+        sk,
+        cookie,
+        now_ns(),
+        Some(state),
+        TcpSnapshot::default(),
+        WAKE_LATER,
+    );
     0
 }
 
@@ -276,7 +333,16 @@ fn emit_for_watched(ctx: &BtfTracePointContext, kind: u32, detail: u32, wake: bo
     if !is_watched(sk, state) {
         return;
     }
-    emit(kind, detail, sk, cookie, now_ns(), state.map(|s| s as *const _), TcpSnapshot::default(), wake);
+    emit(
+        kind,
+        detail,
+        sk,
+        cookie,
+        now_ns(),
+        state.map(|s| s as *const _),
+        TcpSnapshot::default(),
+        wake,
+    );
 }
 
 #[inline(always)]

@@ -94,7 +94,11 @@ pub fn is_watched(sk: *const u8, state: Option<*mut SocketState>) -> bool {
         }
     }
     let (local, remote) = ports(sk);
-    let watched_port = |port: u16| WATCHED_PORTS.get(port as u32).is_some_and(|flag| *flag != 0);
+    let watched_port = |port: u16| {
+        WATCHED_PORTS
+            .get(port as u32)
+            .is_some_and(|flag| *flag != 0)
+    };
     let watched = watched_port(local) || watched_port(remote);
     if watched && let Some(state) = state {
         // SAFETY: as above.
@@ -131,7 +135,10 @@ pub fn entry_or_insert(
         count(LOST_SOCKET_MAP_FULL, 1);
         let lost = COUNTERS.get(LOST_SOCKET_MAP_FULL).copied().unwrap_or(0);
         if lost.is_power_of_two() {
-            warn!(ctx, "socket map refused an insert: {} sockets untracked on this CPU", lost);
+            warn!(
+                ctx,
+                "socket map refused an insert: {} sockets untracked on this CPU", lost
+            );
         }
         return None;
     }

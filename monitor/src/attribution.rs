@@ -30,7 +30,11 @@ pub struct Attributor {
 
 impl Attributor {
     pub fn new(proc_root: impl Into<PathBuf>) -> Self {
-        Self { proc_root: proc_root.into(), cache: HashMap::new(), capacity: 4096 }
+        Self {
+            proc_root: proc_root.into(),
+            cache: HashMap::new(),
+            capacity: 4096,
+        }
     }
 
     /// Details for `owner`; empty when the process is gone or its pid now
@@ -54,8 +58,12 @@ impl Attributor {
             return ProcessDetails::default();
         }
         ProcessDetails {
-            exe: std::fs::read_link(dir.join("exe")).ok().map(|path| path.to_string_lossy().into_owned()),
-            cgroup: std::fs::read_to_string(dir.join("cgroup")).ok().and_then(|text| cgroup_path(&text)),
+            exe: std::fs::read_link(dir.join("exe"))
+                .ok()
+                .map(|path| path.to_string_lossy().into_owned()),
+            cgroup: std::fs::read_to_string(dir.join("cgroup"))
+                .ok()
+                .and_then(|text| cgroup_path(&text)),
         }
     }
 }
@@ -67,10 +75,16 @@ fn same_process(dir: &Path, start_boottime_ns: u64) -> bool {
     if start_boottime_ns == 0 {
         return dir.exists();
     }
-    let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { return false };
-    let Some(start_ticks) = start_time_ticks(&stat) else { return false };
+    let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+        return false;
+    };
+    let Some(start_ticks) = start_time_ticks(&stat) else {
+        return false;
+    };
     // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
     let tick_ns = 1_000_000_000 / ticks_per_second;
     (start_boottime_ns / tick_ns).abs_diff(start_ticks) <= 1
 }
@@ -97,7 +111,11 @@ pub fn cgroup_path(text: &str) -> Option<String> {
     entries
         .iter()
         .find(|(controllers, _)| controllers.is_empty())
-        .or_else(|| entries.iter().find(|(controllers, _)| *controllers == "name=systemd"))
+        .or_else(|| {
+            entries
+                .iter()
+                .find(|(controllers, _)| *controllers == "name=systemd")
+        })
         .or_else(|| entries.first())
         .map(|(_, path)| (*path).to_string())
 }
@@ -116,7 +134,10 @@ mod tests {
 
     #[test]
     fn picks_the_unified_cgroup_then_systemd() {
-        assert_eq!(cgroup_path("0::/system.slice/redis-server.service\n").as_deref(), Some("/system.slice/redis-server.service"));
+        assert_eq!(
+            cgroup_path("0::/system.slice/redis-server.service\n").as_deref(),
+            Some("/system.slice/redis-server.service")
+        );
         let v1 = "12:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n";
         assert_eq!(cgroup_path(v1).as_deref(), Some("/docker/abc"));
         assert_eq!(cgroup_path("").as_deref(), None);
@@ -138,8 +159,14 @@ mod tests {
             source: OwnerSource::Send,
         };
         let details = attributor.details(&me);
-        assert!(details.exe.is_some() && details.cgroup.is_some(), "{details:?}");
-        let impostor = ProcessRef { start_boottime_ns: (ticks + 1000) * tick_ns, ..me };
+        assert!(
+            details.exe.is_some() && details.cgroup.is_some(),
+            "{details:?}"
+        );
+        let impostor = ProcessRef {
+            start_boottime_ns: (ticks + 1000) * tick_ns,
+            ..me
+        };
         assert_eq!(attributor.details(&impostor), ProcessDetails::default());
     }
 }

@@ -11,7 +11,11 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "connmon", version, about = "Find the process behind TCP retransmit storms on idle pooled connections")]
+#[command(
+    name = "connmon",
+    version,
+    about = "Find the process behind TCP retransmit storms on idle pooled connections"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -42,7 +46,11 @@ pub struct TraceArgs {
 
 impl TraceArgs {
     pub fn format(&self) -> Format {
-        if self.json { Format::Json } else { Format::Text }
+        if self.json {
+            Format::Json
+        } else {
+            Format::Text
+        }
     }
 }
 
@@ -139,9 +147,14 @@ fn parse_port(value: &str) -> Result<u16, String> {
 }
 
 fn parse_ring_kib(value: &str) -> Result<u32, String> {
-    let kib: u32 = value.trim().parse().map_err(|_| format!("{value:?} is not a number of KiB"))?;
+    let kib: u32 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of KiB"))?;
     if !(64..=1_048_576).contains(&kib) || !kib.is_power_of_two() {
-        return Err(format!("{kib} KiB: the ring buffer must be a power of two between 64 and 1048576 KiB"));
+        return Err(format!(
+            "{kib} KiB: the ring buffer must be a power of two between 64 and 1048576 KiB"
+        ));
     }
     Ok(kib)
 }
@@ -154,7 +167,8 @@ pub fn resolve_netns(value: &str) -> Result<u32, String> {
     let path = PathBuf::from(value);
     let metadata = std::fs::metadata(&path).map_err(|error| format!("--netns {value}: {error}"))?;
     let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
-    u32::try_from(inode).map_err(|_| format!("--netns {value}: inode {inode} is not a namespace inode"))
+    u32::try_from(inode)
+        .map_err(|_| format!("--netns {value}: inode {inode} is not a namespace inode"))
 }
 
 #[cfg(test)]
@@ -167,14 +181,19 @@ mod tests {
 
     #[test]
     fn trace_defaults_to_redis() {
-        let Command::Trace(args) = parse(&["trace"]).expect("valid").command else { panic!() };
+        let Command::Trace(args) = parse(&["trace"]).expect("valid").command else {
+            panic!()
+        };
         assert_eq!(args.capture.ports, vec![6379]);
         assert!(!args.json);
     }
 
     #[test]
     fn ports_are_a_list() {
-        let Command::Trace(args) = parse(&["trace", "--ports", "6379,5432, 3306"]).expect("valid").command else {
+        let Command::Trace(args) = parse(&["trace", "--ports", "6379,5432, 3306"])
+            .expect("valid")
+            .command
+        else {
             panic!()
         };
         assert_eq!(args.capture.ports, vec![6379, 5432, 3306]);
@@ -202,12 +221,17 @@ mod tests {
         let file = dir.join("connmon.toml");
         std::fs::write(&file, "ports = [5432]\nidle_threshold = \"5m\"\n").expect("write");
         let file_arg = file.to_string_lossy().into_owned();
-        let Command::Run(args) = parse(&["run", "--config", &file_arg, "--idle-threshold", "10s"]).expect("valid").command
+        let Command::Run(args) = parse(&["run", "--config", &file_arg, "--idle-threshold", "10s"])
+            .expect("valid")
+            .command
         else {
             panic!()
         };
         let settings = args.settings().expect("valid settings");
-        assert_eq!(settings.ports.iter().copied().collect::<Vec<_>>(), vec![5432]);
+        assert_eq!(
+            settings.ports.iter().copied().collect::<Vec<_>>(),
+            vec![5432]
+        );
         assert_eq!(settings.idle_threshold, std::time::Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime};
 /// Reads a clock; `None` only if the kernel refuses, which it does not for
 /// these two clocks.
 fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec for the call's duration.
     let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
@@ -34,11 +37,16 @@ impl WallClock {
 
     /// A fixed pairing of the clocks, for tests and replays.
     pub fn fixed(monotonic_base_ns: u64, realtime_at_base_ns: u64) -> Self {
-        Self { realtime_at_base_ns, monotonic_base_ns }
+        Self {
+            realtime_at_base_ns,
+            monotonic_base_ns,
+        }
     }
 
     pub fn wall_time(&self, monotonic_ns: u64) -> SystemTime {
-        let realtime = (self.realtime_at_base_ns as i128 + monotonic_ns as i128 - self.monotonic_base_ns as i128).max(0);
+        let realtime = (self.realtime_at_base_ns as i128 + monotonic_ns as i128
+            - self.monotonic_base_ns as i128)
+            .max(0);
         SystemTime::UNIX_EPOCH + Duration::from_nanos(realtime as u64)
     }
 

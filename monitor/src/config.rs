@@ -33,7 +33,10 @@ pub enum ConfigError {
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("{setting}: {reason}")]
-    Invalid { setting: &'static str, reason: String },
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
 }
 
 /// Validated settings for the daemon.
@@ -60,11 +63,16 @@ impl Default for Settings {
             all_ports: false,
             idle_threshold: Duration::from_secs(30),
             confirm_retransmits: 3,
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9878))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9878))),
             log_format: Format::Json,
             socket_map_entries: 65_536,
             ring_buffer_kib: 1024,
-            services: KNOWN_SERVICES.iter().map(|(port, name)| (*port, (*name).to_string())).collect(),
+            services: KNOWN_SERVICES
+                .iter()
+                .map(|(port, name)| (*port, (*name).to_string()))
+                .collect(),
         }
     }
 }
@@ -88,7 +96,10 @@ pub struct Layer {
 impl Layer {
     /// Reads a TOML layer from `path`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let file_error = |reason: String| ConfigError::File { path: path.to_path_buf(), reason };
+        let file_error = |reason: String| ConfigError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|error| file_error(error.to_string()))?;
         Self::from_toml(&text).map_err(file_error)
     }
@@ -111,7 +122,10 @@ impl Settings {
     fn apply(&mut self, layer: &Layer) -> Result<(), ConfigError> {
         if let Some(ports) = &layer.ports {
             if ports.is_empty() {
-                return Err(invalid("ports", "at least one port is needed (or set all_ports)"));
+                return Err(invalid(
+                    "ports",
+                    "at least one port is needed (or set all_ports)",
+                ));
             }
             if ports.contains(&0) {
                 return Err(invalid("ports", "port 0 is not a port"));
@@ -122,37 +136,56 @@ impl Settings {
             self.all_ports = all_ports;
         }
         if let Some(text) = &layer.idle_threshold {
-            let threshold = humantime::parse_duration(text.trim())
-                .map_err(|error| invalid("idle_threshold", format!("{text:?}: {error} (e.g. \"30s\", \"5m\")")))?;
-            if threshold < Duration::from_secs(1) || threshold > Duration::from_secs(7 * 24 * 3600) {
-                return Err(invalid("idle_threshold", format!("{text:?} is outside 1s..7d")));
+            let threshold = humantime::parse_duration(text.trim()).map_err(|error| {
+                invalid(
+                    "idle_threshold",
+                    format!("{text:?}: {error} (e.g. \"30s\", \"5m\")"),
+                )
+            })?;
+            if threshold < Duration::from_secs(1) || threshold > Duration::from_secs(7 * 24 * 3600)
+            {
+                return Err(invalid(
+                    "idle_threshold",
+                    format!("{text:?} is outside 1s..7d"),
+                ));
             }
             self.idle_threshold = threshold;
         }
         if let Some(count) = layer.confirm_retransmits {
             if !(1..=15).contains(&count) {
-                return Err(invalid("confirm_retransmits", format!("{count} is outside 1..15")));
+                return Err(invalid(
+                    "confirm_retransmits",
+                    format!("{count} is outside 1..15"),
+                ));
             }
             self.confirm_retransmits = count;
         }
         if let Some(text) = &layer.listen {
-            self.listen = text
-                .trim()
-                .parse()
-                .map_err(|_| invalid("listen", format!("{text:?} is not an address:port such as 0.0.0.0:9878")))?;
+            self.listen = text.trim().parse().map_err(|_| {
+                invalid(
+                    "listen",
+                    format!("{text:?} is not an address:port such as 0.0.0.0:9878"),
+                )
+            })?;
         }
         if let Some(format) = layer.log_format {
             self.log_format = format;
         }
         if let Some(entries) = layer.socket_map_entries {
             if !(1024..=4_194_304).contains(&entries) {
-                return Err(invalid("socket_map_entries", format!("{entries} is outside 1024..4194304")));
+                return Err(invalid(
+                    "socket_map_entries",
+                    format!("{entries} is outside 1024..4194304"),
+                ));
             }
             self.socket_map_entries = entries;
         }
         if let Some(kib) = layer.ring_buffer_kib {
             if !(64..=1_048_576).contains(&kib) || !kib.is_power_of_two() {
-                return Err(invalid("ring_buffer_kib", format!("{kib} is not a power of two in 64..1048576")));
+                return Err(invalid(
+                    "ring_buffer_kib",
+                    format!("{kib} is not a power of two in 64..1048576"),
+                ));
             }
             self.ring_buffer_kib = kib;
         }
@@ -164,7 +197,10 @@ impl Settings {
                     .filter(|port| *port != 0)
                     .ok_or_else(|| invalid("services", format!("{port:?} is not a port")))?;
                 if name.trim().is_empty() || name.len() > 64 {
-                    return Err(invalid("services", format!("port {port}: name must be 1..64 characters")));
+                    return Err(invalid(
+                        "services",
+                        format!("port {port}: name must be 1..64 characters"),
+                    ));
                 }
                 self.services.insert(port, name.trim().to_string());
             }
@@ -189,7 +225,10 @@ impl Settings {
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { setting, reason: reason.into() }
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
 }
 
 #[cfg(test)]
@@ -212,7 +251,10 @@ mod tests {
             "ports = [6379, 5432]\nidle_threshold = \"5m\"\nconfirm_retransmits = 4\n[services]\n7000 = \"cache\"\n",
         )
         .expect("valid toml");
-        let flags = Layer { idle_threshold: Some("10s".into()), ..Layer::default() };
+        let flags = Layer {
+            idle_threshold: Some("10s".into()),
+            ..Layer::default()
+        };
         let settings = Settings::resolve(&[file, flags]).expect("valid");
         assert_eq!(settings.ports, BTreeSet::from([5432, 6379]));
         assert_eq!(settings.idle_threshold, Duration::from_secs(10));
@@ -224,22 +266,81 @@ mod tests {
     #[test]
     fn every_bad_value_names_its_setting_in_one_line() {
         let cases: Vec<(Layer, &str)> = vec![
-            (Layer { ports: Some(vec![]), ..Layer::default() }, "ports"),
-            (Layer { ports: Some(vec![0]), ..Layer::default() }, "ports"),
-            (Layer { idle_threshold: Some("soon".into()), ..Layer::default() }, "idle_threshold"),
-            (Layer { idle_threshold: Some("10ms".into()), ..Layer::default() }, "idle_threshold"),
-            (Layer { confirm_retransmits: Some(0), ..Layer::default() }, "confirm_retransmits"),
-            (Layer { confirm_retransmits: Some(16), ..Layer::default() }, "confirm_retransmits"),
-            (Layer { listen: Some("localhost".into()), ..Layer::default() }, "listen"),
-            (Layer { socket_map_entries: Some(5), ..Layer::default() }, "socket_map_entries"),
-            (Layer { ring_buffer_kib: Some(100), ..Layer::default() }, "ring_buffer_kib"),
             (
-                Layer { services: Some(BTreeMap::from([("redis".into(), "x".into())])), ..Layer::default() },
+                Layer {
+                    ports: Some(vec![]),
+                    ..Layer::default()
+                },
+                "ports",
+            ),
+            (
+                Layer {
+                    ports: Some(vec![0]),
+                    ..Layer::default()
+                },
+                "ports",
+            ),
+            (
+                Layer {
+                    idle_threshold: Some("soon".into()),
+                    ..Layer::default()
+                },
+                "idle_threshold",
+            ),
+            (
+                Layer {
+                    idle_threshold: Some("10ms".into()),
+                    ..Layer::default()
+                },
+                "idle_threshold",
+            ),
+            (
+                Layer {
+                    confirm_retransmits: Some(0),
+                    ..Layer::default()
+                },
+                "confirm_retransmits",
+            ),
+            (
+                Layer {
+                    confirm_retransmits: Some(16),
+                    ..Layer::default()
+                },
+                "confirm_retransmits",
+            ),
+            (
+                Layer {
+                    listen: Some("localhost".into()),
+                    ..Layer::default()
+                },
+                "listen",
+            ),
+            (
+                Layer {
+                    socket_map_entries: Some(5),
+                    ..Layer::default()
+                },
+                "socket_map_entries",
+            ),
+            (
+                Layer {
+                    ring_buffer_kib: Some(100),
+                    ..Layer::default()
+                },
+                "ring_buffer_kib",
+            ),
+            (
+                Layer {
+                    services: Some(BTreeMap::from([("redis".into(), "x".into())])),
+                    ..Layer::default()
+                },
                 "services",
             ),
         ];
         for (layer, setting) in cases {
-            let error = Settings::resolve(&[layer]).expect_err("invalid").to_string();
+            let error = Settings::resolve(&[layer])
+                .expect_err("invalid")
+                .to_string();
             assert!(error.starts_with(setting), "{error}");
             assert!(!error.contains('\n'), "{error}");
         }
@@ -253,6 +354,10 @@ mod tests {
         let mistyped = Layer::from_toml("ports = \"6379\"\n").expect_err("wrong type");
         assert!(!mistyped.contains('\n'), "{mistyped}");
         let missing = Layer::from_file(Path::new("/no/such/connmon.toml")).expect_err("missing");
-        assert!(missing.to_string().starts_with("config file /no/such/connmon.toml"));
+        assert!(
+            missing
+                .to_string()
+                .starts_with("config file /no/such/connmon.toml")
+        );
     }
 }

@@ -7,8 +7,13 @@ use monitor_common::{
         EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED, PROGRESS_DATA_RECEIVED,
         SocketEvent as RawEvent,
     },
-    retransmit::{RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN},
-    socket::{OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN},
+    retransmit::{
+        RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
+    },
+    socket::{
+        OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, ROLE_CLIENT, ROLE_SERVER,
+        ROLE_UNKNOWN,
+    },
 };
 
 use crate::event::{
@@ -30,7 +35,10 @@ pub enum DecodeError {
 pub fn decode(bytes: &[u8]) -> Result<SocketEvent, DecodeError> {
     let expected = size_of::<RawEvent>();
     if bytes.len() != expected {
-        return Err(DecodeError::Size { got: bytes.len(), expected });
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
     }
     // SAFETY: the length equals size_of::<RawEvent>(), RawEvent is plain
     // integers with no invalid bit patterns, and read_unaligned copes with
@@ -59,13 +67,20 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         },
         EVENT_RESET_RECEIVED => EventKind::ResetReceived,
         EVENT_RESET_SENT => EventKind::ResetSent,
-        EVENT_SOCKET_ERROR => EventKind::SocketError { errno: raw.detail as i32 },
+        EVENT_SOCKET_ERROR => EventKind::SocketError {
+            errno: raw.detail as i32,
+        },
         EVENT_DESTROY => EventKind::Destroyed,
         EVENT_PROGRESS => EventKind::Progress {
             progress: match raw.detail {
                 PROGRESS_DATA_RECEIVED => Progress::DataReceived,
                 PROGRESS_ACKNOWLEDGED => Progress::Acknowledged,
-                other => return Err(DecodeError::Tag { field: "progress", value: other }),
+                other => {
+                    return Err(DecodeError::Tag {
+                        field: "progress",
+                        value: other,
+                    });
+                }
             },
         },
         other => return Err(DecodeError::Kind(other)),
@@ -84,7 +99,12 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
                 OWNER_SOURCE_CONNECT => OwnerSource::Connect,
                 OWNER_SOURCE_SEND => OwnerSource::Send,
                 OWNER_SOURCE_RECV => OwnerSource::Receive,
-                other => return Err(DecodeError::Tag { field: "owner source", value: other.into() }),
+                other => {
+                    return Err(DecodeError::Tag {
+                        field: "owner source",
+                        value: other.into(),
+                    });
+                }
             },
         })
     };
@@ -92,7 +112,12 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         ROLE_CLIENT => Role::Client,
         ROLE_SERVER => Role::Server,
         ROLE_UNKNOWN => Role::Unknown,
-        other => return Err(DecodeError::Tag { field: "role", value: other.into() }),
+        other => {
+            return Err(DecodeError::Tag {
+                field: "role",
+                value: other.into(),
+            });
+        }
     };
     let tuple = &raw.tuple;
     let nonzero = |ns: u64| (ns != 0).then_some(ns);
@@ -126,7 +151,12 @@ fn retransmit_kind(tag: u8) -> Result<RetransmitKind, DecodeError> {
         RETRANSMIT_FAST => RetransmitKind::Fast,
         RETRANSMIT_TAIL_LOSS_PROBE => RetransmitKind::TailLossProbe,
         RETRANSMIT_UNKNOWN => RetransmitKind::Unknown,
-        other => return Err(DecodeError::Tag { field: "retransmit kind", value: other.into() }),
+        other => {
+            return Err(DecodeError::Tag {
+                field: "retransmit kind",
+                value: other.into(),
+            });
+        }
     })
 }
 
@@ -195,7 +225,12 @@ mod tests {
                 local_addr: local,
                 remote_addr: remote,
             },
-            activity: Activity { last_send_ns: 4_000_000_000, last_recv_ns: 1_000_000_000, burst_start_ns: 4_000_000_000, idle_before_burst_ns: 3_000_000_000 },
+            activity: Activity {
+                last_send_ns: 4_000_000_000,
+                last_recv_ns: 1_000_000_000,
+                burst_start_ns: 4_000_000_000,
+                idle_before_burst_ns: 3_000_000_000,
+            },
             tcp: TcpSnapshot {
                 snd_una: 1000,
                 user_timeout_ms: 0,
@@ -214,16 +249,30 @@ mod tests {
     fn decodes_a_retransmit_with_its_owner_and_tuple() {
         let event = decode(&encode(&retransmit_record())).expect("valid record");
         let owner = event.owner.expect("owner");
-        assert_eq!((owner.pid, owner.tid, owner.comm.as_str()), (4242, 4243, "redis-client"));
+        assert_eq!(
+            (owner.pid, owner.tid, owner.comm.as_str()),
+            (4242, 4243, "redis-client")
+        );
         assert_eq!(owner.source, OwnerSource::Send);
         assert_eq!(event.role, Role::Client);
-        assert_eq!(event.connection.local, "10.0.0.2:40000".parse::<SocketAddr>().expect("addr"));
-        assert_eq!(event.connection.remote, "10.0.1.3:6379".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(
+            event.connection.local,
+            "10.0.0.2:40000".parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(
+            event.connection.remote,
+            "10.0.1.3:6379".parse::<SocketAddr>().expect("addr")
+        );
         assert_eq!(event.connection.netns, 4026531840);
         assert_eq!(event.state.name(), "ESTABLISHED");
-        let EventKind::Retransmit(info) = event.kind else { panic!("not a retransmit") };
+        let EventKind::Retransmit(info) = event.kind else {
+            panic!("not a retransmit")
+        };
         assert_eq!(info.kind, RetransmitKind::Timeout);
-        assert_eq!((info.rto_retransmits, info.backoff, info.tcp_retries2), (2, 2, 15));
+        assert_eq!(
+            (info.rto_retransmits, info.backoff, info.tcp_retries2),
+            (2, 2, 15)
+        );
         assert_eq!(event.activity.idle_before_burst_ns, 3_000_000_000);
     }
 
@@ -232,13 +281,19 @@ mod tests {
         let mut raw = retransmit_record();
         raw.tuple.family = AF_INET6;
         raw.tuple.local_addr = "::1".parse::<std::net::Ipv6Addr>().expect("v6").octets();
-        raw.tuple.remote_addr = "::ffff:10.0.1.3".parse::<std::net::Ipv6Addr>().expect("v6").octets();
+        raw.tuple.remote_addr = "::ffff:10.0.1.3"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("v6")
+            .octets();
         raw.owner = Owner::default();
         let event = decode(&encode(&raw)).expect("valid record");
         assert_eq!(event.owner, None);
         assert_eq!(event.role, Role::Unknown);
         assert_eq!(event.connection.local.to_string(), "[::1]:40000");
-        assert_eq!(event.connection.remote.to_string(), "[::ffff:10.0.1.3]:6379");
+        assert_eq!(
+            event.connection.remote.to_string(),
+            "[::ffff:10.0.1.3]:6379"
+        );
     }
 
     #[test]
@@ -247,43 +302,87 @@ mod tests {
         raw.kind = EVENT_STATE_CHANGE;
         raw.detail = (110 << 16) | (1 << 8) | 7;
         let event = decode(&encode(&raw)).expect("valid");
-        assert_eq!(event.kind, EventKind::StateChange { old: TcpState(1), new: TcpState(7), errno: 110 });
+        assert_eq!(
+            event.kind,
+            EventKind::StateChange {
+                old: TcpState(1),
+                new: TcpState(7),
+                errno: 110
+            }
+        );
         raw.kind = EVENT_SOCKET_ERROR;
         raw.detail = 110;
-        assert_eq!(decode(&encode(&raw)).expect("valid").kind, EventKind::SocketError { errno: 110 });
+        assert_eq!(
+            decode(&encode(&raw)).expect("valid").kind,
+            EventKind::SocketError { errno: 110 }
+        );
         raw.kind = EVENT_RETRANSMIT;
         raw.detail = (-16i32) as u32;
-        let EventKind::Retransmit(info) = decode(&encode(&raw)).expect("valid").kind else { panic!() };
+        let EventKind::Retransmit(info) = decode(&encode(&raw)).expect("valid").kind else {
+            panic!()
+        };
         assert_eq!(info.result, -16);
     }
 
     #[test]
     fn rejects_wrong_sizes_and_unknown_tags() {
         let bytes = encode(&retransmit_record());
-        assert!(matches!(decode(&bytes[..100]), Err(DecodeError::Size { got: 100, .. })));
+        assert!(matches!(
+            decode(&bytes[..100]),
+            Err(DecodeError::Size { got: 100, .. })
+        ));
         assert!(matches!(decode(&[]), Err(DecodeError::Size { got: 0, .. })));
         let mut raw = retransmit_record();
         raw.kind = 99;
         assert_eq!(decode(&encode(&raw)), Err(DecodeError::Kind(99)));
         let mut raw = retransmit_record();
         raw.tcp.retransmit_kind = 9;
-        assert!(matches!(decode(&encode(&raw)), Err(DecodeError::Tag { field: "retransmit kind", value: 9 })));
+        assert!(matches!(
+            decode(&encode(&raw)),
+            Err(DecodeError::Tag {
+                field: "retransmit kind",
+                value: 9
+            })
+        ));
         let mut raw = retransmit_record();
         raw.owner.role = 5;
-        assert!(matches!(decode(&encode(&raw)), Err(DecodeError::Tag { field: "role", .. })));
+        assert!(matches!(
+            decode(&encode(&raw)),
+            Err(DecodeError::Tag { field: "role", .. })
+        ));
         let mut raw = retransmit_record();
         raw.kind = EVENT_PROGRESS;
         raw.detail = 0;
-        assert!(matches!(decode(&encode(&raw)), Err(DecodeError::Tag { field: "progress", .. })));
+        assert!(matches!(
+            decode(&encode(&raw)),
+            Err(DecodeError::Tag {
+                field: "progress",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn comm_without_nul_and_invalid_utf8_is_kept_readable() {
         let mut raw = retransmit_record();
         raw.owner.comm = *b"sixteen-chars-xx";
-        assert_eq!(decode(&encode(&raw)).expect("valid").owner.expect("owner").comm, "sixteen-chars-xx");
+        assert_eq!(
+            decode(&encode(&raw))
+                .expect("valid")
+                .owner
+                .expect("owner")
+                .comm,
+            "sixteen-chars-xx"
+        );
         raw.owner.comm = comm("a\u{00ff}");
         raw.owner.comm[1] = 0xff;
-        assert!(decode(&encode(&raw)).expect("valid").owner.expect("owner").comm.starts_with('a'));
+        assert!(
+            decode(&encode(&raw))
+                .expect("valid")
+                .owner
+                .expect("owner")
+                .comm
+                .starts_with('a')
+        );
     }
 }

@@ -92,7 +92,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn from_raw(family: u16, local: [u8; 16], local_port: u16, remote: [u8; 16], remote_port: u16, netns: u32) -> Self {
+    pub fn from_raw(
+        family: u16,
+        local: [u8; 16],
+        local_port: u16,
+        remote: [u8; 16],
+        remote_port: u16,
+        netns: u32,
+    ) -> Self {
         let address = |bytes: [u8; 16]| -> IpAddr {
             if family == monitor_common::tcp::AF_INET6 {
                 IpAddr::V6(Ipv6Addr::from(bytes))
@@ -130,12 +137,20 @@ pub struct RetransmitInfo {
 pub enum EventKind {
     Retransmit(RetransmitInfo),
     /// `errno`: the socket's error when it closed on one (0 otherwise).
-    StateChange { old: TcpState, new: TcpState, errno: i32 },
+    StateChange {
+        old: TcpState,
+        new: TcpState,
+        errno: i32,
+    },
     ResetReceived,
     ResetSent,
-    SocketError { errno: i32 },
+    SocketError {
+        errno: i32,
+    },
     Destroyed,
-    Progress { progress: Progress },
+    Progress {
+        progress: Progress,
+    },
 }
 
 impl EventKind {

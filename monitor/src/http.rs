@@ -36,7 +36,12 @@ pub struct StormBoard {
 
 impl Status {
     pub fn new(metrics: Metrics) -> Self {
-        Self { ready: AtomicBool::new(false), storms: Mutex::default(), metrics, kernel_counters: Mutex::new(None) }
+        Self {
+            ready: AtomicBool::new(false),
+            storms: Mutex::default(),
+            metrics,
+            kernel_counters: Mutex::new(None),
+        }
     }
 
     /// Hands over the kernel counters, read at every scrape.
@@ -68,7 +73,9 @@ impl Status {
 
     /// Files a finding record under active or recent.
     pub fn record(&self, record: &FindingRecord) {
-        let Ok(mut board) = self.storms.lock() else { return };
+        let Ok(mut board) = self.storms.lock() else {
+            return;
+        };
         match (record.event, record.storm_id) {
             ("storm_started", Some(id)) => {
                 board.active.insert(id, record.clone());
@@ -84,7 +91,10 @@ impl Status {
     }
 
     pub fn board(&self) -> StormBoard {
-        self.storms.lock().map(|board| board.clone()).unwrap_or_default()
+        self.storms
+            .lock()
+            .map(|board| board.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -101,12 +111,23 @@ async fn readyz(State(status): State<Arc<Status>>) -> (StatusCode, &'static str)
     if status.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "kernel programs not attached\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kernel programs not attached\n",
+        )
     }
 }
 
-async fn metrics(State(status): State<Arc<Status>>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], status.scrape())
+async fn metrics(
+    State(status): State<Arc<Status>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        status.scrape(),
+    )
 }
 
 #[derive(Serialize)]
@@ -117,12 +138,18 @@ struct StormsResponse {
 
 async fn storms(State(status): State<Arc<Status>>) -> Json<StormsResponse> {
     let board = status.board();
-    Json(StormsResponse { active: board.active.into_values().collect(), recent: board.recent.into_iter().collect() })
+    Json(StormsResponse {
+        active: board.active.into_values().collect(),
+        recent: board.recent.into_iter().collect(),
+    })
 }
 
 /// Binds `listen` (so a taken port fails at start-up, with its address) and
 /// serves in the background.
-pub async fn serve(listen: SocketAddr, status: Arc<Status>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    listen: SocketAddr,
+    status: Arc<Status>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {listen}: {error}"))?;

@@ -7,15 +7,15 @@
 
 pub mod attribution;
 pub mod capture;
+pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod decode;
 pub mod detect;
+pub mod event;
 pub mod http;
 pub mod metrics;
-pub mod event;
 pub mod output;
-pub mod sockets;
-pub mod cli;
-pub mod commands;
 pub mod shutdown;
+pub mod sockets;

@@ -18,13 +18,21 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
             eprintln!("connmon: {first}");
             return ExitCode::from(USAGE_ERROR);
         }
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("connmon: cannot start the async runtime: {error}");
@@ -33,13 +41,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Trace(args) => connmon::commands::trace::run(args).await.map_err(Failure::Runtime),
+            Command::Trace(args) => connmon::commands::trace::run(args)
+                .await
+                .map_err(Failure::Runtime),
             Command::Run(args) => {
                 let settings = match args.settings() {
                     Ok(settings) => settings,
                     Err(error) => return Err(Failure::Usage(error.to_string())),
                 };
-                connmon::commands::run::run(settings).await.map_err(Failure::Runtime)
+                connmon::commands::run::run(settings)
+                    .await
+                    .map_err(Failure::Runtime)
             }
         }
     });

@@ -22,7 +22,11 @@ pub struct SocketTable {
 
 impl SocketTable {
     pub fn new(capacity: usize) -> Self {
-        Self { connections: HashMap::new(), capacity, overflowed: 0 }
+        Self {
+            connections: HashMap::new(),
+            capacity,
+            overflowed: 0,
+        }
     }
 
     /// Completes `event`'s connection from what is known, learns from it, and
@@ -30,8 +34,11 @@ impl SocketTable {
     pub fn observe(&mut self, event: &mut SocketEvent) {
         let complete = event.connection.local.port() != 0 && event.connection.remote.port() != 0;
         if complete {
-            if self.connections.len() < self.capacity || self.connections.contains_key(&event.cookie) {
-                self.connections.insert(event.cookie, event.connection.clone());
+            if self.connections.len() < self.capacity
+                || self.connections.contains_key(&event.cookie)
+            {
+                self.connections
+                    .insert(event.cookie, event.connection.clone());
             } else {
                 self.overflowed += 1;
             }
@@ -70,7 +77,11 @@ mod tests {
             kind,
             owner: None,
             role: Role::Client,
-            connection: Connection { local: local.parse().expect("addr"), remote: remote.parse().expect("addr"), netns: 1 },
+            connection: Connection {
+                local: local.parse().expect("addr"),
+                remote: remote.parse().expect("addr"),
+                netns: 1,
+            },
             state: TcpState(1),
             activity: ActivityTimes::default(),
         }
@@ -79,9 +90,19 @@ mod tests {
     #[test]
     fn fills_the_port_the_kernel_cleared_on_close_and_forgets_at_destroy() {
         let mut table = SocketTable::default();
-        let mut established = event(7, EventKind::ResetReceived, "10.0.0.1:40000", "10.0.0.2:6379");
+        let mut established = event(
+            7,
+            EventKind::ResetReceived,
+            "10.0.0.1:40000",
+            "10.0.0.2:6379",
+        );
         table.observe(&mut established);
-        let mut error = event(7, EventKind::SocketError { errno: 110 }, "10.0.0.1:0", "10.0.0.2:6379");
+        let mut error = event(
+            7,
+            EventKind::SocketError { errno: 110 },
+            "10.0.0.1:0",
+            "10.0.0.2:6379",
+        );
         table.observe(&mut error);
         assert_eq!(error.connection.local.to_string(), "10.0.0.1:40000");
         let mut destroyed = event(7, EventKind::Destroyed, "10.0.0.1:0", "10.0.0.2:6379");
@@ -93,8 +114,18 @@ mod tests {
     #[test]
     fn a_full_table_counts_instead_of_growing() {
         let mut table = SocketTable::new(1);
-        table.observe(&mut event(1, EventKind::ResetSent, "10.0.0.1:1", "10.0.0.2:2"));
-        table.observe(&mut event(2, EventKind::ResetSent, "10.0.0.1:3", "10.0.0.2:4"));
+        table.observe(&mut event(
+            1,
+            EventKind::ResetSent,
+            "10.0.0.1:1",
+            "10.0.0.2:2",
+        ));
+        table.observe(&mut event(
+            2,
+            EventKind::ResetSent,
+            "10.0.0.1:3",
+            "10.0.0.2:4",
+        ));
         assert_eq!((table.len(), table.overflowed), (1, 1));
     }
 }

@@ -30,7 +30,11 @@ impl Trace {
     /// Starts the trace and waits until its programs are attached.
     pub fn start(args: &[&str]) -> Result<Self> {
         let mut command = Command::new(binary());
-        command.arg("trace").arg("--json").args(args).env("RUST_LOG", "info");
+        command
+            .arg("trace")
+            .arg("--json")
+            .args(args)
+            .env("RUST_LOG", "info");
         let process = Process::spawn("connmon trace", command)?;
         process
             .stderr
@@ -41,7 +45,12 @@ impl Trace {
 
     /// Every JSON record printed so far.
     pub fn records(&self) -> Vec<Value> {
-        self.process.stdout.snapshot().iter().filter_map(|line| serde_json::from_str(line).ok()).collect()
+        self.process
+            .stdout
+            .snapshot()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     pub fn stderr(&self) -> Vec<String> {
@@ -72,7 +81,10 @@ impl Daemon {
     pub fn start(args: &[&str]) -> Result<Self> {
         let listen = free_loopback_port()?;
         let mut command = Command::new(binary());
-        command.arg("run").args(["--listen", &listen.to_string(), "--log-format", "json"]).args(args);
+        command
+            .arg("run")
+            .args(["--listen", &listen.to_string(), "--log-format", "json"])
+            .args(args);
         command.env("RUST_LOG", "info");
         let process = Process::spawn("connmon run", command)?;
         process
@@ -84,12 +96,20 @@ impl Daemon {
 
     /// Every finding printed so far.
     pub fn records(&self) -> Vec<Value> {
-        self.process.stdout.snapshot().iter().filter_map(|line| serde_json::from_str(line).ok()).collect()
+        self.process
+            .stdout
+            .snapshot()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     /// Findings of one kind in one network namespace.
     pub fn findings(&self, event: &str, netns: u32) -> Vec<Value> {
-        self.records().into_iter().filter(|r| r["event"] == event && r["netns"] == netns).collect()
+        self.records()
+            .into_iter()
+            .filter(|r| r["event"] == event && r["netns"] == netns)
+            .collect()
     }
 
     pub fn stderr(&self) -> Vec<String> {
@@ -107,7 +127,10 @@ impl Daemon {
         let body = self.http_get("/metrics")?;
         Ok(body
             .lines()
-            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|line| {
+                line.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0))
     }
 
@@ -140,7 +163,12 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {head}"
+    );
     Ok(body.to_string())
 }

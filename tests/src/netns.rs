@@ -61,7 +61,8 @@ impl NetNs {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(|_| ())
     }
 
     /// Loads an nftables ruleset into the namespace.
@@ -93,8 +94,12 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         // Abort sockets first so none lives on as an orphan after the
         // namespace is gone.
-        let _ = Command::new("ip").args(["netns", "exec", &self.name, "ss", "-K", "-t", "-a"]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ss", "-K", "-t", "-a"])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -121,9 +126,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_retrans_segs() {
+    fn reads_retrans_segs() -> Result<()> {
         let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RetransSegs InErrs\nTcp: 1 200 17 0\n";
-        assert_eq!(parse_snmp(snmp, "Tcp", "RetransSegs").expect("parse"), 17);
+        assert_eq!(parse_snmp(snmp, "Tcp", "RetransSegs")?, 17);
         assert!(parse_snmp(snmp, "Udp", "InDatagrams").is_err());
+        Ok(())
     }
 }

@@ -6,7 +6,11 @@ use anyhow::{Result, bail};
 
 /// Re-checks `condition` every 50 ms until it yields `Some` or `timeout`
 /// passes; the error names what was awaited.
-pub fn until<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn until<T>(
+    what: &str,
+    timeout: Duration,
+    mut condition: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = condition()? {

@@ -35,7 +35,10 @@ impl Lines {
     /// Waits for a line containing `needle`; returns it.
     pub fn wait_for_containing(&self, needle: &str, timeout: Duration) -> Result<String> {
         poll::until(&format!("a line containing {needle:?}"), timeout, || {
-            Ok(self.snapshot().into_iter().find(|line| line.contains(needle)))
+            Ok(self
+                .snapshot()
+                .into_iter()
+                .find(|line| line.contains(needle)))
         })
         .with_context(|| format!("output so far: {:?}", self.snapshot()))
     }
@@ -43,7 +46,10 @@ impl Lines {
     /// Waits for a line starting with `prefix`; returns it.
     pub fn wait_for(&self, prefix: &str, timeout: Duration) -> Result<String> {
         poll::until(&format!("a line starting {prefix:?}"), timeout, || {
-            Ok(self.snapshot().into_iter().find(|line| line.starts_with(prefix)))
+            Ok(self
+                .snapshot()
+                .into_iter()
+                .find(|line| line.starts_with(prefix)))
         })
         .with_context(|| format!("output so far: {:?}", self.snapshot()))
     }
@@ -75,7 +81,13 @@ impl Process {
             stderr.follow(err);
         }
         let stdin = child.stdin.take();
-        Ok(Self { child, stdin, stdout, stderr, name: name.to_string() })
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            name: name.to_string(),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -84,7 +96,9 @@ impl Process {
 
     pub fn send_line(&mut self, line: &str) -> Result<()> {
         let stdin = self.stdin.as_mut().context("stdin already closed")?;
-        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).with_context(|| format!("writing to {}", self.name))
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("writing to {}", self.name))
     }
 
     /// Sends `signal` and waits up to `timeout` for the exit; returns the
@@ -97,7 +111,9 @@ impl Process {
         // SAFETY: kill() on our own child's pid; the child is not yet reaped,
         // so the pid cannot belong to another process.
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        let status = poll::until(&format!("{} to exit", self.name), timeout, || Ok(self.child.try_wait()?))?;
+        let status = poll::until(&format!("{} to exit", self.name), timeout, || {
+            Ok(self.child.try_wait()?)
+        })?;
         Ok(status.code())
     }
 

@@ -42,7 +42,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { forget_after: Some(Duration::from_secs(3)), stale_flow: StaleFlow::Drop, random_loss_percent: None, tcp_retries2: 4 }
+        Self {
+            forget_after: Some(Duration::from_secs(3)),
+            stale_flow: StaleFlow::Drop,
+            random_loss_percent: None,
+            tcp_retries2: 4,
+        }
     }
 }
 
@@ -73,8 +78,30 @@ impl Topology {
 
     fn wire(&self) -> Result<()> {
         let (app, router, cache) = (&self.app, &self.router, &self.cache);
-        app.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "to-app", "netns", router.name()])?;
-        cache.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "to-cache", "netns", router.name()])?;
+        app.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "to-app",
+            "netns",
+            router.name(),
+        ])?;
+        cache.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "to-cache",
+            "netns",
+            router.name(),
+        ])?;
         for (ns, dev, v4, v6) in [
             (app, "eth0", "10.77.1.2/24", "fd00:77:1::2/64"),
             (router, "to-app", "10.77.1.1/24", "fd00:77:1::1/64"),
@@ -125,7 +152,8 @@ impl Topology {
 "
         ))?;
         // Present once conntrack is in use in the namespace.
-        self.router.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")?;
+        self.router
+            .sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")?;
         if let Some(forget_after) = options.forget_after {
             self.router.sysctl(
                 "net.netfilter.nf_conntrack_tcp_timeout_established",
@@ -141,14 +169,40 @@ impl Topology {
         let dir = std::env::temp_dir().join(format!("{}-redis", self.cache.name()));
         std::fs::create_dir_all(&dir)?;
         let mut command = self.cache.command("redis-server");
-        command.args(["--bind", "0.0.0.0", "::", "--port", &REDIS_PORT.to_string(), "--protected-mode", "no"]);
-        command.args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--tcp-keepalive", "0", "--timeout", "0"]);
+        command.args([
+            "--bind",
+            "0.0.0.0",
+            "::",
+            "--port",
+            &REDIS_PORT.to_string(),
+            "--protected-mode",
+            "no",
+        ]);
+        command.args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--tcp-keepalive",
+            "0",
+            "--timeout",
+            "0",
+        ]);
         command.arg("--dir").arg(&dir);
         self.redis = Some(Process::spawn("redis-server", command)?);
-        poll::until("redis-server to answer PING", Duration::from_secs(20), || {
-            let pong = self.cache.exec("redis-cli", &["-h", "127.0.0.1", "-p", &REDIS_PORT.to_string(), "ping"]);
-            Ok(pong.ok().filter(|reply| reply.trim() == "PONG").map(|_| ()))
-        })
+        poll::until(
+            "redis-server to answer PING",
+            Duration::from_secs(20),
+            || {
+                let pong = self.cache.exec(
+                    "redis-cli",
+                    &["-h", "127.0.0.1", "-p", &REDIS_PORT.to_string(), "ping"],
+                );
+                Ok(pong.ok().filter(|reply| reply.trim() == "PONG").map(|_| ()))
+            },
+        )
         .context("redis-server did not start")
     }
 
@@ -173,7 +227,10 @@ impl Topology {
     /// port (conntrack has no live entry): the next packet is stale.
     pub fn wait_until_forgotten(&self, timeout: Duration) -> Result<()> {
         poll::until("the middlebox to forget the idle flow", timeout, || {
-            let table = self.router.exec("conntrack", &["-L", "-p", "tcp", "--dport", &REDIS_PORT.to_string()])?;
+            let table = self.router.exec(
+                "conntrack",
+                &["-L", "-p", "tcp", "--dport", &REDIS_PORT.to_string()],
+            )?;
             Ok((live_flows(&table) == 0).then_some(()))
         })
     }

@@ -25,12 +25,19 @@ fn redis_client(topology: &Topology, url: &str) -> Result<Process> {
     let mut command: Command = topology.app_command(env!("CARGO_BIN_EXE_cmt-redis-client"));
     command.arg(url);
     let client = Process::spawn("cmt-redis-client", command)?;
-    client.stdout.wait_for("connected", Duration::from_secs(20))?;
+    client
+        .stdout
+        .wait_for("connected", Duration::from_secs(20))?;
     Ok(client)
 }
 
 fn daemon() -> Result<Daemon> {
-    Daemon::start(&["--idle-threshold", IDLE_THRESHOLD, "--ports", &REDIS_PORT.to_string()])
+    Daemon::start(&[
+        "--idle-threshold",
+        IDLE_THRESHOLD,
+        "--ports",
+        &REDIS_PORT.to_string(),
+    ])
 }
 
 fn wall_time(rfc3339: &Value) -> Result<SystemTime> {
@@ -52,43 +59,85 @@ fn seed_storm_is_reported_while_the_client_hangs_then_times_out() -> Result<()> 
     client.send_line("set")?;
 
     let started = poll::until("storm_started", Duration::from_secs(30), || {
-        Ok(connmon.findings("storm_started", topology.app.inode()).into_iter().next())
+        Ok(connmon
+            .findings("storm_started", topology.app.inode())
+            .into_iter()
+            .next())
     })
     .with_context(|| format!("connmon stderr: {:?}", connmon.stderr()))?;
     let seen_at = SystemTime::now();
     // Reported while the SET is still hanging.
     ensure!(
-        !client.stdout.snapshot().iter().any(|line| line.starts_with("ok") || line.starts_with("error")),
+        !client
+            .stdout
+            .snapshot()
+            .iter()
+            .any(|line| line.starts_with("ok") || line.starts_with("error")),
         "the client finished before the storm was reported: {:?}",
         client.stdout.snapshot()
     );
     assert_eq!(started["pid"], client.pid(), "{started}");
     assert_eq!(started["tid"], client.pid(), "{started}");
     assert_eq!(started["comm"], "cmt-redis-clien", "{started}");
-    assert_eq!(started["remote"], format!("{CACHE_V4}:{REDIS_PORT}"), "{started}");
+    assert_eq!(
+        started["remote"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{started}"
+    );
     assert_eq!(started["role"], "client", "{started}");
     assert_eq!(started["service"], "redis", "{started}");
     let idle_seconds = started["idle_seconds"].as_f64().context("idle_seconds")?;
-    assert!(idle_seconds >= idle_gap.as_secs_f64() - 0.05, "idle_seconds {idle_seconds} < gap {idle_gap:?}");
-    assert!(started["retransmits"].as_u64().unwrap_or(0) >= 3, "{started}");
-    let gives_up = started["gives_up_in_seconds"].as_f64().context("gives_up_in_seconds")?;
-    assert!((1.0..30.0).contains(&gives_up), "tcp_retries2=4 gives up within seconds, not {gives_up}");
+    assert!(
+        idle_seconds >= idle_gap.as_secs_f64() - 0.05,
+        "idle_seconds {idle_seconds} < gap {idle_gap:?}"
+    );
+    assert!(
+        started["retransmits"].as_u64().unwrap_or(0) >= 3,
+        "{started}"
+    );
+    let gives_up = started["gives_up_in_seconds"]
+        .as_f64()
+        .context("gives_up_in_seconds")?;
+    assert!(
+        (1.0..30.0).contains(&gives_up),
+        "tcp_retries2=4 gives up within seconds, not {gives_up}"
+    );
     let hint = started["hint"].as_str().unwrap_or_default();
-    assert!(hint.contains("tcp-keepalive") && hint.contains("TCP_USER_TIMEOUT"), "{hint}");
-    assert!(started["cgroup"].is_string() && started["exe"].is_string(), "{started}");
+    assert!(
+        hint.contains("tcp-keepalive") && hint.contains("TCP_USER_TIMEOUT"),
+        "{hint}"
+    );
+    assert!(
+        started["cgroup"].is_string() && started["exe"].is_string(),
+        "{started}"
+    );
     // Within a second of the retransmit that confirmed it.
-    let lag = seen_at.duration_since(wall_time(&started["confirmed_at"])?).unwrap_or_default();
-    assert!(lag < Duration::from_secs(1), "storm_started {lag:?} after the confirming retransmit");
+    let lag = seen_at
+        .duration_since(wall_time(&started["confirmed_at"])?)
+        .unwrap_or_default();
+    assert!(
+        lag < Duration::from_secs(1),
+        "storm_started {lag:?} after the confirming retransmit"
+    );
 
     let ended = poll::until("storm_ended", Duration::from_secs(60), || {
-        Ok(connmon.findings("storm_ended", topology.app.inode()).into_iter().next())
+        Ok(connmon
+            .findings("storm_ended", topology.app.inode())
+            .into_iter()
+            .next())
     })?;
     assert_eq!(ended["outcome"], "timed_out", "{ended}");
     assert_eq!(ended["storm_id"], started["storm_id"]);
     assert_eq!(ended["pid"], client.pid());
-    assert!(ended["duration_seconds"].as_f64().unwrap_or(0.0) >= gives_up, "{ended}");
+    assert!(
+        ended["duration_seconds"].as_f64().unwrap_or(0.0) >= gives_up,
+        "{ended}"
+    );
     let outcome = client.stdout.wait_for("error", Duration::from_secs(30))?;
-    ensure!(outcome.contains("timed out") || outcome.contains("110"), "client saw {outcome}");
+    ensure!(
+        outcome.contains("timed out") || outcome.contains("110"),
+        "client saw {outcome}"
+    );
     assert_eq!(connmon.stop()?, Some(0));
     Ok(())
 }
@@ -99,24 +148,50 @@ fn redis_server_retransmitting_to_a_dead_subscriber_is_a_server_storm() -> Resul
     topology.start_redis()?;
     let connmon = daemon()?;
     let mut command: Command = topology.app_command(env!("CARGO_BIN_EXE_cmt-redis-client"));
-    command.args(["subscribe", &format!("redis://{CACHE_V4}:{REDIS_PORT}"), "news"]);
+    command.args([
+        "subscribe",
+        &format!("redis://{CACHE_V4}:{REDIS_PORT}"),
+        "news",
+    ]);
     let _subscriber = Process::spawn("subscriber", command)?;
-    _subscriber.stdout.wait_for("subscribed", Duration::from_secs(20))?;
+    _subscriber
+        .stdout
+        .wait_for("subscribed", Duration::from_secs(20))?;
 
     topology.wait_until_forgotten(Duration::from_secs(30))?;
     topology.redis_cli(&["publish", "news", "hello"])?;
 
     let started = poll::until("server-side storm_started", Duration::from_secs(30), || {
-        Ok(connmon.findings("storm_started", topology.cache.inode()).into_iter().next())
+        Ok(connmon
+            .findings("storm_started", topology.cache.inode())
+            .into_iter()
+            .next())
     })
     .with_context(|| format!("connmon stderr: {:?}", connmon.stderr()))?;
     assert_eq!(started["comm"], "redis-server", "{started}");
-    assert_eq!(Some(started["pid"].as_u64().unwrap_or(0) as u32), topology.redis_pid(), "{started}");
+    assert_eq!(
+        Some(started["pid"].as_u64().unwrap_or(0) as u32),
+        topology.redis_pid(),
+        "{started}"
+    );
     assert_eq!(started["role"], "server", "{started}");
-    assert_eq!(started["local"], format!("{CACHE_V4}:{REDIS_PORT}"), "{started}");
-    assert!(started["hint"].as_str().unwrap_or_default().contains("tcp-keepalive"), "{started}");
+    assert_eq!(
+        started["local"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{started}"
+    );
+    assert!(
+        started["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tcp-keepalive"),
+        "{started}"
+    );
     let ended = poll::until("server-side storm_ended", Duration::from_secs(60), || {
-        Ok(connmon.findings("storm_ended", topology.cache.inode()).into_iter().next())
+        Ok(connmon
+            .findings("storm_ended", topology.cache.inode())
+            .into_iter()
+            .next())
     })
     .with_context(|| format!("connmon findings: {:?}", connmon.records()))?;
     assert_eq!(ended["outcome"], "timed_out", "{ended}");
@@ -130,61 +205,97 @@ fn close_and_sync(connmon: &Daemon, client: &mut Process) -> Result<()> {
     let before = connmon.metric(destroyed)?;
     client.send_line("quit")?;
     client.stdout.wait_for("closed", Duration::from_secs(20))?;
-    poll::until("connmon to see the socket destroyed", Duration::from_secs(20), || {
-        Ok((connmon.metric(destroyed)? > before).then_some(()))
-    })
+    poll::until(
+        "connmon to see the socket destroyed",
+        Duration::from_secs(20),
+        || Ok((connmon.metric(destroyed)? > before).then_some(())),
+    )
 }
 
 #[test]
 fn busy_connection_with_random_loss_is_not_an_idle_storm() -> Result<()> {
-    let options = Options { forget_after: None, random_loss_percent: Some(10), tcp_retries2: 15, ..Options::default() };
+    let options = Options {
+        forget_after: None,
+        random_loss_percent: Some(10),
+        tcp_retries2: 15,
+        ..Options::default()
+    };
     let mut topology = Topology::build("lossy", &options)?;
     topology.start_redis()?;
     let connmon = daemon()?;
     let mut client = redis_client(&topology, &format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
     let retransmitted_before = topology.app.retransmitted_segments()?;
     client.send_line("busy 2000")?;
-    client.stdout.wait_for("busy-done", Duration::from_secs(120))?;
+    client
+        .stdout
+        .wait_for("busy-done", Duration::from_secs(120))?;
     let retransmitted = topology.app.retransmitted_segments()? - retransmitted_before;
-    ensure!(retransmitted > 0, "the lossy path caused no retransmits; the test proves nothing");
+    ensure!(
+        retransmitted > 0,
+        "the lossy path caused no retransmits; the test proves nothing"
+    );
     close_and_sync(&connmon, &mut client)?;
     assert!(connmon.metric("connmon_watched_retransmits_total{kind=")? >= 0.0);
     let storms = connmon.findings("storm_started", topology.app.inode());
-    assert!(storms.is_empty(), "random loss on a busy connection reported as a storm: {storms:?}");
+    assert!(
+        storms.is_empty(),
+        "random loss on a busy connection reported as a storm: {storms:?}"
+    );
     Ok(())
 }
 
 #[test]
 fn idle_connection_used_again_over_an_intact_path_is_quiet() -> Result<()> {
-    let options = Options { forget_after: None, ..Options::default() };
+    let options = Options {
+        forget_after: None,
+        ..Options::default()
+    };
     let mut topology = Topology::build("intact", &options)?;
     topology.start_redis()?;
     let connmon = daemon()?;
     let mut client = redis_client(&topology, &format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
     // Idle past connmon's threshold, measured by the kernel itself.
-    poll::until("the connection to idle past the threshold", Duration::from_secs(30), || {
-        let ss = topology.app.exec("ss", &["-tni", "dport", "=", &format!(":{REDIS_PORT}")])?;
-        Ok(idle_ms(&ss).filter(|ms| *ms >= 2500).map(|_| ()))
-    })?;
+    poll::until(
+        "the connection to idle past the threshold",
+        Duration::from_secs(30),
+        || {
+            let ss = topology
+                .app
+                .exec("ss", &["-tni", "dport", "=", &format!(":{REDIS_PORT}")])?;
+            Ok(idle_ms(&ss).filter(|ms| *ms >= 2500).map(|_| ()))
+        },
+    )?;
     client.send_line("set")?;
     client.stdout.wait_for("ok", Duration::from_secs(10))?;
     close_and_sync(&connmon, &mut client)?;
-    let findings: Vec<Value> = connmon.records().into_iter().filter(|r| r["netns"] == topology.app.inode()).collect();
-    assert!(findings.is_empty(), "an intact path gave findings: {findings:?}");
+    let findings: Vec<Value> = connmon
+        .records()
+        .into_iter()
+        .filter(|r| r["netns"] == topology.app.inode())
+        .collect();
+    assert!(
+        findings.is_empty(),
+        "an intact path gave findings: {findings:?}"
+    );
     Ok(())
 }
 
 /// The shorter of `lastsnd` and `lastrcv` from `ss -ti` output.
 fn idle_ms(ss: &str) -> Option<u64> {
     let field = |name: &str| -> Option<u64> {
-        ss.split_whitespace().find_map(|word| word.strip_prefix(name)).and_then(|value| value.parse().ok())
+        ss.split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .and_then(|value| value.parse().ok())
     };
     Some(field("lastsnd:")?.min(field("lastrcv:")?))
 }
 
 #[test]
 fn middlebox_reset_after_idle_is_reported_as_reset() -> Result<()> {
-    let options = Options { stale_flow: StaleFlow::Reset, ..Options::default() };
+    let options = Options {
+        stale_flow: StaleFlow::Reset,
+        ..Options::default()
+    };
     let mut topology = Topology::build("reset", &options)?;
     topology.start_redis()?;
     let connmon = daemon()?;
@@ -196,13 +307,28 @@ fn middlebox_reset_after_idle_is_reported_as_reset() -> Result<()> {
     client.stdout.wait_for("error", Duration::from_secs(20))?;
 
     let reset = poll::until("reset_after_idle", Duration::from_secs(20), || {
-        Ok(connmon.findings("reset_after_idle", topology.app.inode()).into_iter().next())
+        Ok(connmon
+            .findings("reset_after_idle", topology.app.inode())
+            .into_iter()
+            .next())
     })
     .with_context(|| format!("connmon stdout: {:?}", connmon.records()))?;
     assert_eq!(reset["outcome"], "reset", "{reset}");
     assert_eq!(reset["pid"], client.pid(), "{reset}");
-    assert_eq!(reset["remote"], format!("{CACHE_V4}:{REDIS_PORT}"), "{reset}");
-    assert!(reset["idle_seconds"].as_f64().unwrap_or(0.0) >= idle_gap.as_secs_f64() - 0.05, "{reset}");
-    assert!(connmon.findings("storm_started", topology.app.inode()).is_empty(), "a reset is not a storm");
+    assert_eq!(
+        reset["remote"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{reset}"
+    );
+    assert!(
+        reset["idle_seconds"].as_f64().unwrap_or(0.0) >= idle_gap.as_secs_f64() - 0.05,
+        "{reset}"
+    );
+    assert!(
+        connmon
+            .findings("storm_started", topology.app.inode())
+            .is_empty(),
+        "a reset is not a storm"
+    );
     Ok(())
 }

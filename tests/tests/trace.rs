@@ -22,13 +22,21 @@ fn start_pair(ns: &NetNs) -> Result<Pair> {
     let mut server_cmd = ns.command(peer);
     server_cmd.args(["server", &format!("127.0.0.1:{PORT}")]);
     let server = Process::spawn("tcp-peer server", server_cmd)?;
-    server.stdout.wait_for("listening", Duration::from_secs(10))?;
+    server
+        .stdout
+        .wait_for("listening", Duration::from_secs(10))?;
     let mut client_cmd: Command = ns.command(peer);
     client_cmd.args(["client", &format!("127.0.0.1:{PORT}")]);
     let client = Process::spawn("tcp-peer client", client_cmd)?;
-    let connected = client.stdout.wait_for("connected ", Duration::from_secs(10))?;
+    let connected = client
+        .stdout
+        .wait_for("connected ", Duration::from_secs(10))?;
     let client_local = connected.trim_start_matches("connected ").to_string();
-    Ok(Pair { _server: server, client, client_local })
+    Ok(Pair {
+        _server: server,
+        client,
+        client_local,
+    })
 }
 
 fn is_retransmit_of(record: &Value, netns: u32, local: &str) -> bool {
@@ -56,38 +64,61 @@ fn every_retransmit_is_reported_with_the_owning_process() -> Result<()> {
 
     // The kernel gives up: the client's blocked read fails with ETIMEDOUT.
     let outcome = a.client.stdout.wait_for("error", Duration::from_secs(60))?;
-    ensure!(outcome.ends_with(&libc::ETIMEDOUT.to_string()), "client A ended with {outcome:?}");
+    ensure!(
+        outcome.ends_with(&libc::ETIMEDOUT.to_string()),
+        "client A ended with {outcome:?}"
+    );
     b.client.stdout.wait_for("error", Duration::from_secs(60))?;
     let kernel_segments = ns_a.retransmitted_segments()? - segments_before;
-    ensure!(kernel_segments >= 3, "the kernel retransmitted only {kernel_segments} segments");
+    ensure!(
+        kernel_segments >= 3,
+        "the kernel retransmitted only {kernel_segments} segments"
+    );
 
     let (pid_a, pid_b) = (a.client.pid(), b.client.pid());
-    let records = poll::until("connmon to report every retransmit of A", Duration::from_secs(10), || {
-        let records = trace.records();
-        let seen: u64 = records
-            .iter()
-            .filter(|r| is_retransmit_of(r, ns_a.inode(), &a.client_local) && r["result"] == 0)
-            .map(|r| r["segments"].as_u64().unwrap_or(0))
-            .sum();
-        Ok((seen >= kernel_segments).then_some(records))
-    })
+    let records = poll::until(
+        "connmon to report every retransmit of A",
+        Duration::from_secs(10),
+        || {
+            let records = trace.records();
+            let seen: u64 = records
+                .iter()
+                .filter(|r| is_retransmit_of(r, ns_a.inode(), &a.client_local) && r["result"] == 0)
+                .map(|r| r["segments"].as_u64().unwrap_or(0))
+                .sum();
+            Ok((seen >= kernel_segments).then_some(records))
+        },
+    )
     .with_context(|| format!("connmon stderr: {:?}", trace.stderr()))?;
 
-    let retransmits_a: Vec<&Value> =
-        records.iter().filter(|r| is_retransmit_of(r, ns_a.inode(), &a.client_local)).collect();
+    let retransmits_a: Vec<&Value> = records
+        .iter()
+        .filter(|r| is_retransmit_of(r, ns_a.inode(), &a.client_local))
+        .collect();
     // Exactly the kernel's count: nothing missed, nothing doubled.
-    let segments_a: u64 = retransmits_a.iter().map(|r| r["segments"].as_u64().unwrap_or(0)).sum();
-    assert_eq!(segments_a, kernel_segments, "connmon segments vs the namespace's TcpRetransSegs");
+    let segments_a: u64 = retransmits_a
+        .iter()
+        .map(|r| r["segments"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        segments_a, kernel_segments,
+        "connmon segments vs the namespace's TcpRetransSegs"
+    );
     for record in &retransmits_a {
         assert_eq!(record["result"], 0, "{record}");
-        assert_eq!(record["pid"], pid_a, "retransmit attributed to the wrong process: {record}");
+        assert_eq!(
+            record["pid"], pid_a,
+            "retransmit attributed to the wrong process: {record}"
+        );
         assert_eq!(record["tid"], pid_a, "{record}");
         assert_eq!(record["comm"], "tcp-peer", "{record}");
         assert_eq!(record["remote"], format!("127.0.0.1:{PORT}"), "{record}");
         assert_eq!(record["role"], "client", "{record}");
     }
     assert!(
-        retransmits_a.iter().any(|r| r["retransmit_kind"] == "timeout"),
+        retransmits_a
+            .iter()
+            .any(|r| r["retransmit_kind"] == "timeout"),
         "no RTO retransmit among {retransmits_a:?}"
     );
     // The end of the connection is reported too, with the same owner.
@@ -98,15 +129,26 @@ fn every_retransmit_is_reported_with_the_owning_process() -> Result<()> {
             && r["local"] == a.client_local
             && r["pid"] == pid_a),
         "no ETIMEDOUT for A in {:?}",
-        records.iter().filter(|r| r["netns"] == ns_a.inode()).collect::<Vec<_>>()
+        records
+            .iter()
+            .filter(|r| r["netns"] == ns_a.inode())
+            .collect::<Vec<_>>()
     );
 
     // The same traffic in the other namespace is B's, never A's.
-    let retransmits_b: Vec<&Value> =
-        records.iter().filter(|r| r["event"] == "retransmit" && r["netns"] == ns_b.inode()).collect();
-    ensure!(!retransmits_b.is_empty(), "no retransmits seen in namespace B");
+    let retransmits_b: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "retransmit" && r["netns"] == ns_b.inode())
+        .collect();
+    ensure!(
+        !retransmits_b.is_empty(),
+        "no retransmits seen in namespace B"
+    );
     for record in retransmits_b {
-        assert_eq!(record["pid"], pid_b, "namespace B's retransmit attributed elsewhere: {record}");
+        assert_eq!(
+            record["pid"], pid_b,
+            "namespace B's retransmit attributed elsewhere: {record}"
+        );
     }
     // Nothing in A's namespace on the watched port belongs to anyone but
     // A's client and server.
@@ -115,7 +157,10 @@ fn every_retransmit_is_reported_with_the_owning_process() -> Result<()> {
         .filter(|r| r["netns"] == ns_a.inode() && r["pid"].is_u64() && r["pid"] != pid_a)
         .filter(|r| r["local"] != format!("127.0.0.1:{PORT}"))
         .collect();
-    assert!(server_side.is_empty(), "foreign owners in A: {server_side:?}");
+    assert!(
+        server_side.is_empty(),
+        "foreign owners in A: {server_side:?}"
+    );
 
     assert_eq!(trace.stop()?, Some(0), "connmon trace exits 0 on SIGINT");
     Ok(())

@@ -15,7 +15,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the test suite drives: namespaces and veth (iproute2),
 /// the middlebox (nftables, conntrack), the cache (redis-server), and
 /// bpftool to check that programs are detached.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "nftables", "conntrack", "redis-server", "bpftool", "procps"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "conntrack",
+    "redis-server",
+    "bpftool",
+    "procps",
+];
 
 /// Paths of the checkout and its tool cache.
 pub struct Project {
@@ -25,7 +32,10 @@ pub struct Project {
 impl Project {
     pub fn locate() -> Result<Self> {
         let manifest = std::env::var("CARGO_MANIFEST_DIR").context("run through `cargo xtask`")?;
-        let root = Path::new(&manifest).parent().context("xtask/ has a parent")?.to_path_buf();
+        let root = Path::new(&manifest)
+            .parent()
+            .context("xtask/ has a parent")?
+            .to_path_buf();
         Ok(Self { root })
     }
 
@@ -57,12 +67,18 @@ fn ensure_nightly_rust_src() -> Result<()> {
     let installed = output("rustup", &["toolchain", "list"])?;
     if !installed.lines().any(|line| line.starts_with("nightly")) {
         eprintln!("setup: installing the nightly toolchain");
-        status("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"])?;
+        status(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
     }
     let sysroot = PathBuf::from(output("rustc", &["+nightly", "--print", "sysroot"])?.trim());
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         eprintln!("setup: adding rust-src to nightly");
-        status("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])?;
+        status(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        )?;
     }
     Ok(())
 }
@@ -84,7 +100,12 @@ fn ensure_llvm_prefix(project: &Project) -> Result<LlvmPrefix> {
         .filter_map(|entry| entry.ok())
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
         .find(|name| name.starts_with("libLLVM.so."))
-        .with_context(|| format!("no libLLVM.so.* in {}: is the nightly toolchain complete?", lib_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: is the nightly toolchain complete?",
+                lib_dir.display()
+            )
+        })?;
     // libLLVM.so.22.1-rust-1.97.0-nightly -> 22
     let major: u32 = library
         .trim_start_matches("libLLVM.so.")
@@ -108,15 +129,28 @@ fn ensure_bpf_linker(project: &Project, llvm: &LlvmPrefix) -> Result<()> {
     let linker = project.tools_bin().join("bpf-linker");
     if linker.is_file() {
         let version = Command::new(&linker).arg("--version").output();
-        if version.is_ok_and(|out| out.status.success() && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)) {
+        if version.is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+        }) {
             return Ok(());
         }
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {} (about a minute)", llvm.major);
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {} (about a minute)",
+        llvm.major
+    );
     let root = project.cache().join("tools");
     let feature = format!("llvm-{}", llvm.major);
     let ok = Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+        ])
         .args(["--features", &feature, "--root"])
         .arg(&root)
         .env("LLVM_PREFIX", &llvm.dir)
@@ -137,14 +171,19 @@ fn ensure_debian_packages() -> Result<()> {
             !Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", package])
                 .output()
-                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+                .is_ok_and(|out| {
+                    String::from_utf8_lossy(&out.stdout).contains("install ok installed")
+                })
         })
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!("Debian packages missing: {}; run `cargo xtask setup` as root", missing.join(" "));
+        bail!(
+            "Debian packages missing: {}; run `cargo xtask setup` as root",
+            missing.join(" ")
+        );
     }
     eprintln!("setup: installing {}", missing.join(" "));
     status("apt-get", &["update", "-qq"])?;
@@ -168,15 +207,26 @@ pub fn is_root() -> bool {
 }
 
 fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
-        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn status(program: &str, args: &[&str]) -> Result<()> {
-    let ok = Command::new(program).args(args).status().with_context(|| format!("running {program}"))?.success();
+    let ok = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {program}"))?
+        .success();
     if !ok {
         bail!("{program} {} failed", args.join(" "));
     }

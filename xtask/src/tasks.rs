@@ -18,7 +18,11 @@ pub fn build(project: &Project, release: bool) -> Result<PathBuf> {
         cargo.arg("--release");
     }
     run_checked(&mut cargo, "cargo build")?;
-    Ok(project.root.join("target").join(if release { "release" } else { "debug" }).join("connmon"))
+    Ok(project
+        .root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("connmon"))
 }
 
 /// Builds in release mode and runs connmon with `args`; connmon's exit code
@@ -26,9 +30,14 @@ pub fn build(project: &Project, release: bool) -> Result<PathBuf> {
 pub fn run(project: &Project, args: &[String]) -> Result<()> {
     let binary = build(project, true)?;
     if !is_root() {
-        eprintln!("note: connmon needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) to load its programs");
+        eprintln!(
+            "note: connmon needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) to load its programs"
+        );
     }
-    let status = Command::new(&binary).args(args).status().with_context(|| format!("running {}", binary.display()))?;
+    let status = Command::new(&binary)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", binary.display()))?;
     std::process::exit(status.code().unwrap_or(1));
 }
 
@@ -37,7 +46,9 @@ pub fn run(project: &Project, args: &[String]) -> Result<()> {
 /// this fails rather than skipping them.
 pub fn test(project: &Project, args: &[String]) -> Result<()> {
     if !is_root() {
-        bail!("the kernel tests need root (network namespaces, BPF): run `cargo xtask test` as root");
+        bail!(
+            "the kernel tests need root (network namespaces, BPF): run `cargo xtask test` as root"
+        );
     }
     let binary = build(project, false)?;
     let mut cargo = cargo(project);
@@ -59,7 +70,10 @@ pub fn test(project: &Project, args: &[String]) -> Result<()> {
     }
     let status = child.wait().context("waiting for cargo test")?;
     // One closing line for the whole suite, across every test binary.
-    println!("summary: {} passed, {} failed", totals.passed, totals.failed);
+    println!(
+        "summary: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
@@ -78,7 +92,9 @@ struct TestTotals {
 
 impl TestTotals {
     fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
         for part in rest.split([';', '.']) {
             let mut words = part.split_whitespace();
             if let (Some(count), Some(what)) = (words.next(), words.next()) {
@@ -95,12 +111,16 @@ impl TestTotals {
 
 fn cargo(project: &Project) -> Command {
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo.current_dir(&project.root).env("PATH", project.path_env());
+    cargo
+        .current_dir(&project.root)
+        .env("PATH", project.path_env());
     cargo
 }
 
 fn run_checked(command: &mut Command, what: &str) -> Result<()> {
-    let status = command.status().with_context(|| format!("starting {what}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("starting {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -115,7 +135,9 @@ mod tests {
     fn sums_libtest_result_lines() {
         let mut totals = TestTotals::default();
         totals.add_line("test result: ok. 17 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.75s");
-        totals.add_line("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        totals.add_line(
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
         totals.add_line("running 3 tests");
         assert_eq!((totals.passed, totals.failed), (19, 1));
     }

@@ -38,8 +38,15 @@ impl KernelCounters {
             let per_cpu = self
                 .array
                 .get(&index, 0)
-                .map_err(|error| CaptureError::Map { name: "COUNTERS", reason: error.to_string() })?;
-            values.push(per_cpu.iter().fold(0u64, |sum, value| sum.wrapping_add(*value)));
+                .map_err(|error| CaptureError::Map {
+                    name: "COUNTERS",
+                    reason: error.to_string(),
+                })?;
+            values.push(
+                per_cpu
+                    .iter()
+                    .fold(0u64, |sum, value| sum.wrapping_add(*value)),
+            );
         }
         Ok(CounterSnapshot { values })
     }

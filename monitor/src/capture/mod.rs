@@ -16,23 +16,29 @@ use aya::{
 use monitor_common::globals::ProbeSettings;
 use tracing::{info, warn};
 
-pub use self::hooks::{Hook, HOOKS};
+pub use self::hooks::{HOOKS, Hook};
 use self::offsets::KernelBtf;
 
 /// Where the kernel publishes its own BTF.
 pub const KERNEL_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 /// The compiled kernel programs, embedded at build time.
-static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/connmon-ebpf"));
+static PROGRAMS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/connmon-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("kernel BTF not readable at {path}: {reason} (connmon needs a kernel built with CONFIG_DEBUG_INFO_BTF)")]
+    #[error(
+        "kernel BTF not readable at {path}: {reason} (connmon needs a kernel built with CONFIG_DEBUG_INFO_BTF)"
+    )]
     Btf { path: PathBuf, reason: String },
     #[error("this kernel's BTF has no field {field}, which connmon needs")]
     MissingKernelField { field: String },
     #[error("this kernel has no tracepoint {hook}, which connmon needs ({purpose})")]
-    MissingTracepoint { hook: &'static str, purpose: &'static str },
+    MissingTracepoint {
+        hook: &'static str,
+        purpose: &'static str,
+    },
     #[error(
         "not permitted to load BPF programs ({call}: {source}); run as root or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
     )]
@@ -96,11 +102,21 @@ impl Capture {
             .filter(|hook| kernel_btf.tracepoint_args(hook.tracepoint).is_some())
             .collect();
         let mut degraded = Vec::new();
-        for hook in HOOKS.iter().filter(|hook| !available.iter().any(|a| a.tracepoint == hook.tracepoint)) {
+        for hook in HOOKS
+            .iter()
+            .filter(|hook| !available.iter().any(|a| a.tracepoint == hook.tracepoint))
+        {
             if hook.required {
-                return Err(CaptureError::MissingTracepoint { hook: hook.tracepoint, purpose: hook.purpose });
+                return Err(CaptureError::MissingTracepoint {
+                    hook: hook.tracepoint,
+                    purpose: hook.purpose,
+                });
             }
-            warn!(tracepoint = hook.tracepoint, lost = hook.purpose, "tracepoint missing on this kernel; capability degraded");
+            warn!(
+                tracepoint = hook.tracepoint,
+                lost = hook.purpose,
+                "tracepoint missing on this kernel; capability degraded"
+            );
             degraded.push(format!("{}: {}", hook.tracepoint, hook.purpose));
         }
 
@@ -110,7 +126,9 @@ impl Capture {
             activity_granularity_ns: (config.idle_threshold_ns / 4).clamp(1_000_000, 1_000_000_000),
             idle_threshold_ns: config.idle_threshold_ns,
             watch_all_ports: u32::from(config.watch_all_ports),
-            retransmit_has_err: u32::from(kernel_btf.tracepoint_args("tcp_retransmit_skb") == Some(3)),
+            retransmit_has_err: u32::from(
+                kernel_btf.tracepoint_args("tcp_retransmit_skb") == Some(3),
+            ),
         };
 
         let aya_btf = Btf::from_sys_fs().map_err(|source| CaptureError::Btf {
@@ -139,15 +157,25 @@ impl Capture {
         for hook in available {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(hook.program)
-                .ok_or_else(|| CaptureError::Load(format!("program {} missing from the object", hook.program)))?
+                .ok_or_else(|| {
+                    CaptureError::Load(format!("program {} missing from the object", hook.program))
+                })?
                 .try_into()
                 .map_err(|error: ProgramError| CaptureError::Load(error.to_string()))?;
-            program.load(hook.tracepoint, &aya_btf).map_err(|error| program_error(hook.tracepoint, error))?;
-            program.attach().map_err(|error| program_error(hook.tracepoint, error))?;
+            program
+                .load(hook.tracepoint, &aya_btf)
+                .map_err(|error| program_error(hook.tracepoint, error))?;
+            program
+                .attach()
+                .map_err(|error| program_error(hook.tracepoint, error))?;
             attached.push(hook.tracepoint);
         }
         info!(hooks = ?attached, "kernel programs attached");
-        Ok(Self { ebpf, attached, degraded })
+        Ok(Self {
+            ebpf,
+            attached,
+            degraded,
+        })
     }
 
     /// Tracepoints attached, in attach order.
@@ -166,7 +194,10 @@ impl Capture {
             name: "EVENTS",
             reason: "already taken".into(),
         })?;
-        RingBuf::try_from(map).map_err(|error| CaptureError::Map { name: "EVENTS", reason: error.to_string() })
+        RingBuf::try_from(map).map_err(|error| CaptureError::Map {
+            name: "EVENTS",
+            reason: error.to_string(),
+        })
     }
 
     /// Takes the kernel counters (once).
@@ -175,8 +206,10 @@ impl Capture {
             name: "COUNTERS",
             reason: "already taken".into(),
         })?;
-        let array = PerCpuArray::try_from(map)
-            .map_err(|error| CaptureError::Map { name: "COUNTERS", reason: error.to_string() })?;
+        let array = PerCpuArray::try_from(map).map_err(|error| CaptureError::Map {
+            name: "COUNTERS",
+            reason: error.to_string(),
+        })?;
         Ok(counters::KernelCounters::new(array))
     }
 }
@@ -186,12 +219,18 @@ fn fill_watched_ports(ebpf: &mut Ebpf, ports: &BTreeSet<u16>) -> Result<(), Capt
         name: "WATCHED_PORTS",
         reason: "missing from the object".into(),
     })?;
-    let mut array: Array<&mut MapData, u8> = Array::try_from(map)
-        .map_err(|error| CaptureError::Map { name: "WATCHED_PORTS", reason: error.to_string() })?;
+    let mut array: Array<&mut MapData, u8> =
+        Array::try_from(map).map_err(|error| CaptureError::Map {
+            name: "WATCHED_PORTS",
+            reason: error.to_string(),
+        })?;
     for &port in ports {
         array
             .set(u32::from(port), 1, 0)
-            .map_err(|error| CaptureError::Map { name: "WATCHED_PORTS", reason: error.to_string() })?;
+            .map_err(|error| CaptureError::Map {
+                name: "WATCHED_PORTS",
+                reason: error.to_string(),
+            })?;
     }
     Ok(())
 }
@@ -210,15 +249,26 @@ fn load_error(error: aya::EbpfError) -> CaptureError {
 
 fn program_error(hook: &'static str, error: ProgramError) -> CaptureError {
     match &error {
-        ProgramError::LoadError { io_error, .. } if io_error.kind() == io::ErrorKind::PermissionDenied => {
-            CaptureError::Privilege { call: format!("bpf(BPF_PROG_LOAD) for {hook}"), source: io::Error::from(io_error.kind()) }
+        ProgramError::LoadError { io_error, .. }
+            if io_error.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            CaptureError::Privilege {
+                call: format!("bpf(BPF_PROG_LOAD) for {hook}"),
+                source: io::Error::from(io_error.kind()),
+            }
         }
         ProgramError::SyscallError(aya::sys::SyscallError { call, io_error })
             if io_error.kind() == io::ErrorKind::PermissionDenied =>
         {
-            CaptureError::Privilege { call: format!("{call} for {hook}"), source: io::Error::from(io_error.kind()) }
+            CaptureError::Privilege {
+                call: format!("{call} for {hook}"),
+                source: io::Error::from(io_error.kind()),
+            }
         }
-        _ => CaptureError::Attach { hook, reason: format!("{error}") },
+        _ => CaptureError::Attach {
+            hook,
+            reason: format!("{error}"),
+        },
     }
 }
 

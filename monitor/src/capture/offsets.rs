@@ -51,13 +51,20 @@ impl KernelBtf {
         }
         let member = last?;
         let bit_size = member.bitfield_size().filter(|size| *size != 0);
-        Some(FieldOffset { byte: bits / 8, bit_shift: bits % 8, bit_size })
+        Some(FieldOffset {
+            byte: bits / 8,
+            bit_shift: bits % 8,
+            bit_size,
+        })
     }
 
     /// Number of arguments the BTF-enabled tracepoint `name` passes (its
     /// `btf_trace_<name>` prototype, minus the leading context pointer).
     pub fn tracepoint_args(&self, name: &str) -> Option<usize> {
-        let types = self.btf.resolve_types_by_name(&format!("btf_trace_{name}")).ok()?;
+        let types = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?;
         for ty in types {
             for chained in self.btf.chained_type_iter(ty.as_btf_type()?) {
                 if let Type::FuncProto(proto) = chained {
@@ -69,10 +76,14 @@ impl KernelBtf {
     }
 
     fn struct_named(&self, name: &str) -> Option<btf_rs::Struct> {
-        self.btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|ty| match ty {
-            Type::Struct(s) if !s.members.is_empty() => Some(s),
-            _ => None,
-        })
+        self.btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|ty| match ty {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
     }
 
     /// Finds `name` among `parent`'s members, descending into anonymous
@@ -83,12 +94,11 @@ impl KernelBtf {
             if member_name == name {
                 return Some((member.bit_offset(), member.clone()));
             }
-            if member_name.is_empty() {
-                if let Some(inner) = self.member_struct(member) {
-                    if let Some((bits, found)) = self.find_member(&inner, name) {
-                        return Some((member.bit_offset() + bits, found));
-                    }
-                }
+            if member_name.is_empty()
+                && let Some(inner) = self.member_struct(member)
+                && let Some((bits, found)) = self.find_member(&inner, name)
+            {
+                return Some((member.bit_offset() + bits, found));
             }
         }
         None
@@ -100,7 +110,10 @@ impl KernelBtf {
         for ty in self.btf.chained_type_iter(member) {
             match ty {
                 Type::Struct(s) | Type::Union(s) => return Some(s),
-                Type::Typedef(_) | Type::Volatile(_) | Type::Const(_) | Type::Restrict(_)
+                Type::Typedef(_)
+                | Type::Volatile(_)
+                | Type::Const(_)
+                | Type::Restrict(_)
                 | Type::TypeTag(_) => continue,
                 // Pointers, arrays and scalars end the walk: the field is the value.
                 _ => return None,
@@ -139,36 +152,78 @@ pub fn resolve(btf: &KernelBtf) -> Result<(KernelOffsets, Vec<String>), CaptureE
             }
         }
     };
-    let req = |structure, path| Wanted { structure, path, required: true };
-    let opt = |structure, path| Wanted { structure, path, required: false };
+    let req = |structure, path| Wanted {
+        structure,
+        path,
+        required: true,
+    };
+    let opt = |structure, path| Wanted {
+        structure,
+        path,
+        required: false,
+    };
 
-    take(req("sock", "__sk_common.skc_family"), &mut offsets.skc_family)?;
+    take(
+        req("sock", "__sk_common.skc_family"),
+        &mut offsets.skc_family,
+    )?;
     take(req("sock", "__sk_common.skc_state"), &mut offsets.skc_state)?;
     take(req("sock", "__sk_common.skc_num"), &mut offsets.skc_num)?;
     take(req("sock", "__sk_common.skc_dport"), &mut offsets.skc_dport)?;
     take(req("sock", "__sk_common.skc_daddr"), &mut offsets.skc_daddr)?;
-    take(req("sock", "__sk_common.skc_rcv_saddr"), &mut offsets.skc_rcv_saddr)?;
-    take(opt("sock", "__sk_common.skc_v6_daddr"), &mut offsets.skc_v6_daddr)?;
-    take(opt("sock", "__sk_common.skc_v6_rcv_saddr"), &mut offsets.skc_v6_rcv_saddr)?;
+    take(
+        req("sock", "__sk_common.skc_rcv_saddr"),
+        &mut offsets.skc_rcv_saddr,
+    )?;
+    take(
+        opt("sock", "__sk_common.skc_v6_daddr"),
+        &mut offsets.skc_v6_daddr,
+    )?;
+    take(
+        opt("sock", "__sk_common.skc_v6_rcv_saddr"),
+        &mut offsets.skc_v6_rcv_saddr,
+    )?;
     take(req("sock", "__sk_common.skc_net"), &mut offsets.skc_net)?;
     take(req("sock", "sk_protocol"), &mut offsets.sk_protocol)?;
     take(opt("sock", "sk_err"), &mut offsets.sk_err)?;
     take(req("net", "ns.inum"), &mut offsets.net_ns_inum)?;
-    take(opt("net", "ipv4.sysctl_tcp_retries2"), &mut offsets.net_tcp_retries2)?;
+    take(
+        opt("net", "ipv4.sysctl_tcp_retries2"),
+        &mut offsets.net_tcp_retries2,
+    )?;
     take(opt("tcp_sock", "snd_una"), &mut offsets.tcp_snd_una)?;
-    take(opt("inet_connection_sock", "icsk_retransmits"), &mut offsets.icsk_retransmits)?;
-    take(opt("inet_connection_sock", "icsk_backoff"), &mut offsets.icsk_backoff)?;
-    take(opt("inet_connection_sock", "icsk_user_timeout"), &mut offsets.icsk_user_timeout)?;
-    if let Some(field) =
-        take(opt("inet_connection_sock", "icsk_ca_state"), &mut offsets.icsk_ca_state_byte)?
-    {
+    take(
+        opt("inet_connection_sock", "icsk_retransmits"),
+        &mut offsets.icsk_retransmits,
+    )?;
+    take(
+        opt("inet_connection_sock", "icsk_backoff"),
+        &mut offsets.icsk_backoff,
+    )?;
+    take(
+        opt("inet_connection_sock", "icsk_user_timeout"),
+        &mut offsets.icsk_user_timeout,
+    )?;
+    if let Some(field) = take(
+        opt("inet_connection_sock", "icsk_ca_state"),
+        &mut offsets.icsk_ca_state_byte,
+    )? {
         offsets.icsk_ca_state_shift = field.bit_shift;
         offsets.icsk_ca_state_bits = field.bit_size.unwrap_or(8);
     }
     take(opt("sk_buff", "cb"), &mut offsets.skb_cb)?;
-    take(opt("tcp_skb_cb", "tcp_gso_segs"), &mut offsets.tcp_skb_cb_gso_segs)?;
-    take(opt("task_struct", "group_leader"), &mut offsets.task_group_leader)?;
-    take(opt("task_struct", "start_boottime"), &mut offsets.task_start_boottime)?;
+    take(
+        opt("tcp_skb_cb", "tcp_gso_segs"),
+        &mut offsets.tcp_skb_cb_gso_segs,
+    )?;
+    take(
+        opt("task_struct", "group_leader"),
+        &mut offsets.task_group_leader,
+    )?;
+    take(
+        opt("task_struct", "start_boottime"),
+        &mut offsets.task_start_boottime,
+    )?;
     take(opt("task_struct", "comm"), &mut offsets.task_comm)?;
     Ok((offsets, warnings))
 }

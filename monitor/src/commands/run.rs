@@ -31,7 +31,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let status = Arc::new(Status::new(Metrics::new().context("registering metrics")?));
     let server = http::serve(settings.listen, status.clone()).await?;
 
-    let mut capture = Capture::start(&settings.capture_config()).context("starting kernel capture")?;
+    let mut capture =
+        Capture::start(&settings.capture_config()).context("starting kernel capture")?;
     let ring = capture.take_events()?;
     status.set_kernel_counters(capture.take_counters()?);
     let stats = Arc::new(reader::ReaderStats::default());

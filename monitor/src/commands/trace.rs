@@ -1,10 +1,6 @@
 //! `connmon trace`: the live event stream.
 
-use std::{
-    io::Write,
-    sync::Arc,
-    time::Duration,
-};
+use std::{io::Write, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use monitor_common::counters::{LOST_RINGBUF_FULL, LOST_SOCKET_MAP_FULL};
@@ -12,11 +8,18 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    capture::{Capture, counters::{CounterSnapshot, KernelCounters}, reader},
+    capture::{
+        Capture,
+        counters::{CounterSnapshot, KernelCounters},
+        reader,
+    },
     cli::{TraceArgs, resolve_netns},
     clock::WallClock,
     event::SocketEvent,
-    output::{Format, trace::{json_record, text_line}},
+    output::{
+        Format,
+        trace::{json_record, text_line},
+    },
     shutdown,
     sockets::SocketTable,
 };
@@ -25,7 +28,12 @@ use crate::{
 const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let netns = args.netns.as_deref().map(resolve_netns).transpose().map_err(anyhow::Error::msg)?;
+    let netns = args
+        .netns
+        .as_deref()
+        .map(resolve_netns)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     // trace has no idle detection; the threshold only shapes burst times.
     let config = args.capture.to_config(30_000_000_000);
     let mut capture = Capture::start(&config).context("starting kernel capture")?;
@@ -90,7 +98,10 @@ impl LossReporter {
                 return;
             }
         };
-        for (index, reason) in [(LOST_RINGBUF_FULL, "ring_buffer_full"), (LOST_SOCKET_MAP_FULL, "socket_map_full")] {
+        for (index, reason) in [
+            (LOST_RINGBUF_FULL, "ring_buffer_full"),
+            (LOST_SOCKET_MAP_FULL, "socket_map_full"),
+        ] {
             let lost = now.get(index).saturating_sub(self.last.get(index));
             if lost == 0 {
                 continue;

@@ -19,7 +19,8 @@ pub fn model_timeout_ns(retries2: u8) -> u64 {
     if boundary <= linear_backoff_threshold {
         ((2u64 << boundary) - 1) * TCP_RTO_MIN_NS
     } else {
-        ((2u64 << linear_backoff_threshold) - 1) * TCP_RTO_MIN_NS + (boundary - linear_backoff_threshold) * TCP_RTO_MAX_NS
+        ((2u64 << linear_backoff_threshold) - 1) * TCP_RTO_MIN_NS
+            + (boundary - linear_backoff_threshold) * TCP_RTO_MAX_NS
     }
 }
 
@@ -27,7 +28,12 @@ pub fn model_timeout_ns(retries2: u8) -> u64 {
 ///
 /// `first_send_ns`: when the unacknowledged data was first sent.
 /// `rto_retransmits_ns`: times of the RTO retransmits seen so far, in order.
-pub fn gives_up_at_ns(first_send_ns: u64, rto_retransmits_ns: &[u64], retries2: u8, user_timeout_ms: u32) -> Option<u64> {
+pub fn gives_up_at_ns(
+    first_send_ns: u64,
+    rto_retransmits_ns: &[u64],
+    retries2: u8,
+    user_timeout_ms: u32,
+) -> Option<u64> {
     if user_timeout_ms > 0 {
         return Some(first_send_ns + u64::from(user_timeout_ms) * 1_000_000);
     }
@@ -37,7 +43,10 @@ pub fn gives_up_at_ns(first_send_ns: u64, rto_retransmits_ns: &[u64], retries2: 
     // twice the last observed interval after the last retransmit.
     let mut interval = match rto_retransmits_ns {
         [.., before, last] => last.saturating_sub(*before).saturating_mul(2),
-        _ => last.saturating_sub(first_send_ns).max(TCP_RTO_MIN_NS).saturating_mul(2),
+        _ => last
+            .saturating_sub(first_send_ns)
+            .max(TCP_RTO_MIN_NS)
+            .saturating_mul(2),
     }
     .clamp(TCP_RTO_MIN_NS, TCP_RTO_MAX_NS);
     let mut fire = last;

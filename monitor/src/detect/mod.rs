@@ -19,7 +19,9 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::event::{Connection, EventKind, ProcessRef, RetransmitKind, Role, SocketEvent, TcpState};
+use crate::event::{
+    Connection, EventKind, ProcessRef, RetransmitKind, Role, SocketEvent, TcpState,
+};
 
 /// How a storm ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -124,7 +126,12 @@ pub struct IdleReset {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finding {
     StormStarted(Storm),
-    StormEnded { storm: Storm, outcome: Outcome, ended_ns: u64, errno: Option<i32> },
+    StormEnded {
+        storm: Storm,
+        outcome: Outcome,
+        ended_ns: u64,
+        errno: Option<i32>,
+    },
     ResetAfterIdle(IdleReset),
 }
 
@@ -176,13 +183,20 @@ fn idle_before_reset(event: &SocketEvent, config: &DetectorConfig) -> Option<u64
 /// The idle gap before the socket's current burst, if the burst followed an
 /// idle gap, started within the window before `at_ns`, and nothing has been
 /// received since it began.
-fn idle_before_stuck_burst(event: &SocketEvent, config: &DetectorConfig, at_ns: u64) -> Option<u64> {
+fn idle_before_stuck_burst(
+    event: &SocketEvent,
+    config: &DetectorConfig,
+    at_ns: u64,
+) -> Option<u64> {
     let activity = &event.activity;
     let burst_start = activity.burst_start_ns?;
     if activity.idle_before_burst_ns < config.idle_threshold_ns {
         return None;
     }
-    if activity.last_recv_ns.is_some_and(|recv| recv >= burst_start) {
+    if activity
+        .last_recv_ns
+        .is_some_and(|recv| recv >= burst_start)
+    {
         return None;
     }
     if at_ns.saturating_sub(burst_start) > config.burst_window_ns {
@@ -193,7 +207,12 @@ fn idle_before_stuck_burst(event: &SocketEvent, config: &DetectorConfig, at_ns: 
 
 impl Detector {
     pub fn new(config: DetectorConfig) -> Self {
-        Self { config, episodes: HashMap::new(), next_storm_id: 1, episodes_dropped: 0 }
+        Self {
+            config,
+            episodes: HashMap::new(),
+            next_storm_id: 1,
+            episodes_dropped: 0,
+        }
     }
 
     pub fn config(&self) -> &DetectorConfig {
@@ -202,7 +221,9 @@ impl Detector {
 
     /// Storms in progress.
     pub fn active_storms(&self) -> impl Iterator<Item = &Storm> {
-        self.episodes.values().filter_map(|episode| episode.storm.as_ref())
+        self.episodes
+            .values()
+            .filter_map(|episode| episode.storm.as_ref())
     }
 
     /// Sockets with retransmits in flight.
@@ -219,20 +240,45 @@ impl Detector {
                 // progress that we did not see as an event. The old episode
                 // is over.
                 let restarted = self.episodes.get(&event.cookie).is_some_and(|episode| {
-                    info.kind == RetransmitKind::Timeout && info.rto_retransmits < episode.highest_rto_count
+                    info.kind == RetransmitKind::Timeout
+                        && info.rto_retransmits < episode.highest_rto_count
                 });
                 if restarted {
-                    self.end(event.cookie, Outcome::Recovered, event.timestamp_ns, None, &mut findings);
+                    self.end(
+                        event.cookie,
+                        Outcome::Recovered,
+                        event.timestamp_ns,
+                        None,
+                        &mut findings,
+                    );
                 }
                 self.on_retransmit(event, &mut findings);
             }
-            EventKind::Progress { .. } => self.end(event.cookie, Outcome::Recovered, event.timestamp_ns, None, &mut findings),
+            EventKind::Progress { .. } => self.end(
+                event.cookie,
+                Outcome::Recovered,
+                event.timestamp_ns,
+                None,
+                &mut findings,
+            ),
             EventKind::ResetReceived | EventKind::ResetSent => {
-                let in_storm = self.episodes.get(&event.cookie).is_some_and(|episode| episode.storm.is_some());
+                let in_storm = self
+                    .episodes
+                    .get(&event.cookie)
+                    .is_some_and(|episode| episode.storm.is_some());
                 if in_storm {
-                    self.end(event.cookie, Outcome::Reset, event.timestamp_ns, None, &mut findings);
+                    self.end(
+                        event.cookie,
+                        Outcome::Reset,
+                        event.timestamp_ns,
+                        None,
+                        &mut findings,
+                    );
                 } else {
-                    let retransmits = self.episodes.remove(&event.cookie).map_or(0, |episode| episode.retransmits);
+                    let retransmits = self
+                        .episodes
+                        .remove(&event.cookie)
+                        .map_or(0, |episode| episode.retransmits);
                     if matches!(event.kind, EventKind::ResetReceived)
                         && let Some(idle_ns) = idle_before_reset(event, &self.config)
                     {
@@ -249,36 +295,63 @@ impl Detector {
                 }
             }
             EventKind::SocketError { errno } => {
-                self.end(event.cookie, outcome_for(*errno), event.timestamp_ns, Some(*errno), &mut findings);
+                self.end(
+                    event.cookie,
+                    outcome_for(*errno),
+                    event.timestamp_ns,
+                    Some(*errno),
+                    &mut findings,
+                );
             }
             // The kernel closes a socket before it reports the error, so the
             // CLOSE carries the errno (0 for an orderly close).
-            EventKind::StateChange { new, errno, .. } if new.0 == monitor_common::tcp::TCP_CLOSE => {
+            EventKind::StateChange { new, errno, .. }
+                if new.0 == monitor_common::tcp::TCP_CLOSE =>
+            {
                 let errno = (*errno != 0).then_some(*errno);
                 let outcome = errno.map_or(Outcome::Closed, outcome_for);
-                self.end(event.cookie, outcome, event.timestamp_ns, errno, &mut findings);
+                self.end(
+                    event.cookie,
+                    outcome,
+                    event.timestamp_ns,
+                    errno,
+                    &mut findings,
+                );
             }
-            EventKind::Destroyed => self.end(event.cookie, Outcome::Closed, event.timestamp_ns, None, &mut findings),
+            EventKind::Destroyed => self.end(
+                event.cookie,
+                Outcome::Closed,
+                event.timestamp_ns,
+                None,
+                &mut findings,
+            ),
             EventKind::StateChange { .. } => {}
         }
         findings
     }
 
     fn on_retransmit(&mut self, event: &SocketEvent, findings: &mut Vec<Finding>) {
-        let EventKind::Retransmit(info) = &event.kind else { return };
-        if !self.episodes.contains_key(&event.cookie) && self.episodes.len() >= self.config.max_episodes {
+        let EventKind::Retransmit(info) = &event.kind else {
+            return;
+        };
+        if !self.episodes.contains_key(&event.cookie)
+            && self.episodes.len() >= self.config.max_episodes
+        {
             self.episodes_dropped += 1;
             return;
         }
-        let episode = self.episodes.entry(event.cookie).or_insert_with(|| Episode {
-            first_retransmit_ns: event.timestamp_ns,
-            last_event_ns: event.timestamp_ns,
-            retransmits: 0,
-            timeout_retransmits: 0,
-            highest_rto_count: 0,
-            rto_times_ns: Vec::new(),
-            storm: None,
-        });
+        let episode = self
+            .episodes
+            .entry(event.cookie)
+            .or_insert_with(|| Episode {
+                first_retransmit_ns: event.timestamp_ns,
+                last_event_ns: event.timestamp_ns,
+                retransmits: 0,
+                timeout_retransmits: 0,
+                highest_rto_count: 0,
+                rto_times_ns: Vec::new(),
+                storm: None,
+            });
         episode.last_event_ns = event.timestamp_ns;
         episode.retransmits += 1;
         episode.highest_rto_count = episode.highest_rto_count.max(info.rto_retransmits);
@@ -289,9 +362,17 @@ impl Detector {
             }
             episode.rto_times_ns.push(event.timestamp_ns);
         }
-        let started_ns = event.activity.burst_start_ns.unwrap_or(episode.first_retransmit_ns).min(episode.first_retransmit_ns);
-        let gives_up_at_ns =
-            giveup::gives_up_at_ns(started_ns, &episode.rto_times_ns, info.tcp_retries2, info.user_timeout_ms);
+        let started_ns = event
+            .activity
+            .burst_start_ns
+            .unwrap_or(episode.first_retransmit_ns)
+            .min(episode.first_retransmit_ns);
+        let gives_up_at_ns = giveup::gives_up_at_ns(
+            started_ns,
+            &episode.rto_times_ns,
+            info.tcp_retries2,
+            info.user_timeout_ms,
+        );
 
         if let Some(storm) = &mut episode.storm {
             storm.retransmits = episode.retransmits;
@@ -302,11 +383,15 @@ impl Detector {
             }
             return;
         }
-        let in_a_row = episode.timeout_retransmits.max(u32::from(info.rto_retransmits));
+        let in_a_row = episode
+            .timeout_retransmits
+            .max(u32::from(info.rto_retransmits));
         if info.kind != RetransmitKind::Timeout || in_a_row < self.config.confirm_retransmits {
             return;
         }
-        let Some(idle_ns) = idle_before_stuck_burst(event, &self.config, episode.first_retransmit_ns) else {
+        let Some(idle_ns) =
+            idle_before_stuck_burst(event, &self.config, episode.first_retransmit_ns)
+        else {
             return;
         };
         let storm = Storm {
@@ -331,9 +416,24 @@ impl Detector {
         findings.push(Finding::StormStarted(storm));
     }
 
-    fn end(&mut self, cookie: u64, outcome: Outcome, at_ns: u64, errno: Option<i32>, findings: &mut Vec<Finding>) {
-        if let Some(Episode { storm: Some(storm), .. }) = self.episodes.remove(&cookie) {
-            findings.push(Finding::StormEnded { storm, outcome, ended_ns: at_ns, errno });
+    fn end(
+        &mut self,
+        cookie: u64,
+        outcome: Outcome,
+        at_ns: u64,
+        errno: Option<i32>,
+        findings: &mut Vec<Finding>,
+    ) {
+        if let Some(Episode {
+            storm: Some(storm), ..
+        }) = self.episodes.remove(&cookie)
+        {
+            findings.push(Finding::StormEnded {
+                storm,
+                outcome,
+                ended_ns: at_ns,
+                errno,
+            });
         }
     }
 

@@ -96,15 +96,28 @@ fn seed(recording: &Recording, send_ns: u64) -> Vec<SocketEvent> {
         // The kernel closes first (sk_err already set), then reports.
         recording.event(
             send_ns + 6850 * MS,
-            EventKind::StateChange { old: TcpState(1), new: TcpState(7), errno: libc::ETIMEDOUT },
+            EventKind::StateChange {
+                old: TcpState(1),
+                new: TcpState(7),
+                errno: libc::ETIMEDOUT,
+            },
         ),
-        recording.event(send_ns + 6850 * MS, EventKind::SocketError { errno: libc::ETIMEDOUT }),
+        recording.event(
+            send_ns + 6850 * MS,
+            EventKind::SocketError {
+                errno: libc::ETIMEDOUT,
+            },
+        ),
         recording.event(send_ns + 6850 * MS, EventKind::Destroyed),
     ]
 }
 
 fn run(detector: &mut Detector, events: &[SocketEvent]) -> Vec<(usize, Finding)> {
-    events.iter().enumerate().flat_map(|(index, event)| detector.handle(event).into_iter().map(move |f| (index, f))).collect()
+    events
+        .iter()
+        .enumerate()
+        .flat_map(|(index, event)| detector.handle(event).into_iter().map(move |f| (index, f)))
+        .collect()
 }
 
 #[test]
@@ -114,9 +127,17 @@ fn seed_scenario_is_one_storm_confirmed_at_the_third_rto_then_timed_out() {
     let findings = run(&mut detector, &seed(&recording, 100 * S));
     assert_eq!(findings.len(), 2, "{findings:#?}");
 
-    let (index, Finding::StormStarted(storm)) = &findings[0] else { panic!("{findings:#?}") };
+    let (index, Finding::StormStarted(storm)) = &findings[0] else {
+        panic!("{findings:#?}")
+    };
     assert_eq!(*index, 3, "confirmed by the third RTO retransmit");
-    assert_eq!(storm.owner.as_ref().map(|o| (o.pid, o.tid, o.comm.as_str())), Some((1234, 1240, "invite-svc")));
+    assert_eq!(
+        storm
+            .owner
+            .as_ref()
+            .map(|o| (o.pid, o.tid, o.comm.as_str())),
+        Some((1234, 1240, "invite-svc"))
+    );
     assert_eq!(storm.role, Role::Client);
     assert_eq!(storm.connection.remote.port(), 6379);
     assert_eq!(storm.idle_ns, 60 * S);
@@ -125,7 +146,16 @@ fn seed_scenario_is_one_storm_confirmed_at_the_third_rto_then_timed_out() {
     assert_eq!(storm.confirmed_ns, 100 * S + 1664 * MS);
     assert_eq!(storm.gives_up_at_ns, Some(100 * S + 6656 * MS));
 
-    let (index, Finding::StormEnded { storm: ended, outcome, ended_ns, errno }) = &findings[1] else {
+    let (
+        index,
+        Finding::StormEnded {
+            storm: ended,
+            outcome,
+            ended_ns,
+            errno,
+        },
+    ) = &findings[1]
+    else {
         panic!("{findings:#?}")
     };
     assert_eq!(*index, 5);
@@ -142,7 +172,9 @@ fn confirmation_count_is_configurable() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let mut detector = Detector::new(DetectorConfig::new(30 * S, 4));
     let findings = run(&mut detector, &seed(&recording, 100 * S));
-    let (index, Finding::StormStarted(_)) = &findings[0] else { panic!("{findings:#?}") };
+    let (index, Finding::StormStarted(_)) = &findings[0] else {
+        panic!("{findings:#?}")
+    };
     assert_eq!(*index, 4);
 }
 
@@ -157,9 +189,14 @@ fn server_side_storm_is_attributed_to_the_server_with_role_server() {
         netns: 1,
     };
     let findings = run(&mut Detector::new(config()), &seed(&recording, 50 * S));
-    let (_, Finding::StormStarted(storm)) = &findings[0] else { panic!("{findings:#?}") };
+    let (_, Finding::StormStarted(storm)) = &findings[0] else {
+        panic!("{findings:#?}")
+    };
     assert_eq!(storm.role, Role::Server);
-    assert_eq!(storm.owner.as_ref().map(|o| o.comm.as_str()), Some("redis-server"));
+    assert_eq!(
+        storm.owner.as_ref().map(|o| o.comm.as_str()),
+        Some("redis-server")
+    );
 }
 
 #[test]
@@ -184,7 +221,12 @@ fn busy_connection_with_random_loss_is_not_an_idle_storm() {
             events.push(recording.retransmit(at + 600 * MS, RetransmitKind::Timeout, 2));
             events.push(recording.retransmit(at + 1400 * MS, RetransmitKind::Timeout, 3));
         }
-        events.push(recording.event(at + 1500 * MS, EventKind::Progress { progress: Progress::Acknowledged }));
+        events.push(recording.event(
+            at + 1500 * MS,
+            EventKind::Progress {
+                progress: Progress::Acknowledged,
+            },
+        ));
     }
     assert_eq!(run(&mut detector, &events), vec![]);
     assert_eq!(detector.episodes(), 0, "progress ends every episode");
@@ -206,7 +248,12 @@ fn idle_connection_used_again_over_an_intact_path_is_quiet() {
     let mut detector = Detector::new(config());
     let events = vec![
         recording.retransmit(100 * S + 208 * MS, RetransmitKind::TailLossProbe, 0),
-        recording.event(100 * S + 210 * MS, EventKind::Progress { progress: Progress::DataReceived }),
+        recording.event(
+            100 * S + 210 * MS,
+            EventKind::Progress {
+                progress: Progress::DataReceived,
+            },
+        ),
     ];
     assert_eq!(run(&mut detector, &events), vec![]);
     assert_eq!(detector.episodes(), 0);
@@ -215,7 +262,10 @@ fn idle_connection_used_again_over_an_intact_path_is_quiet() {
 #[test]
 fn short_idle_gap_is_not_idle() {
     let recording = Recording::client().resumed(95 * S, 100 * S);
-    assert_eq!(run(&mut Detector::new(config()), &seed(&recording, 100 * S)), vec![]);
+    assert_eq!(
+        run(&mut Detector::new(config()), &seed(&recording, 100 * S)),
+        vec![]
+    );
 }
 
 #[test]
@@ -223,12 +273,19 @@ fn middlebox_reset_after_idle_is_reported_without_a_storm() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let events = vec![
         recording.event(100 * S + MS, EventKind::ResetReceived),
-        recording.event(100 * S + MS, EventKind::SocketError { errno: libc::ECONNRESET }),
+        recording.event(
+            100 * S + MS,
+            EventKind::SocketError {
+                errno: libc::ECONNRESET,
+            },
+        ),
         recording.event(100 * S + MS, EventKind::Destroyed),
     ];
     let findings = run(&mut Detector::new(config()), &events);
     assert_eq!(findings.len(), 1, "{findings:#?}");
-    let (_, Finding::ResetAfterIdle(reset)) = &findings[0] else { panic!("{findings:#?}") };
+    let (_, Finding::ResetAfterIdle(reset)) = &findings[0] else {
+        panic!("{findings:#?}")
+    };
     assert_eq!(reset.idle_ns, 60 * S);
     assert_eq!(reset.owner.as_ref().map(|o| o.pid), Some(1234));
 }
@@ -241,7 +298,9 @@ fn reset_racing_ahead_of_the_send_hook_is_still_after_idle() {
     recording.activity.idle_before_burst_ns = 0;
     let events = vec![recording.event(100 * S, EventKind::ResetReceived)];
     let findings = run(&mut Detector::new(config()), &events);
-    let [(_, Finding::ResetAfterIdle(reset))] = &findings[..] else { panic!("{findings:#?}") };
+    let [(_, Finding::ResetAfterIdle(reset))] = &findings[..] else {
+        panic!("{findings:#?}")
+    };
     assert_eq!(reset.idle_ns, 60 * S);
 }
 
@@ -251,16 +310,39 @@ fn reset_during_a_storm_ends_it_as_reset() {
     let mut events = seed(&recording, 100 * S)[..4].to_vec();
     events.push(recording.event(102 * S, EventKind::ResetReceived));
     let findings = run(&mut Detector::new(config()), &events);
-    assert!(matches!(findings[1].1, Finding::StormEnded { outcome: Outcome::Reset, .. }), "{findings:#?}");
+    assert!(
+        matches!(
+            findings[1].1,
+            Finding::StormEnded {
+                outcome: Outcome::Reset,
+                ..
+            }
+        ),
+        "{findings:#?}"
+    );
 }
 
 #[test]
 fn acknowledged_data_ends_a_storm_as_recovered() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let mut events = seed(&recording, 100 * S)[..4].to_vec();
-    events.push(recording.event(102 * S, EventKind::Progress { progress: Progress::Acknowledged }));
+    events.push(recording.event(
+        102 * S,
+        EventKind::Progress {
+            progress: Progress::Acknowledged,
+        },
+    ));
     let findings = run(&mut Detector::new(config()), &events);
-    assert!(matches!(findings[1].1, Finding::StormEnded { outcome: Outcome::Recovered, .. }), "{findings:#?}");
+    assert!(
+        matches!(
+            findings[1].1,
+            Finding::StormEnded {
+                outcome: Outcome::Recovered,
+                ..
+            }
+        ),
+        "{findings:#?}"
+    );
 }
 
 #[test]
@@ -271,7 +353,16 @@ fn a_falling_rto_count_means_unseen_progress() {
     events.push(recording.retransmit(110 * S, RetransmitKind::Timeout, 1));
     let mut detector = Detector::new(config());
     let findings = run(&mut detector, &events);
-    assert!(matches!(findings[1].1, Finding::StormEnded { outcome: Outcome::Recovered, .. }), "{findings:#?}");
+    assert!(
+        matches!(
+            findings[1].1,
+            Finding::StormEnded {
+                outcome: Outcome::Recovered,
+                ..
+            }
+        ),
+        "{findings:#?}"
+    );
     assert_eq!(detector.episodes(), 1, "a new episode began");
 }
 
@@ -279,9 +370,23 @@ fn a_falling_rto_count_means_unseen_progress() {
 fn close_without_error_ends_as_closed() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let mut events = seed(&recording, 100 * S)[..4].to_vec();
-    events.push(recording.event(102 * S, EventKind::StateChange { old: TcpState(1), new: TcpState(7), errno: 0 }));
+    events.push(recording.event(
+        102 * S,
+        EventKind::StateChange {
+            old: TcpState(1),
+            new: TcpState(7),
+            errno: 0,
+        },
+    ));
     let findings = run(&mut Detector::new(config()), &events);
-    assert!(matches!(findings[1].1, Finding::StormEnded { outcome: Outcome::Closed, errno: None, .. }));
+    assert!(matches!(
+        findings[1].1,
+        Finding::StormEnded {
+            outcome: Outcome::Closed,
+            errno: None,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -292,18 +397,33 @@ fn silent_storms_expire_and_shutdown_ends_the_rest() {
     assert_eq!(detector.active_storms().count(), 1);
     assert_eq!(detector.expire(200 * S), vec![], "not silent long enough");
     let expired = detector.expire(500 * S);
-    assert!(matches!(expired[..], [Finding::StormEnded { outcome: Outcome::Unknown, .. }]));
+    assert!(matches!(
+        expired[..],
+        [Finding::StormEnded {
+            outcome: Outcome::Unknown,
+            ..
+        }]
+    ));
 
     let mut other = Recording::client().resumed(40 * S, 100 * S);
     other.cookie = 43;
     run(&mut detector, &seed(&other, 100 * S)[..4]);
     let stopped = detector.stop(103 * S);
-    assert!(matches!(stopped[..], [Finding::StormEnded { outcome: Outcome::MonitorStopped, .. }]));
+    assert!(matches!(
+        stopped[..],
+        [Finding::StormEnded {
+            outcome: Outcome::MonitorStopped,
+            ..
+        }]
+    ));
 }
 
 #[test]
 fn episode_table_is_bounded() {
-    let mut detector = Detector::new(DetectorConfig { max_episodes: 2, ..config() });
+    let mut detector = Detector::new(DetectorConfig {
+        max_episodes: 2,
+        ..config()
+    });
     for cookie in 0..5 {
         let mut recording = Recording::client();
         recording.cookie = cookie;

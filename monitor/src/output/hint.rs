@@ -13,11 +13,23 @@ pub fn human_duration(seconds: f64) -> String {
 }
 
 /// Hint for a retransmit storm after idle.
-pub fn storm_hint(role: Role, service: Option<&str>, comm: Option<&str>, idle_seconds: f64, gives_up_in_seconds: Option<f64>) -> String {
-    let what = service.map(|service| format!("{service} connection")).unwrap_or_else(|| "connection".into());
+pub fn storm_hint(
+    role: Role,
+    service: Option<&str>,
+    comm: Option<&str>,
+    idle_seconds: f64,
+    gives_up_in_seconds: Option<f64>,
+) -> String {
+    let what = service
+        .map(|service| format!("{service} connection"))
+        .unwrap_or_else(|| "connection".into());
     let hang = match gives_up_in_seconds {
-        Some(seconds) => format!("the kernel retransmits until it gives up in about {}", human_duration(seconds)),
-        None => "the kernel retransmits until tcp_retries2 gives up (about 15 minutes by default)".into(),
+        Some(seconds) => format!(
+            "the kernel retransmits until it gives up in about {}",
+            human_duration(seconds)
+        ),
+        None => "the kernel retransmits until tcp_retries2 gives up (about 15 minutes by default)"
+            .into(),
     };
     let redis = service == Some("redis");
     match role {
@@ -34,18 +46,28 @@ pub fn storm_hint(role: Role, service: Option<&str>, comm: Option<&str>, idle_se
         _ => format!(
             "Likely cause: a middlebox (NAT gateway, load balancer, firewall) silently dropped this idle {what} after {idle} idle; {hang}, and the request hangs meanwhile. Fix: keep the connection alive below the path's idle timeout ({keepalive}client SO_KEEPALIVE with TCP_KEEPIDLE under it), or fail fast with TCP_USER_TIMEOUT or a lower net.ipv4.tcp_retries2.",
             idle = human_duration(idle_seconds),
-            keepalive = if redis { "Redis `tcp-keepalive 60`, or " } else { "" },
+            keepalive = if redis {
+                "Redis `tcp-keepalive 60`, or "
+            } else {
+                ""
+            },
         ),
     }
 }
 
 /// Hint for a reset right after idle.
 pub fn reset_hint(service: Option<&str>, idle_seconds: f64) -> String {
-    let what = service.map(|service| format!("{service} connection")).unwrap_or_else(|| "connection".into());
+    let what = service
+        .map(|service| format!("{service} connection"))
+        .unwrap_or_else(|| "connection".into());
     format!(
         "Likely cause: the path (NAT, load balancer, firewall) or the server forgot this idle {what} after {} idle and answered the next request with a reset; the application saw a connection error. Fix: keepalive below the idle timeout{}, and retry on reset in the client.",
         human_duration(idle_seconds),
-        if service == Some("redis") { " (Redis `tcp-keepalive`, client SO_KEEPALIVE)" } else { " (client SO_KEEPALIVE)" }
+        if service == Some("redis") {
+            " (Redis `tcp-keepalive`, client SO_KEEPALIVE)"
+        } else {
+            " (client SO_KEEPALIVE)"
+        }
     )
 }
 
@@ -63,14 +85,32 @@ mod tests {
     #[test]
     fn client_hint_names_cause_and_fixes() {
         let hint = storm_hint(Role::Client, Some("redis"), Some("app"), 400.0, Some(900.0));
-        for needle in ["middlebox", "tcp-keepalive", "TCP_USER_TIMEOUT", "tcp_retries2", "15m 0s", "6m 40s"] {
+        for needle in [
+            "middlebox",
+            "tcp-keepalive",
+            "TCP_USER_TIMEOUT",
+            "tcp_retries2",
+            "15m 0s",
+            "6m 40s",
+        ] {
             assert!(hint.contains(needle), "{needle} missing from {hint}");
         }
     }
 
     #[test]
     fn server_hint_names_the_server_fix() {
-        let hint = storm_hint(Role::Server, Some("redis"), Some("redis-server"), 60.0, None);
-        assert!(hint.contains("redis-server") && hint.contains("tcp-keepalive") && hint.contains("timeout"), "{hint}");
+        let hint = storm_hint(
+            Role::Server,
+            Some("redis"),
+            Some("redis-server"),
+            60.0,
+            None,
+        );
+        assert!(
+            hint.contains("redis-server")
+                && hint.contains("tcp-keepalive")
+                && hint.contains("timeout"),
+            "{hint}"
+        );
     }
 }

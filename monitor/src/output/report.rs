@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::{
-    attribution::{Attributor, ProcessDetails},
+    attribution::Attributor,
     clock::WallClock,
     config::Settings,
     detect::{Finding, IdleReset, Outcome, Storm},
@@ -68,14 +68,27 @@ impl Reporter {
                 let gives_up = storm
                     .gives_up_at_ns
                     .map(|at| round(at.saturating_sub(storm.confirmed_ns) as f64 / NS_PER_S));
-                let mut record = self.storm_record("storm_started", storm, storm.confirmed_ns, settings, gives_up);
+                let mut record = self.storm_record(
+                    "storm_started",
+                    storm,
+                    storm.confirmed_ns,
+                    settings,
+                    gives_up,
+                );
                 record.gives_up_in_seconds = gives_up;
                 record
             }
-            Finding::StormEnded { storm, outcome, ended_ns, errno } => {
+            Finding::StormEnded {
+                storm,
+                outcome,
+                ended_ns,
+                errno,
+            } => {
                 let mut record = self.storm_record("storm_ended", storm, *ended_ns, settings, None);
                 record.outcome = Some(*outcome);
-                record.duration_seconds = Some(round(ended_ns.saturating_sub(storm.started_ns) as f64 / NS_PER_S));
+                record.duration_seconds = Some(round(
+                    ended_ns.saturating_sub(storm.started_ns) as f64 / NS_PER_S,
+                ));
                 record.error = errno.map(errno_name);
                 record
             }
@@ -83,14 +96,38 @@ impl Reporter {
         }
     }
 
-    fn storm_record(&mut self, event: &'static str, storm: &Storm, at_ns: u64, settings: &Settings, gives_up: Option<f64>) -> FindingRecord {
+    fn storm_record(
+        &mut self,
+        event: &'static str,
+        storm: &Storm,
+        at_ns: u64,
+        settings: &Settings,
+        gives_up: Option<f64>,
+    ) -> FindingRecord {
         let service = service_of(&storm.connection, storm.role, settings);
         let idle_seconds = round(storm.idle_ns as f64 / NS_PER_S);
         let owner = storm.owner.as_ref();
-        let hint = hint::storm_hint(storm.role, service.as_deref(), owner.map(|o| o.comm.as_str()), idle_seconds, gives_up.or_else(|| {
-            storm.gives_up_at_ns.map(|at| at.saturating_sub(storm.confirmed_ns) as f64 / NS_PER_S)
-        }));
-        let mut record = self.base(event, at_ns, owner, &storm.connection, storm.role, service, storm.cookie, hint);
+        let hint = hint::storm_hint(
+            storm.role,
+            service.as_deref(),
+            owner.map(|o| o.comm.as_str()),
+            idle_seconds,
+            gives_up.or_else(|| {
+                storm
+                    .gives_up_at_ns
+                    .map(|at| at.saturating_sub(storm.confirmed_ns) as f64 / NS_PER_S)
+            }),
+        );
+        let mut record = self.base(
+            event,
+            at_ns,
+            owner,
+            &storm.connection,
+            storm.role,
+            service,
+            storm.cookie,
+            hint,
+        );
         record.storm_id = Some(storm.id);
         record.idle_seconds = idle_seconds;
         record.retransmits = storm.retransmits;
@@ -104,14 +141,26 @@ impl Reporter {
         let service = service_of(&reset.connection, reset.role, settings);
         let idle_seconds = round(reset.idle_ns as f64 / NS_PER_S);
         let hint = hint::reset_hint(service.as_deref(), idle_seconds);
-        let mut record = self.base("reset_after_idle", reset.at_ns, reset.owner.as_ref(), &reset.connection, reset.role, service, reset.cookie, hint);
+        let mut record = self.base(
+            "reset_after_idle",
+            reset.at_ns,
+            reset.owner.as_ref(),
+            &reset.connection,
+            reset.role,
+            service,
+            reset.cookie,
+            hint,
+        );
         record.idle_seconds = idle_seconds;
         record.retransmits = reset.retransmits;
         record.outcome = Some(Outcome::Reset);
         record
     }
 
-    #[allow(clippy::too_many_arguments, reason = "one private constructor for the shared fields")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private constructor for the shared fields"
+    )]
     fn base(
         &mut self,
         event: &'static str,
@@ -123,7 +172,9 @@ impl Reporter {
         cookie: u64,
         hint: String,
     ) -> FindingRecord {
-        let details = owner.map(|owner| self.attributor.details(owner)).unwrap_or_else(ProcessDetails::default);
+        let details = owner
+            .map(|owner| self.attributor.details(owner))
+            .unwrap_or_default();
         FindingRecord {
             event,
             time: self.clock.rfc3339(at_ns),
@@ -160,7 +211,10 @@ fn service_of(connection: &Connection, role: Role, settings: &Settings) -> Optio
         Role::Server => (connection.local.port(), connection.remote.port()),
         _ => (connection.remote.port(), connection.local.port()),
     };
-    settings.service(first).or_else(|| settings.service(second)).map(str::to_string)
+    settings
+        .service(first)
+        .or_else(|| settings.service(second))
+        .map(str::to_string)
 }
 
 /// Seconds to milliseconds precision, for readable JSON.
@@ -174,13 +228,19 @@ pub fn text_line(record: &FindingRecord) -> String {
         (Some(pid), Some(comm)) => format!("{comm}[{pid}] tid={}", record.tid.unwrap_or(*pid)),
         _ => "unknown process".into(),
     };
-    let service = record.service.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+    let service = record
+        .service
+        .as_deref()
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
     let detail = match record.event {
         "storm_started" => format!(
             "idle {} then {} retransmits, gives up in {}",
             hint::human_duration(record.idle_seconds),
             record.retransmits,
-            record.gives_up_in_seconds.map_or("?".into(), hint::human_duration)
+            record
+                .gives_up_in_seconds
+                .map_or("?".into(), hint::human_duration)
         ),
         "storm_ended" => format!(
             "{} after {}, {} retransmits",
@@ -188,7 +248,10 @@ pub fn text_line(record: &FindingRecord) -> String {
             hint::human_duration(record.duration_seconds.unwrap_or(0.0)),
             record.retransmits
         ),
-        _ => format!("reset after {} idle", hint::human_duration(record.idle_seconds)),
+        _ => format!(
+            "reset after {} idle",
+            hint::human_duration(record.idle_seconds)
+        ),
     };
     format!(
         "{} {} {who} {:?} {} -> {}{service} netns={}: {detail}. {}",

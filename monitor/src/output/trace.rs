@@ -66,12 +66,23 @@ pub fn text_line(event: &SocketEvent, clock: &WallClock) -> String {
             info.kind.as_str(),
             info.rto_retransmits,
             info.backoff,
-            if info.result != 0 { format!(" result={}", info.result) } else { String::new() }
+            if info.result != 0 {
+                format!(" result={}", info.result)
+            } else {
+                String::new()
+            }
         ),
         EventKind::StateChange { old, new, errno } if *errno != 0 => {
-            format!("state {} -> {} ({})", old.name(), new.name(), errno_name(*errno))
+            format!(
+                "state {} -> {} ({})",
+                old.name(),
+                new.name(),
+                errno_name(*errno)
+            )
         }
-        EventKind::StateChange { old, new, .. } => format!("state {} -> {}", old.name(), new.name()),
+        EventKind::StateChange { old, new, .. } => {
+            format!("state {} -> {}", old.name(), new.name())
+        }
         EventKind::SocketError { errno } => format!("error {}", errno_name(*errno)),
         other => other.name().to_string(),
     };
@@ -102,7 +113,10 @@ pub fn errno_name(errno: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{ActivityTimes, Connection, OwnerSource, ProcessRef, RetransmitInfo, RetransmitKind, Role, TcpState};
+    use crate::event::{
+        ActivityTimes, Connection, OwnerSource, ProcessRef, RetransmitInfo, RetransmitKind, Role,
+        TcpState,
+    };
 
     fn event() -> SocketEvent {
         SocketEvent {

@@ -68,8 +68,12 @@ fn commands(url: &str) -> redis::RedisResult<()> {
 }
 
 fn set(connection: Option<&mut redis::Connection>) -> redis::RedisResult<()> {
-    let connection = connection.ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "closed")))?;
-    redis::cmd("SET").arg("connmon:test").arg("value").query::<()>(connection)
+    let connection =
+        connection.ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "closed")))?;
+    redis::cmd("SET")
+        .arg("connmon:test")
+        .arg("value")
+        .query::<()>(connection)
 }
 
 fn subscribe(url: &str, channel: &str) -> redis::RedisResult<()> {

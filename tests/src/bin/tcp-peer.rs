@@ -27,7 +27,11 @@ fn main() {
         }
     };
     if let Err(error) = result {
-        println!("error {:?} {}", error.kind(), error.raw_os_error().unwrap_or(0));
+        println!(
+            "error {:?} {}",
+            error.kind(),
+            error.raw_os_error().unwrap_or(0)
+        );
     }
 }
 

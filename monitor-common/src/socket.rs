@@ -29,6 +29,8 @@ pub const OWNER_SOURCE_NONE: u8 = 0;
 pub const OWNER_SOURCE_CONNECT: u8 = 1;
 pub const OWNER_SOURCE_SEND: u8 = 2;
 pub const OWNER_SOURCE_RECV: u8 = 3;
+/// Found by userspace in /proc (the socket predates the daemon).
+pub const OWNER_SOURCE_PROC: u8 = 4;
 
 pub const ROLE_UNKNOWN: u8 = 0;
 /// The socket connected out (CLOSE -> SYN_SENT).

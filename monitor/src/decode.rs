@@ -11,8 +11,8 @@ use monitor_common::{
         RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
     },
     socket::{
-        OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, ROLE_CLIENT, ROLE_SERVER,
-        ROLE_UNKNOWN,
+        OWNER_SOURCE_CONNECT, OWNER_SOURCE_PROC, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, ROLE_CLIENT,
+        ROLE_SERVER, ROLE_UNKNOWN,
     },
 };
 
@@ -99,6 +99,7 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
                 OWNER_SOURCE_CONNECT => OwnerSource::Connect,
                 OWNER_SOURCE_SEND => OwnerSource::Send,
                 OWNER_SOURCE_RECV => OwnerSource::Receive,
+                OWNER_SOURCE_PROC => OwnerSource::Proc,
                 other => {
                     return Err(DecodeError::Tag {
                         field: "owner source",

@@ -26,6 +26,9 @@ pub enum OwnerSource {
     Connect,
     Send,
     Receive,
+    /// Found in /proc: the socket predates connmon or was never used in
+    /// process context while watched.
+    Proc,
 }
 
 /// Who opened the connection.

@@ -19,6 +19,9 @@ use tracing::{info, warn};
 pub use self::hooks::{HOOKS, Hook};
 use self::offsets::KernelBtf;
 
+/// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if absent.
+const BPF_NOEXIST: u64 = 1;
+
 /// Where the kernel publishes its own BTF.
 pub const KERNEL_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
@@ -40,7 +43,7 @@ pub enum CaptureError {
         purpose: &'static str,
     },
     #[error(
-        "not permitted to load BPF programs ({call}: {source}); run as root or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+        "not permitted to load BPF programs ({call}); run as root or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
     )]
     Privilege { call: String, source: io::Error },
     #[error("loading the kernel programs failed: {0}")]
@@ -186,6 +189,38 @@ impl Capture {
     /// Capabilities lost to missing optional hooks.
     pub fn degraded(&self) -> &[String] {
         &self.degraded
+    }
+
+    /// Writes sockets found at start-up (they predate the programs) into the
+    /// socket map. Entries the programs created meanwhile are newer and
+    /// win. Returns how many were added.
+    pub fn prime_sockets(
+        &mut self,
+        known: &[crate::attribution::existing::KnownSocket],
+    ) -> Result<usize, CaptureError> {
+        let map = self.ebpf.map_mut("SOCKETS").ok_or(CaptureError::Map {
+            name: "SOCKETS",
+            reason: "missing from the object".into(),
+        })?;
+        let mut sockets: aya::maps::HashMap<
+            &mut MapData,
+            u64,
+            monitor_common::socket::SocketState,
+        > = aya::maps::HashMap::try_from(map).map_err(|error| CaptureError::Map {
+            name: "SOCKETS",
+            reason: error.to_string(),
+        })?;
+        let mut added = 0;
+        for socket in known {
+            // An entry the programs made meanwhile is fresher: don't replace it.
+            if sockets
+                .insert(socket.cookie, socket.state, BPF_NOEXIST)
+                .is_ok()
+            {
+                added += 1;
+            }
+        }
+        Ok(added)
     }
 
     /// Takes the event ring buffer (once).

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    attribution::Attributor,
+    attribution::{Attributor, existing::OwnerResolver},
     capture::{Capture, reader},
     clock::{WallClock, monotonic_now_ns},
     config::Settings,
@@ -35,6 +35,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Capture::start(&settings.capture_config()).context("starting kernel capture")?;
     let ring = capture.take_events()?;
     status.set_kernel_counters(capture.take_counters()?);
+    prime_existing_sockets(&mut capture, &settings.capture_config());
     let stats = Arc::new(reader::ReaderStats::default());
     let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);
     let reader = reader::spawn(ring, tx, stats).context("polling the event ring buffer")?;
@@ -54,7 +55,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             settings.idle_threshold.as_nanos() as u64,
             settings.confirm_retransmits,
         )),
-        reporter: Reporter::new(WallClock::new(), Attributor::new("/proc")),
+        reporter: Reporter::new(
+            WallClock::new(),
+            Attributor::new("/proc"),
+            OwnerResolver::new("/proc"),
+        ),
         status: status.clone(),
         settings,
     };
@@ -88,6 +93,35 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     server.abort();
     info!("kernel programs detached");
     Ok(())
+}
+
+/// Learns the watched connections that predate the daemon (owners from
+/// /proc, last activity from tcp_info) and hands them to the kernel map.
+pub fn prime_existing_sockets(capture: &mut Capture, config: &crate::capture::CaptureConfig) {
+    let ports = config.watched_ports.clone();
+    let all_ports = config.watch_all_ports;
+    let watched = move |local: u16, remote: u16| {
+        all_ports || ports.contains(&local) || ports.contains(&remote)
+    };
+    let known = crate::attribution::existing::inventory(
+        std::path::Path::new("/proc"),
+        &watched,
+        monotonic_now_ns(),
+    );
+    let unowned = known
+        .iter()
+        .filter(|socket| socket.state.owner.tgid == 0)
+        .count();
+    let shared = known.iter().filter(|socket| socket.holders > 1).count();
+    match capture.prime_sockets(&known) {
+        Ok(added) => info!(
+            found = known.len(),
+            added, unowned, shared, "learned existing watched connections"
+        ),
+        Err(error) => {
+            warn!(%error, "cannot record existing connections; they get owners when next used")
+        }
+    }
 }
 
 struct Pipeline {

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
+    attribution::existing::OwnerResolver,
     capture::{
         Capture,
         counters::{CounterSnapshot, KernelCounters},
@@ -15,7 +16,7 @@ use crate::{
     },
     cli::{TraceArgs, resolve_netns},
     clock::WallClock,
-    event::SocketEvent,
+    event::{EventKind, SocketEvent},
     output::{
         Format,
         trace::{json_record, text_line},
@@ -39,6 +40,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut capture = Capture::start(&config).context("starting kernel capture")?;
     let counters = capture.take_counters()?;
     let ring = capture.take_events()?;
+    super::run::prime_existing_sockets(&mut capture, &config);
+    let mut owners = OwnerResolver::new("/proc");
     let stats = Arc::new(reader::ReaderStats::default());
     let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);
     let reader = reader::spawn(ring, tx, stats.clone()).context("polling the event ring buffer")?;
@@ -56,6 +59,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             event = rx.recv() => {
                 let Some(mut event) = event else { break };
                 sockets.observe(&mut event);
+                // Sockets never used in process context while watched (e.g.
+                // accepted but idle): ask /proc, once per socket.
+                if event.owner.is_none() && !matches!(event.kind, EventKind::StateChange { .. } | EventKind::Destroyed) {
+                    event.owner = owners.resolve(event.cookie, &event.connection);
+                }
                 if netns.is_some_and(|inode| inode != event.connection.netns) {
                     continue;
                 }

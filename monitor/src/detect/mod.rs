@@ -146,6 +146,9 @@ struct Episode {
     /// RTO retransmit times, for the give-up estimate (the last few).
     rto_times_ns: Vec<u64>,
     storm: Option<Storm>,
+    /// What the storm would be, while the idle-after-burst condition holds
+    /// but too few RTO retransmits have confirmed it.
+    candidate: Option<Storm>,
 }
 
 const RTO_TIMES_KEPT: usize = 8;
@@ -351,6 +354,7 @@ impl Detector {
                 highest_rto_count: 0,
                 rto_times_ns: Vec::new(),
                 storm: None,
+                candidate: None,
             });
         episode.last_event_ns = event.timestamp_ns;
         episode.retransmits += 1;
@@ -383,19 +387,13 @@ impl Detector {
             }
             return;
         }
-        let in_a_row = episode
-            .timeout_retransmits
-            .max(u32::from(info.rto_retransmits));
-        if info.kind != RetransmitKind::Timeout || in_a_row < self.config.confirm_retransmits {
-            return;
-        }
         let Some(idle_ns) =
             idle_before_stuck_burst(event, &self.config, episode.first_retransmit_ns)
         else {
             return;
         };
-        let storm = Storm {
-            id: self.next_storm_id,
+        let mut storm = Storm {
+            id: 0,
             cookie: event.cookie,
             owner: event.owner.clone(),
             role: event.role,
@@ -411,6 +409,17 @@ impl Detector {
             tcp_retries2: info.tcp_retries2,
             user_timeout_ms: info.user_timeout_ms,
         };
+        let in_a_row = episode
+            .timeout_retransmits
+            .max(u32::from(info.rto_retransmits));
+        if info.kind != RetransmitKind::Timeout || in_a_row < self.config.confirm_retransmits {
+            // Not confirmed yet; kept in case the kernel gives up first.
+            if episode.timeout_retransmits > 0 {
+                episode.candidate = Some(storm);
+            }
+            return;
+        }
+        storm.id = self.next_storm_id;
         self.next_storm_id += 1;
         episode.storm = Some(storm.clone());
         findings.push(Finding::StormStarted(storm));
@@ -424,17 +433,30 @@ impl Detector {
         errno: Option<i32>,
         findings: &mut Vec<Finding>,
     ) {
-        if let Some(Episode {
-            storm: Some(storm), ..
-        }) = self.episodes.remove(&cookie)
-        {
-            findings.push(Finding::StormEnded {
-                storm,
-                outcome,
-                ended_ns: at_ns,
-                errno,
-            });
-        }
+        let Some(episode) = self.episodes.remove(&cookie) else {
+            return;
+        };
+        let storm = match (episode.storm, episode.candidate) {
+            (Some(storm), _) => storm,
+            // The kernel gave up before enough retransmits confirmed the
+            // storm (a large RTO, a low tcp_retries2 or TCP_USER_TIMEOUT):
+            // the timeout itself confirms it.
+            (None, Some(mut candidate)) if outcome == Outcome::TimedOut => {
+                candidate.id = self.next_storm_id;
+                self.next_storm_id += 1;
+                candidate.confirmed_ns = at_ns;
+                candidate.gives_up_at_ns = Some(at_ns);
+                findings.push(Finding::StormStarted(candidate.clone()));
+                candidate
+            }
+            _ => return,
+        };
+        findings.push(Finding::StormEnded {
+            storm,
+            outcome,
+            ended_ns: at_ns,
+            errno,
+        });
     }
 
     /// Drops episodes silent for `forget_after_ns`; storms among them end as

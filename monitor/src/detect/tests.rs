@@ -168,6 +168,45 @@ fn seed_scenario_is_one_storm_confirmed_at_the_third_rto_then_timed_out() {
 }
 
 #[test]
+fn kernel_giving_up_before_confirmation_still_reports_the_storm() {
+    // A large RTO (3 s after a retransmitted SYN) and tcp_retries2=4: only
+    // two RTO retransmits happen before ETIMEDOUT.
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let events = vec![
+        recording.retransmit(100 * S + 400 * MS, RetransmitKind::TailLossProbe, 0),
+        recording.retransmit(103 * S, RetransmitKind::Timeout, 1),
+        recording.retransmit(109 * S, RetransmitKind::Timeout, 2),
+        recording.event(
+            121 * S,
+            EventKind::StateChange {
+                old: TcpState(1),
+                new: TcpState(7),
+                errno: libc::ETIMEDOUT,
+            },
+        ),
+    ];
+    let findings = run(&mut Detector::new(config()), &events);
+    assert!(
+        matches!(
+            &findings[..],
+            [(3, Finding::StormStarted(started)), (3, Finding::StormEnded { outcome: Outcome::TimedOut, storm: ended, .. })]
+                if started.id == ended.id && started.idle_ns == 60 * S && started.retransmits == 3
+        ),
+        "{findings:#?}"
+    );
+}
+
+#[test]
+fn an_unconfirmed_episode_closed_without_timeout_stays_quiet() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let events = vec![
+        recording.retransmit(100 * S + 400 * MS, RetransmitKind::Timeout, 1),
+        recording.event(101 * S, EventKind::Destroyed),
+    ];
+    assert_eq!(run(&mut Detector::new(config()), &events), vec![]);
+}
+
+#[test]
 fn confirmation_count_is_configurable() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let mut detector = Detector::new(DetectorConfig::new(30 * S, 4));

@@ -4,11 +4,11 @@
 use serde::Serialize;
 
 use crate::{
-    attribution::Attributor,
+    attribution::{Attributor, existing::OwnerResolver},
     clock::WallClock,
     config::Settings,
     detect::{Finding, IdleReset, Outcome, Storm},
-    event::{Connection, ProcessRef, Role},
+    event::{Connection, OwnerSource, ProcessRef, Role},
     output::{hint, trace::errno_name},
 };
 
@@ -28,6 +28,12 @@ pub struct FindingRecord {
     pub exe: Option<String>,
     pub cgroup: Option<String>,
     pub cgroup_id: Option<u64>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub systemd_unit: Option<String>,
+    /// How the owner was found: connect, send, receive (kernel hooks), or
+    /// proc (the socket predates connmon or was never used while watched).
+    pub owner_source: Option<OwnerSource>,
     pub local: String,
     pub remote: String,
     pub netns: u32,
@@ -55,11 +61,16 @@ pub struct FindingRecord {
 pub struct Reporter {
     clock: WallClock,
     attributor: Attributor,
+    owners: OwnerResolver,
 }
 
 impl Reporter {
-    pub fn new(clock: WallClock, attributor: Attributor) -> Self {
-        Self { clock, attributor }
+    pub fn new(clock: WallClock, attributor: Attributor, owners: OwnerResolver) -> Self {
+        Self {
+            clock,
+            attributor,
+            owners,
+        }
     }
 
     pub fn record(&mut self, finding: &Finding, settings: &Settings) -> FindingRecord {
@@ -96,6 +107,19 @@ impl Reporter {
         }
     }
 
+    /// The recorded owner, or, for a socket the kernel never saw used in
+    /// process context, the process /proc says holds it.
+    fn owner_of(
+        &mut self,
+        recorded: Option<&ProcessRef>,
+        cookie: u64,
+        connection: &Connection,
+    ) -> Option<ProcessRef> {
+        recorded
+            .cloned()
+            .or_else(|| self.owners.resolve(cookie, connection))
+    }
+
     fn storm_record(
         &mut self,
         event: &'static str,
@@ -106,7 +130,8 @@ impl Reporter {
     ) -> FindingRecord {
         let service = service_of(&storm.connection, storm.role, settings);
         let idle_seconds = round(storm.idle_ns as f64 / NS_PER_S);
-        let owner = storm.owner.as_ref();
+        let resolved = self.owner_of(storm.owner.as_ref(), storm.cookie, &storm.connection);
+        let owner = resolved.as_ref();
         let hint = hint::storm_hint(
             storm.role,
             service.as_deref(),
@@ -138,13 +163,14 @@ impl Reporter {
     }
 
     fn reset_record(&mut self, reset: &IdleReset, settings: &Settings) -> FindingRecord {
+        let resolved = self.owner_of(reset.owner.as_ref(), reset.cookie, &reset.connection);
         let service = service_of(&reset.connection, reset.role, settings);
         let idle_seconds = round(reset.idle_ns as f64 / NS_PER_S);
         let hint = hint::reset_hint(service.as_deref(), idle_seconds);
         let mut record = self.base(
             "reset_after_idle",
             reset.at_ns,
-            reset.owner.as_ref(),
+            resolved.as_ref(),
             &reset.connection,
             reset.role,
             service,
@@ -185,6 +211,10 @@ impl Reporter {
             exe: details.exe,
             cgroup: details.cgroup,
             cgroup_id: owner.map(|o| o.cgroup_id),
+            container_id: details.workload.container_id,
+            pod_uid: details.workload.pod_uid,
+            systemd_unit: details.workload.systemd_unit,
+            owner_source: owner.map(|o| o.source),
             local: connection.local.to_string(),
             remote: connection.remote.to_string(),
             netns: connection.netns,

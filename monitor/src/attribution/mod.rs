@@ -3,6 +3,11 @@
 //! reported (rare), and cached per process identity (pid + start time), so a
 //! reused pid never inherits another process's details.
 
+pub mod container;
+pub mod existing;
+pub mod procfs;
+pub mod sockdiag;
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -19,6 +24,17 @@ pub struct ProcessDetails {
     pub exe: Option<String>,
     /// cgroup v2 path, or the v1 `name=systemd`/first hierarchy's path.
     pub cgroup: Option<String>,
+    /// Container, pod and unit, from the cgroup path.
+    pub workload: container::Workload,
+}
+
+/// Nanoseconds per /proc clock tick.
+pub fn tick_ns() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    1_000_000_000 / ticks_per_second
 }
 
 /// Caches `ProcessDetails` by (pid, start time).
@@ -57,13 +73,18 @@ impl Attributor {
         if !same_process(&dir, owner.start_boottime_ns) {
             return ProcessDetails::default();
         }
+        let cgroup = std::fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|text| cgroup_path(&text));
         ProcessDetails {
             exe: std::fs::read_link(dir.join("exe"))
                 .ok()
                 .map(|path| path.to_string_lossy().into_owned()),
-            cgroup: std::fs::read_to_string(dir.join("cgroup"))
-                .ok()
-                .and_then(|text| cgroup_path(&text)),
+            workload: cgroup
+                .as_deref()
+                .map(container::workload)
+                .unwrap_or_default(),
+            cgroup,
         }
     }
 }
@@ -81,12 +102,7 @@ fn same_process(dir: &Path, start_boottime_ns: u64) -> bool {
     let Some(start_ticks) = start_time_ticks(&stat) else {
         return false;
     };
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .unwrap_or(100)
-        .max(1);
-    let tick_ns = 1_000_000_000 / ticks_per_second;
-    (start_boottime_ns / tick_ns).abs_diff(start_ticks) <= 1
+    (start_boottime_ns / tick_ns()).abs_diff(start_ticks) <= 1
 }
 
 /// Field 22 of /proc/PID/stat (after the parenthesised comm, which may
@@ -148,8 +164,7 @@ mod tests {
         let mut attributor = Attributor::new("/proc");
         let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
         let ticks = start_time_ticks(&stat).expect("start time");
-        // SAFETY: sysconf has no preconditions.
-        let tick_ns = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let tick_ns = tick_ns();
         let me = ProcessRef {
             pid: std::process::id(),
             tid: std::process::id(),

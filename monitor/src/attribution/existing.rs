@@ -1,0 +1,190 @@
+//! Sockets the kernel programs never saw from the start: connections that
+//! predate the daemon, and sockets first seen in softirq (no owner yet).
+//!
+//! At start-up, every TCP socket on watched ports, in every network
+//! namespace, is listed through sock_diag and matched to the process holding
+//! it through `/proc/PID/fd`; its owner and last activity (from tcp_info)
+//! go into the kernel's socket map, so the programs carry on as if they had
+//! seen the socket all along. Later, a socket that still has no owner is
+//! resolved the same way, once, when a finding needs it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+use monitor_common::socket::{
+    Activity, OWNER_SOURCE_PROC, Owner, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
+    SOCKET_FLAG_WATCHED, SocketState,
+};
+use tracing::debug;
+
+use super::{procfs, sockdiag};
+use crate::event::{Connection, OwnerSource, ProcessRef};
+
+/// Processes grouped by network namespace inode.
+fn processes_by_netns(proc_root: &Path) -> BTreeMap<u32, Vec<u32>> {
+    let mut by_netns: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for pid in procfs::pids(proc_root) {
+        if let Some(netns) = procfs::netns_inode(proc_root, pid) {
+            by_netns.entry(netns).or_default().push(pid);
+        }
+    }
+    by_netns
+}
+
+/// A socket that predates the daemon, ready for the kernel map.
+#[derive(Clone, Debug)]
+pub struct KnownSocket {
+    pub cookie: u64,
+    pub netns: u32,
+    pub state: SocketState,
+    /// How many processes hold the socket (fork, fd passing).
+    pub holders: usize,
+}
+
+/// Lists the watched TCP sockets of every namespace with their owners.
+/// `watched(local_port, remote_port)` selects them; `now_ns` is
+/// CLOCK_MONOTONIC, the kernel programs' time base.
+pub fn inventory(
+    proc_root: &Path,
+    watched: &dyn Fn(u16, u16) -> bool,
+    now_ns: u64,
+) -> Vec<KnownSocket> {
+    let mut known = Vec::new();
+    for (netns, pids) in processes_by_netns(proc_root) {
+        let Some(&representative) = pids.first() else {
+            continue;
+        };
+        let sockets = match sockdiag::dump_tcp(Some(&procfs::netns_file(proc_root, representative)))
+        {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                debug!(netns, %error, "sock_diag dump failed; sockets of this namespace stay unowned until seen");
+                continue;
+            }
+        };
+        let by_inode: HashMap<u32, &sockdiag::DiagSocket> = sockets
+            .iter()
+            .filter(|s| {
+                s.inode != 0 && s.remote.port() != 0 && watched(s.local.port(), s.remote.port())
+            })
+            .map(|s| (s.inode, s))
+            .collect();
+        if by_inode.is_empty() {
+            continue;
+        }
+        let mut holders: HashMap<u32, Vec<u32>> = HashMap::new();
+        for &pid in &pids {
+            for inode in procfs::socket_inodes(proc_root, pid) {
+                if by_inode.contains_key(&inode) {
+                    holders.entry(inode).or_default().push(pid);
+                }
+            }
+        }
+        for (inode, socket) in by_inode {
+            let pids = holders.get(&inode).map(Vec::as_slice).unwrap_or_default();
+            let role = role_for(socket, watched);
+            let owner = pids
+                .first()
+                .and_then(|&pid| procfs::owner_of(proc_root, pid, OWNER_SOURCE_PROC, role))
+                .unwrap_or(Owner {
+                    role,
+                    ..Owner::default()
+                });
+            let ago = |ms: Option<u32>| {
+                ms.map(|ms| now_ns.saturating_sub(u64::from(ms) * 1_000_000))
+                    .unwrap_or(0)
+            };
+            let (last_send_ns, last_recv_ns) =
+                (ago(socket.last_data_sent_ms), ago(socket.last_data_recv_ms));
+            known.push(KnownSocket {
+                cookie: socket.cookie,
+                netns,
+                holders: pids.len(),
+                state: SocketState {
+                    owner,
+                    activity: Activity {
+                        last_send_ns,
+                        last_recv_ns,
+                        burst_start_ns: last_send_ns.max(last_recv_ns),
+                        idle_before_burst_ns: 0,
+                    },
+                    first_seen_ns: now_ns,
+                    retransmits: 0,
+                    flags: SOCKET_FLAG_WATCHED,
+                },
+            });
+        }
+    }
+    known
+}
+
+/// The watched port on our side makes us the server.
+fn role_for(socket: &sockdiag::DiagSocket, watched: &dyn Fn(u16, u16) -> bool) -> u8 {
+    if watched(socket.local.port(), 0) {
+        ROLE_SERVER
+    } else if watched(0, socket.remote.port()) {
+        ROLE_CLIENT
+    } else {
+        ROLE_UNKNOWN
+    }
+}
+
+/// Resolves owners of sockets the kernel never saw used in process context,
+/// once per socket.
+pub struct OwnerResolver {
+    proc_root: PathBuf,
+    cache: HashMap<u64, Option<ProcessRef>>,
+}
+
+impl OwnerResolver {
+    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+        Self {
+            proc_root: proc_root.into(),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The process holding the socket `cookie` in `connection.netns`.
+    pub fn resolve(&mut self, cookie: u64, connection: &Connection) -> Option<ProcessRef> {
+        if let Some(cached) = self.cache.get(&cookie) {
+            return cached.clone();
+        }
+        let owner = self.lookup(cookie, connection.netns);
+        if self.cache.len() >= 16_384 {
+            self.cache.clear();
+        }
+        self.cache.insert(cookie, owner.clone());
+        owner
+    }
+
+    fn lookup(&self, cookie: u64, netns: u32) -> Option<ProcessRef> {
+        let proc_root = &self.proc_root;
+        let pids: Vec<u32> = procfs::pids(proc_root)
+            .into_iter()
+            .filter(|&pid| procfs::netns_inode(proc_root, pid) == Some(netns))
+            .collect();
+        let representative = *pids.first()?;
+        let sockets =
+            sockdiag::dump_tcp(Some(&procfs::netns_file(proc_root, representative))).ok()?;
+        let inode = sockets.iter().find(|s| s.cookie == cookie)?.inode;
+        let pid = pids
+            .into_iter()
+            .find(|&pid| procfs::socket_inodes(proc_root, pid).contains(&inode))?;
+        let owner = procfs::owner_of(proc_root, pid, OWNER_SOURCE_PROC, ROLE_UNKNOWN)?;
+        let comm_len = owner
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(owner.comm.len());
+        Some(ProcessRef {
+            pid: owner.tgid,
+            tid: owner.tid,
+            comm: String::from_utf8_lossy(&owner.comm[..comm_len]).into_owned(),
+            cgroup_id: owner.cgroup_id,
+            start_boottime_ns: owner.start_boottime_ns,
+            source: OwnerSource::Proc,
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! Reading processes, their sockets and namespaces from /proc.
+
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use monitor_common::socket::Owner;
+
+/// Numeric entries of /proc: every process.
+pub fn pids(proc_root: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+pub fn netns_file(proc_root: &Path, pid: u32) -> PathBuf {
+    proc_root.join(pid.to_string()).join("ns/net")
+}
+
+/// The inode of a process's network namespace.
+pub fn netns_inode(proc_root: &Path, pid: u32) -> Option<u32> {
+    std::fs::metadata(netns_file(proc_root, pid))
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+}
+
+/// Inodes of the sockets a process has open.
+pub fn socket_inodes(proc_root: &Path, pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|link| parse_socket_link(&link.to_string_lossy()))
+        .collect()
+}
+
+/// `socket:[12345]` -> 12345.
+pub fn parse_socket_link(link: &str) -> Option<u32> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The owner record for a process found through /proc: the thread is not
+/// known, so it is the process itself.
+pub fn owner_of(proc_root: &Path, pid: u32, source: u8, role: u8) -> Option<Owner> {
+    let dir = proc_root.join(pid.to_string());
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let start_ticks = super::start_time_ticks(&stat)?;
+    let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+    let cgroup_id = std::fs::read_to_string(dir.join("cgroup"))
+        .ok()
+        .and_then(|text| super::cgroup_path(&text))
+        .and_then(|path| cgroup_v2_id(&path));
+    let mut owner = Owner {
+        tgid: pid,
+        tid: pid,
+        cgroup_id: cgroup_id.unwrap_or(0),
+        start_boottime_ns: start_ticks * super::tick_ns(),
+        comm: [0; 16],
+        source,
+        role,
+        _pad: [0; 6],
+    };
+    let name = comm.trim_end().as_bytes();
+    let len = name.len().min(15);
+    owner.comm[..len].copy_from_slice(&name[..len]);
+    Some(owner)
+}
+
+/// cgroup v2 ids are the inode numbers of the cgroup directories.
+fn cgroup_v2_id(path: &str) -> Option<u64> {
+    let root = cgroup2_root()?;
+    std::fs::metadata(root.join(path.trim_start_matches('/')))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on unified
+/// hosts, `/sys/fs/cgroup/unified` on hybrid ones.
+pub fn cgroup2_root() -> Option<&'static Path> {
+    static ROOT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        cgroup2_mount(&mounts)
+    })
+    .as_deref()
+}
+
+/// The first cgroup2 mount point in /proc/self/mounts.
+pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_device, mount_point, fs_type) = (fields.next()?, fields.next()?, fields.next()?);
+        (fs_type == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_on_unified_and_hybrid_hosts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn parses_socket_links() {
+        assert_eq!(parse_socket_link("socket:[4026532]"), Some(4026532));
+        assert_eq!(parse_socket_link("pipe:[12]"), None);
+        assert_eq!(parse_socket_link("/dev/null"), None);
+    }
+
+    #[test]
+    fn finds_this_process_and_its_sockets() {
+        let proc_root = Path::new("/proc");
+        let me = std::process::id();
+        assert!(pids(proc_root).contains(&me));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        assert!(!socket_inodes(proc_root, me).is_empty());
+        let owner = owner_of(proc_root, me, 4, 0).expect("owner");
+        assert_eq!(owner.tgid, me);
+        assert_ne!(owner.start_boottime_ns, 0);
+        assert!(netns_inode(proc_root, me).is_some());
+        drop(listener);
+    }
+}

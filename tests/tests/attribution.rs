@@ -1,0 +1,139 @@
+//! Attribution you can trust: a connection opened before connmon started,
+//! IPv6, a container-like cgroup, and identical addresses in two network
+//! namespaces each get the right process.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{Context, Result};
+use connmon_tests::{
+    cgroup::Cgroup,
+    connmon::Daemon,
+    poll,
+    process::Process,
+    topology::{CACHE_V4, CACHE_V6, Options, REDIS_PORT, Topology},
+};
+use serde_json::Value;
+
+const CONTAINER_ID: &str = "3f2c1b0e9d8c7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa0099";
+const POD_UID: &str = "0d5e8c3a-1b2c-4d5e-8f90-a1b2c3d4e5f6";
+
+fn redis_client(topology: &Topology, url: &str) -> Result<Process> {
+    let mut command: Command = topology.app_command(env!("CARGO_BIN_EXE_cmt-redis-client"));
+    command.arg(url);
+    let client = Process::spawn("cmt-redis-client", command)?;
+    client
+        .stdout
+        .wait_for("connected", Duration::from_secs(20))?;
+    Ok(client)
+}
+
+fn daemon() -> Result<Daemon> {
+    Daemon::start(&["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()])
+}
+
+fn storm_in(connmon: &Daemon, topology: &Topology) -> Result<Value> {
+    poll::until("storm_started", Duration::from_secs(30), || {
+        Ok(connmon
+            .findings("storm_started", topology.app.inode())
+            .into_iter()
+            .next())
+    })
+    .with_context(|| format!("connmon stderr: {:?}", connmon.stderr()))
+}
+
+/// The seed scenario over IPv6, with the client in a Kubernetes-style
+/// container cgroup, connected before connmon started.
+#[test]
+fn connection_older_than_connmon_in_a_container_over_ipv6_is_attributed() -> Result<()> {
+    let mut topology = Topology::build("v6", &Options::default())?;
+    topology.start_redis()?;
+    let cgroup = Cgroup::create(&format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CONTAINER_ID}.scope",
+        POD_UID.replace('-', "_")
+    ))?;
+    let mut client = redis_client(&topology, &format!("redis://[{CACHE_V6}]:{REDIS_PORT}"))?;
+    cgroup.add(client.pid())?;
+
+    // connmon starts after the connection is established and idle.
+    let connmon = daemon()?;
+    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    client.send_line("set")?;
+
+    let storm = storm_in(&connmon, &topology)?;
+    assert_eq!(storm["pid"], client.pid(), "{storm}");
+    assert_eq!(storm["comm"], "cmt-redis-clien", "{storm}");
+    assert_eq!(
+        storm["remote"],
+        format!("[{CACHE_V6}]:{REDIS_PORT}"),
+        "{storm}"
+    );
+    assert_eq!(storm["netns"], topology.app.inode(), "{storm}");
+    assert_eq!(storm["container_id"], CONTAINER_ID, "{storm}");
+    assert_eq!(storm["pod_uid"], POD_UID, "{storm}");
+    assert!(
+        storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 2.0,
+        "{storm}"
+    );
+    assert!(
+        storm["owner_source"] == "proc" || storm["owner_source"] == "send",
+        "an old socket's owner comes from /proc, then from its first send: {storm}"
+    );
+    // The thread that wrote the SET is named once the kernel saw it write.
+    assert_eq!(storm["tid"], client.pid(), "{storm}");
+    drop(client);
+    drop(cgroup);
+    Ok(())
+}
+
+/// A connection that predates connmon, used only after connmon started:
+/// its idle time comes from the kernel's tcp_info at start-up.
+#[test]
+fn connection_older_than_connmon_gets_its_idle_time_from_tcp_info() -> Result<()> {
+    let mut topology = Topology::build("old", &Options::default())?;
+    topology.start_redis()?;
+    let mut client = redis_client(&topology, &format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    let connmon = daemon()?;
+    let learned = connmon.stderr().join("\n");
+    assert!(
+        learned.contains("learned existing watched connections"),
+        "{learned}"
+    );
+    client.send_line("set")?;
+    let storm = storm_in(&connmon, &topology)?;
+    assert_eq!(storm["pid"], client.pid(), "{storm}");
+    assert!(
+        storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 3.0,
+        "idle since before connmon: {storm}"
+    );
+    Ok(())
+}
+
+/// Two namespaces with the very same addresses and ports: two connections,
+/// each storm attributed to its own client.
+#[test]
+fn identical_addresses_in_two_namespaces_are_two_connections() -> Result<()> {
+    let mut first = Topology::build("twin-a", &Options::default())?;
+    let mut second = Topology::build("twin-b", &Options::default())?;
+    first.start_redis()?;
+    second.start_redis()?;
+    let connmon = daemon()?;
+    let url = format!("redis://{CACHE_V4}:{REDIS_PORT}");
+    let mut client_a = redis_client(&first, &url)?;
+    let mut client_b = redis_client(&second, &url)?;
+    first.wait_until_forgotten(Duration::from_secs(30))?;
+    second.wait_until_forgotten(Duration::from_secs(30))?;
+    client_a.send_line("set")?;
+    client_b.send_line("set")?;
+    let storm_a = storm_in(&connmon, &first)?;
+    let storm_b = storm_in(&connmon, &second)?;
+    assert_eq!(storm_a["pid"], client_a.pid(), "{storm_a}");
+    assert_eq!(storm_b["pid"], client_b.pid(), "{storm_b}");
+    assert_eq!(
+        storm_a["remote"], storm_b["remote"],
+        "same addresses by construction"
+    );
+    assert_ne!(storm_a["netns"], storm_b["netns"]);
+    assert_ne!(storm_a["storm_id"], storm_b["storm_id"]);
+    Ok(())
+}

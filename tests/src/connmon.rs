@@ -8,17 +8,43 @@ use serde_json::Value;
 use crate::process::Process;
 
 /// The binary under test: `CONNMON_BIN` (set by `cargo xtask test`), else
-/// the debug build next to this test.
+/// the build next to this test.
 pub fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CONNMON_BIN") {
-        return PathBuf::from(path);
+    match std::env::var_os("CONNMON_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => built_binary("connmon"),
     }
+}
+
+/// A binary of this workspace's build, next to the running test
+/// (`target/<profile>/<name>`).
+pub fn built_binary(name: &str) -> PathBuf {
     let mut path = std::env::current_exe().unwrap_or_default();
     path.pop();
     if path.ends_with("deps") {
         path.pop();
     }
-    path.join("connmon")
+    path.join(name)
+}
+
+/// Findings of one kind in one network namespace, the first one as soon as
+/// it is printed.
+pub fn first_finding(
+    connmon: &Daemon,
+    event: &str,
+    netns: u32,
+    timeout: Duration,
+) -> Result<Value> {
+    crate::poll::until(event, timeout, || {
+        Ok(connmon.findings(event, netns).into_iter().next())
+    })
+    .with_context(|| {
+        format!(
+            "connmon stdout: {:?}\nconnmon stderr: {:?}",
+            connmon.records(),
+            connmon.stderr()
+        )
+    })
 }
 
 /// `connmon trace --json ...`, stopped with SIGINT on drop.

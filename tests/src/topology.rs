@@ -228,6 +228,19 @@ impl Topology {
         self.cache.exec("redis-cli", &full)
     }
 
+    /// The `redis` crate client (`cmt-redis-client`) in the app namespace,
+    /// connected to `url` and warmed up with one SET.
+    pub fn redis_client(&self, url: &str) -> Result<Process> {
+        let mut command =
+            self.app_command(&crate::connmon::built_binary("cmt-redis-client").to_string_lossy());
+        command.arg(url);
+        let client = Process::spawn("cmt-redis-client", command)?;
+        client
+            .stdout
+            .wait_for("connected", Duration::from_secs(20))?;
+        Ok(client)
+    }
+
     /// A command run in the app namespace.
     pub fn app_command(&self, program: &str) -> Command {
         self.app.command(program)

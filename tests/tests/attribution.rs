@@ -2,14 +2,12 @@
 //! IPv6, a container-like cgroup, and identical addresses in two network
 //! namespaces each get the right process.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use connmon_tests::{
     cgroup::Cgroup,
-    connmon::Daemon,
-    poll,
-    process::Process,
+    connmon::{Daemon, first_finding},
     topology::{CACHE_V4, CACHE_V6, Options, REDIS_PORT, Topology},
 };
 use serde_json::Value;
@@ -17,28 +15,17 @@ use serde_json::Value;
 const CONTAINER_ID: &str = "3f2c1b0e9d8c7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa0099";
 const POD_UID: &str = "0d5e8c3a-1b2c-4d5e-8f90-a1b2c3d4e5f6";
 
-fn redis_client(topology: &Topology, url: &str) -> Result<Process> {
-    let mut command: Command = topology.app_command(env!("CARGO_BIN_EXE_cmt-redis-client"));
-    command.arg(url);
-    let client = Process::spawn("cmt-redis-client", command)?;
-    client
-        .stdout
-        .wait_for("connected", Duration::from_secs(20))?;
-    Ok(client)
-}
-
 fn daemon() -> Result<Daemon> {
     Daemon::start(&["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()])
 }
 
 fn storm_in(connmon: &Daemon, topology: &Topology) -> Result<Value> {
-    poll::until("storm_started", Duration::from_secs(30), || {
-        Ok(connmon
-            .findings("storm_started", topology.app.inode())
-            .into_iter()
-            .next())
-    })
-    .with_context(|| format!("connmon stderr: {:?}", connmon.stderr()))
+    first_finding(
+        connmon,
+        "storm_started",
+        topology.app.inode(),
+        Duration::from_secs(30),
+    )
 }
 
 /// The seed scenario over IPv6, with the client in a Kubernetes-style
@@ -51,7 +38,7 @@ fn connection_older_than_connmon_in_a_container_over_ipv6_is_attributed() -> Res
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CONTAINER_ID}.scope",
         POD_UID.replace('-', "_")
     ))?;
-    let mut client = redis_client(&topology, &format!("redis://[{CACHE_V6}]:{REDIS_PORT}"))?;
+    let mut client = topology.redis_client(&format!("redis://[{CACHE_V6}]:{REDIS_PORT}"))?;
     cgroup.add(client.pid())?;
 
     // connmon starts after the connection is established and idle.
@@ -91,7 +78,7 @@ fn connection_older_than_connmon_in_a_container_over_ipv6_is_attributed() -> Res
 fn connection_older_than_connmon_gets_its_idle_time_from_tcp_info() -> Result<()> {
     let mut topology = Topology::build("old", &Options::default())?;
     topology.start_redis()?;
-    let mut client = redis_client(&topology, &format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
     topology.wait_until_forgotten(Duration::from_secs(30))?;
     let connmon = daemon()?;
     let learned = connmon.stderr().join("\n");
@@ -119,8 +106,8 @@ fn identical_addresses_in_two_namespaces_are_two_connections() -> Result<()> {
     second.start_redis()?;
     let connmon = daemon()?;
     let url = format!("redis://{CACHE_V4}:{REDIS_PORT}");
-    let mut client_a = redis_client(&first, &url)?;
-    let mut client_b = redis_client(&second, &url)?;
+    let mut client_a = first.redis_client(&url)?;
+    let mut client_b = second.redis_client(&url)?;
     first.wait_until_forgotten(Duration::from_secs(30))?;
     second.wait_until_forgotten(Duration::from_secs(30))?;
     client_a.send_line("set")?;

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use connmon_tests::{
-    connmon::Daemon,
+    connmon::{Daemon, first_finding},
     poll,
     process::Process,
     topology::{CACHE_V4, Options, REDIS_PORT, StaleFlow, Topology},
@@ -19,17 +19,6 @@ use serde_json::Value;
 
 /// connmon's idle threshold in these tests; the middlebox forgets after 3 s.
 const IDLE_THRESHOLD: &str = "2s";
-
-/// The `redis` crate client in the app namespace, connected and warmed up.
-fn redis_client(topology: &Topology, url: &str) -> Result<Process> {
-    let mut command: Command = topology.app_command(env!("CARGO_BIN_EXE_cmt-redis-client"));
-    command.arg(url);
-    let client = Process::spawn("cmt-redis-client", command)?;
-    client
-        .stdout
-        .wait_for("connected", Duration::from_secs(20))?;
-    Ok(client)
-}
 
 fn daemon() -> Result<Daemon> {
     Daemon::start(&[
@@ -50,7 +39,7 @@ fn seed_storm_is_reported_while_the_client_hangs_then_times_out() -> Result<()> 
     let mut topology = Topology::build("seed", &Options::default())?;
     topology.start_redis()?;
     let connmon = daemon()?;
-    let mut client = redis_client(&topology, &format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
     let idle_since = Instant::now();
 
     // Idle past the middlebox's timeout: it forgets the flow, nobody knows.
@@ -58,13 +47,12 @@ fn seed_storm_is_reported_while_the_client_hangs_then_times_out() -> Result<()> 
     let idle_gap = idle_since.elapsed();
     client.send_line("set")?;
 
-    let started = poll::until("storm_started", Duration::from_secs(30), || {
-        Ok(connmon
-            .findings("storm_started", topology.app.inode())
-            .into_iter()
-            .next())
-    })
-    .with_context(|| format!("connmon stderr: {:?}", connmon.stderr()))?;
+    let started = first_finding(
+        &connmon,
+        "storm_started",
+        topology.app.inode(),
+        Duration::from_secs(30),
+    )?;
     let seen_at = SystemTime::now();
     // Reported while the SET is still hanging.
     ensure!(
@@ -120,12 +108,12 @@ fn seed_storm_is_reported_while_the_client_hangs_then_times_out() -> Result<()> 
         "storm_started {lag:?} after the confirming retransmit"
     );
 
-    let ended = poll::until("storm_ended", Duration::from_secs(60), || {
-        Ok(connmon
-            .findings("storm_ended", topology.app.inode())
-            .into_iter()
-            .next())
-    })?;
+    let ended = first_finding(
+        &connmon,
+        "storm_ended",
+        topology.app.inode(),
+        Duration::from_secs(60),
+    )?;
     assert_eq!(ended["outcome"], "timed_out", "{ended}");
     assert_eq!(ended["storm_id"], started["storm_id"]);
     assert_eq!(ended["pid"], client.pid());
@@ -161,13 +149,12 @@ fn redis_server_retransmitting_to_a_dead_subscriber_is_a_server_storm() -> Resul
     topology.wait_until_forgotten(Duration::from_secs(30))?;
     topology.redis_cli(&["publish", "news", "hello"])?;
 
-    let started = poll::until("server-side storm_started", Duration::from_secs(30), || {
-        Ok(connmon
-            .findings("storm_started", topology.cache.inode())
-            .into_iter()
-            .next())
-    })
-    .with_context(|| format!("connmon stderr: {:?}", connmon.stderr()))?;
+    let started = first_finding(
+        &connmon,
+        "storm_started",
+        topology.cache.inode(),
+        Duration::from_secs(30),
+    )?;
     assert_eq!(started["comm"], "redis-server", "{started}");
     assert_eq!(
         Some(started["pid"].as_u64().unwrap_or(0) as u32),
@@ -187,13 +174,12 @@ fn redis_server_retransmitting_to_a_dead_subscriber_is_a_server_storm() -> Resul
             .contains("tcp-keepalive"),
         "{started}"
     );
-    let ended = poll::until("server-side storm_ended", Duration::from_secs(60), || {
-        Ok(connmon
-            .findings("storm_ended", topology.cache.inode())
-            .into_iter()
-            .next())
-    })
-    .with_context(|| format!("connmon findings: {:?}", connmon.records()))?;
+    let ended = first_finding(
+        &connmon,
+        "storm_ended",
+        topology.cache.inode(),
+        Duration::from_secs(60),
+    )?;
     assert_eq!(ended["outcome"], "timed_out", "{ended}");
     Ok(())
 }
@@ -223,7 +209,7 @@ fn busy_connection_with_random_loss_is_not_an_idle_storm() -> Result<()> {
     let mut topology = Topology::build("lossy", &options)?;
     topology.start_redis()?;
     let connmon = daemon()?;
-    let mut client = redis_client(&topology, &format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
     let retransmitted_before = topology.app.retransmitted_segments()?;
     client.send_line("busy 2000")?;
     client
@@ -253,7 +239,7 @@ fn idle_connection_used_again_over_an_intact_path_is_quiet() -> Result<()> {
     let mut topology = Topology::build("intact", &options)?;
     topology.start_redis()?;
     let connmon = daemon()?;
-    let mut client = redis_client(&topology, &format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
     // Idle past connmon's threshold, measured by the kernel itself.
     poll::until(
         "the connection to idle past the threshold",
@@ -299,20 +285,19 @@ fn middlebox_reset_after_idle_is_reported_as_reset() -> Result<()> {
     let mut topology = Topology::build("reset", &options)?;
     topology.start_redis()?;
     let connmon = daemon()?;
-    let mut client = redis_client(&topology, &format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
     let idle_since = Instant::now();
     topology.wait_until_forgotten(Duration::from_secs(30))?;
     let idle_gap = idle_since.elapsed();
     client.send_line("set")?;
     client.stdout.wait_for("error", Duration::from_secs(20))?;
 
-    let reset = poll::until("reset_after_idle", Duration::from_secs(20), || {
-        Ok(connmon
-            .findings("reset_after_idle", topology.app.inode())
-            .into_iter()
-            .next())
-    })
-    .with_context(|| format!("connmon stdout: {:?}", connmon.records()))?;
+    let reset = first_finding(
+        &connmon,
+        "reset_after_idle",
+        topology.app.inode(),
+        Duration::from_secs(20),
+    )?;
     assert_eq!(reset["outcome"], "reset", "{reset}");
     assert_eq!(reset["pid"], client.pid(), "{reset}");
     assert_eq!(

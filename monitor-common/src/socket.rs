@@ -21,7 +21,10 @@ pub struct Owner {
     pub source: u8,
     /// `ROLE_*`: who opened the connection.
     pub role: u8,
-    pub _pad: [u8; 6],
+    /// How many times another process took the socket over (fork, fd
+    /// passing), saturating: non-zero means the socket is shared.
+    pub process_changes: u8,
+    pub _pad: [u8; 5],
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 48);
 

@@ -110,8 +110,12 @@ fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
         return;
     }
     if owner_changed {
-        let role = state.owner.role;
-        state.owner = current_owner(source, role);
+        let previous = state.owner;
+        state.owner = current_owner(source, previous.role);
+        let another_process = previous.tgid != 0 && previous.tgid != tgid;
+        state.owner.process_changes = previous
+            .process_changes
+            .saturating_add(u8::from(another_process));
     }
     note_activity(&mut state.activity, now, is_send);
     if progress {

@@ -45,7 +45,8 @@ pub fn current_owner(source: u8, role: u8) -> Owner {
         comm: [0; 16],
         source,
         role,
-        _pad: [0; 6],
+        process_changes: 0,
+        _pad: [0; 5],
     };
     // The process name is the thread group leader's comm, not the thread's.
     read_bytes(leader, off!(task_comm), &mut owner.comm);

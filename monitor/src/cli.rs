@@ -85,6 +85,9 @@ pub struct RunArgs {
     /// Event ring buffer size in KiB, a power of two [default: 1024].
     #[arg(long, env = "CONNMON_RING_BUFFER_KIB")]
     pub ring_buffer_kib: Option<u32>,
+    /// Name pods from the kubelet's log directory (e.g. /var/log/pods) [default: off].
+    #[arg(long, env = "CONNMON_POD_METADATA_DIR", value_name = "DIR")]
+    pub pod_metadata_dir: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -104,6 +107,7 @@ impl RunArgs {
             socket_map_entries: self.socket_map_entries,
             ring_buffer_kib: self.ring_buffer_kib,
             services: None,
+            pod_metadata_dir: self.pod_metadata_dir.clone(),
         });
         Settings::resolve(&layers)
     }

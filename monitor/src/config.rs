@@ -54,6 +54,8 @@ pub struct Settings {
     pub ring_buffer_kib: u32,
     /// Port -> service name, for hints and labels.
     pub services: BTreeMap<u16, String>,
+    /// The kubelet's pod log directory, to name pods (off when `None`).
+    pub pod_metadata_dir: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -73,6 +75,7 @@ impl Default for Settings {
                 .iter()
                 .map(|(port, name)| (*port, (*name).to_string()))
                 .collect(),
+            pod_metadata_dir: None,
         }
     }
 }
@@ -91,6 +94,7 @@ pub struct Layer {
     pub socket_map_entries: Option<u32>,
     pub ring_buffer_kib: Option<u32>,
     pub services: Option<BTreeMap<String, String>>,
+    pub pod_metadata_dir: Option<PathBuf>,
 }
 
 impl Layer {
@@ -188,6 +192,15 @@ impl Settings {
                 ));
             }
             self.ring_buffer_kib = kib;
+        }
+        if let Some(dir) = &layer.pod_metadata_dir {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "pod_metadata_dir",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+            self.pod_metadata_dir = Some(dir.clone());
         }
         if let Some(services) = &layer.services {
             for (port, name) in services {

@@ -107,6 +107,7 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
                     });
                 }
             },
+            shared: owner.process_changes > 0,
         })
     };
     let role = match owner.role {
@@ -213,7 +214,8 @@ mod tests {
                 comm: comm("redis-client"),
                 source: OWNER_SOURCE_SEND,
                 role: ROLE_CLIENT,
-                _pad: [0; 6],
+                process_changes: 0,
+                _pad: [0; 5],
             },
             tuple: Tuple {
                 family: AF_INET,
@@ -361,6 +363,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_socket_that_changed_processes_is_shared() {
+        let mut raw = retransmit_record();
+        assert!(
+            !decode(&encode(&raw))
+                .expect("valid")
+                .owner
+                .expect("owner")
+                .shared
+        );
+        raw.owner.process_changes = 2;
+        assert!(
+            decode(&encode(&raw))
+                .expect("valid")
+                .owner
+                .expect("owner")
+                .shared
+        );
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct ProcessRef {
     pub start_boottime_ns: u64,
     /// Which hook recorded the owner.
     pub source: OwnerSource,
+    /// The socket changed hands between processes (fork, fd passing): the
+    /// owner is the last process that used it.
+    pub shared: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -15,6 +15,15 @@ use serde_json::Value;
 const CONTAINER_ID: &str = "3f2c1b0e9d8c7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa0099";
 const POD_UID: &str = "0d5e8c3a-1b2c-4d5e-8f90-a1b2c3d4e5f6";
 
+/// Removes a directory tree when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn daemon() -> Result<Daemon> {
     Daemon::start(&["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()])
 }
@@ -41,8 +50,21 @@ fn connection_older_than_connmon_in_a_container_over_ipv6_is_attributed() -> Res
     let mut client = topology.redis_client(&format!("redis://[{CACHE_V6}]:{REDIS_PORT}"))?;
     cgroup.add(client.pid())?;
 
+    // The kubelet's pod log directory, as on a node, names the pod.
+    let pods = std::env::temp_dir().join(format!("cmt-pods-{}", std::process::id()));
+    std::fs::create_dir_all(pods.join(format!("payments_invite-svc-7d9f8b_{POD_UID}")))?;
+    let _pods_cleanup = RemoveOnDrop(pods.clone());
+
     // connmon starts after the connection is established and idle.
-    let connmon = daemon()?;
+    let pods_arg = pods.to_string_lossy().into_owned();
+    let connmon = Daemon::start(&[
+        "--idle-threshold",
+        "2s",
+        "--ports",
+        &REDIS_PORT.to_string(),
+        "--pod-metadata-dir",
+        &pods_arg,
+    ])?;
     topology.wait_until_forgotten(Duration::from_secs(30))?;
     client.send_line("set")?;
 
@@ -57,6 +79,8 @@ fn connection_older_than_connmon_in_a_container_over_ipv6_is_attributed() -> Res
     assert_eq!(storm["netns"], topology.app.inode(), "{storm}");
     assert_eq!(storm["container_id"], CONTAINER_ID, "{storm}");
     assert_eq!(storm["pod_uid"], POD_UID, "{storm}");
+    assert_eq!(storm["pod_namespace"], "payments", "{storm}");
+    assert_eq!(storm["pod_name"], "invite-svc-7d9f8b", "{storm}");
     assert!(
         storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 2.0,
         "{storm}"

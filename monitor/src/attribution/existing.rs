@@ -85,13 +85,16 @@ pub fn inventory(
         for (inode, socket) in by_inode {
             let pids = holders.get(&inode).map(Vec::as_slice).unwrap_or_default();
             let role = role_for(socket, watched);
-            let owner = pids
+            let mut owner = pids
                 .first()
                 .and_then(|&pid| procfs::owner_of(proc_root, pid, OWNER_SOURCE_PROC, role))
                 .unwrap_or(Owner {
                     role,
                     ..Owner::default()
                 });
+            // Held by several processes: which one writes is unknown until
+            // the kernel sees it; say the socket is shared.
+            owner.process_changes = u8::try_from(pids.len().saturating_sub(1)).unwrap_or(u8::MAX);
             let ago = |ms: Option<u32>| {
                 ms.map(|ms| now_ns.saturating_sub(u64::from(ms) * 1_000_000))
                     .unwrap_or(0)
@@ -185,6 +188,7 @@ impl OwnerResolver {
             cgroup_id: owner.cgroup_id,
             start_boottime_ns: owner.start_boottime_ns,
             source: OwnerSource::Proc,
+            shared: false,
         })
     }
 }

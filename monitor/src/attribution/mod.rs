@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod existing;
+pub mod pods;
 pub mod procfs;
 pub mod sockdiag;
 
@@ -172,6 +173,7 @@ mod tests {
             cgroup_id: 0,
             start_boottime_ns: ticks * tick_ns,
             source: OwnerSource::Send,
+            shared: false,
         };
         let details = attributor.details(&me);
         assert!(

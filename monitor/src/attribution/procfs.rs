@@ -66,7 +66,8 @@ pub fn owner_of(proc_root: &Path, pid: u32, source: u8, role: u8) -> Option<Owne
         comm: [0; 16],
         source,
         role,
-        _pad: [0; 6],
+        process_changes: 0,
+        _pad: [0; 5],
     };
     let name = comm.trim_end().as_bytes();
     let len = name.len().min(15);

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    attribution::{Attributor, existing::OwnerResolver},
+    attribution::{Attributor, existing::OwnerResolver, pods::PodDirectory},
     capture::{Capture, reader},
     clock::{WallClock, monotonic_now_ns},
     config::Settings,
@@ -49,17 +49,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "watching for retransmit storms on idle connections"
     );
 
+    let mut reporter = Reporter::new(
+        WallClock::new(),
+        Attributor::new("/proc"),
+        OwnerResolver::new("/proc"),
+    );
+    if let Some(dir) = &settings.pod_metadata_dir {
+        reporter = reporter.with_pods(PodDirectory::new(dir));
+    }
     let mut pipeline = Pipeline {
         sockets: SocketTable::default(),
         detector: Detector::new(DetectorConfig::new(
             settings.idle_threshold.as_nanos() as u64,
             settings.confirm_retransmits,
         )),
-        reporter: Reporter::new(
-            WallClock::new(),
-            Attributor::new("/proc"),
-            OwnerResolver::new("/proc"),
-        ),
+        reporter,
         status: status.clone(),
         settings,
     };

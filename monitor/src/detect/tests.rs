@@ -31,6 +31,7 @@ impl Recording {
                 cgroup_id: 77,
                 start_boottime_ns: 5,
                 source: OwnerSource::Send,
+                shared: false,
             },
             role: Role::Client,
             activity: ActivityTimes::default(),

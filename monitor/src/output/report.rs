@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::{
-    attribution::{Attributor, existing::OwnerResolver},
+    attribution::{Attributor, existing::OwnerResolver, pods::PodDirectory},
     clock::WallClock,
     config::Settings,
     detect::{Finding, IdleReset, Outcome, Storm},
@@ -30,10 +30,15 @@ pub struct FindingRecord {
     pub cgroup_id: Option<u64>,
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
     pub systemd_unit: Option<String>,
     /// How the owner was found: connect, send, receive (kernel hooks), or
     /// proc (the socket predates connmon or was never used while watched).
     pub owner_source: Option<OwnerSource>,
+    /// The socket changed hands between processes (fork, fd passing);
+    /// `pid` is the last process that used it.
+    pub shared: Option<bool>,
     pub local: String,
     pub remote: String,
     pub netns: u32,
@@ -62,6 +67,7 @@ pub struct Reporter {
     clock: WallClock,
     attributor: Attributor,
     owners: OwnerResolver,
+    pods: Option<PodDirectory>,
 }
 
 impl Reporter {
@@ -70,7 +76,14 @@ impl Reporter {
             clock,
             attributor,
             owners,
+            pods: None,
         }
+    }
+
+    /// Names pods from the kubelet's pod log directory.
+    pub fn with_pods(mut self, pods: PodDirectory) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     pub fn record(&mut self, finding: &Finding, settings: &Settings) -> FindingRecord {
@@ -201,6 +214,10 @@ impl Reporter {
         let details = owner
             .map(|owner| self.attributor.details(owner))
             .unwrap_or_default();
+        let pod = match (&mut self.pods, &details.workload.pod_uid) {
+            (Some(pods), Some(uid)) => pods.lookup(uid),
+            _ => None,
+        };
         FindingRecord {
             event,
             time: self.clock.rfc3339(at_ns),
@@ -212,9 +229,12 @@ impl Reporter {
             cgroup: details.cgroup,
             cgroup_id: owner.map(|o| o.cgroup_id),
             container_id: details.workload.container_id,
+            pod_namespace: pod.as_ref().map(|p| p.namespace.clone()),
+            pod_name: pod.map(|p| p.name),
             pod_uid: details.workload.pod_uid,
             systemd_unit: details.workload.systemd_unit,
             owner_source: owner.map(|o| o.source),
+            shared: owner.map(|o| o.shared),
             local: connection.local.to_string(),
             remote: connection.remote.to_string(),
             netns: connection.netns,

@@ -18,6 +18,7 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
     record.insert("comm".into(), json!(owner.map(|o| o.comm.as_str())));
     record.insert("cgroup_id".into(), json!(owner.map(|o| o.cgroup_id)));
     record.insert("owner_source".into(), json!(owner.map(|o| o.source)));
+    record.insert("shared".into(), json!(owner.map(|o| o.shared)));
     record.insert("role".into(), json!(event.role));
     record.insert("local".into(), json!(event.connection.local.to_string()));
     record.insert("remote".into(), json!(event.connection.remote.to_string()));
@@ -139,6 +140,7 @@ mod tests {
                 cgroup_id: 1,
                 start_boottime_ns: 2,
                 source: OwnerSource::Send,
+                shared: false,
             }),
             role: Role::Client,
             connection: Connection {

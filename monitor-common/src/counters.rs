@@ -62,3 +62,19 @@ mod tests {
         }
     }
 }
+
+/// Key of the kernel's `RETRANSMITS_BY_OWNER` map: retransmits of sockets
+/// that are not watched, aggregated in the kernel by owner, kind and role so
+/// that they cost no event. The value is a count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RetransmitOwnerKey {
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    /// `RETRANSMIT_*`
+    pub kind: u8,
+    /// `ROLE_*`
+    pub role: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<RetransmitOwnerKey>() == 32);

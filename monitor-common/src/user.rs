@@ -2,6 +2,7 @@
 //! and read them out of maps.
 
 use crate::{
+    counters::RetransmitOwnerKey,
     event::SocketEvent,
     globals::{KernelOffsets, ProbeSettings},
     socket::SocketState,
@@ -17,3 +18,5 @@ unsafe impl aya::Pod for SocketState {}
 unsafe impl aya::Pod for KernelOffsets {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ProbeSettings {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RetransmitOwnerKey {}

@@ -2,10 +2,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    counters::COUNTER_SLOTS,
+    counters::{COUNTER_SLOTS, RetransmitOwnerKey},
     event::SocketEvent,
     globals::{KernelOffsets, ProbeSettings},
     socket::SocketState,
@@ -33,6 +33,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// What the programs count instead of emitting (`monitor_common::counters`).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Retransmits of unwatched sockets by owner, kind and role (no events).
+/// Per-CPU: counting needs no atomics; userspace sums the CPUs.
+#[map]
+pub static RETRANSMITS_BY_OWNER: LruPerCpuHashMap<RetransmitOwnerKey, u64> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
 
 /// Non-zero at index `port` when that TCP port (local or remote) is watched.
 #[map]

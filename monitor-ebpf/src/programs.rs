@@ -9,7 +9,7 @@ use aya_ebpf::{
 use monitor_common::{
     counters::{
         RESETS_SENT_WITHOUT_SOCKET, RETRANSMIT_ATTEMPTS_FAILED, RETRANSMITS_BASE,
-        RETRANSMITTED_SEGMENTS, SOCKETS_REMOVED,
+        RETRANSMITTED_SEGMENTS, RetransmitOwnerKey, SOCKETS_REMOVED,
     },
     event::{
         EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
@@ -27,7 +27,7 @@ use monitor_common::{
 use crate::{
     emit::{WAKE_LATER, WAKE_NOW, emit},
     kernel::{is_inet_tcp, off, read, setting},
-    maps::{SOCKETS, count},
+    maps::{RETRANSMITS_BY_OWNER, SOCKETS, count},
     socket::{cookie, current_owner, entry_or_insert, is_watched, note_activity},
 };
 
@@ -219,6 +219,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         unsafe { (*state).retransmits = (*state).retransmits.wrapping_add(1) };
     }
     if !is_watched(sk, state) {
+        count_unwatched_retransmit(state, kind);
         return 0;
     }
     if let Some(state) = state {
@@ -347,6 +348,31 @@ fn emit_for_watched(ctx: &BtfTracePointContext, kind: u32, detail: u32, wake: bo
         TcpSnapshot::default(),
         wake,
     );
+}
+
+/// Aggregates a retransmit of an unwatched socket by its owner, in the
+/// kernel: per-process totals without an event each.
+#[inline(always)]
+fn count_unwatched_retransmit(state: Option<*mut monitor_common::socket::SocketState>, kind: u8) {
+    let mut key = RetransmitOwnerKey {
+        kind,
+        ..RetransmitOwnerKey::default()
+    };
+    if let Some(state) = state {
+        // SAFETY: pointer from a socket-map lookup in this run.
+        let owner = unsafe { &(*state).owner };
+        key.cgroup_id = owner.cgroup_id;
+        key.comm = owner.comm;
+        key.role = owner.role;
+    }
+    match RETRANSMITS_BY_OWNER.get_ptr_mut(&key) {
+        // SAFETY: pointer to this CPU's slot from a lookup in this run;
+        // per-CPU, so no other writer.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            let _ = RETRANSMITS_BY_OWNER.insert(&key, &1, 0);
+        }
+    }
 }
 
 #[inline(always)]

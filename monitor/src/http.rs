@@ -13,7 +13,15 @@ use std::{
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde::Serialize;
 
-use crate::{capture::counters::KernelCounters, metrics::Metrics, output::report::FindingRecord};
+use aya::maps::{MapData, PerCpuHashMap};
+use monitor_common::counters::RetransmitOwnerKey;
+
+use crate::{
+    capture::{counters::KernelCounters, reader::ReaderStats, stats::ProgramStatsReader},
+    event::Role,
+    metrics::Metrics,
+    output::report::FindingRecord,
+};
 
 /// Ended storms kept for `/api/v1/storms`.
 const RECENT_STORMS: usize = 100;
@@ -23,7 +31,52 @@ pub struct Status {
     ready: AtomicBool,
     storms: Mutex<StormBoard>,
     pub metrics: Metrics,
-    kernel_counters: Mutex<Option<KernelCounters>>,
+    kernel: Mutex<Option<KernelSources>>,
+}
+
+/// The kernel-side numbers read at every scrape (never per event).
+pub struct KernelSources {
+    pub counters: KernelCounters,
+    pub programs: ProgramStatsReader,
+    pub retransmits_by_owner: PerCpuHashMap<MapData, RetransmitOwnerKey, u64>,
+    pub reader: Arc<ReaderStats>,
+}
+
+impl KernelSources {
+    fn observe(&self, metrics: &Metrics) {
+        match self.counters.snapshot() {
+            Ok(snapshot) => {
+                metrics.observe_kernel(&snapshot, self.reader.decode_errors.load(Ordering::Relaxed))
+            }
+            Err(error) => tracing::warn!(%error, "cannot read kernel counters"),
+        }
+        metrics.observe_programs(&self.programs.read());
+        let mut totals = Vec::new();
+        for entry in self.retransmits_by_owner.iter() {
+            let Ok((key, per_cpu)) = entry else { continue };
+            let total = per_cpu
+                .iter()
+                .fold(0u64, |sum, value| sum.wrapping_add(*value));
+            let comm_len = key
+                .comm
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(key.comm.len());
+            let role = match key.role {
+                monitor_common::socket::ROLE_CLIENT => Role::Client,
+                monitor_common::socket::ROLE_SERVER => Role::Server,
+                _ => Role::Unknown,
+            };
+            totals.push((
+                key.cgroup_id,
+                String::from_utf8_lossy(&key.comm[..comm_len]).into_owned(),
+                key.kind,
+                role,
+                total,
+            ));
+        }
+        metrics.observe_unwatched_retransmits(&totals);
+    }
 }
 
 #[derive(Default, Serialize, Clone)]
@@ -40,25 +93,22 @@ impl Status {
             ready: AtomicBool::new(false),
             storms: Mutex::default(),
             metrics,
-            kernel_counters: Mutex::new(None),
+            kernel: Mutex::new(None),
         }
     }
 
-    /// Hands over the kernel counters, read at every scrape.
-    pub fn set_kernel_counters(&self, counters: KernelCounters) {
-        if let Ok(mut slot) = self.kernel_counters.lock() {
-            *slot = Some(counters);
+    /// Hands over the kernel-side sources, read at every scrape.
+    pub fn set_kernel_sources(&self, sources: KernelSources) {
+        if let Ok(mut slot) = self.kernel.lock() {
+            *slot = Some(sources);
         }
     }
 
     fn scrape(&self) -> String {
-        if let Ok(slot) = self.kernel_counters.lock()
-            && let Some(counters) = slot.as_ref()
+        if let Ok(slot) = self.kernel.lock()
+            && let Some(sources) = slot.as_ref()
         {
-            match counters.snapshot() {
-                Ok(snapshot) => self.metrics.observe_kernel(&snapshot),
-                Err(error) => tracing::warn!(%error, "cannot read kernel counters"),
-            }
+            sources.observe(&self.metrics);
         }
         self.metrics.render()
     }

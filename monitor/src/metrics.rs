@@ -1,50 +1,100 @@
-//! Prometheus metrics. Labels are bounded: no pids, no 4-tuples (those are
-//! in the events).
+//! Prometheus metrics. Labels have bounded cardinality: process name,
+//! container, destination (a watched endpoint as `ip:port`, everything else
+//! `other`), kind, role, outcome. No pids, no 4-tuples: those are in the
+//! events. Each labelled family has a hard series cap; past it, new label
+//! sets are folded into `process="other", container="other",
+//! destination="other"` and counted in `connmon_series_capped_total`.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::{
-    capture::counters::CounterSnapshot,
-    detect::{Finding, Outcome},
-    event::{EventKind, SocketEvent},
+    attribution::{container, procfs},
+    capture::{counters::CounterSnapshot, stats::ProgramStats},
+    detect::{Finding, Storm},
+    event::{Connection, EventKind, ProcessRef, Role, SocketEvent},
 };
+
+/// Default cap on label sets per metric family.
+pub const DEFAULT_SERIES_CAP: usize = 2000;
+const OTHER: &str = "other";
 
 pub struct Metrics {
     registry: Registry,
-    events: IntCounterVec,
+    series_cap: usize,
     retransmits: IntCounterVec,
     storms_started: IntCounterVec,
     storms_ended: IntCounterVec,
-    storms_active: IntGauge,
+    storms_active: IntGaugeVec,
+    storm_duration: HistogramVec,
+    idle_before_storm: HistogramVec,
     resets_after_idle: IntCounterVec,
+    events: IntCounterVec,
     lost_records: IntCounterVec,
     kernel_retransmits: IntCounterVec,
-    lost_seen: std::sync::Mutex<(u64, u64, [u64; 4])>,
+    tracked_sockets: IntGaugeVec,
+    program_run_seconds: prometheus::CounterVec,
+    program_runs: IntCounterVec,
+    program_recursion_misses: IntCounterVec,
+    program_verified_instructions: IntGaugeVec,
+    series_capped: IntCounterVec,
+    state: Mutex<State>,
+}
+
+/// What the metrics remember between updates.
+#[derive(Default)]
+struct State {
+    /// Label sets seen per family, for the cap.
+    series: HashMap<&'static str, HashSet<Vec<String>>>,
+    /// Labels each active storm was counted under, to decrement the same.
+    active_storm_labels: HashMap<u64, Vec<String>>,
+    /// Last cumulative kernel values, to export deltas.
+    kernel_seen: HashMap<String, u64>,
+    /// cgroup id -> container label.
+    containers: HashMap<u64, String>,
+}
+
+fn role_label(role: Role) -> &'static str {
+    match role {
+        Role::Client => "client",
+        Role::Server => "server",
+        Role::Unknown => "unknown",
+    }
+}
+
+/// The watched endpoint of a connection: the far side for a client, our
+/// side for a server.
+pub fn destination(connection: &Connection, role: Role) -> String {
+    match role {
+        Role::Server => connection.local.to_string(),
+        _ => connection.remote.to_string(),
+    }
 }
 
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub fn new(series_cap: usize) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let events = IntCounterVec::new(
-            Opts::new(
-                "connmon_events_total",
-                "Kernel events about watched sockets processed, by event.",
-            ),
-            &["event"],
-        )?;
+        let owner_labels = ["process", "container", "destination", "role"];
         let retransmits = IntCounterVec::new(
             Opts::new(
-                "connmon_watched_retransmits_total",
-                "Retransmits on watched sockets, by kind.",
+                "connmon_retransmits_total",
+                "TCP retransmits by owning process, container, destination (watched endpoint, else other), kind and role.",
             ),
-            &["kind"],
+            &["process", "container", "destination", "kind", "role"],
         )?;
         let storms_started = IntCounterVec::new(
             Opts::new(
                 "connmon_storms_started_total",
-                "Retransmit storms confirmed on idle connections, by role.",
+                "Retransmit storms confirmed on idle connections.",
             ),
-            &["role"],
+            &owner_labels,
         )?;
         let storms_ended = IntCounterVec::new(
             Opts::new(
@@ -53,19 +103,46 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
-        let storms_active =
-            IntGauge::new("connmon_storms_active", "Retransmit storms in progress.")?;
+        let storms_active = IntGaugeVec::new(
+            Opts::new("connmon_storms_active", "Retransmit storms in progress."),
+            &owner_labels,
+        )?;
+        let storm_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "connmon_storm_duration_seconds",
+                "Time lost per storm: from the stuck send to the storm's end.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 960.0, 1800.0,
+            ]),
+            &["role", "outcome"],
+        )?;
+        let idle_before_storm = HistogramVec::new(
+            HistogramOpts::new(
+                "connmon_idle_before_storm_seconds",
+                "How long connections were idle before a storm: the path's idle timeout is below the smallest.",
+            )
+            .buckets(vec![10.0, 30.0, 60.0, 120.0, 240.0, 350.0, 600.0, 1200.0, 3600.0, 7200.0, 86400.0]),
+            &["role"],
+        )?;
         let resets_after_idle = IntCounterVec::new(
             Opts::new(
                 "connmon_resets_after_idle_total",
-                "Connections reset right after resuming from idle, by role.",
+                "Connections reset right after resuming from idle.",
             ),
-            &["role"],
+            &owner_labels,
+        )?;
+        let events = IntCounterVec::new(
+            Opts::new(
+                "connmon_events_total",
+                "Kernel events about watched sockets processed, by event.",
+            ),
+            &["event"],
         )?;
         let lost_records = IntCounterVec::new(
             Opts::new(
                 "connmon_lost_records_total",
-                "Kernel records lost, by reason.",
+                "Kernel records lost, by reason: ring_buffer_full, socket_map_full, decode_error.",
             ),
             &["reason"],
         )?;
@@ -76,97 +153,351 @@ impl Metrics {
             ),
             &["kind"],
         )?;
-        for collector in [
-            &events,
-            &retransmits,
-            &storms_started,
-            &storms_ended,
-            &resets_after_idle,
-            &lost_records,
-            &kernel_retransmits,
-        ] {
-            registry.register(Box::new(collector.clone()))?;
-        }
+        let tracked_sockets = IntGaugeVec::new(
+            Opts::new(
+                "connmon_tracked_sockets",
+                "Sockets connmon tracks: table=kernel (socket map), userspace.",
+            ),
+            &["table"],
+        )?;
+        let program_run_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "connmon_bpf_program_run_seconds_total",
+                "Time spent in each BPF program.",
+            ),
+            &["program"],
+        )?;
+        let program_runs = IntCounterVec::new(
+            Opts::new(
+                "connmon_bpf_program_runs_total",
+                "Runs of each BPF program.",
+            ),
+            &["program"],
+        )?;
+        let program_recursion_misses = IntCounterVec::new(
+            Opts::new(
+                "connmon_bpf_program_recursion_misses_total",
+                "Runs the kernel skipped because the program was already running on that CPU (lost events).",
+            ),
+            &["program"],
+        )?;
+        let program_verified_instructions = IntGaugeVec::new(
+            Opts::new(
+                "connmon_bpf_program_verified_instructions",
+                "Instructions the verifier processed per program.",
+            ),
+            &["program"],
+        )?;
+        let series_capped = IntCounterVec::new(
+            Opts::new(
+                "connmon_series_capped_total",
+                "Samples folded into label value other by the series cap.",
+            ),
+            &["metric"],
+        )?;
+        registry.register(Box::new(retransmits.clone()))?;
+        registry.register(Box::new(storms_started.clone()))?;
+        registry.register(Box::new(storms_ended.clone()))?;
         registry.register(Box::new(storms_active.clone()))?;
+        registry.register(Box::new(storm_duration.clone()))?;
+        registry.register(Box::new(idle_before_storm.clone()))?;
+        registry.register(Box::new(resets_after_idle.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(lost_records.clone()))?;
+        registry.register(Box::new(kernel_retransmits.clone()))?;
+        registry.register(Box::new(tracked_sockets.clone()))?;
+        registry.register(Box::new(program_run_seconds.clone()))?;
+        registry.register(Box::new(program_runs.clone()))?;
+        registry.register(Box::new(program_recursion_misses.clone()))?;
+        registry.register(Box::new(program_verified_instructions.clone()))?;
+        registry.register(Box::new(series_capped.clone()))?;
         let build_info = IntGauge::with_opts(
             Opts::new("connmon_build_info", "connmon's version; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
         )?;
         build_info.set(1);
         registry.register(Box::new(build_info))?;
-        for reason in ["ring_buffer_full", "socket_map_full"] {
+        // Present from the start, so rules on them see 0 rather than nothing.
+        for reason in ["ring_buffer_full", "socket_map_full", "decode_error"] {
             lost_records.with_label_values(&[reason]);
+        }
+        for outcome in [
+            "recovered",
+            "timed_out",
+            "reset",
+            "closed",
+            "monitor_stopped",
+            "unknown",
+        ] {
+            storms_ended.with_label_values(&[outcome]);
         }
         Ok(Self {
             registry,
-            events,
+            series_cap,
             retransmits,
             storms_started,
             storms_ended,
             storms_active,
+            storm_duration,
+            idle_before_storm,
             resets_after_idle,
+            events,
             lost_records,
             kernel_retransmits,
-            lost_seen: std::sync::Mutex::new((0, 0, [0; 4])),
+            tracked_sockets,
+            program_run_seconds,
+            program_runs,
+            program_recursion_misses,
+            program_verified_instructions,
+            series_capped,
+            state: Mutex::new(State::default()),
         })
+    }
+
+    /// Applies the series cap: known label sets pass, new ones pass while
+    /// the family is under the cap, the rest fold into `other`.
+    fn capped(
+        &self,
+        state: &mut State,
+        family: &'static str,
+        labels: Vec<String>,
+        foldable: usize,
+    ) -> Vec<String> {
+        let seen = state.series.entry(family).or_default();
+        if seen.contains(&labels) || seen.len() < self.series_cap {
+            seen.insert(labels.clone());
+            return labels;
+        }
+        self.series_capped.with_label_values(&[family]).inc();
+        labels
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| if i < foldable { OTHER.to_string() } else { v })
+            .collect()
+    }
+
+    fn container_of(state: &mut State, cgroup_id: u64) -> String {
+        if cgroup_id == 0 {
+            return String::new();
+        }
+        state
+            .containers
+            .entry(cgroup_id)
+            .or_insert_with(|| {
+                procfs::cgroup_path_by_id(cgroup_id)
+                    .and_then(|path| container::workload(&path).container_id)
+                    .map(|id| id.chars().take(12).collect())
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    fn owner_labels(
+        state: &mut State,
+        owner: Option<&ProcessRef>,
+        connection: &Connection,
+        role: Role,
+    ) -> Vec<String> {
+        let process = owner.map_or_else(|| "unknown".to_string(), |o| o.comm.clone());
+        let container = owner
+            .map(|o| Self::container_of(state, o.cgroup_id))
+            .unwrap_or_default();
+        vec![
+            process,
+            container,
+            destination(connection, role),
+            role_label(role).to_string(),
+        ]
     }
 
     pub fn observe_event(&self, event: &SocketEvent) {
         self.events.with_label_values(&[event.kind.name()]).inc();
-        if let EventKind::Retransmit(info) = &event.kind {
-            self.retransmits
-                .with_label_values(&[info.kind.as_str()])
-                .inc();
-        }
+        let EventKind::Retransmit(info) = &event.kind else {
+            return;
+        };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let owner = Self::owner_labels(
+            &mut state,
+            event.owner.as_ref(),
+            &event.connection,
+            event.role,
+        );
+        let labels = vec![
+            owner[0].clone(),
+            owner[1].clone(),
+            owner[2].clone(),
+            info.kind.as_str().to_string(),
+            owner[3].clone(),
+        ];
+        let labels = self.capped(&mut state, "connmon_retransmits_total", labels, 3);
+        self.retransmits
+            .with_label_values(&labels.iter().map(String::as_str).collect::<Vec<_>>())
+            .inc();
     }
 
     pub fn observe_finding(&self, finding: &Finding) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         match finding {
             Finding::StormStarted(storm) => {
-                self.storms_started
+                let labels = self.storm_labels(&mut state, storm);
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                self.storms_started.with_label_values(&refs).inc();
+                self.storms_active.with_label_values(&refs).inc();
+                self.idle_before_storm
                     .with_label_values(&[role_label(storm.role)])
-                    .inc();
-                self.storms_active.inc();
+                    .observe(storm.idle_ns as f64 / 1e9);
+                state.active_storm_labels.insert(storm.id, labels);
             }
-            Finding::StormEnded { outcome, .. } => {
+            Finding::StormEnded {
+                storm,
+                outcome,
+                ended_ns,
+                ..
+            } => {
                 self.storms_ended
-                    .with_label_values(&[Outcome::as_str(*outcome)])
+                    .with_label_values(&[outcome.as_str()])
                     .inc();
-                self.storms_active.dec();
+                if let Some(labels) = state.active_storm_labels.remove(&storm.id) {
+                    let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                    self.storms_active.with_label_values(&refs).dec();
+                }
+                self.storm_duration
+                    .with_label_values(&[role_label(storm.role), outcome.as_str()])
+                    .observe(ended_ns.saturating_sub(storm.started_ns) as f64 / 1e9);
             }
-            Finding::ResetAfterIdle(reset) => self
-                .resets_after_idle
-                .with_label_values(&[role_label(reset.role)])
-                .inc(),
+            Finding::ResetAfterIdle(reset) => {
+                let labels = Self::owner_labels(
+                    &mut state,
+                    reset.owner.as_ref(),
+                    &reset.connection,
+                    reset.role,
+                );
+                let labels = self.capped(&mut state, "connmon_resets_after_idle_total", labels, 3);
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                self.resets_after_idle.with_label_values(&refs).inc();
+            }
         }
     }
 
-    /// Brings the kernel-side counters up to date (called at scrape time).
-    pub fn observe_kernel(&self, counters: &CounterSnapshot) {
-        use monitor_common::counters::{LOST_RINGBUF_FULL, LOST_SOCKET_MAP_FULL, RETRANSMITS_BASE};
-        let Ok(mut seen) = self.lost_seen.lock() else {
+    fn storm_labels(&self, state: &mut State, storm: &Storm) -> Vec<String> {
+        let labels = Self::owner_labels(state, storm.owner.as_ref(), &storm.connection, storm.role);
+        self.capped(state, "connmon_storms_started_total", labels, 3)
+    }
+
+    /// Exports a cumulative kernel value as a counter increment.
+    fn kernel_delta(state: &mut State, key: String, total: u64) -> u64 {
+        let seen = state.kernel_seen.entry(key).or_insert(0);
+        // A per-owner LRU entry can be evicted and start again from 0.
+        let delta = if total >= *seen { total - *seen } else { total };
+        *seen = total;
+        delta
+    }
+
+    /// Kernel-side counters, read at scrape time.
+    pub fn observe_kernel(&self, counters: &CounterSnapshot, decode_errors: u64) {
+        use monitor_common::counters::{
+            LOST_RINGBUF_FULL, LOST_SOCKET_MAP_FULL, RETRANSMITS_BASE, SOCKETS_ADDED,
+            SOCKETS_REMOVED,
+        };
+        let Ok(mut state) = self.state.lock() else {
             return;
         };
-        let ring = counters.get(LOST_RINGBUF_FULL);
-        let map = counters.get(LOST_SOCKET_MAP_FULL);
-        self.lost_records
-            .with_label_values(&["ring_buffer_full"])
-            .inc_by(ring.saturating_sub(seen.0));
-        self.lost_records
-            .with_label_values(&["socket_map_full"])
-            .inc_by(map.saturating_sub(seen.1));
-        seen.0 = seen.0.max(ring);
-        seen.1 = seen.1.max(map);
+        for (reason, total) in [
+            ("ring_buffer_full", counters.get(LOST_RINGBUF_FULL)),
+            ("socket_map_full", counters.get(LOST_SOCKET_MAP_FULL)),
+            ("decode_error", decode_errors),
+        ] {
+            let delta = Self::kernel_delta(&mut state, format!("lost/{reason}"), total);
+            self.lost_records.with_label_values(&[reason]).inc_by(delta);
+        }
         for (kind, label) in ["unknown", "timeout", "fast", "tail_loss_probe"]
             .iter()
             .enumerate()
         {
             let total = counters.get(RETRANSMITS_BASE + kind as u32);
+            let delta = Self::kernel_delta(&mut state, format!("retransmits/{label}"), total);
             self.kernel_retransmits
                 .with_label_values(&[label])
-                .inc_by(total.saturating_sub(seen.2[kind]));
-            seen.2[kind] = seen.2[kind].max(total);
+                .inc_by(delta);
         }
+        let live = counters
+            .get(SOCKETS_ADDED)
+            .saturating_sub(counters.get(SOCKETS_REMOVED));
+        self.tracked_sockets
+            .with_label_values(&["kernel"])
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
+
+    /// Retransmits of unwatched sockets, aggregated in the kernel by owner.
+    pub fn observe_unwatched_retransmits(&self, totals: &[(u64, String, u8, Role, u64)]) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        for (cgroup_id, comm, kind, role, total) in totals {
+            let key = format!("owner/{cgroup_id}/{comm}/{kind}/{}", role_label(*role));
+            let delta = Self::kernel_delta(&mut state, key, *total);
+            if delta == 0 {
+                continue;
+            }
+            let container = Self::container_of(&mut state, *cgroup_id);
+            let kind = match *kind {
+                monitor_common::retransmit::RETRANSMIT_TIMEOUT => "timeout",
+                monitor_common::retransmit::RETRANSMIT_FAST => "fast",
+                monitor_common::retransmit::RETRANSMIT_TAIL_LOSS_PROBE => "tail_loss_probe",
+                _ => "unknown",
+            };
+            let process = if comm.is_empty() {
+                "unknown".to_string()
+            } else {
+                comm.clone()
+            };
+            let labels = vec![
+                process,
+                container,
+                OTHER.to_string(),
+                kind.to_string(),
+                role_label(*role).to_string(),
+            ];
+            let labels = self.capped(&mut state, "connmon_retransmits_total", labels, 3);
+            self.retransmits
+                .with_label_values(&labels.iter().map(String::as_str).collect::<Vec<_>>())
+                .inc_by(delta);
+        }
+    }
+
+    pub fn observe_programs(&self, programs: &[(&'static str, ProgramStats)]) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        for (program, stats) in programs {
+            let runs = Self::kernel_delta(&mut state, format!("runs/{program}"), stats.run_count);
+            self.program_runs.with_label_values(&[program]).inc_by(runs);
+            let time = Self::kernel_delta(&mut state, format!("time/{program}"), stats.run_time_ns);
+            self.program_run_seconds
+                .with_label_values(&[program])
+                .inc_by(time as f64 / 1e9);
+            let misses = Self::kernel_delta(
+                &mut state,
+                format!("misses/{program}"),
+                stats.recursion_misses,
+            );
+            self.program_recursion_misses
+                .with_label_values(&[program])
+                .inc_by(misses);
+            self.program_verified_instructions
+                .with_label_values(&[program])
+                .set(i64::try_from(stats.verified_instructions).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn set_userspace_sockets(&self, count: usize) {
+        self.tracked_sockets
+            .with_label_values(&["userspace"])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// The text exposition format.
@@ -182,26 +513,52 @@ impl Metrics {
     }
 }
 
-fn role_label(role: crate::event::Role) -> &'static str {
-    match role {
-        crate::event::Role::Client => "client",
-        crate::event::Role::Server => "server",
-        crate::event::Role::Unknown => "unknown",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{ActivityTimes, OwnerSource, RetransmitInfo, RetransmitKind, TcpState};
+
+    fn retransmit(comm: &str, remote: &str) -> SocketEvent {
+        SocketEvent {
+            timestamp_ns: 1,
+            cookie: 1,
+            kind: EventKind::Retransmit(RetransmitInfo {
+                kind: RetransmitKind::Timeout,
+                result: 0,
+                segments: 1,
+                rto_retransmits: 1,
+                backoff: 0,
+                snd_una: 0,
+                user_timeout_ms: 0,
+                tcp_retries2: 15,
+            }),
+            owner: Some(ProcessRef {
+                pid: 1,
+                tid: 1,
+                comm: comm.into(),
+                cgroup_id: 0,
+                start_boottime_ns: 0,
+                source: OwnerSource::Send,
+                shared: false,
+            }),
+            role: Role::Client,
+            connection: Connection {
+                local: "10.0.0.1:5000".parse().expect("addr"),
+                remote: remote.parse().expect("addr"),
+                netns: 1,
+            },
+            state: TcpState(1),
+            activity: ActivityTimes::default(),
+        }
+    }
 
     #[test]
     fn renders_help_for_every_metric() {
-        let metrics = Metrics::new().expect("metrics");
-        let text = metrics.render();
+        let text = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics").render();
         for name in [
             "connmon_build_info",
-            "connmon_storms_active",
             "connmon_lost_records_total",
+            "connmon_storms_ended_total",
         ] {
             assert!(
                 text.contains(&format!("# HELP {name} ")),
@@ -211,18 +568,66 @@ mod tests {
     }
 
     #[test]
+    fn retransmits_carry_process_destination_kind_and_role_but_no_pid() {
+        let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
+        metrics.observe_event(&retransmit("invite-svc", "10.0.1.5:6379"));
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"connmon_retransmits_total{container="",destination="10.0.1.5:6379",kind="timeout",process="invite-svc",role="client"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("pid="));
+    }
+
+    #[test]
+    fn the_series_cap_folds_new_label_sets_into_other() {
+        let metrics = Metrics::new(2).expect("metrics");
+        for i in 0..5 {
+            metrics.observe_event(&retransmit(&format!("proc-{i}"), "10.0.1.5:6379"));
+        }
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("connmon_retransmits_total{"))
+            .count();
+        assert_eq!(series, 3, "two allowed and one overflow series:\n{text}");
+        assert!(text.contains(r#"process="other""#));
+        assert!(
+            text.contains(r#"connmon_series_capped_total{metric="connmon_retransmits_total"} 3"#),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn kernel_counters_are_exported_as_deltas() {
-        let metrics = Metrics::new().expect("metrics");
+        let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
         let mut values = vec![0u64; monitor_common::counters::COUNTER_SLOTS as usize];
         values[monitor_common::counters::LOST_RINGBUF_FULL as usize] = 5;
-        metrics.observe_kernel(&CounterSnapshot {
-            values: values.clone(),
-        });
-        metrics.observe_kernel(&CounterSnapshot { values });
-        assert!(
-            metrics
-                .render()
-                .contains("connmon_lost_records_total{reason=\"ring_buffer_full\"} 5")
+        metrics.observe_kernel(
+            &CounterSnapshot {
+                values: values.clone(),
+            },
+            0,
         );
+        metrics.observe_kernel(&CounterSnapshot { values }, 2);
+        let text = metrics.render();
+        assert!(
+            text.contains("connmon_lost_records_total{reason=\"ring_buffer_full\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("connmon_lost_records_total{reason=\"decode_error\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unwatched_retransmits_go_to_destination_other() {
+        let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
+        metrics.observe_unwatched_retransmits(&[(0, "curl".into(), 2, Role::Client, 4)]);
+        metrics.observe_unwatched_retransmits(&[(0, "curl".into(), 2, Role::Client, 6)]);
+        assert!(metrics.render().contains(
+            r#"connmon_retransmits_total{container="",destination="other",kind="fast",process="curl",role="client"} 6"#
+        ));
     }
 }

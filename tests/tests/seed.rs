@@ -221,7 +221,6 @@ fn busy_connection_with_random_loss_is_not_an_idle_storm() -> Result<()> {
         "the lossy path caused no retransmits; the test proves nothing"
     );
     close_and_sync(&connmon, &mut client)?;
-    assert!(connmon.metric("connmon_watched_retransmits_total{kind=")? >= 0.0);
     let storms = connmon.findings("storm_started", topology.app.inode());
     assert!(
         storms.is_empty(),

@@ -83,6 +83,34 @@ fn cgroup_v2_id(path: &str) -> Option<u64> {
         .map(|m| m.ino())
 }
 
+/// The cgroup v2 path whose directory inode is `id` (what
+/// `bpf_get_current_cgroup_id` returns), by walking the hierarchy. Bounded;
+/// callers cache the answer.
+pub fn cgroup_path_by_id(id: u64) -> Option<String> {
+    let root = cgroup2_root()?;
+    let mut stack = vec![root.to_path_buf()];
+    let mut visited = 0usize;
+    while let Some(dir) = stack.pop() {
+        visited += 1;
+        if visited > 200_000 {
+            return None;
+        }
+        if std::fs::metadata(&dir).ok()?.ino() == id {
+            let relative = dir.strip_prefix(root).ok()?;
+            return Some(format!("/{}", relative.display()));
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    None
+}
+
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on unified
 /// hosts, `/sys/fs/cgroup/unified` on hybrid ones.
 pub fn cgroup2_root() -> Option<&'static Path> {

@@ -5,6 +5,7 @@ pub mod counters;
 pub mod hooks;
 pub mod offsets;
 pub mod reader;
+pub mod stats;
 
 use std::{collections::BTreeSet, io, path::PathBuf};
 
@@ -86,6 +87,7 @@ pub struct Capture {
     ebpf: Ebpf,
     attached: Vec<&'static str>,
     degraded: Vec<String>,
+    program_fds: Vec<(&'static str, aya::programs::ProgramFd)>,
 }
 
 impl Capture {
@@ -157,6 +159,7 @@ impl Capture {
         fill_watched_ports(&mut ebpf, &config.watched_ports)?;
 
         let mut attached = Vec::new();
+        let mut program_fds = Vec::new();
         for hook in available {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(hook.program)
@@ -171,6 +174,16 @@ impl Capture {
             program
                 .attach()
                 .map_err(|error| program_error(hook.tracepoint, error))?;
+            // A second fd on the program, for its statistics in fdinfo.
+            match program
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            {
+                Ok(fd) => program_fds.push((hook.program, fd)),
+                Err(error) => {
+                    warn!(program = hook.program, %error, "no statistics for this program")
+                }
+            }
             attached.push(hook.tracepoint);
         }
         info!(hooks = ?attached, "kernel programs attached");
@@ -178,6 +191,7 @@ impl Capture {
             ebpf,
             attached,
             degraded,
+            program_fds,
         })
     }
 
@@ -221,6 +235,39 @@ impl Capture {
             }
         }
         Ok(added)
+    }
+
+    /// Statistics of the attached programs. Turns the kernel's run-time
+    /// accounting on while the reader lives (it costs a clock read per run).
+    pub fn program_stats(&mut self) -> stats::ProgramStatsReader {
+        let enabled = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(error) => {
+                warn!(%error, "BPF run-time statistics unavailable");
+                None
+            }
+        };
+        stats::ProgramStatsReader::new(std::mem::take(&mut self.program_fds), enabled)
+    }
+
+    /// Takes the per-owner retransmit counts of unwatched sockets (once).
+    pub fn take_retransmits_by_owner(
+        &mut self,
+    ) -> Result<
+        aya::maps::PerCpuHashMap<MapData, monitor_common::counters::RetransmitOwnerKey, u64>,
+        CaptureError,
+    > {
+        let map = self
+            .ebpf
+            .take_map("RETRANSMITS_BY_OWNER")
+            .ok_or(CaptureError::Map {
+                name: "RETRANSMITS_BY_OWNER",
+                reason: "already taken".into(),
+            })?;
+        aya::maps::PerCpuHashMap::try_from(map).map_err(|error| CaptureError::Map {
+            name: "RETRANSMITS_BY_OWNER",
+            reason: error.to_string(),
+        })
     }
 
     /// Takes the event ring buffer (once).

@@ -14,8 +14,8 @@ use crate::{
     config::Settings,
     detect::{Detector, DetectorConfig, Finding},
     event::SocketEvent,
-    http::{self, Status},
-    metrics::Metrics,
+    http::{self, KernelSources, Status},
+    metrics::{DEFAULT_SERIES_CAP, Metrics},
     output::{
         Format,
         report::{Reporter, text_line},
@@ -28,16 +28,24 @@ use crate::{
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(10);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let status = Arc::new(Status::new(Metrics::new().context("registering metrics")?));
+    let status = Arc::new(Status::new(
+        Metrics::new(DEFAULT_SERIES_CAP).context("registering metrics")?,
+    ));
     let server = http::serve(settings.listen, status.clone()).await?;
 
     let mut capture =
         Capture::start(&settings.capture_config()).context("starting kernel capture")?;
     let ring = capture.take_events()?;
-    status.set_kernel_counters(capture.take_counters()?);
+
     prime_existing_sockets(&mut capture, &settings.capture_config());
     let stats = Arc::new(reader::ReaderStats::default());
     let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);
+    status.set_kernel_sources(KernelSources {
+        counters: capture.take_counters()?,
+        programs: capture.program_stats(),
+        retransmits_by_owner: capture.take_retransmits_by_owner()?,
+        reader: stats.clone(),
+    });
     let reader = reader::spawn(ring, tx, stats).context("polling the event ring buffer")?;
     status.set_ready(true);
     info!(
@@ -80,6 +88,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             },
             _ = expire.tick() => {
                 let findings = pipeline.detector.expire(monotonic_now_ns());
+                pipeline.status.metrics.set_userspace_sockets(pipeline.sockets.len());
                 pipeline.report(&findings);
             }
             signal = &mut stop => {

@@ -88,6 +88,28 @@ pub struct RunArgs {
     /// Name pods from the kubelet's log directory (e.g. /var/log/pods) [default: off].
     #[arg(long, env = "CONNMON_POD_METADATA_DIR", value_name = "DIR")]
     pub pod_metadata_dir: Option<PathBuf>,
+    /// Push alerts to Alertmanager's v2 API at this base URL (repeat or comma separate).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "CONNMON_ALERTMANAGER_URL",
+        value_name = "URL"
+    )]
+    pub alertmanager_url: Option<Vec<String>>,
+    /// POST every finding as JSON to this webhook (repeat or comma separate).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "CONNMON_WEBHOOK_URL",
+        value_name = "URL"
+    )]
+    pub webhook_url: Option<Vec<String>>,
+    /// Runbook link for alerts (each alert links `#<alertname>`).
+    #[arg(long, env = "CONNMON_RUNBOOK_URL", value_name = "URL")]
+    pub runbook_url: Option<String>,
+    /// This node's name in alerts [default: the hostname].
+    #[arg(long, env = "CONNMON_NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 impl RunArgs {
@@ -108,6 +130,10 @@ impl RunArgs {
             ring_buffer_kib: self.ring_buffer_kib,
             services: None,
             pod_metadata_dir: self.pod_metadata_dir.clone(),
+            alertmanager_urls: self.alertmanager_url.clone(),
+            webhook_urls: self.webhook_url.clone(),
+            runbook_url: self.runbook_url.clone(),
+            node_name: self.node_name.clone(),
         });
         Settings::resolve(&layers)
     }

@@ -17,6 +17,9 @@ use crate::{capture::CaptureConfig, output::Format};
 /// Default `/metrics` port: not taken by any common exporter.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9878";
 
+/// Where the runbook is published; alerts link `#<alertname>` in it.
+pub const DEFAULT_RUNBOOK_URL: &str = "https://example.invalid/connmon/docs/runbook.md";
+
 /// Well-known services for ports users commonly watch, used in hints.
 pub const KNOWN_SERVICES: &[(u16, &str)] = &[
     (6379, "redis"),
@@ -56,6 +59,14 @@ pub struct Settings {
     pub services: BTreeMap<u16, String>,
     /// The kubelet's pod log directory, to name pods (off when `None`).
     pub pod_metadata_dir: Option<PathBuf>,
+    /// Alertmanager base URLs for pushed alerts.
+    pub alertmanager_urls: Vec<String>,
+    /// Generic JSON webhooks, one POST per finding.
+    pub webhook_urls: Vec<String>,
+    /// Where the runbook lives (alerts link `#<alertname>` in it).
+    pub runbook_url: String,
+    /// This node's name for alerts (`instance` label); the hostname by default.
+    pub node_name: Option<String>,
 }
 
 impl Default for Settings {
@@ -76,6 +87,10 @@ impl Default for Settings {
                 .map(|(port, name)| (*port, (*name).to_string()))
                 .collect(),
             pod_metadata_dir: None,
+            alertmanager_urls: Vec::new(),
+            webhook_urls: Vec::new(),
+            runbook_url: DEFAULT_RUNBOOK_URL.to_string(),
+            node_name: None,
         }
     }
 }
@@ -95,6 +110,10 @@ pub struct Layer {
     pub ring_buffer_kib: Option<u32>,
     pub services: Option<BTreeMap<String, String>>,
     pub pod_metadata_dir: Option<PathBuf>,
+    pub alertmanager_urls: Option<Vec<String>>,
+    pub webhook_urls: Option<Vec<String>>,
+    pub runbook_url: Option<String>,
+    pub node_name: Option<String>,
 }
 
 impl Layer {
@@ -202,6 +221,27 @@ impl Settings {
             }
             self.pod_metadata_dir = Some(dir.clone());
         }
+        if let Some(urls) = &layer.alertmanager_urls {
+            self.alertmanager_urls = urls
+                .iter()
+                .map(|url| http_url("alertmanager_urls", url))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(urls) = &layer.webhook_urls {
+            self.webhook_urls = urls
+                .iter()
+                .map(|url| http_url("webhook_urls", url))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(url) = &layer.runbook_url {
+            self.runbook_url = url.trim().to_string();
+        }
+        if let Some(name) = &layer.node_name {
+            if name.trim().is_empty() {
+                return Err(invalid("node_name", "must not be empty"));
+            }
+            self.node_name = Some(name.trim().to_string());
+        }
         if let Some(services) = &layer.services {
             for (port, name) in services {
                 let port: u16 = port
@@ -235,6 +275,24 @@ impl Settings {
             ring_buffer_bytes: self.ring_buffer_kib * 1024,
         }
     }
+}
+
+/// An `http://host:port[/path]` URL (this build speaks plain HTTP only).
+fn http_url(setting: &'static str, url: &str) -> Result<String, ConfigError> {
+    let url = url.trim();
+    if url.starts_with("https://") {
+        return Err(invalid(
+            setting,
+            format!("{url}: https is not supported; use http:// (e.g. an in-cluster service)"),
+        ));
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| invalid(setting, format!("{url:?} is not an http:// URL")))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(invalid(setting, format!("{url:?} has no host")));
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -341,6 +399,20 @@ mod tests {
                     ..Layer::default()
                 },
                 "ring_buffer_kib",
+            ),
+            (
+                Layer {
+                    alertmanager_urls: Some(vec!["alertmanager:9093".into()]),
+                    ..Layer::default()
+                },
+                "alertmanager_urls",
+            ),
+            (
+                Layer {
+                    webhook_urls: Some(vec!["https://hooks.example/x".into()]),
+                    ..Layer::default()
+                },
+                "webhook_urls",
             ),
             (
                 Layer {

@@ -5,6 +5,7 @@
 //! Tracepoints see the whole machine, so every assertion filters to the
 //! test's own namespaces and processes.
 
+pub mod alerting;
 pub mod cgroup;
 pub mod cmd;
 pub mod connmon;

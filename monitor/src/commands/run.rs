@@ -18,6 +18,7 @@ use crate::{
     metrics::{DEFAULT_SERIES_CAP, Metrics},
     output::{
         Format,
+        alerts::{self, AlertConfig, AlertQueue},
         report::{Reporter, text_line},
     },
     shutdown,
@@ -65,6 +66,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(dir) = &settings.pod_metadata_dir {
         reporter = reporter.with_pods(PodDirectory::new(dir));
     }
+    let alert_config = AlertConfig {
+        alertmanager_urls: settings.alertmanager_urls.clone(),
+        webhook_urls: settings.webhook_urls.clone(),
+        instance: settings.node_name.clone().unwrap_or_else(hostname),
+        runbook_url: settings.runbook_url.clone(),
+    };
+    let (alerts, alert_task) = if alert_config.is_enabled() {
+        let (queue, task) = alerts::spawn(alert_config);
+        (Some(queue), Some(task))
+    } else {
+        (None, None)
+    };
     let mut pipeline = Pipeline {
         sockets: SocketTable::default(),
         detector: Detector::new(DetectorConfig::new(
@@ -73,6 +86,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         )),
         reporter,
         status: status.clone(),
+        alerts,
         settings,
     };
     let mut expire = tokio::time::interval(EXPIRE_INTERVAL);
@@ -101,11 +115,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let findings = pipeline.detector.stop(monotonic_now_ns());
     pipeline.report(&findings);
     status.set_ready(false);
+    // Let the alert task deliver the final storm_ended alerts (bounded).
+    drop(pipeline);
+    if let Some(task) = alert_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     reader.abort();
     drop(capture);
     server.abort();
     info!("kernel programs detached");
     Ok(())
+}
+
+/// This machine's hostname, for the `instance` of alerts.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Learns the watched connections that predate the daemon (owners from
@@ -142,6 +168,7 @@ struct Pipeline {
     detector: Detector,
     reporter: Reporter,
     status: Arc<Status>,
+    alerts: Option<AlertQueue>,
     settings: Settings,
 }
 
@@ -169,6 +196,9 @@ impl Pipeline {
                 warn!("stdout closed; findings still go to the HTTP API");
             }
             self.status.record(&record);
+            if let Some(alerts) = &self.alerts {
+                alerts.push(&record);
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What connmon prints: event streams for people (text) and machines (JSON
 //! lines).
 
+pub mod alerts;
 pub mod hint;
 pub mod report;
 pub mod trace;

@@ -1,0 +1,203 @@
+//! Real Prometheus and Alertmanager (Debian's packages) on loopback, and a
+//! webhook receiver, for the alerting tests. Each is stopped on drop.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::{connmon::http_get, poll, process::Process};
+
+/// A free port on loopback (bound, then released for the server to take).
+pub fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("cmt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Collects the JSON bodies POSTed to it, by path.
+pub struct WebhookReceiver {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl WebhookReceiver {
+    pub fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        // The thread ends with the test process; it only serves loopback.
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                if let Some((path, body)) = read_request(&stream) {
+                    if let Ok(value) = serde_json::from_slice::<Value>(&body)
+                        && let Ok(mut sink) = sink.lock()
+                    {
+                        sink.push((path, value));
+                    }
+                }
+                let mut stream = stream;
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Ok(Self { addr, received })
+    }
+
+    /// Bodies received on `path` so far.
+    pub fn bodies(&self, path: &str) -> Vec<Value> {
+        self.received
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .filter(|(p, _)| p == path)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+fn read_request(stream: &std::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let path = request_line.split_whitespace().nth(1)?.to_string();
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0u8; length.min(16 << 20)];
+    reader.read_exact(&mut body).ok()?;
+    Some((path, body))
+}
+
+fn wait_ready(name: &str, addr: SocketAddr, process: &Process) -> Result<()> {
+    poll::until(
+        &format!("{name} to be ready"),
+        Duration::from_secs(30),
+        || Ok(http_get(addr, "/-/ready").ok().map(|_| ())),
+    )
+    .with_context(|| format!("{name} stderr: {:?}", process.stderr.snapshot()))
+}
+
+/// Alertmanager routing everything to `webhook` quickly.
+pub struct Alertmanager {
+    pub addr: SocketAddr,
+    _process: Process,
+    _dir: TempDir,
+}
+
+impl Alertmanager {
+    pub fn start(webhook_url: &str) -> Result<Self> {
+        let dir = TempDir::new("alertmanager")?;
+        let addr = free_port()?;
+        let config = format!(
+            "route:\n  receiver: test\n  group_by: ['alertname', 'instance', 'process', 'destination', 'storm_id']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: test\n    webhook_configs:\n      - url: {webhook_url}\n        send_resolved: true\n"
+        );
+        std::fs::write(dir.0.join("alertmanager.yml"), config)?;
+        let mut command = Command::new("prometheus-alertmanager");
+        command
+            .arg(format!(
+                "--config.file={}",
+                dir.0.join("alertmanager.yml").display()
+            ))
+            .arg(format!("--storage.path={}", dir.0.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--cluster.listen-address=");
+        let process = Process::spawn("alertmanager", command)?;
+        wait_ready("alertmanager", addr, &process)?;
+        Ok(Self {
+            addr,
+            _process: process,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Prometheus scraping connmon every second and evaluating `rules`.
+pub struct Prometheus {
+    pub addr: SocketAddr,
+    _process: Process,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    pub fn start(connmon: SocketAddr, alertmanager: SocketAddr, rules: &Path) -> Result<Self> {
+        let dir = TempDir::new("prometheus")?;
+        let addr = free_port()?;
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\nscrape_configs:\n  - job_name: connmon\n    static_configs:\n      - targets: ['{connmon}']\n",
+            rules.display()
+        );
+        std::fs::write(dir.0.join("prometheus.yml"), config)?;
+        let mut command = Command::new("prometheus");
+        command
+            .arg(format!(
+                "--config.file={}",
+                dir.0.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"));
+        let process = Process::spawn("prometheus", command)?;
+        wait_ready("prometheus", addr, &process)?;
+        Ok(Self {
+            addr,
+            _process: process,
+            _dir: dir,
+        })
+    }
+
+    /// Whether Prometheus scraped connmon successfully (`up == 1`).
+    pub fn target_up(&self) -> Result<bool> {
+        let body = http_get(self.addr, "/api/v1/query?query=up")?;
+        Ok(body.contains("\"value\":[") && body.contains("\"1\"]"))
+    }
+}

@@ -54,12 +54,11 @@ impl WebhookReceiver {
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                if let Some((path, body)) = read_request(&stream) {
-                    if let Ok(value) = serde_json::from_slice::<Value>(&body)
-                        && let Ok(mut sink) = sink.lock()
-                    {
-                        sink.push((path, value));
-                    }
+                if let Some((path, body)) = read_request(&stream)
+                    && let Ok(value) = serde_json::from_slice::<Value>(&body)
+                    && let Ok(mut sink) = sink.lock()
+                {
+                    sink.push((path, value));
                 }
                 let mut stream = stream;
                 let _ = stream.write_all(

@@ -71,12 +71,7 @@ impl Trace {
 
     /// Every JSON record printed so far.
     pub fn records(&self) -> Vec<Value> {
-        self.process
-            .stdout
-            .snapshot()
-            .iter()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
+        self.process.stdout.json()
     }
 
     pub fn stderr(&self) -> Vec<String> {
@@ -122,12 +117,7 @@ impl Daemon {
 
     /// Every finding printed so far.
     pub fn records(&self) -> Vec<Value> {
-        self.process
-            .stdout
-            .snapshot()
-            .iter()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
+        self.process.stdout.json()
     }
 
     /// Findings of one kind in one network namespace.

@@ -28,6 +28,14 @@ impl Lines {
         });
     }
 
+    /// The lines that parse as JSON.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.snapshot()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
     pub fn snapshot(&self) -> Vec<String> {
         self.0.lock().map(|lines| lines.clone()).unwrap_or_default()
     }

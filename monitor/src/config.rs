@@ -123,6 +123,14 @@ impl Layer {
             path: path.to_path_buf(),
             reason,
         };
+        // Anyone could rewrite a world-writable file (ports, webhooks)
+        // under a privileged daemon: refuse it.
+        let metadata = std::fs::metadata(path).map_err(|error| file_error(error.to_string()))?;
+        if std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o002 != 0 {
+            return Err(file_error(
+                "is world-writable; refusing it (chmod o-w)".into(),
+            ));
+        }
         let text = std::fs::read_to_string(path).map_err(|error| file_error(error.to_string()))?;
         Self::from_toml(&text).map_err(file_error)
     }
@@ -438,6 +446,20 @@ mod tests {
         assert!(!unknown.contains('\n'));
         let mistyped = Layer::from_toml("ports = \"6379\"\n").expect_err("wrong type");
         assert!(!mistyped.contains('\n'), "{mistyped}");
+        let dir = std::env::temp_dir().join(format!("connmon-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let open = dir.join("open.toml");
+        std::fs::write(&open, "ports = [6379]\n").expect("write");
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .expect("chmod");
+        let refused = Layer::from_file(&open)
+            .expect_err("world-writable")
+            .to_string();
+        assert!(refused.contains("world-writable"), "{refused}");
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+        assert!(Layer::from_file(&open).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
         let missing = Layer::from_file(Path::new("/no/such/connmon.toml")).expect_err("missing");
         assert!(
             missing

@@ -158,6 +158,12 @@ impl Daemon {
     pub fn stop(mut self) -> Result<Option<i32>> {
         self.process.stop(libc::SIGINT, Duration::from_secs(10))
     }
+
+    /// Sends `signal` and waits up to `timeout` for the exit code; the
+    /// output stays readable afterwards.
+    pub fn signal(&mut self, signal: i32, timeout: Duration) -> Result<Option<i32>> {
+        self.process.stop(signal, timeout)
+    }
 }
 
 impl Drop for Daemon {

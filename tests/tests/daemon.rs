@@ -1,0 +1,141 @@
+//! The daemon as an operator meets it: bad settings are one clear line and
+//! exit code 2; SIGTERM in the middle of a storm ends it as
+//! `monitor_stopped`, detaches every program and exits 0.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{Context, Result};
+use connmon_tests::{
+    connmon::{Daemon, binary, first_finding},
+    topology::{CACHE_V4, Options, REDIS_PORT, Topology},
+};
+
+#[test]
+fn bad_settings_exit_2_with_one_line_naming_them() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("cmt-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let typo = dir.join("typo.toml");
+    std::fs::write(&typo, "idle_treshold = \"5s\"\n")?;
+    let open = dir.join("open.toml");
+    std::fs::write(&open, "ports = [6379]\n")?;
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    let typo_arg = typo.to_string_lossy().into_owned();
+    let open_arg = open.to_string_lossy().into_owned();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", "--ports", "0"], "port 0"),
+        (vec!["run", "--ports", "redis"], "--ports"),
+        (vec!["run", "--idle-threshold", "soon"], "idle_threshold"),
+        (
+            vec!["run", "--confirm-retransmits", "99"],
+            "confirm_retransmits",
+        ),
+        (vec!["run", "--listen", "everywhere"], "listen"),
+        (vec!["run", "--ring-buffer-kib", "100"], "ring_buffer_kib"),
+        (
+            vec!["run", "--alertmanager-url", "am:9093"],
+            "alertmanager_urls",
+        ),
+        (vec!["run", "--log-format", "yaml"], "--log-format"),
+        (vec!["run", "--config", &typo_arg], "idle_treshold"),
+        (vec!["run", "--config", &open_arg], "world-writable"),
+        (
+            vec!["run", "--config", "/no/such/file.toml"],
+            "/no/such/file.toml",
+        ),
+        (vec!["run", "--no-such-flag"], "--no-such-flag"),
+        (vec!["trace", "--ports", "70000"], "--ports"),
+        (vec!["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let output = Command::new(binary())
+            .args(&args)
+            .output()
+            .context("running connmon")?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?} printed more than one line:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr:?} does not name {needle}"
+        );
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Ids of the BPF programs `pid` holds open (`prog_id:` in its fdinfo).
+fn programs_of(pid: u32) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u64>().ok()),
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Whether the kernel still has program `id` (asked through bpftool).
+fn program_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn sigterm_during_a_storm_ends_it_detaches_and_exits_0() -> Result<()> {
+    // The default tcp_retries2: the storm would last 15 minutes.
+    let options = Options {
+        tcp_retries2: 15,
+        ..Options::default()
+    };
+    let mut topology = Topology::build("sigterm", &options)?;
+    topology.start_redis()?;
+    let connmon = Daemon::start(&["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()])?;
+    let programs = programs_of(connmon.pid())?;
+    assert!(
+        programs.len() >= 3,
+        "connmon's programs are listed by bpftool: {programs:?}"
+    );
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    client.send_line("set")?;
+    let started = first_finding(
+        &connmon,
+        "storm_started",
+        topology.app.inode(),
+        Duration::from_secs(30),
+    )?;
+
+    let mut connmon = connmon;
+    let exit = connmon.signal(libc::SIGTERM, Duration::from_secs(2))?;
+    assert_eq!(exit, Some(0), "connmon exits 0 within 2 s of SIGTERM");
+    let ended = connmon.findings("storm_ended", topology.app.inode());
+    assert!(
+        ended
+            .iter()
+            .any(|r| r["outcome"] == "monitor_stopped" && r["storm_id"] == started["storm_id"]),
+        "no monitor_stopped end for the storm: {ended:?}"
+    );
+    let left: Vec<u64> = programs
+        .into_iter()
+        .filter(|id| program_exists(*id))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "programs still loaded after exit: {left:?}"
+    );
+    Ok(())
+}

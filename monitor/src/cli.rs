@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     capture::CaptureConfig,
     config::{ConfigError, Layer, Settings},
+    failfast::FailFastMode,
     output::Format,
 };
 
@@ -110,6 +111,10 @@ pub struct RunArgs {
     /// This node's name in alerts [default: the hostname].
     #[arg(long, env = "CONNMON_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Abort the socket of each confirmed storm so the application fails now
+    /// and reconnects, instead of hanging [default: off; bare flag: on].
+    #[arg(long, env = "CONNMON_FAIL_FAST", value_enum, num_args = 0..=1, default_missing_value = "on")]
+    pub fail_fast: Option<FailFastMode>,
 }
 
 impl RunArgs {
@@ -134,6 +139,7 @@ impl RunArgs {
             webhook_urls: self.webhook_url.clone(),
             runbook_url: self.runbook_url.clone(),
             node_name: self.node_name.clone(),
+            fail_fast: self.fail_fast,
         });
         Settings::resolve(&layers)
     }

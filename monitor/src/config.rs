@@ -12,7 +12,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{capture::CaptureConfig, output::Format};
+use crate::{capture::CaptureConfig, failfast::FailFastMode, output::Format};
 
 /// Default `/metrics` port: not taken by any common exporter.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9878";
@@ -67,6 +67,8 @@ pub struct Settings {
     pub runbook_url: String,
     /// This node's name for alerts (`instance` label); the hostname by default.
     pub node_name: Option<String>,
+    /// Abort the sockets of confirmed storms.
+    pub fail_fast: FailFastMode,
 }
 
 impl Default for Settings {
@@ -91,6 +93,7 @@ impl Default for Settings {
             webhook_urls: Vec::new(),
             runbook_url: DEFAULT_RUNBOOK_URL.to_string(),
             node_name: None,
+            fail_fast: FailFastMode::Off,
         }
     }
 }
@@ -114,6 +117,7 @@ pub struct Layer {
     pub webhook_urls: Option<Vec<String>>,
     pub runbook_url: Option<String>,
     pub node_name: Option<String>,
+    pub fail_fast: Option<FailFastMode>,
 }
 
 impl Layer {
@@ -249,6 +253,9 @@ impl Settings {
                 return Err(invalid("node_name", "must not be empty"));
             }
             self.node_name = Some(name.trim().to_string());
+        }
+        if let Some(mode) = layer.fail_fast {
+            self.fail_fast = mode;
         }
         if let Some(services) = &layer.services {
             for (port, name) in services {

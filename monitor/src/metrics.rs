@@ -45,6 +45,7 @@ pub struct Metrics {
     program_recursion_misses: IntCounterVec,
     program_verified_instructions: IntGaugeVec,
     series_capped: IntCounterVec,
+    fail_fast: IntCounterVec,
     state: Mutex<State>,
 }
 
@@ -211,6 +212,14 @@ impl Metrics {
         registry.register(Box::new(program_recursion_misses.clone()))?;
         registry.register(Box::new(program_verified_instructions.clone()))?;
         registry.register(Box::new(series_capped.clone()))?;
+        let fail_fast = IntCounterVec::new(
+            Opts::new(
+                "connmon_fail_fast_total",
+                "Sockets of confirmed storms that fail-fast handled, by result: aborted, would_abort (dry run), failed.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(fail_fast.clone()))?;
         let build_info = IntGauge::with_opts(
             Opts::new("connmon_build_info", "connmon's version; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -226,6 +235,7 @@ impl Metrics {
             "timed_out",
             "reset",
             "closed",
+            "aborted",
             "monitor_stopped",
             "unknown",
         ] {
@@ -250,6 +260,7 @@ impl Metrics {
             program_recursion_misses,
             program_verified_instructions,
             series_capped,
+            fail_fast,
             state: Mutex::new(State::default()),
         })
     }
@@ -492,6 +503,10 @@ impl Metrics {
                 .with_label_values(&[program])
                 .set(i64::try_from(stats.verified_instructions).unwrap_or(i64::MAX));
         }
+    }
+
+    pub fn observe_fail_fast(&self, result: &str) {
+        self.fail_fast.with_label_values(&[result]).inc();
     }
 
     pub fn set_userspace_sockets(&self, count: usize) {

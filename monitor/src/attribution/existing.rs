@@ -19,8 +19,9 @@ use monitor_common::socket::{
 };
 use tracing::debug;
 
-use super::{procfs, sockdiag};
+use super::procfs;
 use crate::event::{Connection, OwnerSource, ProcessRef};
+use crate::sockdiag;
 
 /// Processes grouped by network namespace inode.
 fn processes_by_netns(proc_root: &Path) -> BTreeMap<u32, Vec<u32>> {

@@ -7,7 +7,6 @@ pub mod container;
 pub mod existing;
 pub mod pods;
 pub mod procfs;
-pub mod sockdiag;
 
 use std::{
     collections::HashMap,

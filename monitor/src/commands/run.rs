@@ -4,6 +4,7 @@
 use std::{io::Write, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -14,6 +15,7 @@ use crate::{
     config::Settings,
     detect::{Detector, DetectorConfig, Finding},
     event::SocketEvent,
+    failfast::FailFast,
     http::{self, KernelSources, Status},
     metrics::{DEFAULT_SERIES_CAP, Metrics},
     output::{
@@ -78,7 +80,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
+    let fail_fast = FailFast::new(settings.fail_fast, "/proc");
+    if fail_fast.is_enabled() {
+        info!(mode = ?settings.fail_fast, "fail-fast is on: sockets of confirmed storms are aborted");
+    }
     let mut pipeline = Pipeline {
+        fail_fast,
         sockets: SocketTable::default(),
         detector: Detector::new(DetectorConfig::new(
             settings.idle_threshold.as_nanos() as u64,
@@ -164,6 +171,7 @@ pub fn prime_existing_sockets(capture: &mut Capture, config: &crate::capture::Ca
 }
 
 struct Pipeline {
+    fail_fast: FailFast,
     sockets: SocketTable,
     detector: Detector,
     reporter: Reporter,
@@ -185,6 +193,7 @@ impl Pipeline {
             return;
         }
         let mut out = std::io::stdout().lock();
+        let mut follow_ups = Vec::new();
         for finding in findings {
             self.status.metrics.observe_finding(finding);
             let record = self.reporter.record(finding, &self.settings);
@@ -199,6 +208,34 @@ impl Pipeline {
             if let Some(alerts) = &self.alerts {
                 alerts.push(&record);
             }
+            if let Finding::StormStarted(storm) = finding
+                && let Some(abort) = self.fail_fast.act(storm)
+            {
+                self.status.metrics.observe_fail_fast(abort.result);
+                let line = json!({
+                    "event": "fail_fast",
+                    "time": record.time,
+                    "storm_id": abort.storm_id,
+                    "pid": record.pid,
+                    "comm": record.comm,
+                    "local": record.local,
+                    "remote": record.remote,
+                    "netns": record.netns,
+                    "dry_run": abort.dry_run,
+                    "result": abort.result,
+                    "error": abort.error,
+                });
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    warn!("stdout closed");
+                }
+                if abort.result == "aborted" {
+                    follow_ups.extend(self.detector.aborted(storm.cookie, monotonic_now_ns()));
+                }
+            }
+        }
+        drop(out);
+        if !follow_ups.is_empty() {
+            self.report(&follow_ups);
         }
     }
 }

@@ -35,6 +35,8 @@ pub enum Outcome {
     Reset,
     /// The socket was closed or failed with another error.
     Closed,
+    /// connmon's fail-fast aborted the socket (ECONNABORTED).
+    Aborted,
     /// connmon stopped while the storm was still going.
     MonitorStopped,
     /// No event for the socket for `DetectorConfig::forget_after_ns`.
@@ -48,6 +50,7 @@ impl Outcome {
             Self::TimedOut => "timed_out",
             Self::Reset => "reset",
             Self::Closed => "closed",
+            Self::Aborted => "aborted",
             Self::MonitorStopped => "monitor_stopped",
             Self::Unknown => "unknown",
         }
@@ -165,6 +168,7 @@ fn outcome_for(errno: i32) -> Outcome {
     match errno {
         libc::ETIMEDOUT => Outcome::TimedOut,
         libc::ECONNRESET | libc::EPIPE => Outcome::Reset,
+        libc::ECONNABORTED => Outcome::Aborted,
         _ => Outcome::Closed,
     }
 }
@@ -473,6 +477,20 @@ impl Detector {
         for cookie in stale {
             self.end(cookie, Outcome::Unknown, now_ns, None, &mut findings);
         }
+        findings
+    }
+
+    /// Ends the storm on `cookie` as `aborted`: connmon's fail-fast destroyed
+    /// the socket (the reset and close that follow are its echo).
+    pub fn aborted(&mut self, cookie: u64, now_ns: u64) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        self.end(
+            cookie,
+            Outcome::Aborted,
+            now_ns,
+            Some(libc::ECONNABORTED),
+            &mut findings,
+        );
         findings
     }
 

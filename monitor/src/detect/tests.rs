@@ -471,3 +471,33 @@ fn episode_table_is_bounded() {
     }
     assert_eq!((detector.episodes(), detector.episodes_dropped), (2, 3));
 }
+
+#[test]
+fn an_aborted_storm_ends_as_aborted_and_its_echo_is_ignored() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut detector = Detector::new(config());
+    run(&mut detector, &seed(&recording, 100 * S)[..4]);
+    let ended = detector.aborted(recording.cookie, 102 * S);
+    assert!(
+        matches!(
+            ended[..],
+            [Finding::StormEnded {
+                outcome: Outcome::Aborted,
+                ..
+            }]
+        ),
+        "{ended:#?}"
+    );
+    let echo = vec![
+        recording.event(102 * S, EventKind::ResetSent),
+        recording.event(
+            102 * S,
+            EventKind::StateChange {
+                old: TcpState(1),
+                new: TcpState(7),
+                errno: libc::ECONNABORTED,
+            },
+        ),
+    ];
+    assert_eq!(run(&mut detector, &echo), vec![]);
+}

@@ -4,7 +4,10 @@
 //! `cmt-redis-client URL`: connect, `SET` once, print `connected`; then per
 //! stdin line: `set` sends a SET and prints `ok MS` or `error MS MESSAGE`;
 //! `busy N` sends N SETs back to back and prints `busy-done MS`; `quit`
-//! closes the connection and prints `closed`.
+//! closes the connection and prints `closed`; `set-retry` does what a pool
+//! does with a broken connection: on an error it reconnects once and sends
+//! the SET again, printing `ok-after-reconnect DONE_AT_MS ERROR` (wall-clock
+//! milliseconds since the epoch).
 //! `cmt-redis-client subscribe URL CHANNEL`: subscribe, print `subscribed`,
 //! then print each message as `message PAYLOAD`.
 
@@ -48,6 +51,18 @@ fn commands(url: &str) -> redis::RedisResult<()> {
             ["set"] => match set(connection.as_mut()) {
                 Ok(()) => say(&format!("ok {}", started.elapsed().as_millis())),
                 Err(error) => say(&format!("error {} {error}", started.elapsed().as_millis())),
+            },
+            ["set-retry"] => match set(connection.as_mut()) {
+                Ok(()) => say(&format!("ok {}", started.elapsed().as_millis())),
+                Err(first) => {
+                    connection = Some(client.get_connection()?);
+                    set(connection.as_mut())?;
+                    let done_at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis())
+                        .unwrap_or(0);
+                    say(&format!("ok-after-reconnect {done_at} {first}"));
+                }
             },
             ["busy", count] => {
                 let count: u32 = count.parse().unwrap_or(1);

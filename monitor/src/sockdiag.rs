@@ -4,11 +4,11 @@
 use std::{io, net::SocketAddr, path::Path};
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_sock_diag::{
     SockDiagMessage,
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DESTROY},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla},
 };
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
@@ -38,8 +38,80 @@ pub fn cookie_from(bytes: [u8; 8]) -> u64 {
 /// (e.g. `/proc/PID/ns/net`), or in ours when `None`. Entering a namespace
 /// happens on a short-lived thread, so the daemon's own stays unchanged.
 pub fn dump_tcp(netns_file: Option<&Path>) -> io::Result<Vec<DiagSocket>> {
+    in_netns(netns_file, dump_here)
+}
+
+/// Aborts one TCP socket (sock_diag `SOCK_DESTROY`, what `ss -K` does): the
+/// owner's blocked call fails with ECONNABORTED now, instead of when the
+/// kernel gives up. The cookie must match, so no other socket can be hit.
+pub fn destroy(
+    netns_file: Option<&Path>,
+    cookie: u64,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> io::Result<()> {
+    in_netns(netns_file, || destroy_here(cookie, local, remote))
+}
+
+fn destroy_here(cookie: u64, local: SocketAddr, remote: SocketAddr) -> io::Result<()> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NetlinkAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
+    let mut cookie_bytes = [0u8; 8];
+    cookie_bytes[..4].copy_from_slice(&(cookie as u32).to_ne_bytes());
+    cookie_bytes[4..].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+    let socket_id = SocketId {
+        source_port: local.port(),
+        destination_port: remote.port(),
+        source_address: local.ip(),
+        destination_address: remote.ip(),
+        interface_id: 0,
+        cookie: cookie_bytes,
+    };
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id,
+        })
+        .into(),
+    );
+    request.finalize();
+    // Same request layout as a lookup; the message type makes it a destroy.
+    request.header.message_type = SOCK_DESTROY;
+    let mut buffer = vec![0; request.buffer_len()];
+    request.serialize(&mut buffer);
+    socket.send(&buffer, 0)?;
+    let mut receive = vec![0u8; 8192];
+    let size = socket.recv(&mut &mut receive[..], 0)?;
+    let reply = NetlinkMessage::<SockDiagMessage>::deserialize(&receive[..size])
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error.to_string()))?;
+    match reply.payload {
+        NetlinkPayload::Error(error) => match error.code {
+            None => Ok(()),
+            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+        },
+        other => Err(io::Error::other(format!(
+            "unexpected sock_diag reply {other:?}"
+        ))),
+    }
+}
+
+/// Runs `work` with this thread's network namespace switched to
+/// `netns_file`, on a short-lived thread so the daemon's own threads stay
+/// where they are.
+fn in_netns<T: Send>(
+    netns_file: Option<&Path>,
+    work: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
     let Some(netns_file) = netns_file else {
-        return dump_here();
+        return work();
     };
     let file = std::fs::File::open(netns_file)?;
     std::thread::scope(|scope| {
@@ -53,7 +125,7 @@ pub fn dump_tcp(netns_file: Option<&Path>) -> io::Result<Vec<DiagSocket>> {
                 if rc != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                dump_here()
+                work()
             })
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("sock_diag thread panicked")))
@@ -162,5 +234,34 @@ mod tests {
         assert_ne!(ours.inode, 0);
         let in_namespace = dump_tcp(Some(Path::new("/proc/self/ns/net"))).expect("dump via setns");
         assert!(in_namespace.iter().any(|s| s.cookie == ours.cookie));
+    }
+}
+
+#[cfg(test)]
+mod destroy_tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// Needs root (SOCK_DESTROY wants CAP_NET_ADMIN), like every kernel test.
+    #[test]
+    fn destroying_a_socket_fails_its_blocked_reader_now() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (_server, _) = listener.accept().expect("accept");
+        let local = client.local_addr().expect("local");
+        let remote = client.peer_addr().expect("peer");
+        let socket = dump_tcp(None)
+            .expect("dump")
+            .into_iter()
+            .find(|s| s.local == local && s.remote == remote)
+            .expect("our client socket is listed");
+        // A wrong cookie must not touch it.
+        assert!(destroy(None, socket.cookie.wrapping_add(1), local, remote).is_err());
+        destroy(None, socket.cookie, local, remote).expect("SOCK_DESTROY");
+        let mut buffer = [0u8; 8];
+        let error = client.read(&mut buffer).expect_err("the read fails");
+        assert_eq!(error.raw_os_error(), Some(libc::ECONNABORTED), "{error}");
     }
 }

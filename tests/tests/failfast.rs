@@ -1,0 +1,110 @@
+//! Fail-fast: with `--fail-fast`, the socket of a confirmed storm is aborted
+//! and a client library that reconnects completes its SET on a new
+//! connection right away, instead of hanging until tcp_retries2 gives up
+//! (15 minutes here). In dry-run mode nothing is touched.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use connmon_tests::{
+    connmon::{Daemon, first_finding},
+    topology::{CACHE_V4, Options, REDIS_PORT, Topology},
+};
+
+#[test]
+fn fail_fast_turns_the_hang_into_a_quick_reconnect() -> Result<()> {
+    let options = Options {
+        tcp_retries2: 15,
+        ..Options::default()
+    };
+    let mut topology = Topology::build("failfast", &options)?;
+    topology.start_redis()?;
+    let connmon = Daemon::start(&[
+        "--idle-threshold",
+        "2s",
+        "--ports",
+        &REDIS_PORT.to_string(),
+        "--fail-fast",
+    ])?;
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    client.send_line("set-retry")?;
+
+    let started = first_finding(
+        &connmon,
+        "storm_started",
+        topology.app.inode(),
+        Duration::from_secs(30),
+    )?;
+    let aborted = first_finding(
+        &connmon,
+        "fail_fast",
+        topology.app.inode(),
+        Duration::from_secs(10),
+    )?;
+    assert_eq!(aborted["result"], "aborted", "{aborted}");
+    assert_eq!(aborted["storm_id"], started["storm_id"]);
+    assert_eq!(aborted["pid"], client.pid());
+
+    let done = client
+        .stdout
+        .wait_for("ok-after-reconnect", Duration::from_secs(30))?;
+    let done_at_ms: u64 = done
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("done time")?;
+    let confirmed =
+        humantime::parse_rfc3339(started["confirmed_at"].as_str().context("confirmed_at")?)?;
+    let confirmed_ms = confirmed.duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let after = done_at_ms.saturating_sub(confirmed_ms);
+    assert!(
+        after < 2000,
+        "SET completed {after} ms after the confirming retransmit"
+    );
+    assert!(done.contains("abort"), "the client saw the abort: {done}");
+
+    let ended = first_finding(
+        &connmon,
+        "storm_ended",
+        topology.app.inode(),
+        Duration::from_secs(10),
+    )?;
+    assert_eq!(ended["outcome"], "aborted", "{ended}");
+    assert!(connmon.metric("connmon_fail_fast_total{result=\"aborted\"}")? >= 1.0);
+    Ok(())
+}
+
+#[test]
+fn dry_run_only_says_what_it_would_abort() -> Result<()> {
+    let mut topology = Topology::build("dryrun", &Options::default())?;
+    topology.start_redis()?;
+    let connmon = Daemon::start(&[
+        "--idle-threshold",
+        "2s",
+        "--ports",
+        &REDIS_PORT.to_string(),
+        "--fail-fast",
+        "dry-run",
+    ])?;
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    client.send_line("set")?;
+    let planned = first_finding(
+        &connmon,
+        "fail_fast",
+        topology.app.inode(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(planned["result"], "would_abort", "{planned}");
+    assert_eq!(planned["dry_run"], true);
+    // Untouched, the connection hangs until the kernel gives up.
+    let ended = first_finding(
+        &connmon,
+        "storm_ended",
+        topology.app.inode(),
+        Duration::from_secs(60),
+    )?;
+    assert_eq!(ended["outcome"], "timed_out", "{ended}");
+    Ok(())
+}

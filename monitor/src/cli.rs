@@ -27,6 +27,10 @@ pub enum Command {
     /// The daemon: detect retransmit storms on idle connections, name the
     /// process, and report them (JSON lines on stdout, HTTP API).
     Run(RunArgs),
+    /// One look at the host: watched idle connections a middlebox has most
+    /// likely forgotten (they will hang on next use), and the settings that
+    /// make a hang long.
+    Audit(AuditArgs),
     /// Stream retransmits, state changes, resets and socket errors of
     /// watched connections, each with the process that owns the socket.
     Trace(TraceArgs),
@@ -115,9 +119,34 @@ pub struct RunArgs {
     /// and reconnects, instead of hanging [default: off; bare flag: on].
     #[arg(long, env = "CONNMON_FAIL_FAST", value_enum, num_args = 0..=1, default_missing_value = "on")]
     pub fail_fast: Option<FailFastMode>,
+    /// Idle timeout of the path to a network, CIDR=DURATION|PRESET (repeat);
+    /// connections quiet for longer are reported at risk.
+    #[arg(long, value_name = "CIDR=TIMEOUT")]
+    pub path_timeout: Vec<String>,
+    /// Idle timeout of every other path [default: 350s].
+    #[arg(long, value_name = "TIMEOUT")]
+    pub default_path_timeout: Option<String>,
+    /// How often to look for idle connections at risk [default: 60s].
+    #[arg(long, env = "CONNMON_AT_RISK_INTERVAL", value_name = "DURATION")]
+    pub at_risk_interval: Option<String>,
 }
 
 impl RunArgs {
+    fn path_timeout_layer(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        if self.path_timeout.is_empty() && self.default_path_timeout.is_none() {
+            return None;
+        }
+        let mut rules = std::collections::BTreeMap::new();
+        if let Some(default) = &self.default_path_timeout {
+            rules.insert("default".to_string(), default.clone());
+        }
+        for rule in &self.path_timeout {
+            let (cidr, timeout) = rule.split_once('=').unwrap_or((rule.as_str(), ""));
+            rules.insert(cidr.to_string(), timeout.to_string());
+        }
+        Some(rules)
+    }
+
     /// Defaults, then the config file, then environment and flags.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let mut layers = Vec::new();
@@ -140,8 +169,48 @@ impl RunArgs {
             runbook_url: self.runbook_url.clone(),
             node_name: self.node_name.clone(),
             fail_fast: self.fail_fast,
+            path_timeouts: self.path_timeout_layer(),
+            at_risk_interval: self.at_risk_interval.clone(),
         });
         Settings::resolve(&layers)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// TCP ports (local or remote) to audit, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "6379", value_parser = parse_port, env = "CONNMON_PORTS")]
+    pub ports: Vec<u16>,
+    /// Audit every TCP port.
+    #[arg(long)]
+    pub all_ports: bool,
+    /// Idle timeout of the path to a network: CIDR=DURATION or CIDR=PRESET
+    /// (aws-nat-gateway, aws-nlb, aws-vpc-endpoint: 350s; azure-lb: 240s;
+    /// gcp-cloud-nat: 1200s). Repeat for several networks.
+    #[arg(long, value_name = "CIDR=TIMEOUT")]
+    pub path_timeout: Vec<String>,
+    /// Idle timeout of every other path [default: 350s].
+    #[arg(long, value_name = "TIMEOUT")]
+    pub default_path_timeout: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AuditArgs {
+    pub fn path_timeouts(&self) -> Result<crate::risk::PathTimeouts, String> {
+        let default = match &self.default_path_timeout {
+            Some(text) => crate::risk::parse_timeout(text)
+                .map_err(|e| format!("--default-path-timeout: {e}"))?,
+            None => crate::risk::DEFAULT_PATH_TIMEOUT,
+        };
+        let mut paths = crate::risk::PathTimeouts::new(default);
+        for rule in &self.path_timeout {
+            paths
+                .add_rule(rule)
+                .map_err(|e| format!("--path-timeout: {e}"))?;
+        }
+        Ok(paths)
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{capture::CaptureConfig, failfast::FailFastMode, output::Format};
+use crate::{capture::CaptureConfig, failfast::FailFastMode, output::Format, risk::PathTimeouts};
 
 /// Default `/metrics` port: not taken by any common exporter.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9878";
@@ -69,6 +69,11 @@ pub struct Settings {
     pub node_name: Option<String>,
     /// Abort the sockets of confirmed storms.
     pub fail_fast: FailFastMode,
+    /// Idle timeouts of the paths to destination networks (for at-risk
+    /// connections).
+    pub path_timeouts: PathTimeouts,
+    /// How often the daemon looks for at-risk idle connections.
+    pub at_risk_interval: Duration,
 }
 
 impl Default for Settings {
@@ -94,6 +99,8 @@ impl Default for Settings {
             runbook_url: DEFAULT_RUNBOOK_URL.to_string(),
             node_name: None,
             fail_fast: FailFastMode::Off,
+            path_timeouts: PathTimeouts::default(),
+            at_risk_interval: Duration::from_secs(60),
         }
     }
 }
@@ -118,6 +125,9 @@ pub struct Layer {
     pub runbook_url: Option<String>,
     pub node_name: Option<String>,
     pub fail_fast: Option<FailFastMode>,
+    /// `default = "350s"` and `"CIDR" = "DURATION|PRESET"` entries.
+    pub path_timeouts: Option<BTreeMap<String, String>>,
+    pub at_risk_interval: Option<String>,
 }
 
 impl Layer {
@@ -253,6 +263,32 @@ impl Settings {
                 return Err(invalid("node_name", "must not be empty"));
             }
             self.node_name = Some(name.trim().to_string());
+        }
+        if let Some(rules) = &layer.path_timeouts {
+            let default = match rules.get("default") {
+                Some(text) => {
+                    crate::risk::parse_timeout(text).map_err(|e| invalid("path_timeouts", e))?
+                }
+                None => crate::risk::DEFAULT_PATH_TIMEOUT,
+            };
+            let mut paths = PathTimeouts::new(default);
+            for (cidr, timeout) in rules.iter().filter(|(key, _)| *key != "default") {
+                paths
+                    .add_rule(&format!("{cidr}={timeout}"))
+                    .map_err(|e| invalid("path_timeouts", e))?;
+            }
+            self.path_timeouts = paths;
+        }
+        if let Some(text) = &layer.at_risk_interval {
+            let interval = humantime::parse_duration(text.trim())
+                .map_err(|error| invalid("at_risk_interval", format!("{text:?}: {error}")))?;
+            if interval < Duration::from_secs(1) {
+                return Err(invalid(
+                    "at_risk_interval",
+                    format!("{text:?} is shorter than 1s"),
+                ));
+            }
+            self.at_risk_interval = interval;
         }
         if let Some(mode) = layer.fail_fast {
             self.fail_fast = mode;

@@ -44,6 +44,12 @@ fn main() -> ExitCode {
             Command::Trace(args) => connmon::commands::trace::run(args)
                 .await
                 .map_err(Failure::Runtime),
+            Command::Audit(args) => {
+                if let Err(error) = args.path_timeouts() {
+                    return Err(Failure::Usage(error));
+                }
+                connmon::commands::audit::run(args).map_err(Failure::Runtime)
+            }
             Command::Run(args) => {
                 let settings = match args.settings() {
                     Ok(settings) => settings,

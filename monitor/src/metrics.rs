@@ -46,6 +46,8 @@ pub struct Metrics {
     program_verified_instructions: IntGaugeVec,
     series_capped: IntCounterVec,
     fail_fast: IntCounterVec,
+    at_risk: IntGaugeVec,
+    inferred_timeout: prometheus::GaugeVec,
     state: Mutex<State>,
 }
 
@@ -220,6 +222,22 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(fail_fast.clone()))?;
+        let at_risk = IntGaugeVec::new(
+            Opts::new(
+                "connmon_idle_connections_at_risk",
+                "Watched connections quiet for longer than their path's idle timeout: they will hang on next use.",
+            ),
+            &["process", "container", "destination"],
+        )?;
+        registry.register(Box::new(at_risk.clone()))?;
+        let inferred_timeout = prometheus::GaugeVec::new(
+            Opts::new(
+                "connmon_inferred_path_idle_timeout_seconds",
+                "Upper bound of the path's idle timeout per destination: the shortest idle gap that ended in a storm.",
+            ),
+            &["destination"],
+        )?;
+        registry.register(Box::new(inferred_timeout.clone()))?;
         let build_info = IntGauge::with_opts(
             Opts::new("connmon_build_info", "connmon's version; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -261,6 +279,8 @@ impl Metrics {
             program_verified_instructions,
             series_capped,
             fail_fast,
+            at_risk,
+            inferred_timeout,
             state: Mutex::new(State::default()),
         })
     }
@@ -361,6 +381,13 @@ impl Metrics {
                 self.idle_before_storm
                     .with_label_values(&[role_label(storm.role)])
                     .observe(storm.idle_ns as f64 / 1e9);
+                // The path forgot the flow within this idle gap: its timeout
+                // is at most the shortest gap seen.
+                let idle = storm.idle_ns as f64 / 1e9;
+                let gauge = self.inferred_timeout.with_label_values(&[&labels[2]]);
+                if gauge.get() == 0.0 || idle < gauge.get() {
+                    gauge.set(idle);
+                }
                 state.active_storm_labels.insert(storm.id, labels);
             }
             Finding::StormEnded {
@@ -502,6 +529,16 @@ impl Metrics {
             self.program_verified_instructions
                 .with_label_values(&[program])
                 .set(i64::try_from(stats.verified_instructions).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Replaces the at-risk gauge with a fresh audit's counts.
+    pub fn set_at_risk(&self, counts: &HashMap<(String, String, String), i64>) {
+        self.at_risk.reset();
+        for ((process, container, destination), count) in counts {
+            self.at_risk
+                .with_label_values(&[process, container, destination])
+                .set(*count);
         }
     }
 

@@ -22,9 +22,13 @@ pub struct DiagSocket {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: u8,
-    /// Milliseconds since payload was last sent / received, from tcp_info.
+    /// Milliseconds since payload was last sent / received, and since the
+    /// last ACK arrived (keepalive probes are ACKed), from tcp_info.
     pub last_data_sent_ms: Option<u32>,
     pub last_data_recv_ms: Option<u32>,
+    pub last_ack_recv_ms: Option<u32>,
+    /// When the keepalive timer fires next, if it is armed.
+    pub keepalive_in: Option<std::time::Duration>,
 }
 
 /// `idiag_cookie` is two host-order u32s, low word first.
@@ -106,7 +110,7 @@ fn destroy_here(cookie: u64, local: SocketAddr, remote: SocketAddr) -> io::Resul
 /// Runs `work` with this thread's network namespace switched to
 /// `netns_file`, on a short-lived thread so the daemon's own threads stay
 /// where they are.
-fn in_netns<T: Send>(
+pub fn in_netns<T: Send>(
     netns_file: Option<&Path>,
     work: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
@@ -190,6 +194,13 @@ fn dump_family(family: u8) -> io::Result<Vec<DiagSocket>> {
                         state: response.header.state,
                         last_data_sent_ms: info.map(|i| i.last_data_sent),
                         last_data_recv_ms: info.map(|i| i.last_data_recv),
+                        last_ack_recv_ms: info.map(|i| i.last_ack_recv),
+                        keepalive_in: match response.header.timer {
+                            Some(netlink_packet_sock_diag::inet::Timer::KeepAlive(expires)) => {
+                                Some(expires)
+                            }
+                            _ => None,
+                        },
                     });
                 }
                 NetlinkPayload::Done(_) => return Ok(sockets),

@@ -20,8 +20,11 @@ use monitor_common::socket::{
 use tracing::debug;
 
 use super::procfs;
-use crate::event::{Connection, OwnerSource, ProcessRef};
 use crate::sockdiag;
+use crate::{
+    event::{Connection, OwnerSource, ProcessRef},
+    risk::HostSettings,
+};
 
 /// Processes grouped by network namespace inode.
 fn processes_by_netns(proc_root: &Path) -> BTreeMap<u32, Vec<u32>> {
@@ -44,82 +47,126 @@ pub struct KnownSocket {
     pub holders: usize,
 }
 
-/// Lists the watched TCP sockets of every namespace with their owners.
-/// `watched(local_port, remote_port)` selects them; `now_ns` is
-/// CLOCK_MONOTONIC, the kernel programs' time base.
+/// A watched TCP socket found by a scan, with the processes holding it.
+#[derive(Clone, Debug)]
+pub struct ScannedSocket {
+    pub netns: u32,
+    pub socket: sockdiag::DiagSocket,
+    pub holders: Vec<u32>,
+    /// `ROLE_*` from which side's port is watched.
+    pub role: u8,
+}
+
+/// One network namespace: its watched sockets and its TCP settings.
+#[derive(Clone, Debug)]
+pub struct NamespaceScan {
+    pub netns: u32,
+    pub sockets: Vec<ScannedSocket>,
+    pub settings: HostSettings,
+}
+
+/// Lists the watched, connected TCP sockets of every network namespace
+/// (sock_diag) with the processes holding them (`/proc/PID/fd`), and each
+/// namespace's TCP settings. `watched(local_port, remote_port)` selects.
+pub fn scan(proc_root: &Path, watched: &dyn Fn(u16, u16) -> bool) -> Vec<NamespaceScan> {
+    let mut scans = Vec::new();
+    for (netns, pids) in processes_by_netns(proc_root) {
+        let Some(&representative) = pids.first() else {
+            continue;
+        };
+        let netns_file = procfs::netns_file(proc_root, representative);
+        let dumped = sockdiag::in_netns(Some(&netns_file), || {
+            Ok((sockdiag::dump_tcp(None)?, HostSettings::read()))
+        });
+        let (sockets, settings) = match dumped {
+            Ok(dumped) => dumped,
+            Err(error) => {
+                debug!(netns, %error, "sock_diag dump failed; this namespace is skipped");
+                continue;
+            }
+        };
+        let by_inode: HashMap<u32, sockdiag::DiagSocket> = sockets
+            .into_iter()
+            .filter(|s| {
+                s.inode != 0 && s.remote.port() != 0 && watched(s.local.port(), s.remote.port())
+            })
+            .map(|s| (s.inode, s))
+            .collect();
+        let mut holders: HashMap<u32, Vec<u32>> = HashMap::new();
+        if !by_inode.is_empty() {
+            for &pid in &pids {
+                for inode in procfs::socket_inodes(proc_root, pid) {
+                    if by_inode.contains_key(&inode) {
+                        holders.entry(inode).or_default().push(pid);
+                    }
+                }
+            }
+        }
+        let sockets = by_inode
+            .into_iter()
+            .map(|(inode, socket)| ScannedSocket {
+                netns,
+                role: role_for(&socket, watched),
+                holders: holders.remove(&inode).unwrap_or_default(),
+                socket,
+            })
+            .collect();
+        scans.push(NamespaceScan {
+            netns,
+            sockets,
+            settings,
+        });
+    }
+    scans
+}
+
+/// The watched sockets of every namespace, with owners and last activity,
+/// ready for the kernel map. `now_ns` is CLOCK_MONOTONIC, the kernel
+/// programs' time base.
 pub fn inventory(
     proc_root: &Path,
     watched: &dyn Fn(u16, u16) -> bool,
     now_ns: u64,
 ) -> Vec<KnownSocket> {
     let mut known = Vec::new();
-    for (netns, pids) in processes_by_netns(proc_root) {
-        let Some(&representative) = pids.first() else {
-            continue;
-        };
-        let sockets = match sockdiag::dump_tcp(Some(&procfs::netns_file(proc_root, representative)))
-        {
-            Ok(sockets) => sockets,
-            Err(error) => {
-                debug!(netns, %error, "sock_diag dump failed; sockets of this namespace stay unowned until seen");
-                continue;
-            }
-        };
-        let by_inode: HashMap<u32, &sockdiag::DiagSocket> = sockets
-            .iter()
-            .filter(|s| {
-                s.inode != 0 && s.remote.port() != 0 && watched(s.local.port(), s.remote.port())
-            })
-            .map(|s| (s.inode, s))
-            .collect();
-        if by_inode.is_empty() {
-            continue;
-        }
-        let mut holders: HashMap<u32, Vec<u32>> = HashMap::new();
-        for &pid in &pids {
-            for inode in procfs::socket_inodes(proc_root, pid) {
-                if by_inode.contains_key(&inode) {
-                    holders.entry(inode).or_default().push(pid);
-                }
-            }
-        }
-        for (inode, socket) in by_inode {
-            let pids = holders.get(&inode).map(Vec::as_slice).unwrap_or_default();
-            let role = role_for(socket, watched);
-            let mut owner = pids
-                .first()
-                .and_then(|&pid| procfs::owner_of(proc_root, pid, OWNER_SOURCE_PROC, role))
-                .unwrap_or(Owner {
-                    role,
-                    ..Owner::default()
-                });
-            // Held by several processes: which one writes is unknown until
-            // the kernel sees it; say the socket is shared.
-            owner.process_changes = u8::try_from(pids.len().saturating_sub(1)).unwrap_or(u8::MAX);
-            let ago = |ms: Option<u32>| {
-                ms.map(|ms| now_ns.saturating_sub(u64::from(ms) * 1_000_000))
-                    .unwrap_or(0)
-            };
-            let (last_send_ns, last_recv_ns) =
-                (ago(socket.last_data_sent_ms), ago(socket.last_data_recv_ms));
-            known.push(KnownSocket {
-                cookie: socket.cookie,
-                netns,
-                holders: pids.len(),
-                state: SocketState {
-                    owner,
-                    activity: Activity {
-                        last_send_ns,
-                        last_recv_ns,
-                        burst_start_ns: last_send_ns.max(last_recv_ns),
-                        idle_before_burst_ns: 0,
-                    },
-                    first_seen_ns: now_ns,
-                    retransmits: 0,
-                    flags: SOCKET_FLAG_WATCHED,
-                },
+    for scanned in scan(proc_root, watched)
+        .into_iter()
+        .flat_map(|scan| scan.sockets)
+    {
+        let (socket, pids, role) = (&scanned.socket, &scanned.holders, scanned.role);
+        let mut owner = pids
+            .first()
+            .and_then(|&pid| procfs::owner_of(proc_root, pid, OWNER_SOURCE_PROC, role))
+            .unwrap_or(Owner {
+                role,
+                ..Owner::default()
             });
-        }
+        // Held by several processes: which one writes is unknown until the
+        // kernel sees it; say the socket is shared.
+        owner.process_changes = u8::try_from(pids.len().saturating_sub(1)).unwrap_or(u8::MAX);
+        let ago = |ms: Option<u32>| {
+            ms.map(|ms| now_ns.saturating_sub(u64::from(ms) * 1_000_000))
+                .unwrap_or(0)
+        };
+        let (last_send_ns, last_recv_ns) =
+            (ago(socket.last_data_sent_ms), ago(socket.last_data_recv_ms));
+        known.push(KnownSocket {
+            cookie: socket.cookie,
+            netns: scanned.netns,
+            holders: pids.len(),
+            state: SocketState {
+                owner,
+                activity: Activity {
+                    last_send_ns,
+                    last_recv_ns,
+                    burst_start_ns: last_send_ns.max(last_recv_ns),
+                    idle_before_burst_ns: 0,
+                },
+                first_seen_ns: now_ns,
+                retransmits: 0,
+                flags: SOCKET_FLAG_WATCHED,
+            },
+        });
     }
     known
 }

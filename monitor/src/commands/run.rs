@@ -1,7 +1,7 @@
 //! `connmon run`: the daemon. Kernel events flow one way through the socket
 //! table and the storm detector; findings go to stdout and the HTTP API.
 
-use std::{io::Write, sync::Arc, time::Duration};
+use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use serde_json::json;
@@ -12,6 +12,7 @@ use crate::{
     attribution::{Attributor, existing::OwnerResolver, pods::PodDirectory},
     capture::{Capture, reader},
     clock::{WallClock, monotonic_now_ns},
+    commands::audit,
     config::Settings,
     detect::{Detector, DetectorConfig, Finding},
     event::SocketEvent,
@@ -96,6 +97,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         alerts,
         settings,
     };
+    let at_risk = spawn_at_risk_audits(&pipeline.settings, status.clone());
     let mut expire = tokio::time::interval(EXPIRE_INTERVAL);
     let mut stop = std::pin::pin!(shutdown::signal());
     loop {
@@ -128,10 +130,50 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
     reader.abort();
+    at_risk.abort();
     drop(capture);
     server.abort();
     info!("kernel programs detached");
     Ok(())
+}
+
+/// Audits the watched connections periodically, off the async threads, and
+/// exports how many will hang on next use.
+fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task::JoinHandle<()> {
+    let (ports, all_ports, paths) = (
+        settings.ports.clone(),
+        settings.all_ports,
+        settings.path_timeouts.clone(),
+    );
+    let mut tick = tokio::time::interval(settings.at_risk_interval);
+    tokio::spawn(async move {
+        loop {
+            tick.tick().await;
+            let (ports, paths) = (ports.clone(), paths.clone());
+            let Ok(report) =
+                tokio::task::spawn_blocking(move || audit::audit(&ports, all_ports, &paths)).await
+            else {
+                continue;
+            };
+            let mut counts: HashMap<(String, String, String), i64> = HashMap::new();
+            for connection in report.connections.iter().filter(|c| c.assessment.at_risk) {
+                let container: String = connection
+                    .container_id
+                    .as_deref()
+                    .unwrap_or("")
+                    .chars()
+                    .take(12)
+                    .collect();
+                let key = (
+                    connection.comm.clone().unwrap_or_else(|| "unknown".into()),
+                    container,
+                    connection.remote.clone(),
+                );
+                *counts.entry(key).or_default() += 1;
+            }
+            status.metrics.set_at_risk(&counts);
+        }
+    })
 }
 
 /// This machine's hostname, for the `instance` of alerts.

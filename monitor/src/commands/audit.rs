@@ -1,0 +1,221 @@
+//! `connmon audit`: one look at the host, before anything hangs. Lists the
+//! watched connections a middlebox has most likely forgotten (idle longer
+//! than their path's timeout, with no keepalive ACK since), who holds them
+//! and the fix; and the TCP settings that make a hang long.
+
+use std::{collections::BTreeSet, io::Write, path::Path, time::Duration};
+
+use serde::Serialize;
+
+use crate::{
+    attribution::{
+        Attributor,
+        existing::{self, ScannedSocket},
+        procfs,
+    },
+    cli::AuditArgs,
+    config::KNOWN_SERVICES,
+    event::{OwnerSource, ProcessRef},
+    risk::{self, Assessment, ConnectionView, PathTimeouts, SettingEffect},
+};
+
+/// One watched connection and its risk.
+#[derive(Debug, Serialize)]
+pub struct AuditedConnection {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub local: String,
+    pub remote: String,
+    pub netns: u32,
+    pub service: Option<String>,
+    #[serde(flatten)]
+    pub assessment: Assessment,
+    pub verdict: &'static str,
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NamespaceSettings {
+    pub netns: u32,
+    pub settings: Vec<SettingEffect>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditReport {
+    pub at_risk: usize,
+    pub connections: Vec<AuditedConnection>,
+    pub host_settings: Vec<NamespaceSettings>,
+}
+
+/// Scans the host and assesses every watched connection.
+pub fn audit(ports: &BTreeSet<u16>, all_ports: bool, paths: &PathTimeouts) -> AuditReport {
+    let proc_root = Path::new("/proc");
+    let watched =
+        |local: u16, remote: u16| all_ports || ports.contains(&local) || ports.contains(&remote);
+    let scans = existing::scan(proc_root, &watched);
+    let mut attributor = Attributor::new(proc_root);
+    let shortest = scans
+        .iter()
+        .flat_map(|scan| &scan.sockets)
+        .map(|s| paths.for_addr(s.socket.remote.ip()))
+        .min()
+        .unwrap_or(risk::DEFAULT_PATH_TIMEOUT);
+    let mut connections: Vec<AuditedConnection> = scans
+        .iter()
+        .flat_map(|scan| &scan.sockets)
+        .filter(|s| s.socket.state == monitor_common::tcp::TCP_ESTABLISHED)
+        .map(|s| assess_one(s, paths, &mut attributor))
+        .collect();
+    connections.sort_by_key(|c| {
+        (
+            !c.assessment.at_risk,
+            std::cmp::Reverse(c.assessment.quiet_seconds),
+        )
+    });
+    let mut seen_settings = Vec::new();
+    let host_settings = scans
+        .iter()
+        .filter(|scan| {
+            // One entry per distinct setting set keeps the report short.
+            let first = !seen_settings.contains(&scan.settings);
+            seen_settings.push(scan.settings.clone());
+            first || !scan.sockets.is_empty()
+        })
+        .map(|scan| NamespaceSettings {
+            netns: scan.netns,
+            settings: scan.settings.effects(shortest),
+        })
+        .collect();
+    AuditReport {
+        at_risk: connections.iter().filter(|c| c.assessment.at_risk).count(),
+        connections,
+        host_settings,
+    }
+}
+
+fn assess_one(
+    scanned: &ScannedSocket,
+    paths: &PathTimeouts,
+    attributor: &mut Attributor,
+) -> AuditedConnection {
+    let socket = &scanned.socket;
+    let ms = |v: Option<u32>| v.map(|ms| Duration::from_millis(u64::from(ms)));
+    let view = ConnectionView {
+        last_data_sent: ms(socket.last_data_sent_ms),
+        last_data_recv: ms(socket.last_data_recv_ms),
+        last_ack_recv: ms(socket.last_ack_recv_ms),
+        keepalive_in: socket.keepalive_in,
+    };
+    let service_port = if scanned.role == monitor_common::socket::ROLE_SERVER {
+        socket.local.port()
+    } else {
+        socket.remote.port()
+    };
+    let service = KNOWN_SERVICES
+        .iter()
+        .find(|(port, _)| *port == service_port)
+        .map(|(_, name)| name.to_string());
+    let assessment = risk::assess(&view, paths.for_addr(socket.remote.ip()));
+    let owner = scanned
+        .holders
+        .first()
+        .and_then(|&pid| procfs::owner_of(Path::new("/proc"), pid, 0, 0));
+    let process = owner.map(|owner| {
+        let len = owner
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(owner.comm.len());
+        ProcessRef {
+            pid: owner.tgid,
+            tid: owner.tid,
+            comm: String::from_utf8_lossy(&owner.comm[..len]).into_owned(),
+            cgroup_id: owner.cgroup_id,
+            start_boottime_ns: owner.start_boottime_ns,
+            source: OwnerSource::Proc,
+            shared: scanned.holders.len() > 1,
+        }
+    });
+    let details = process
+        .as_ref()
+        .map(|p| attributor.details(p))
+        .unwrap_or_default();
+    AuditedConnection {
+        pid: process.as_ref().map(|p| p.pid),
+        comm: process.map(|p| p.comm),
+        container_id: details.workload.container_id,
+        pod_uid: details.workload.pod_uid,
+        local: socket.local.to_string(),
+        remote: socket.remote.to_string(),
+        netns: scanned.netns,
+        verdict: if assessment.at_risk {
+            "will hang on next use"
+        } else {
+            "ok"
+        },
+        fix: assessment
+            .at_risk
+            .then(|| risk::fix(&assessment, service.as_deref())),
+        service,
+        assessment,
+    }
+}
+
+pub fn run(args: AuditArgs) -> anyhow::Result<()> {
+    let paths = args.path_timeouts().map_err(anyhow::Error::msg)?;
+    let ports: BTreeSet<u16> = args.ports.iter().copied().collect();
+    let report = audit(&ports, args.all_ports, &paths);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} of {} watched connections will hang on next use",
+        report.at_risk,
+        report.connections.len()
+    )?;
+    if !report.connections.is_empty() {
+        writeln!(
+            out,
+            "\n{:<24} {:<13} {:<45} {:>8} {:>8} {:>10} {:>8}  {}",
+            "VERDICT", "PROCESS", "LOCAL -> REMOTE", "IDLE", "QUIET", "KEEPALIVE", "PATH", "FIX"
+        )?;
+        for c in &report.connections {
+            let who = match (&c.comm, c.pid) {
+                (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+                _ => "?".into(),
+            };
+            let keepalive = c
+                .assessment
+                .keepalive_next_seconds
+                .map_or("off".to_string(), |s| format!("in {s}s"));
+            writeln!(
+                out,
+                "{:<24} {:<13} {:<45} {:>7}s {:>7}s {:>10} {:>7}s  {}",
+                c.verdict,
+                who,
+                format!("{} -> {}", c.local, c.remote),
+                c.assessment.idle_seconds,
+                c.assessment.quiet_seconds,
+                keepalive,
+                c.assessment.path_timeout_seconds,
+                c.fix.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    writeln!(out, "\nHost settings (by network namespace):")?;
+    for namespace in &report.host_settings {
+        for setting in &namespace.settings {
+            writeln!(
+                out,
+                "  netns {} {} = {}: {}",
+                namespace.netns, setting.setting, setting.value, setting.effect
+            )?;
+        }
+    }
+    Ok(())
+}

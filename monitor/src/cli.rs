@@ -26,7 +26,7 @@ pub struct Cli {
 pub enum Command {
     /// The daemon: detect retransmit storms on idle connections, name the
     /// process, and report them (JSON lines on stdout, HTTP API).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// One look at the host: watched idle connections a middlebox has most
     /// likely forgotten (they will hang on next use), and the settings that
     /// make a hang long.

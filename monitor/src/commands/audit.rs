@@ -181,8 +181,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     if !report.connections.is_empty() {
         writeln!(
             out,
-            "\n{:<24} {:<13} {:<45} {:>8} {:>8} {:>10} {:>8}  {}",
-            "VERDICT", "PROCESS", "LOCAL -> REMOTE", "IDLE", "QUIET", "KEEPALIVE", "PATH", "FIX"
+            "\n{:<24} {:<13} {:<45} {:>8} {:>8} {:>10} {:>8}  FIX",
+            "VERDICT", "PROCESS", "LOCAL -> REMOTE", "IDLE", "QUIET", "KEEPALIVE", "PATH"
         )?;
         for c in &report.connections {
             let who = match (&c.comm, c.pid) {

@@ -195,6 +195,10 @@ pub struct AuditArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// A running connmon to learn path timeouts from (its recent storms);
+    /// skipped silently when none answers.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9878")]
+    pub daemon_url: Option<String>,
 }
 
 impl AuditArgs {

@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 use connmon_tests::{
-    connmon::{Daemon, binary},
+    connmon::{Daemon, binary, first_finding},
     poll,
     topology::{CACHE_V4, Options, REDIS_PORT, Topology},
 };
@@ -17,6 +17,8 @@ fn audit_lists_the_forgotten_connection_before_it_is_used() -> Result<()> {
     let mut topology = Topology::build("audit", &Options::default())?;
     topology.start_redis()?;
     let connmon = Daemon::start(&[
+        "--idle-threshold",
+        "2s",
         "--ports",
         &REDIS_PORT.to_string(),
         "--default-path-timeout",
@@ -24,7 +26,7 @@ fn audit_lists_the_forgotten_connection_before_it_is_used() -> Result<()> {
         "--at-risk-interval",
         "1s",
     ])?;
-    let client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
     topology.wait_until_forgotten(Duration::from_secs(30))?;
 
     let output = Command::new(binary())

@@ -3,7 +3,12 @@
 //! than their path's timeout, with no keepalive ACK since), who holds them
 //! and the fix; and the TCP settings that make a hang long.
 
-use std::{collections::BTreeSet, io::Write, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    path::Path,
+    time::Duration,
+};
 
 use serde::Serialize;
 
@@ -47,10 +52,41 @@ pub struct AuditReport {
     pub at_risk: usize,
     pub connections: Vec<AuditedConnection>,
     pub host_settings: Vec<NamespaceSettings>,
+    /// Path idle timeouts inferred from a running daemon's storms: at most
+    /// the shortest idle gap that ended in a storm, per destination.
+    pub inferred_path_timeouts: BTreeMap<String, f64>,
+}
+
+/// Per destination, the shortest idle gap before a storm in the daemon's
+/// recent and active storms (`/api/v1/storms`).
+pub fn inferred_timeouts(storms: &serde_json::Value) -> BTreeMap<String, f64> {
+    let mut inferred: BTreeMap<String, f64> = BTreeMap::new();
+    let records = ["active", "recent"].iter().filter_map(|key| storms[key].as_array()).flatten();
+    for record in records.filter(|r| r["event"] == "storm_started" || r["event"] == "storm_ended") {
+        let destination = if record["role"] == "server" { &record["local"] } else { &record["remote"] };
+        let (Some(destination), Some(idle)) = (destination.as_str(), record["idle_seconds"].as_f64()) else {
+            continue;
+        };
+        let entry = inferred.entry(destination.to_string()).or_insert(idle);
+        *entry = entry.min(idle);
+    }
+    inferred
+}
+
+/// Asks a running daemon for its storms; `None` when none answers.
+fn daemon_storms(url: &str) -> Option<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(2))).build().into();
+    let mut response = agent.get(format!("{}/api/v1/storms", url.trim_end_matches('/'))).call().ok()?;
+    response.body_mut().read_json().ok()
 }
 
 /// Scans the host and assesses every watched connection.
-pub fn audit(ports: &BTreeSet<u16>, all_ports: bool, paths: &PathTimeouts) -> AuditReport {
+pub fn audit(
+    ports: &BTreeSet<u16>,
+    all_ports: bool,
+    paths: &PathTimeouts,
+    inferred: BTreeMap<String, f64>,
+) -> AuditReport {
     let proc_root = Path::new("/proc");
     let watched =
         |local: u16, remote: u16| all_ports || ports.contains(&local) || ports.contains(&remote);
@@ -66,7 +102,7 @@ pub fn audit(ports: &BTreeSet<u16>, all_ports: bool, paths: &PathTimeouts) -> Au
         .iter()
         .flat_map(|scan| &scan.sockets)
         .filter(|s| s.socket.state == monitor_common::tcp::TCP_ESTABLISHED)
-        .map(|s| assess_one(s, paths, &mut attributor))
+        .map(|s| assess_one(s, paths, &inferred, &mut attributor))
         .collect();
     connections.sort_by_key(|c| {
         (
@@ -92,12 +128,14 @@ pub fn audit(ports: &BTreeSet<u16>, all_ports: bool, paths: &PathTimeouts) -> Au
         at_risk: connections.iter().filter(|c| c.assessment.at_risk).count(),
         connections,
         host_settings,
+        inferred_path_timeouts: inferred,
     }
 }
 
 fn assess_one(
     scanned: &ScannedSocket,
     paths: &PathTimeouts,
+    inferred: &BTreeMap<String, f64>,
     attributor: &mut Attributor,
 ) -> AuditedConnection {
     let socket = &scanned.socket;
@@ -117,7 +155,14 @@ fn assess_one(
         .iter()
         .find(|(port, _)| *port == service_port)
         .map(|(_, name)| name.to_string());
-    let assessment = risk::assess(&view, paths.for_addr(socket.remote.ip()));
+    // A storm after a shorter idle gap is evidence the path forgets sooner
+    // than configured.
+    let destination = if scanned.role == monitor_common::socket::ROLE_SERVER { socket.local } else { socket.remote };
+    let mut path_timeout = paths.for_addr(socket.remote.ip());
+    if let Some(seconds) = inferred.get(&destination.to_string()) {
+        path_timeout = path_timeout.min(Duration::from_secs_f64(seconds.max(1.0)));
+    }
+    let assessment = risk::assess(&view, path_timeout);
     let owner = scanned
         .holders
         .first()
@@ -166,7 +211,9 @@ fn assess_one(
 pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     let paths = args.path_timeouts().map_err(anyhow::Error::msg)?;
     let ports: BTreeSet<u16> = args.ports.iter().copied().collect();
-    let report = audit(&ports, args.all_ports, &paths);
+    let storms = args.daemon_url.as_deref().and_then(daemon_storms);
+    let inferred = storms.as_ref().map(inferred_timeouts).unwrap_or_default();
+    let report = audit(&ports, args.all_ports, &paths, inferred);
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
@@ -207,6 +254,12 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
             )?;
         }
     }
+    if !report.inferred_path_timeouts.is_empty() {
+        writeln!(out, "\nPath idle timeouts inferred from connmon's storms (at most):")?;
+        for (destination, seconds) in &report.inferred_path_timeouts {
+            writeln!(out, "  {destination}: {seconds:.0}s")?;
+        }
+    }
     writeln!(out, "\nHost settings (by network namespace):")?;
     for namespace in &report.host_settings {
         for setting in &namespace.settings {
@@ -218,4 +271,24 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infers_the_shortest_idle_gap_per_destination() {
+        let storms = serde_json::json!({
+            "active": [{"event": "storm_started", "role": "client", "remote": "10.0.1.5:6379", "local": "10.0.0.2:1", "idle_seconds": 400.0}],
+            "recent": [
+                {"event": "storm_ended", "role": "client", "remote": "10.0.1.5:6379", "local": "10.0.0.2:2", "idle_seconds": 361.5},
+                {"event": "storm_ended", "role": "server", "remote": "10.0.0.9:3", "local": "10.0.1.5:6379", "idle_seconds": 900.0},
+                {"event": "reset_after_idle", "role": "client", "remote": "10.0.3.1:5432", "local": "x", "idle_seconds": 5.0}
+            ]
+        });
+        let inferred = inferred_timeouts(&storms);
+        assert_eq!(inferred.get("10.0.1.5:6379"), Some(&361.5));
+        assert_eq!(inferred.len(), 1);
+    }
 }

@@ -151,7 +151,7 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
             tick.tick().await;
             let (ports, paths) = (ports.clone(), paths.clone());
             let Ok(report) =
-                tokio::task::spawn_blocking(move || audit::audit(&ports, all_ports, &paths)).await
+                tokio::task::spawn_blocking(move || audit::audit(&ports, all_ports, &paths, Default::default())).await
             else {
                 continue;
             };

@@ -211,7 +211,7 @@ fn busy_connection_with_random_loss_is_not_an_idle_storm() -> Result<()> {
     let connmon = daemon()?;
     let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
     let retransmitted_before = topology.app.retransmitted_segments()?;
-    client.send_line("busy 2000")?;
+    client.send_line("busy 600")?;
     client
         .stdout
         .wait_for("busy-done", Duration::from_secs(120))?;

@@ -61,10 +61,19 @@ pub struct AuditReport {
 /// recent and active storms (`/api/v1/storms`).
 pub fn inferred_timeouts(storms: &serde_json::Value) -> BTreeMap<String, f64> {
     let mut inferred: BTreeMap<String, f64> = BTreeMap::new();
-    let records = ["active", "recent"].iter().filter_map(|key| storms[key].as_array()).flatten();
+    let records = ["active", "recent"]
+        .iter()
+        .filter_map(|key| storms[key].as_array())
+        .flatten();
     for record in records.filter(|r| r["event"] == "storm_started" || r["event"] == "storm_ended") {
-        let destination = if record["role"] == "server" { &record["local"] } else { &record["remote"] };
-        let (Some(destination), Some(idle)) = (destination.as_str(), record["idle_seconds"].as_f64()) else {
+        let destination = if record["role"] == "server" {
+            &record["local"]
+        } else {
+            &record["remote"]
+        };
+        let (Some(destination), Some(idle)) =
+            (destination.as_str(), record["idle_seconds"].as_f64())
+        else {
             continue;
         };
         let entry = inferred.entry(destination.to_string()).or_insert(idle);
@@ -75,8 +84,14 @@ pub fn inferred_timeouts(storms: &serde_json::Value) -> BTreeMap<String, f64> {
 
 /// Asks a running daemon for its storms; `None` when none answers.
 fn daemon_storms(url: &str) -> Option<serde_json::Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(2))).build().into();
-    let mut response = agent.get(format!("{}/api/v1/storms", url.trim_end_matches('/'))).call().ok()?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("{}/api/v1/storms", url.trim_end_matches('/')))
+        .call()
+        .ok()?;
     response.body_mut().read_json().ok()
 }
 
@@ -157,7 +172,11 @@ fn assess_one(
         .map(|(_, name)| name.to_string());
     // A storm after a shorter idle gap is evidence the path forgets sooner
     // than configured.
-    let destination = if scanned.role == monitor_common::socket::ROLE_SERVER { socket.local } else { socket.remote };
+    let destination = if scanned.role == monitor_common::socket::ROLE_SERVER {
+        socket.local
+    } else {
+        socket.remote
+    };
     let mut path_timeout = paths.for_addr(socket.remote.ip());
     if let Some(seconds) = inferred.get(&destination.to_string()) {
         path_timeout = path_timeout.min(Duration::from_secs_f64(seconds.max(1.0)));
@@ -255,7 +274,10 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
         }
     }
     if !report.inferred_path_timeouts.is_empty() {
-        writeln!(out, "\nPath idle timeouts inferred from connmon's storms (at most):")?;
+        writeln!(
+            out,
+            "\nPath idle timeouts inferred from connmon's storms (at most):"
+        )?;
         for (destination, seconds) in &report.inferred_path_timeouts {
             writeln!(out, "  {destination}: {seconds:.0}s")?;
         }

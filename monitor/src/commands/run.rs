@@ -150,8 +150,10 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
         loop {
             tick.tick().await;
             let (ports, paths) = (ports.clone(), paths.clone());
-            let Ok(report) =
-                tokio::task::spawn_blocking(move || audit::audit(&ports, all_ports, &paths, Default::default())).await
+            let Ok(report) = tokio::task::spawn_blocking(move || {
+                audit::audit(&ports, all_ports, &paths, Default::default())
+            })
+            .await
             else {
                 continue;
             };

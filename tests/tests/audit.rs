@@ -91,5 +91,25 @@ fn audit_lists_the_forgotten_connection_before_it_is_used() -> Result<()> {
     poll::until("the at-risk gauge", Duration::from_secs(20), || {
         Ok((connmon.metric(&series)? >= 1.0).then_some(()))
     })?;
+
+    // Once the connection hangs, the daemon's storm tells audit how short
+    // the path's idle timeout really is.
+    client.send_line("set")?;
+    first_finding(
+        &connmon,
+        "storm_started",
+        topology.app.inode(),
+        Duration::from_secs(30),
+    )?;
+    let daemon_url = format!("http://{}", connmon.listen);
+    let output = Command::new(binary())
+        .args(["audit", "--json", "--daemon-url", &daemon_url])
+        .output()?;
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    let inferred = report["inferred_path_timeouts"][format!("{CACHE_V4}:{REDIS_PORT}")].as_f64();
+    assert!(
+        inferred.is_some_and(|seconds| (2.0..60.0).contains(&seconds)),
+        "{report:#}"
+    );
     Ok(())
 }

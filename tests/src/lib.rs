@@ -12,4 +12,5 @@ pub mod connmon;
 pub mod netns;
 pub mod poll;
 pub mod process;
+pub mod scenario;
 pub mod topology;

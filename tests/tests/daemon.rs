@@ -5,10 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result};
-use connmon_tests::{
-    connmon::{Daemon, binary, first_finding},
-    topology::{CACHE_V4, Options, REDIS_PORT, Topology},
-};
+use connmon_tests::{connmon::binary, scenario::SeedScenario, topology::Options};
 
 #[test]
 fn bad_settings_exit_2_with_one_line_naming_them() -> Result<()> {
@@ -101,28 +98,22 @@ fn sigterm_during_a_storm_ends_it_detaches_and_exits_0() -> Result<()> {
         tcp_retries2: 15,
         ..Options::default()
     };
-    let mut topology = Topology::build("sigterm", &options)?;
-    topology.start_redis()?;
-    let connmon = Daemon::start(&["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()])?;
-    let programs = programs_of(connmon.pid())?;
+    let mut scenario = SeedScenario::start("sigterm", &options, &[])?;
+    let programs = programs_of(scenario.connmon.pid())?;
     assert!(
         programs.len() >= 3,
-        "connmon's programs are listed by bpftool: {programs:?}"
+        "connmon holds its programs: {programs:?}"
     );
-    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    topology.wait_until_forgotten(Duration::from_secs(30))?;
-    client.send_line("set")?;
-    let started = first_finding(
-        &connmon,
-        "storm_started",
-        topology.app.inode(),
-        Duration::from_secs(30),
-    )?;
+    scenario.resume_after_forgotten("set")?;
+    let started = scenario.finding("storm_started", Duration::from_secs(30))?;
 
-    let mut connmon = connmon;
-    let exit = connmon.signal(libc::SIGTERM, Duration::from_secs(2))?;
+    let exit = scenario
+        .connmon
+        .signal(libc::SIGTERM, Duration::from_secs(2))?;
     assert_eq!(exit, Some(0), "connmon exits 0 within 2 s of SIGTERM");
-    let ended = connmon.findings("storm_ended", topology.app.inode());
+    let ended = scenario
+        .connmon
+        .findings("storm_ended", scenario.topology.app.inode());
     assert!(
         ended
             .iter()

@@ -6,10 +6,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use connmon_tests::{
-    connmon::{Daemon, first_finding},
-    topology::{CACHE_V4, Options, REDIS_PORT, Topology},
-};
+use connmon_tests::{scenario::SeedScenario, topology::Options};
 
 #[test]
 fn fail_fast_turns_the_hang_into_a_quick_reconnect() -> Result<()> {
@@ -17,36 +14,17 @@ fn fail_fast_turns_the_hang_into_a_quick_reconnect() -> Result<()> {
         tcp_retries2: 15,
         ..Options::default()
     };
-    let mut topology = Topology::build("failfast", &options)?;
-    topology.start_redis()?;
-    let connmon = Daemon::start(&[
-        "--idle-threshold",
-        "2s",
-        "--ports",
-        &REDIS_PORT.to_string(),
-        "--fail-fast",
-    ])?;
-    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    topology.wait_until_forgotten(Duration::from_secs(30))?;
-    client.send_line("set-retry")?;
+    let mut scenario = SeedScenario::start("failfast", &options, &["--fail-fast"])?;
+    scenario.resume_after_forgotten("set-retry")?;
 
-    let started = first_finding(
-        &connmon,
-        "storm_started",
-        topology.app.inode(),
-        Duration::from_secs(30),
-    )?;
-    let aborted = first_finding(
-        &connmon,
-        "fail_fast",
-        topology.app.inode(),
-        Duration::from_secs(10),
-    )?;
+    let started = scenario.finding("storm_started", Duration::from_secs(30))?;
+    let aborted = scenario.finding("fail_fast", Duration::from_secs(10))?;
     assert_eq!(aborted["result"], "aborted", "{aborted}");
     assert_eq!(aborted["storm_id"], started["storm_id"]);
-    assert_eq!(aborted["pid"], client.pid());
+    assert_eq!(aborted["pid"], scenario.client.pid());
 
-    let done = client
+    let done = scenario
+        .client
         .stdout
         .wait_for("ok-after-reconnect", Duration::from_secs(30))?;
     let done_at_ms: u64 = done
@@ -64,47 +42,27 @@ fn fail_fast_turns_the_hang_into_a_quick_reconnect() -> Result<()> {
     );
     assert!(done.contains("abort"), "the client saw the abort: {done}");
 
-    let ended = first_finding(
-        &connmon,
-        "storm_ended",
-        topology.app.inode(),
-        Duration::from_secs(10),
-    )?;
+    let ended = scenario.finding("storm_ended", Duration::from_secs(10))?;
     assert_eq!(ended["outcome"], "aborted", "{ended}");
-    assert!(connmon.metric("connmon_fail_fast_total{result=\"aborted\"}")? >= 1.0);
+    assert!(
+        scenario
+            .connmon
+            .metric("connmon_fail_fast_total{result=\"aborted\"}")?
+            >= 1.0
+    );
     Ok(())
 }
 
 #[test]
 fn dry_run_only_says_what_it_would_abort() -> Result<()> {
-    let mut topology = Topology::build("dryrun", &Options::default())?;
-    topology.start_redis()?;
-    let connmon = Daemon::start(&[
-        "--idle-threshold",
-        "2s",
-        "--ports",
-        &REDIS_PORT.to_string(),
-        "--fail-fast",
-        "dry-run",
-    ])?;
-    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    topology.wait_until_forgotten(Duration::from_secs(30))?;
-    client.send_line("set")?;
-    let planned = first_finding(
-        &connmon,
-        "fail_fast",
-        topology.app.inode(),
-        Duration::from_secs(30),
-    )?;
+    let mut scenario =
+        SeedScenario::start("dryrun", &Options::default(), &["--fail-fast", "dry-run"])?;
+    scenario.resume_after_forgotten("set")?;
+    let planned = scenario.finding("fail_fast", Duration::from_secs(30))?;
     assert_eq!(planned["result"], "would_abort", "{planned}");
     assert_eq!(planned["dry_run"], true);
     // Untouched, the connection hangs until the kernel gives up.
-    let ended = first_finding(
-        &connmon,
-        "storm_ended",
-        topology.app.inode(),
-        Duration::from_secs(60),
-    )?;
+    let ended = scenario.finding("storm_ended", Duration::from_secs(60))?;
     assert_eq!(ended["outcome"], "timed_out", "{ended}");
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use std::{
     process::Command,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context, Result, ensure};
@@ -13,12 +13,10 @@ use connmon_tests::{
     connmon::{Daemon, first_finding},
     poll,
     process::Process,
+    scenario::{IDLE_THRESHOLD, SeedScenario},
     topology::{CACHE_V4, Options, REDIS_PORT, StaleFlow, Topology},
 };
 use serde_json::Value;
-
-/// connmon's idle threshold in these tests; the middlebox forgets after 3 s.
-const IDLE_THRESHOLD: &str = "2s";
 
 fn daemon() -> Result<Daemon> {
     Daemon::start(&[
@@ -36,23 +34,15 @@ fn wall_time(rfc3339: &Value) -> Result<SystemTime> {
 
 #[test]
 fn seed_storm_is_reported_while_the_client_hangs_then_times_out() -> Result<()> {
-    let mut topology = Topology::build("seed", &Options::default())?;
-    topology.start_redis()?;
-    let connmon = daemon()?;
-    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    let idle_since = Instant::now();
-
+    let mut scenario = SeedScenario::start("seed", &Options::default(), &[])?;
     // Idle past the middlebox's timeout: it forgets the flow, nobody knows.
-    topology.wait_until_forgotten(Duration::from_secs(30))?;
-    let idle_gap = idle_since.elapsed();
-    client.send_line("set")?;
-
-    let started = first_finding(
-        &connmon,
-        "storm_started",
-        topology.app.inode(),
-        Duration::from_secs(30),
-    )?;
+    let idle_gap = scenario.resume_after_forgotten("set")?;
+    let started = scenario.finding("storm_started", Duration::from_secs(30))?;
+    let SeedScenario {
+        client,
+        connmon,
+        topology,
+    } = &mut scenario;
     let seen_at = SystemTime::now();
     // Reported while the SET is still hanging.
     ensure!(
@@ -109,7 +99,7 @@ fn seed_storm_is_reported_while_the_client_hangs_then_times_out() -> Result<()> 
     );
 
     let ended = first_finding(
-        &connmon,
+        connmon,
         "storm_ended",
         topology.app.inode(),
         Duration::from_secs(60),
@@ -126,7 +116,10 @@ fn seed_storm_is_reported_while_the_client_hangs_then_times_out() -> Result<()> 
         outcome.contains("timed out") || outcome.contains("110"),
         "client saw {outcome}"
     );
-    assert_eq!(connmon.stop()?, Some(0));
+    assert_eq!(
+        connmon.signal(libc::SIGINT, Duration::from_secs(10))?,
+        Some(0)
+    );
     Ok(())
 }
 
@@ -281,24 +274,16 @@ fn middlebox_reset_after_idle_is_reported_as_reset() -> Result<()> {
         stale_flow: StaleFlow::Reset,
         ..Options::default()
     };
-    let mut topology = Topology::build("reset", &options)?;
-    topology.start_redis()?;
-    let connmon = daemon()?;
-    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    let idle_since = Instant::now();
-    topology.wait_until_forgotten(Duration::from_secs(30))?;
-    let idle_gap = idle_since.elapsed();
-    client.send_line("set")?;
-    client.stdout.wait_for("error", Duration::from_secs(20))?;
+    let mut scenario = SeedScenario::start("reset", &options, &[])?;
+    let idle_gap = scenario.resume_after_forgotten("set")?;
+    scenario
+        .client
+        .stdout
+        .wait_for("error", Duration::from_secs(20))?;
 
-    let reset = first_finding(
-        &connmon,
-        "reset_after_idle",
-        topology.app.inode(),
-        Duration::from_secs(20),
-    )?;
+    let reset = scenario.finding("reset_after_idle", Duration::from_secs(20))?;
     assert_eq!(reset["outcome"], "reset", "{reset}");
-    assert_eq!(reset["pid"], client.pid(), "{reset}");
+    assert_eq!(reset["pid"], scenario.client.pid(), "{reset}");
     assert_eq!(
         reset["remote"],
         format!("{CACHE_V4}:{REDIS_PORT}"),
@@ -308,11 +293,9 @@ fn middlebox_reset_after_idle_is_reported_as_reset() -> Result<()> {
         reset["idle_seconds"].as_f64().unwrap_or(0.0) >= idle_gap.as_secs_f64() - 0.05,
         "{reset}"
     );
-    assert!(
-        connmon
-            .findings("storm_started", topology.app.inode())
-            .is_empty(),
-        "a reset is not a storm"
-    );
+    let storms = scenario
+        .connmon
+        .findings("storm_started", scenario.topology.app.inode());
+    assert!(storms.is_empty(), "a reset is not a storm: {storms:?}");
     Ok(())
 }

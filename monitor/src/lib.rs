@@ -18,6 +18,7 @@ pub mod failfast;
 pub mod http;
 pub mod metrics;
 pub mod output;
+pub mod privileges;
 pub mod risk;
 pub mod shutdown;
 pub mod sockdiag;

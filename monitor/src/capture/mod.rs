@@ -38,6 +38,13 @@ pub enum CaptureError {
     Btf { path: PathBuf, reason: String },
     #[error("this kernel's BTF has no field {field}, which connmon needs")]
     MissingKernelField { field: String },
+    #[error(
+        "missing capability {name}, needed to {purpose}; run as root or grant it (e.g. setcap, or the pod's securityContext)"
+    )]
+    MissingCapability {
+        name: &'static str,
+        purpose: &'static str,
+    },
     #[error("this kernel has no tracepoint {hook}, which connmon needs ({purpose})")]
     MissingTracepoint {
         hook: &'static str,
@@ -95,6 +102,22 @@ impl Capture {
     /// this kernel has. Required hooks missing are an error naming them;
     /// optional ones are skipped with a warning saying what is lost.
     pub fn start(config: &CaptureConfig) -> Result<Self, CaptureError> {
+        if let Some(set) = crate::privileges::effective() {
+            let (required, optional) = crate::privileges::missing(set);
+            if let Some(need) = required.first() {
+                return Err(CaptureError::MissingCapability {
+                    name: need.name,
+                    purpose: need.purpose,
+                });
+            }
+            for need in optional {
+                warn!(
+                    capability = need.name,
+                    lost = need.purpose,
+                    "capability missing; this part is degraded"
+                );
+            }
+        }
         let btf_path = PathBuf::from(KERNEL_BTF_PATH);
         let kernel_btf = KernelBtf::from_file(&btf_path)?;
         let (offsets, missing_fields) = offsets::resolve(&kernel_btf)?;

@@ -76,7 +76,9 @@ fn has(set: u64, cap: u32) -> bool {
 pub fn missing(set: u64) -> (Vec<Need>, Vec<Need>) {
     let sys_admin = has(set, CAP_SYS_ADMIN);
     let lacking = |need: &&Need| {
-        !has(set, need.cap) && !(sys_admin && matches!(need.cap, CAP_BPF | CAP_PERFMON))
+        let covered =
+            has(set, need.cap) || (sys_admin && matches!(need.cap, CAP_BPF | CAP_PERFMON));
+        !covered
     };
     let required = NEEDS
         .iter()

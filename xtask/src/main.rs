@@ -30,6 +30,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Coverage-guided fuzzing (cargo fuzz, libFuzzer) of the event decoder
+    /// and the settings parser, for a bounded time each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Run the whole test suite: unit tests and the root-only kernel tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -49,6 +56,10 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             setup::run(&project)?;
             tasks::run(&project, &args)
+        }
+        Task::Fuzz { seconds } => {
+            setup::run(&project)?;
+            tasks::fuzz(&project, seconds)
         }
         Task::Test { args } => {
             setup::run(&project)?;

@@ -109,6 +109,32 @@ impl TestTotals {
     }
 }
 
+/// Installs cargo-fuzz into the project's tool cache when missing, then
+/// runs every fuzz target for `seconds`. A crash fails the task and leaves
+/// its input under fuzz/artifacts/ for a regression test.
+pub fn fuzz(project: &Project, seconds: u32) -> Result<()> {
+    let cargo_fuzz = project.tools_bin().join("cargo-fuzz");
+    if !cargo_fuzz.is_file() {
+        eprintln!("fuzz: installing cargo-fuzz");
+        let mut install = cargo(project);
+        install.args(["install", "cargo-fuzz", "--locked", "--root"]).arg(project.cache().join("tools"));
+        run_checked(&mut install, "cargo install cargo-fuzz")?;
+    }
+    for target in ["decode", "config"] {
+        let corpus = project.root.join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        // libFuzzer's sanitizer flags need nightly; rustup picks it.
+        let mut run = Command::new("rustup");
+        run.current_dir(project.root.join("fuzz"))
+            .env("PATH", project.path_env())
+            .args(["run", "nightly", "cargo", "fuzz", "run", target])
+            .arg(&corpus)
+            .args(["--", &format!("-max_total_time={seconds}")]);
+        run_checked(&mut run, &format!("fuzzing {target}"))?;
+    }
+    Ok(())
+}
+
 fn cargo(project: &Project) -> Command {
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo

@@ -5,7 +5,9 @@
 //! the last events of a connection (CLOSE, ETIMEDOUT, destroy) carry an
 //! incomplete tuple. The table remembers the full one and fills it in.
 
-use std::collections::HashMap;
+// Keys are kernel cookies, not attacker-chosen input: a fast hasher is
+// safe here and the table is on the per-event path.
+use rustc_hash::FxHashMap;
 
 use crate::event::{Connection, EventKind, SocketEvent};
 
@@ -14,7 +16,7 @@ pub const DEFAULT_CAPACITY: usize = 262_144;
 
 #[derive(Debug)]
 pub struct SocketTable {
-    connections: HashMap<u64, Connection>,
+    connections: FxHashMap<u64, Connection>,
     capacity: usize,
     /// Sockets not remembered because the table was full.
     pub overflowed: u64,
@@ -23,7 +25,7 @@ pub struct SocketTable {
 impl SocketTable {
     pub fn new(capacity: usize) -> Self {
         Self {
-            connections: HashMap::new(),
+            connections: FxHashMap::default(),
             capacity,
             overflowed: 0,
         }

@@ -117,7 +117,9 @@ pub fn fuzz(project: &Project, seconds: u32) -> Result<()> {
     if !cargo_fuzz.is_file() {
         eprintln!("fuzz: installing cargo-fuzz");
         let mut install = cargo(project);
-        install.args(["install", "cargo-fuzz", "--locked", "--root"]).arg(project.cache().join("tools"));
+        install
+            .args(["install", "cargo-fuzz", "--locked", "--root"])
+            .arg(project.cache().join("tools"));
         run_checked(&mut install, "cargo install cargo-fuzz")?;
     }
     for target in ["decode", "config"] {

@@ -15,7 +15,9 @@
 
 pub mod giveup;
 
-use std::collections::HashMap;
+// Keys are kernel cookies, not attacker-chosen input: a fast hasher is
+// safe here and the table is on the per-event path.
+use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
@@ -158,7 +160,7 @@ const RTO_TIMES_KEPT: usize = 8;
 
 pub struct Detector {
     config: DetectorConfig,
-    episodes: HashMap<u64, Episode>,
+    episodes: FxHashMap<u64, Episode>,
     next_storm_id: u64,
     /// Episodes not tracked because `max_episodes` was reached.
     pub episodes_dropped: u64,
@@ -216,7 +218,7 @@ impl Detector {
     pub fn new(config: DetectorConfig) -> Self {
         Self {
             config,
-            episodes: HashMap::new(),
+            episodes: FxHashMap::default(),
             next_storm_id: 1,
             episodes_dropped: 0,
         }
@@ -375,20 +377,28 @@ impl Detector {
             .burst_start_ns
             .unwrap_or(episode.first_retransmit_ns)
             .min(episode.first_retransmit_ns);
-        let gives_up_at_ns = giveup::gives_up_at_ns(
-            started_ns,
-            &episode.rto_times_ns,
-            info.tcp_retries2,
-            info.user_timeout_ms,
-        );
+        let gives_up = |rto_times: &[u64]| {
+            giveup::gives_up_at_ns(
+                started_ns,
+                rto_times,
+                info.tcp_retries2,
+                info.user_timeout_ms,
+            )
+        };
 
         if let Some(storm) = &mut episode.storm {
             storm.retransmits = episode.retransmits;
             storm.timeout_retransmits = episode.timeout_retransmits;
-            storm.gives_up_at_ns = gives_up_at_ns.or(storm.gives_up_at_ns);
-            if event.owner.is_some() {
+            if info.kind == RetransmitKind::Timeout {
+                storm.gives_up_at_ns = gives_up(&episode.rto_times_ns).or(storm.gives_up_at_ns);
+            }
+            if event.owner.is_some() && event.owner != storm.owner {
                 storm.owner = event.owner.clone();
             }
+            return;
+        }
+        // Only timeout retransmits can confirm, and only after an idle gap.
+        if info.kind != RetransmitKind::Timeout {
             return;
         }
         let Some(idle_ns) =
@@ -396,7 +406,9 @@ impl Detector {
         else {
             return;
         };
-        let mut storm = Storm {
+        // Built once per episode, then kept up to date: the hot path of a
+        // long storm allocates nothing.
+        let storm = episode.candidate.get_or_insert_with(|| Storm {
             id: 0,
             cookie: event.cookie,
             owner: event.owner.clone(),
@@ -407,23 +419,30 @@ impl Detector {
             started_ns,
             first_retransmit_ns: episode.first_retransmit_ns,
             confirmed_ns: event.timestamp_ns,
-            retransmits: episode.retransmits,
-            timeout_retransmits: episode.timeout_retransmits,
-            gives_up_at_ns,
+            retransmits: 0,
+            timeout_retransmits: 0,
+            gives_up_at_ns: None,
             tcp_retries2: info.tcp_retries2,
             user_timeout_ms: info.user_timeout_ms,
-        };
+        });
+        storm.retransmits = episode.retransmits;
+        storm.timeout_retransmits = episode.timeout_retransmits;
+        storm.confirmed_ns = event.timestamp_ns;
+        if event.owner.is_some() && event.owner != storm.owner {
+            storm.owner = event.owner.clone();
+        }
         let in_a_row = episode
             .timeout_retransmits
             .max(u32::from(info.rto_retransmits));
-        if info.kind != RetransmitKind::Timeout || in_a_row < self.config.confirm_retransmits {
+        if in_a_row < self.config.confirm_retransmits {
             // Not confirmed yet; kept in case the kernel gives up first.
-            if episode.timeout_retransmits > 0 {
-                episode.candidate = Some(storm);
-            }
             return;
         }
+        let Some(mut storm) = episode.candidate.take() else {
+            return;
+        };
         storm.id = self.next_storm_id;
+        storm.gives_up_at_ns = gives_up(&episode.rto_times_ns);
         self.next_storm_id += 1;
         episode.storm = Some(storm.clone());
         findings.push(Finding::StormStarted(storm));

@@ -29,7 +29,7 @@ fn recorded_stream(events: usize, sockets: u64) -> Vec<Vec<u8>> {
         .map(|i| {
             let cookie = (i as u64 * 7919) % sockets + 1;
             let at = 1_000_000_000_000 + i as u64 * 10_000;
-            let idle_storm = cookie % 50 == 0;
+            let idle_storm = cookie.is_multiple_of(50);
             let kind = match i % 4 {
                 0 | 1 => EVENT_RETRANSMIT,
                 2 => EVENT_PROGRESS,

@@ -180,19 +180,34 @@ fn a_missing_capability_is_named() -> Result<()> {
 /// the existing connection again and still attributes its storm.
 #[test]
 fn after_sigkill_and_restart_existing_connections_are_attributed_again() -> Result<()> {
-    let options = Options { tcp_retries2: 15, ..Options::default() };
+    let options = Options {
+        tcp_retries2: 15,
+        ..Options::default()
+    };
     let mut scenario = SeedScenario::start("sigkill", &options, &[])?;
     let programs = programs_of(scenario.connmon.pid())?;
     assert!(!programs.is_empty());
-    scenario.connmon.signal(libc::SIGKILL, Duration::from_secs(5))?;
-    let left: Vec<u64> = programs.into_iter().filter(|id| program_exists(*id)).collect();
-    assert!(left.is_empty(), "programs outlived a SIGKILLed connmon: {left:?}");
+    scenario
+        .connmon
+        .signal(libc::SIGKILL, Duration::from_secs(5))?;
+    let left: Vec<u64> = programs
+        .into_iter()
+        .filter(|id| program_exists(*id))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "programs outlived a SIGKILLed connmon: {left:?}"
+    );
 
     let port = connmon_tests::topology::REDIS_PORT.to_string();
-    scenario.connmon = connmon_tests::connmon::Daemon::start(&["--idle-threshold", "2s", "--ports", &port])?;
+    scenario.connmon =
+        connmon_tests::connmon::Daemon::start(&["--idle-threshold", "2s", "--ports", &port])?;
     scenario.resume_after_forgotten("set")?;
     let storm = scenario.finding("storm_started", Duration::from_secs(30))?;
     assert_eq!(storm["pid"], scenario.client.pid(), "{storm}");
-    assert!(storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 2.0, "{storm}");
+    assert!(
+        storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 2.0,
+        "{storm}"
+    );
     Ok(())
 }

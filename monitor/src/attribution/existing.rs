@@ -202,7 +202,7 @@ impl OwnerResolver {
         if let Some(cached) = self.cache.get(&cookie) {
             return cached.clone();
         }
-        let owner = self.lookup(cookie, connection.netns);
+        let owner = self.lookup(cookie, connection);
         if self.cache.len() >= 16_384 {
             self.cache.clear();
         }
@@ -210,16 +210,27 @@ impl OwnerResolver {
         owner
     }
 
-    fn lookup(&self, cookie: u64, netns: u32) -> Option<ProcessRef> {
+    fn lookup(&self, cookie: u64, connection: &Connection) -> Option<ProcessRef> {
         let proc_root = &self.proc_root;
         let pids: Vec<u32> = procfs::pids(proc_root)
             .into_iter()
-            .filter(|&pid| procfs::netns_inode(proc_root, pid) == Some(netns))
+            .filter(|&pid| procfs::netns_inode(proc_root, pid) == Some(connection.netns))
             .collect();
         let representative = *pids.first()?;
-        let sockets =
-            sockdiag::dump_tcp(Some(&procfs::netns_file(proc_root, representative))).ok()?;
-        let inode = sockets.iter().find(|s| s.cookie == cookie)?.inode;
+        // By cookie through sock_diag (exact, but entering the namespace
+        // needs CAP_SYS_ADMIN); else by addresses in the namespace's
+        // /proc/PID/net/tcp{,6}, which only needs to read /proc.
+        let by_cookie = sockdiag::dump_tcp(Some(&procfs::netns_file(proc_root, representative)))
+            .ok()
+            .and_then(|sockets| sockets.iter().find(|s| s.cookie == cookie).map(|s| s.inode));
+        let inode = by_cookie.or_else(|| {
+            procfs::tcp_socket_inode(
+                proc_root,
+                representative,
+                connection.local,
+                connection.remote,
+            )
+        })?;
         let pid = pids
             .into_iter()
             .find(|&pid| procfs::socket_inodes(proc_root, pid).contains(&inode))?;

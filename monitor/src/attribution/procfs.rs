@@ -39,6 +39,64 @@ pub fn socket_inodes(proc_root: &Path, pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The inode of the TCP socket `local` -> `remote`, from the socket tables
+/// of `pid`'s network namespace (`/proc/PID/net/tcp` and `tcp6`).
+pub fn tcp_socket_inode(
+    proc_root: &Path,
+    pid: u32,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+) -> Option<u32> {
+    let dir = proc_root.join(pid.to_string()).join("net");
+    ["tcp", "tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(dir.join(table)).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let (found_local, found_remote, inode) = parse_tcp_line(line)?;
+            (same_endpoint(found_local, local) && same_endpoint(found_remote, remote))
+                .then_some(inode)
+        })
+    })
+}
+
+/// Addresses compare equal across IPv4 and IPv4-mapped IPv6.
+fn same_endpoint(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    let canonical = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    a.port() == b.port() && canonical(a.ip()) == canonical(b.ip())
+}
+
+/// One row of /proc/net/tcp{,6}: local and remote address, inode. Addresses
+/// are the kernel's network-order words printed as native integers.
+pub fn parse_tcp_line(line: &str) -> Option<(std::net::SocketAddr, std::net::SocketAddr, u32)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let address = |field: &str| -> Option<std::net::SocketAddr> {
+        let (ip, port) = field.split_once(':')?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        let ip = match ip.len() {
+            8 => std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                u32::from_str_radix(ip, 16).ok()?.to_ne_bytes(),
+            )),
+            32 => {
+                let mut bytes = [0u8; 16];
+                for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+                    let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                    chunk.copy_from_slice(&word.to_ne_bytes());
+                }
+                std::net::IpAddr::V6(std::net::Ipv6Addr::from(bytes))
+            }
+            _ => return None,
+        };
+        Some(std::net::SocketAddr::new(ip, port))
+    };
+    Some((
+        address(fields.get(1)?)?,
+        address(fields.get(2)?)?,
+        fields.get(9)?.parse().ok()?,
+    ))
+}
+
 /// `socket:[12345]` -> 12345.
 pub fn parse_socket_link(link: &str) -> Option<u32> {
     link.strip_prefix("socket:[")?
@@ -147,6 +205,54 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
         assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn finds_our_connection_in_proc_net_tcp() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (local, remote) = (
+            client.local_addr().expect("local"),
+            client.peer_addr().expect("peer"),
+        );
+        let inode = tcp_socket_inode(Path::new("/proc"), std::process::id(), local, remote)
+            .expect("listed");
+        assert!(socket_inodes(Path::new("/proc"), std::process::id()).contains(&inode));
+        // v4-mapped v6 spelling of the same endpoints matches too.
+        let mapped = |a: std::net::SocketAddr| match a.ip() {
+            std::net::IpAddr::V4(v4) => {
+                std::net::SocketAddr::new(std::net::IpAddr::V6(v4.to_ipv6_mapped()), a.port())
+            }
+            _ => a,
+        };
+        assert_eq!(
+            tcp_socket_inode(
+                Path::new("/proc"),
+                std::process::id(),
+                mapped(local),
+                mapped(remote)
+            ),
+            Some(inode)
+        );
+    }
+
+    #[test]
+    fn parses_proc_net_tcp_rows() {
+        let v4 = "   1: 0100007F:1F90 0200000A:18EB 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1";
+        let (local, remote, inode) = parse_tcp_line(v4).expect("row");
+        if cfg!(target_endian = "little") {
+            assert_eq!(local.to_string(), "127.0.0.1:8080");
+            assert_eq!(remote.to_string(), "10.0.0.2:6379");
+        }
+        assert_eq!(inode, 4242);
+        let v6 = "   0: 00000000000000000000000001000000:1F90 0000000000000000FFFF00000200000A:18EB 01 00000000:00000000 00:00000000 00000000     0        0 77 1";
+        let (local, remote, _) = parse_tcp_line(v6).expect("row");
+        if cfg!(target_endian = "little") {
+            assert_eq!(local.to_string(), "[::1]:8080");
+            assert_eq!(remote.to_string(), "[::ffff:10.0.0.2]:6379");
+        }
+        assert_eq!(parse_tcp_line("  sl  local_address rem_address"), None);
     }
 
     #[test]

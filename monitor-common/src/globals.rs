@@ -56,9 +56,14 @@ pub struct KernelOffsets {
     pub task_group_leader: u32,
     pub task_start_boottime: u32,
     pub task_comm: u32,
+    /// `tcp_sock.rcv_tstamp` (u32 jiffies: last ACK received) and
+    /// `inet_connection_sock.icsk_ack.lrcvtime` (u32 jiffies: last data
+    /// received): how long a socket first seen mid-life has been quiet.
+    pub tcp_rcv_tstamp: u32,
+    pub icsk_ack_lrcvtime: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
 
 /// Marks an offset the running kernel does not have.
 pub const OFFSET_ABSENT: u32 = u32::MAX;
@@ -91,6 +96,8 @@ impl KernelOffsets {
         task_group_leader: OFFSET_ABSENT,
         task_start_boottime: OFFSET_ABSENT,
         task_comm: OFFSET_ABSENT,
+        tcp_rcv_tstamp: OFFSET_ABSENT,
+        icsk_ack_lrcvtime: OFFSET_ABSENT,
         _pad: 0,
     };
 }
@@ -109,8 +116,10 @@ pub struct ProbeSettings {
     /// Non-zero: `tp_btf/tcp_retransmit_skb` has the `err` argument (6.x
     /// kernels newer than about 6.2).
     pub retransmit_has_err: u32,
+    /// Length of a jiffy in nanoseconds (1e9 / CONFIG_HZ); 0 when unknown.
+    pub ns_per_jiffy: u64,
 }
-const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 24);
+const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 32);
 
 impl ProbeSettings {
     pub const DEFAULT: Self = Self {
@@ -118,5 +127,6 @@ impl ProbeSettings {
         idle_threshold_ns: 30_000_000_000,
         watch_all_ports: 0,
         retransmit_has_err: 0,
+        ns_per_jiffy: 0,
     };
 }

@@ -2,7 +2,7 @@
 //! its first argument; none trusts the current task in softirq context.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_jiffies64},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -85,7 +85,14 @@ fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
             return;
         };
         // SAFETY: pointer from a socket-map lookup in this run.
-        note_activity(unsafe { &mut (*state).activity }, now, is_send);
+        let activity = unsafe { &mut (*state).activity };
+        // First seen mid-life (older than connmon, or evicted from the map
+        // while idle): the kernel's own receive timestamps say how long it
+        // has been quiet, so the idle gap before this send is not lost.
+        if is_send && activity.last_recv_ns == 0 && activity.last_send_ns == 0 {
+            activity.last_recv_ns = last_receive_ns(sk, now);
+        }
+        note_activity(activity, now, is_send);
         return;
     };
     // SAFETY: pointer from a socket-map lookup in this run. Concurrent
@@ -131,6 +138,36 @@ fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
             WAKE_LATER,
         );
     }
+}
+
+/// When `sk` last received anything (data or an ACK), from the socket's
+/// jiffies timestamps, in `now`'s clock; 0 when unknown.
+#[inline(always)]
+fn last_receive_ns(sk: *const u8, now: u64) -> u64 {
+    let ns_per_jiffy = setting!(ns_per_jiffy);
+    let (Some(ack), Some(data)) = (
+        read::<u32>(sk, off!(tcp_rcv_tstamp)),
+        read::<u32>(sk, off!(icsk_ack_lrcvtime)),
+    ) else {
+        return 0;
+    };
+    if ns_per_jiffy == 0 {
+        return 0;
+    }
+    // SAFETY: a helper without arguments.
+    let jiffies = unsafe { bpf_jiffies64() } as u32;
+    // The more recent of the two, on wrapping 32-bit jiffies.
+    let since_ack = jiffies.wrapping_sub(ack);
+    let since_data = jiffies.wrapping_sub(data);
+    let quiet = if since_ack < since_data {
+        since_ack
+    } else {
+        since_data
+    };
+    if quiet > u32::MAX / 2 {
+        return 0;
+    }
+    now.saturating_sub(u64::from(quiet) * ns_per_jiffy)
 }
 
 /// `sock:inet_sock_set_state(sk, oldstate, newstate)`.

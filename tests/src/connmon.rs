@@ -95,13 +95,39 @@ impl Drop for Trace {
 pub struct Daemon {
     process: Process,
     pub listen: std::net::SocketAddr,
+    /// A directory to remove once the daemon has stopped.
+    scratch: Option<PathBuf>,
 }
 
 impl Daemon {
     /// Starts the daemon and waits until its programs are attached.
     pub fn start(args: &[&str]) -> Result<Self> {
+        Self::start_with(Command::new(binary()), args)
+    }
+
+    /// Starts the daemon as user nobody holding exactly `caps` (setpriv
+    /// syntax, e.g. `+bpf,+perfmon`), from a copy of the binary nobody can
+    /// execute.
+    pub fn start_as_nobody(caps: &str, args: &[&str]) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("cmt-nobody-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let copy = dir.join("connmon");
+        std::fs::copy(binary(), &copy)?;
+        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
+            .arg(&copy);
+        let mut daemon = Self::start_with(command, args)?;
+        daemon.scratch = Some(dir);
+        Ok(daemon)
+    }
+
+    fn start_with(mut command: Command, args: &[&str]) -> Result<Self> {
         let listen = free_loopback_port()?;
-        let mut command = Command::new(binary());
         command
             .arg("run")
             .args(["--listen", &listen.to_string(), "--log-format", "json"])
@@ -112,7 +138,11 @@ impl Daemon {
             .stderr
             .wait_for_containing("watching for retransmit storms", Duration::from_secs(60))
             .context("connmon run did not get ready")?;
-        Ok(Self { process, listen })
+        Ok(Self {
+            process,
+            listen,
+            scratch: None,
+        })
     }
 
     /// Every finding printed so far.
@@ -169,6 +199,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.process.stop(libc::SIGINT, Duration::from_secs(5));
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

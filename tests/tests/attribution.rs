@@ -148,3 +148,32 @@ fn identical_addresses_in_two_namespaces_are_two_connections() -> Result<()> {
     assert_ne!(storm_a["storm_id"], storm_b["storm_id"]);
     Ok(())
 }
+
+/// Least privilege: as user nobody with the documented capabilities but
+/// without CAP_SYS_ADMIN, connmon cannot enter other network namespaces to
+/// learn old connections up front; the kernel's own receive timestamps
+/// still give the idle gap, and the storm still names the process.
+#[test]
+fn without_cap_sys_admin_an_old_connection_is_still_caught() -> Result<()> {
+    let mut topology = Topology::build("lpriv", &Options::default())?;
+    topology.start_redis()?;
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    let connmon = Daemon::start_as_nobody(
+        "+bpf,+perfmon,+net_admin,+sys_ptrace,+dac_read_search",
+        &["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()],
+    )?;
+    let stderr = connmon.stderr().join("\n");
+    assert!(
+        stderr.contains("CAP_SYS_ADMIN"),
+        "the missing capability is named: {stderr}"
+    );
+    client.send_line("set")?;
+    let storm = storm_in(&connmon, &topology)?;
+    assert_eq!(storm["pid"], client.pid(), "{storm}");
+    assert!(
+        storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 3.0,
+        "idle since before connmon: {storm}"
+    );
+    Ok(())
+}

@@ -157,6 +157,7 @@ impl Capture {
             retransmit_has_err: u32::from(
                 kernel_btf.tracepoint_args("tcp_retransmit_skb") == Some(3),
             ),
+            ns_per_jiffy: ns_per_jiffy(),
         };
 
         let aya_btf = Btf::from_sys_fs().map_err(|source| CaptureError::Btf {
@@ -317,6 +318,21 @@ impl Capture {
         })?;
         Ok(counters::KernelCounters::new(array))
     }
+}
+
+/// The kernel tick: the coarse clocks advance once per jiffy, so their
+/// resolution is 1e9 / CONFIG_HZ. 0 (unknown) switches the estimate off.
+fn ns_per_jiffy() -> u64 {
+    let mut resolution = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `resolution` is a valid, writable timespec for the call.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut resolution) };
+    if rc != 0 || resolution.tv_sec != 0 {
+        return 0;
+    }
+    u64::try_from(resolution.tv_nsec).unwrap_or(0)
 }
 
 fn fill_watched_ports(ebpf: &mut Ebpf, ports: &BTreeSet<u16>) -> Result<(), CaptureError> {

@@ -225,6 +225,11 @@ pub fn resolve(btf: &KernelBtf) -> Result<(KernelOffsets, Vec<String>), CaptureE
         &mut offsets.task_start_boottime,
     )?;
     take(opt("task_struct", "comm"), &mut offsets.task_comm)?;
+    take(opt("tcp_sock", "rcv_tstamp"), &mut offsets.tcp_rcv_tstamp)?;
+    take(
+        opt("inet_connection_sock", "icsk_ack.lrcvtime"),
+        &mut offsets.icsk_ack_lrcvtime,
+    )?;
     Ok((offsets, warnings))
 }
 

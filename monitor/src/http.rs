@@ -104,6 +104,12 @@ impl Status {
         }
     }
 
+    /// The kernel's counters now, if the sources are set.
+    pub fn kernel_counters(&self) -> Option<crate::capture::counters::CounterSnapshot> {
+        let slot = self.kernel.lock().ok()?;
+        slot.as_ref()?.counters.snapshot().ok()
+    }
+
     fn scrape(&self) -> String {
         if let Ok(slot) = self.kernel.lock()
             && let Some(sources) = slot.as_ref()

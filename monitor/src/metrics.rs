@@ -47,6 +47,7 @@ pub struct Metrics {
     series_capped: IntCounterVec,
     fail_fast: IntCounterVec,
     at_risk: IntGaugeVec,
+    socket_map_evictions: prometheus::IntCounter,
     inferred_timeout: prometheus::GaugeVec,
     state: Mutex<State>,
 }
@@ -60,6 +61,11 @@ struct State {
     active_storm_labels: HashMap<u64, Vec<String>>,
     /// Last cumulative kernel values, to export deltas.
     kernel_seen: HashMap<String, u64>,
+    /// Live entries of the kernel socket map, when last counted.
+    kernel_live_sockets: Option<u64>,
+    /// Entries userspace inserted (start-up inventory): not in the
+    /// kernel's insert counter.
+    primed_sockets: u64,
     /// cgroup id -> container label.
     containers: HashMap<u64, String>,
 }
@@ -230,6 +236,11 @@ impl Metrics {
             &["process", "container", "destination"],
         )?;
         registry.register(Box::new(at_risk.clone()))?;
+        let socket_map_evictions = prometheus::IntCounter::new(
+            "connmon_socket_map_evictions_total",
+            "Sockets the kernel's LRU socket map dropped while still open (more live sockets than --socket-map-entries): inserts - removals - live entries.",
+        )?;
+        registry.register(Box::new(socket_map_evictions.clone()))?;
         let inferred_timeout = prometheus::GaugeVec::new(
             Opts::new(
                 "connmon_inferred_path_idle_timeout_seconds",
@@ -280,6 +291,7 @@ impl Metrics {
             series_capped,
             fail_fast,
             at_risk,
+            socket_map_evictions,
             inferred_timeout,
             state: Mutex::new(State::default()),
         })
@@ -462,9 +474,10 @@ impl Metrics {
                 .with_label_values(&[label])
                 .inc_by(delta);
         }
-        let live = counters
-            .get(SOCKETS_ADDED)
-            .saturating_sub(counters.get(SOCKETS_REMOVED));
+        let live = state.kernel_live_sockets.unwrap_or_else(|| {
+            (counters.get(SOCKETS_ADDED) + state.primed_sockets)
+                .saturating_sub(counters.get(SOCKETS_REMOVED))
+        });
         self.tracked_sockets
             .with_label_values(&["kernel"])
             .set(i64::try_from(live).unwrap_or(i64::MAX));
@@ -544,6 +557,33 @@ impl Metrics {
 
     pub fn observe_fail_fast(&self, result: &str) {
         self.fail_fast.with_label_values(&[result]).inc();
+    }
+
+    /// Entries the start-up inventory put into the kernel socket map.
+    pub fn note_primed_sockets(&self, count: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.primed_sockets += count;
+        }
+    }
+
+    /// The kernel socket map's live entries, counted by iterating it, with
+    /// the insert counter read before and the removal counter read after the
+    /// count: `added - removed - live` is then a lower bound of the LRU's
+    /// evictions (never a false alarm from sockets that came and went
+    /// while counting).
+    pub fn observe_socket_map(&self, added_before: u64, removed_after: u64, live: u64) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.kernel_live_sockets = Some(live);
+        let evicted = (added_before + state.primed_sockets)
+            .saturating_sub(removed_after)
+            .saturating_sub(live);
+        let seen = state.kernel_seen.entry("evictions".into()).or_insert(0);
+        if evicted > *seen {
+            self.socket_map_evictions.inc_by(evicted - *seen);
+            *seen = evicted;
+        }
     }
 
     pub fn set_userspace_sockets(&self, count: usize) {

@@ -211,3 +211,44 @@ fn after_sigkill_and_restart_existing_connections_are_attributed_again() -> Resu
     );
     Ok(())
 }
+
+/// More live sockets than the kernel socket map holds: the LRU evicts, and
+/// connmon counts and exports the evictions.
+#[test]
+fn socket_map_overflow_is_counted_and_exported() -> Result<()> {
+    let ns = connmon_tests::netns::NetNs::create("overflow")?;
+    let connmon = connmon_tests::connmon::Daemon::start(&[
+        "--ports",
+        "7301",
+        "--socket-map-entries",
+        "1024",
+    ])?;
+    assert_eq!(
+        connmon.metric("connmon_socket_map_evictions_total")?,
+        0.0,
+        "nothing evicted yet"
+    );
+    let peer = env!("CARGO_BIN_EXE_tcp-peer");
+    let mut server = ns.command(peer);
+    server.args(["server", "127.0.0.1:7301"]);
+    let server = connmon_tests::process::Process::spawn("tcp-peer server", server)?;
+    server
+        .stdout
+        .wait_for("listening", Duration::from_secs(10))?;
+    // 900 client and 900 accepted sockets, each used in process context.
+    let mut clients = ns.command(peer);
+    clients.args(["many", "127.0.0.1:7301", "900"]);
+    let clients = connmon_tests::process::Process::spawn("tcp-peer many", clients)?;
+    clients.stdout.wait_for("opened", Duration::from_secs(60))?;
+    let evictions =
+        connmon_tests::poll::until("evictions to be exported", Duration::from_secs(40), || {
+            let evicted = connmon.metric("connmon_socket_map_evictions_total")?;
+            Ok((evicted > 0.0).then_some(evicted))
+        })?;
+    assert!(evictions >= 1.0);
+    let live = connmon.metric("connmon_tracked_sockets{table=\"kernel\"}")?;
+    assert!(live <= 1024.0, "the map holds at most its size: {live}");
+    drop(clients);
+    drop(server);
+    Ok(())
+}

@@ -294,6 +294,23 @@ impl Capture {
         })
     }
 
+    /// Takes the socket map (once, after `prime_sockets`), to count its live
+    /// entries: with the insert and delete counters that gives the LRU's
+    /// evictions.
+    pub fn take_socket_map(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<MapData, u64, monitor_common::socket::SocketState>, CaptureError>
+    {
+        let map = self.ebpf.take_map("SOCKETS").ok_or(CaptureError::Map {
+            name: "SOCKETS",
+            reason: "already taken".into(),
+        })?;
+        aya::maps::HashMap::try_from(map).map_err(|error| CaptureError::Map {
+            name: "SOCKETS",
+            reason: error.to_string(),
+        })
+    }
+
     /// Takes the event ring buffer (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
         let map = self.ebpf.take_map("EVENTS").ok_or(CaptureError::Map {

@@ -41,7 +41,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Capture::start(&settings.capture_config()).context("starting kernel capture")?;
     let ring = capture.take_events()?;
 
-    prime_existing_sockets(&mut capture, &settings.capture_config());
+    let primed = prime_existing_sockets(&mut capture, &settings.capture_config());
+    status.metrics.note_primed_sockets(primed as u64);
+    let socket_count = spawn_socket_map_counter(capture.take_socket_map()?, status.clone());
     let stats = Arc::new(reader::ReaderStats::default());
     let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);
     status.set_kernel_sources(KernelSources {
@@ -131,6 +133,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     reader.abort();
     at_risk.abort();
+    socket_count.abort();
     drop(capture);
     server.abort();
     info!("kernel programs detached");
@@ -178,6 +181,42 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
     })
 }
 
+/// How often the kernel socket map's live entries are counted.
+const SOCKET_MAP_COUNT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counts the socket map's live entries periodically, off the async
+/// threads (one syscall per entry); the metrics derive evictions from it.
+fn spawn_socket_map_counter(
+    map: aya::maps::HashMap<aya::maps::MapData, u64, monitor_common::socket::SocketState>,
+    status: Arc<Status>,
+) -> tokio::task::JoinHandle<()> {
+    let map = Arc::new(map);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SOCKET_MAP_COUNT_INTERVAL);
+        loop {
+            tick.tick().await;
+            use monitor_common::counters::{SOCKETS_ADDED, SOCKETS_REMOVED};
+            let Some(before) = status.kernel_counters() else {
+                continue;
+            };
+            let map = map.clone();
+            let Ok(live) =
+                tokio::task::spawn_blocking(move || map.keys().filter(Result::is_ok).count()).await
+            else {
+                continue;
+            };
+            let Some(after) = status.kernel_counters() else {
+                continue;
+            };
+            status.metrics.observe_socket_map(
+                before.get(SOCKETS_ADDED),
+                after.get(SOCKETS_REMOVED),
+                live as u64,
+            );
+        }
+    })
+}
+
 /// This machine's hostname, for the `instance` of alerts.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -187,7 +226,10 @@ fn hostname() -> String {
 
 /// Learns the watched connections that predate the daemon (owners from
 /// /proc, last activity from tcp_info) and hands them to the kernel map.
-pub fn prime_existing_sockets(capture: &mut Capture, config: &crate::capture::CaptureConfig) {
+pub fn prime_existing_sockets(
+    capture: &mut Capture,
+    config: &crate::capture::CaptureConfig,
+) -> usize {
     let ports = config.watched_ports.clone();
     let all_ports = config.watch_all_ports;
     let watched = move |local: u16, remote: u16| {
@@ -204,12 +246,16 @@ pub fn prime_existing_sockets(capture: &mut Capture, config: &crate::capture::Ca
         .count();
     let shared = known.iter().filter(|socket| socket.holders > 1).count();
     match capture.prime_sockets(&known) {
-        Ok(added) => info!(
-            found = known.len(),
-            added, unowned, shared, "learned existing watched connections"
-        ),
+        Ok(added) => {
+            info!(
+                found = known.len(),
+                added, unowned, shared, "learned existing watched connections"
+            );
+            added
+        }
         Err(error) => {
-            warn!(%error, "cannot record existing connections; they get owners when next used")
+            warn!(%error, "cannot record existing connections; they get owners when next used");
+            0
         }
     }
 }

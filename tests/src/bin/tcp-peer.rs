@@ -5,6 +5,7 @@
 //! `tcp-peer client ADDR`: connect, exchange one line, print
 //! `connected LOCAL_ADDR`, then on each stdin line send it and wait for the
 //! echo; a failed wait prints `error KIND ERRNO` and exits.
+//! `tcp-peer many ADDR N`: hold N connections open (prints `opened N`).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -21,6 +22,7 @@ fn main() {
     let result = match mode.as_str() {
         "server" => server(addr),
         "client" => client(addr),
+        "many" => many(addr, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
@@ -64,6 +66,22 @@ fn client(addr: &str) -> std::io::Result<()> {
         println!("echoed {line}");
         std::io::stdout().flush()?;
     }
+    Ok(())
+}
+
+/// Opens `count` connections, exchanges a line on each, prints `opened N`,
+/// and holds them until stdin closes.
+fn many(addr: &str, count: usize) -> std::io::Result<()> {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr)?;
+        exchange(&mut stream, b"hello\n")?;
+        streams.push(stream);
+    }
+    println!("opened {}", streams.len());
+    std::io::stdout().flush()?;
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_line(&mut rest);
     Ok(())
 }
 

@@ -178,8 +178,12 @@ fn assess_one(
         socket.remote
     };
     let mut path_timeout = paths.for_addr(socket.remote.ip());
-    if let Some(seconds) = inferred.get(&destination.to_string()) {
-        path_timeout = path_timeout.min(Duration::from_secs_f64(seconds.max(1.0)));
+    // Whatever answered at --daemon-url, only a sane number counts.
+    if let Some(inferred) = inferred
+        .get(&destination.to_string())
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds.max(1.0)).ok())
+    {
+        path_timeout = path_timeout.min(inferred);
     }
     let assessment = risk::assess(&view, path_timeout);
     let owner = scanned

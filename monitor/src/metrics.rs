@@ -39,6 +39,8 @@ pub struct Metrics {
     events: IntCounterVec,
     lost_records: IntCounterVec,
     kernel_retransmits: IntCounterVec,
+    kernel_segments: prometheus::IntCounter,
+    kernel_events_emitted: prometheus::IntCounter,
     tracked_sockets: IntGaugeVec,
     program_run_seconds: prometheus::CounterVec,
     program_runs: IntCounterVec,
@@ -162,6 +164,14 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let kernel_segments = prometheus::IntCounter::new(
+            "connmon_kernel_retransmitted_segments_total",
+            "Segments in successful retransmits on every TCP socket of the host: what nstat's TcpRetransSegs counts.",
+        )?;
+        let kernel_events_emitted = prometheus::IntCounter::new(
+            "connmon_kernel_events_emitted_total",
+            "Records the kernel programs wrote to the ring buffer; each is processed (connmon_events_total) or lost (connmon_lost_records_total).",
+        )?;
         let tracked_sockets = IntGaugeVec::new(
             Opts::new(
                 "connmon_tracked_sockets",
@@ -215,6 +225,8 @@ impl Metrics {
         registry.register(Box::new(lost_records.clone()))?;
         registry.register(Box::new(kernel_retransmits.clone()))?;
         registry.register(Box::new(tracked_sockets.clone()))?;
+        registry.register(Box::new(kernel_segments.clone()))?;
+        registry.register(Box::new(kernel_events_emitted.clone()))?;
         registry.register(Box::new(program_run_seconds.clone()))?;
         registry.register(Box::new(program_runs.clone()))?;
         registry.register(Box::new(program_recursion_misses.clone()))?;
@@ -283,6 +295,8 @@ impl Metrics {
             events,
             lost_records,
             kernel_retransmits,
+            kernel_segments,
+            kernel_events_emitted,
             tracked_sockets,
             program_run_seconds,
             program_runs,
@@ -474,6 +488,16 @@ impl Metrics {
                 .with_label_values(&[label])
                 .inc_by(delta);
         }
+        use monitor_common::counters::{EVENTS_EMITTED, RETRANSMITTED_SEGMENTS};
+        let segments = Self::kernel_delta(
+            &mut state,
+            "segments".into(),
+            counters.get(RETRANSMITTED_SEGMENTS),
+        );
+        self.kernel_segments.inc_by(segments);
+        let emitted =
+            Self::kernel_delta(&mut state, "emitted".into(), counters.get(EVENTS_EMITTED));
+        self.kernel_events_emitted.inc_by(emitted);
         let live = state.kernel_live_sockets.unwrap_or_else(|| {
             (counters.get(SOCKETS_ADDED) + state.primed_sockets)
                 .saturating_sub(counters.get(SOCKETS_REMOVED))

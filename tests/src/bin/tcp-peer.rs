@@ -6,6 +6,7 @@
 //! `connected LOCAL_ADDR`, then on each stdin line send it and wait for the
 //! echo; a failed wait prints `error KIND ERRNO` and exits.
 //! `tcp-peer many ADDR N`: hold N connections open (prints `opened N`).
+//! `tcp-peer blast ADDR CONNECTIONS SECONDS`: echo bulk data for a while.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -23,6 +24,11 @@ fn main() {
         "server" => server(addr),
         "client" => client(addr),
         "many" => many(addr, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
+        "blast" => blast(
+            addr,
+            args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
+            args.get(4).and_then(|n| n.parse().ok()).unwrap_or(1),
+        ),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
@@ -83,6 +89,36 @@ fn many(addr: &str, count: usize) -> std::io::Result<()> {
     let mut rest = String::new();
     let _ = std::io::stdin().read_line(&mut rest);
     Ok(())
+}
+
+/// `connections` connections, each sending 16 KiB chunks and reading the
+/// echo back for `seconds` (a bounded load); prints `blasted BYTES`.
+fn blast(addr: &str, connections: usize, seconds: u64) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let addr = addr.to_string();
+            thread::spawn(move || -> std::io::Result<u64> {
+                let mut stream = TcpStream::connect(addr)?;
+                stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+                let chunk = vec![b'x'; 16 * 1024];
+                let mut echo = vec![0u8; 16 * 1024];
+                let mut moved = 0u64;
+                while std::time::Instant::now() < deadline {
+                    stream.write_all(&chunk)?;
+                    stream.read_exact(&mut echo)?;
+                    moved += chunk.len() as u64;
+                }
+                Ok(moved)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for worker in workers {
+        total += worker.join().unwrap_or(Ok(0))?;
+    }
+    println!("blasted {total}");
+    std::io::stdout().flush()
 }
 
 /// Sends `payload` and reads until the whole echo is back.

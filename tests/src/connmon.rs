@@ -16,6 +16,29 @@ pub fn binary() -> PathBuf {
     }
 }
 
+/// A command that runs connmon as user nobody holding exactly `caps`
+/// (setpriv syntax, e.g. `+bpf,+perfmon`; empty for none), from a copy in a
+/// scratch directory nobody can enter. The caller removes the directory.
+pub fn as_nobody(caps: &str, tag: &str) -> Result<(Command, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("cmt-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let copy = dir.join("connmon");
+    std::fs::copy(binary(), &copy)?;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    if !caps.is_empty() {
+        command.args([
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+        ]);
+    }
+    command.arg(&copy);
+    Ok((command, dir))
+}
+
 /// A binary of this workspace's build, next to the running test
 /// (`target/<profile>/<name>`).
 pub fn built_binary(name: &str) -> PathBuf {
@@ -109,18 +132,7 @@ impl Daemon {
     /// syntax, e.g. `+bpf,+perfmon`), from a copy of the binary nobody can
     /// execute.
     pub fn start_as_nobody(caps: &str, args: &[&str]) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("cmt-nobody-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let copy = dir.join("connmon");
-        std::fs::copy(binary(), &copy)?;
-        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let mut command = Command::new("setpriv");
-        command
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(format!("--inh-caps={caps}"))
-            .arg(format!("--ambient-caps={caps}"))
-            .arg(&copy);
+        let (command, dir) = as_nobody(caps, "nobody")?;
         let mut daemon = Self::start_with(command, args)?;
         daemon.scratch = Some(dir);
         Ok(daemon)

@@ -133,27 +133,10 @@ fn sigterm_during_a_storm_ends_it_detaches_and_exits_0() -> Result<()> {
 
 /// Runs `connmon trace` as nobody holding exactly `caps` (setpriv).
 fn trace_as_nobody_with(caps: &str) -> Result<std::process::Output> {
-    // A copy nobody can execute, whatever the checkout's permissions.
-    let dir = std::env::temp_dir().join(format!("cmt-caps-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let copy = dir.join("connmon");
-    std::fs::copy(binary(), &copy)?;
-    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let mut command = Command::new("setpriv");
-    command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-    if !caps.is_empty() {
-        command.args([
-            format!("--inh-caps={caps}"),
-            format!("--ambient-caps={caps}"),
-        ]);
-    }
+    let (mut command, dir) = connmon_tests::connmon::as_nobody(caps, "caps")?;
     // Without the required capabilities, trace stops before loading anything.
     let output = command
-        .arg(&copy)
-        .args(["trace", "--socket-map-entries", "1024"])
-        .arg("--ports")
-        .arg("1")
+        .args(["trace", "--socket-map-entries", "1024", "--ports", "1"])
         .output();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(output?)

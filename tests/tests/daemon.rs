@@ -91,6 +91,19 @@ fn program_exists(id: u64) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Waits until none of `ids` is loaded. The kernel frees a program after
+/// its last reference is dropped and an RCU grace period has passed, so
+/// the ids disappear shortly after the holder exits, not at the same instant.
+fn wait_until_unloaded(ids: Vec<u64>) -> Result<()> {
+    let mut left = ids;
+    let outcome =
+        connmon_tests::poll::until("programs to be unloaded", Duration::from_secs(5), || {
+            left.retain(|id| program_exists(*id));
+            Ok(left.is_empty().then_some(()))
+        });
+    outcome.map_err(|e| anyhow::anyhow!("{e}; still loaded: {left:?}"))
+}
+
 #[test]
 fn sigterm_during_a_storm_ends_it_detaches_and_exits_0() -> Result<()> {
     // The default tcp_retries2: the storm would last 15 minutes.
@@ -120,14 +133,7 @@ fn sigterm_during_a_storm_ends_it_detaches_and_exits_0() -> Result<()> {
             .any(|r| r["outcome"] == "monitor_stopped" && r["storm_id"] == started["storm_id"]),
         "no monitor_stopped end for the storm: {ended:?}"
     );
-    let left: Vec<u64> = programs
-        .into_iter()
-        .filter(|id| program_exists(*id))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "programs still loaded after exit: {left:?}"
-    );
+    wait_until_unloaded(programs)?;
     Ok(())
 }
 
@@ -173,14 +179,7 @@ fn after_sigkill_and_restart_existing_connections_are_attributed_again() -> Resu
     scenario
         .connmon
         .signal(libc::SIGKILL, Duration::from_secs(5))?;
-    let left: Vec<u64> = programs
-        .into_iter()
-        .filter(|id| program_exists(*id))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "programs outlived a SIGKILLed connmon: {left:?}"
-    );
+    wait_until_unloaded(programs)?;
 
     let port = connmon_tests::topology::REDIS_PORT.to_string();
     scenario.connmon =

@@ -48,6 +48,13 @@ impl Project {
         self.cache().join("tools/bin")
     }
 
+    /// Cargo's build directory: `CARGO_TARGET_DIR` when set, else `target/`.
+    pub fn target_dir(&self) -> PathBuf {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("target"))
+    }
+
     /// `PATH` with the project's tools first, for every cargo we start.
     pub fn path_env(&self) -> String {
         let current = std::env::var("PATH").unwrap_or_default();

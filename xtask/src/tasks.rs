@@ -19,8 +19,7 @@ pub fn build(project: &Project, release: bool) -> Result<PathBuf> {
     }
     run_checked(&mut cargo, "cargo build")?;
     Ok(project
-        .root
-        .join("target")
+        .target_dir()
         .join(if release { "release" } else { "debug" })
         .join("connmon"))
 }

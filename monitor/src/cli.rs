@@ -129,6 +129,10 @@ pub struct RunArgs {
     /// How often to look for idle connections at risk [default: 60s].
     #[arg(long, env = "CONNMON_AT_RISK_INTERVAL", value_name = "DURATION")]
     pub at_risk_interval: Option<String>,
+    /// TLS and basic auth for the HTTP endpoints: a Prometheus exporter
+    /// web-config file (as node_exporter's --web.config.file).
+    #[arg(long, env = "CONNMON_WEB_CONFIG_FILE", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -171,6 +175,7 @@ impl RunArgs {
             fail_fast: self.fail_fast,
             path_timeouts: self.path_timeout_layer(),
             at_risk_interval: self.at_risk_interval.clone(),
+            web_config_file: self.web_config_file.clone(),
         });
         Settings::resolve(&layers)
     }

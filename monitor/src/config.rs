@@ -12,7 +12,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{capture::CaptureConfig, failfast::FailFastMode, output::Format, risk::PathTimeouts};
+use crate::{
+    capture::CaptureConfig, failfast::FailFastMode, http::webconfig::WebConfig, output::Format,
+    risk::PathTimeouts,
+};
 
 /// Default `/metrics` port: not taken by any common exporter.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9878";
@@ -74,6 +77,8 @@ pub struct Settings {
     pub path_timeouts: PathTimeouts,
     /// How often the daemon looks for at-risk idle connections.
     pub at_risk_interval: Duration,
+    /// TLS, basic auth and headers for the HTTP endpoints.
+    pub web_config: WebConfig,
 }
 
 impl Default for Settings {
@@ -101,6 +106,7 @@ impl Default for Settings {
             fail_fast: FailFastMode::Off,
             path_timeouts: PathTimeouts::default(),
             at_risk_interval: Duration::from_secs(60),
+            web_config: WebConfig::default(),
         }
     }
 }
@@ -128,6 +134,8 @@ pub struct Layer {
     /// `default = "350s"` and `"CIDR" = "DURATION|PRESET"` entries.
     pub path_timeouts: Option<BTreeMap<String, String>>,
     pub at_risk_interval: Option<String>,
+    /// A Prometheus exporter web-config file (TLS, basic auth).
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl Layer {
@@ -289,6 +297,17 @@ impl Settings {
                 ));
             }
             self.at_risk_interval = interval;
+        }
+        if let Some(path) = &layer.web_config_file {
+            let web = WebConfig::from_file(path).map_err(|reason| {
+                invalid("web_config_file", format!("{}: {reason}", path.display()))
+            })?;
+            if let Some(tls) = &web.tls {
+                // Load the certificate now, so a bad one is a start-up error.
+                crate::http::tls::acceptor(tls)
+                    .map_err(|error| invalid("web_config_file", error.to_string()))?;
+            }
+            self.web_config = web;
         }
         if let Some(mode) = layer.fail_fast {
             self.fail_fast = mode;

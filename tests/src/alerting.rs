@@ -167,12 +167,24 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(connmon: SocketAddr, alertmanager: SocketAddr, rules: &Path) -> Result<Self> {
-        let dir = TempDir::new("prometheus")?;
-        let addr = free_port()?;
-        let config = format!(
+        Self::launch(&format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\nscrape_configs:\n  - job_name: connmon\n    static_configs:\n      - targets: ['{connmon}']\n",
             rules.display()
-        );
+        ))
+    }
+
+    /// Prometheus with one scrape job, given as YAML lines indented for a
+    /// `scrape_configs` list item (`job_name: ...` first).
+    pub fn start_scraping(job: &str) -> Result<Self> {
+        Self::launch(&format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - {}\n",
+            job.trim()
+        ))
+    }
+
+    fn launch(config: &str) -> Result<Self> {
+        let dir = TempDir::new("prometheus")?;
+        let addr = free_port()?;
         std::fs::write(dir.0.join("prometheus.yml"), config)?;
         let mut command = Command::new("prometheus");
         command

@@ -13,8 +13,9 @@ use anyhow::{Context, Result, bail};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the test suite drives: namespaces and veth (iproute2),
-/// the middlebox (nftables, conntrack), the cache (redis-server), and
-/// bpftool to check that programs are detached.
+/// the middlebox (nftables, conntrack), the cache (redis-server), bpftool
+/// to check that programs are detached, Prometheus and Alertmanager (rules
+/// and alert delivery), curl (the TLS endpoints).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -22,6 +23,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "redis-server",
     "bpftool",
     "procps",
+    "prometheus",
+    "prometheus-alertmanager",
+    "curl",
 ];
 
 /// Paths of the checkout and its tool cache.

@@ -35,7 +35,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let status = Arc::new(Status::new(
         Metrics::new(DEFAULT_SERIES_CAP).context("registering metrics")?,
     ));
-    let server = http::serve(settings.listen, status.clone()).await?;
+    let server = http::serve(settings.listen, status.clone(), &settings.web_config).await?;
 
     let mut capture =
         Capture::start(&settings.capture_config()).context("starting kernel capture")?;

@@ -1,5 +1,10 @@
 //! The HTTP endpoints: health, readiness and the storms API. A slow client
-//! never stalls the pipeline: handlers only read shared state.
+//! never stalls the pipeline: handlers only read shared state. TLS, basic
+//! auth and extra headers come from an exporter web-config file.
+
+pub mod auth;
+pub mod tls;
+pub mod webconfig;
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -8,6 +13,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
@@ -154,13 +160,34 @@ impl Status {
     }
 }
 
-pub fn router(status: Arc<Status>) -> Router {
-    Router::new()
+pub fn router(status: Arc<Status>, web: &webconfig::WebConfig) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/storms", get(storms))
-        .with_state(status)
+        .with_state(status);
+    if !web.basic_auth_users.is_empty() {
+        let users = Arc::new(auth::BasicAuth::new(web.basic_auth_users.clone()));
+        router = router.layer(axum::middleware::from_fn_with_state(users, auth::require));
+    }
+    if !web.headers.is_empty() {
+        let headers: axum::http::HeaderMap = web
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    axum::http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    axum::http::HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
+        router = router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(headers),
+            auth::add_headers,
+        ));
+    }
+    router
 }
 
 async fn readyz(State(status): State<Arc<Status>>) -> (StatusCode, &'static str) {
@@ -200,19 +227,72 @@ async fn storms(State(status): State<Arc<Status>>) -> Json<StormsResponse> {
     })
 }
 
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Binds `listen` (so a taken port fails at start-up, with its address) and
-/// serves in the background.
+/// serves in the background, over TLS when the web config says so.
 pub async fn serve(
     listen: SocketAddr,
     status: Arc<Status>,
+    web: &webconfig::WebConfig,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {listen}: {error}"))?;
-    let app = router(status);
-    Ok(tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "HTTP server stopped");
+    let app = router(status, web);
+    let Some(tls) = &web.tls else {
+        if !web.basic_auth_users.is_empty() {
+            tracing::warn!("basic auth without TLS: passwords cross the network in clear");
         }
-    }))
+        return Ok(tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "HTTP server stopped");
+            }
+        }));
+    };
+    let acceptor = tls::acceptor(tls)?;
+    Ok(tokio::spawn(serve_tls(listener, app, acceptor)))
+}
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead
+                // of spinning, and keep serving once it passes.
+                tracing::warn!(%error, "cannot accept an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
+            }
+        });
+    }
 }

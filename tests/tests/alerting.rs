@@ -62,7 +62,18 @@ fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
         || Ok(prometheus.target_up()?.then_some(())),
     )?;
 
-    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    // Secrets on the client's command line and in its environment must not
+    // reach any label, alert or record.
+    let mut command = topology
+        .app_command(&connmon_tests::connmon::built_binary("cmt-redis-client").to_string_lossy());
+    command
+        .arg(format!("redis://{CACHE_V4}:{REDIS_PORT}"))
+        .arg(format!("--note=--password={SECRET_ARGUMENT}"))
+        .env("REDIS_PASSWORD", SECRET_ENVIRONMENT);
+    let mut client = connmon_tests::process::Process::spawn("cmt-redis-client", command)?;
+    client
+        .stdout
+        .wait_for("connected", Duration::from_secs(20))?;
     topology.wait_until_forgotten(Duration::from_secs(30))?;
     client.send_line("set")?;
     let destination = format!("{CACHE_V4}:{REDIS_PORT}");
@@ -156,5 +167,23 @@ fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
             .contains("tcp-keepalive"),
         "{started}"
     );
+
+    // Nothing connmon said anywhere carries the client's command line or
+    // environment.
+    let everything = format!(
+        "{:?}\n{:?}\n{:?}\n{}\n{}\n{:?}",
+        webhook.bodies("/alertmanager"),
+        webhook.bodies("/connmon"),
+        connmon.records(),
+        connmon.http_get("/metrics")?,
+        connmon.http_get("/api/v1/storms")?,
+        connmon.stderr(),
+    );
+    for secret in [SECRET_ARGUMENT, SECRET_ENVIRONMENT] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
     Ok(())
 }
+
+const SECRET_ARGUMENT: &str = "argument-hunter2";
+const SECRET_ENVIRONMENT: &str = "environment-hunter2";

@@ -8,6 +8,7 @@
 //! does with a broken connection: on an error it reconnects once and sends
 //! the SET again, printing `ok-after-reconnect DONE_AT_MS ERROR` (wall-clock
 //! milliseconds since the epoch).
+//! Arguments `--note=...` are ignored (a command line with a secret in it).
 //! `cmt-redis-client subscribe URL CHANNEL`: subscribe, print `subscribed`,
 //! then print each message as `message PAYLOAD`.
 
@@ -17,7 +18,12 @@ use std::{
 };
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--note=...` arguments are ignored: they stand for the flags and
+    // secrets real services carry on their command lines.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--note="))
+        .collect();
     let result = match args.as_slice() {
         [mode, url, channel] if mode == "subscribe" => subscribe(url, channel),
         [url] => commands(url),

@@ -13,4 +13,5 @@ pub mod netns;
 pub mod poll;
 pub mod process;
 pub mod scenario;
+pub mod soak;
 pub mod topology;

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|run|test>`.
+//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|test>`.
 //!
 //! `setup` installs whatever a fresh machine lacks (idempotent); every other
 //! task calls it first, so the README's two commands work on a clean clone.
@@ -37,6 +37,18 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// Soak: connection churn with periodic storms for minutes; fails if
+    /// memory grows, tracked sockets leak or a storm goes unreported.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u32,
+        /// Short connections opened and closed per second.
+        #[arg(long, default_value_t = 2000)]
+        churn_per_second: u32,
+        /// Seconds between induced storms on idle connections.
+        #[arg(long, default_value_t = 30)]
+        storm_every_seconds: u32,
+    },
     /// Run the whole test suite: unit tests and the root-only kernel tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -60,6 +72,14 @@ fn main() -> Result<()> {
         Task::Fuzz { seconds } => {
             setup::run(&project)?;
             tasks::fuzz(&project, seconds)
+        }
+        Task::Soak {
+            minutes,
+            churn_per_second,
+            storm_every_seconds,
+        } => {
+            setup::run(&project)?;
+            tasks::soak(&project, minutes, churn_per_second, storm_every_seconds)
         }
         Task::Test { args } => {
             setup::run(&project)?;

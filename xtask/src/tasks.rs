@@ -108,6 +108,33 @@ impl TestTotals {
     }
 }
 
+/// The soak run: a release connmon watching `churn_per_second` short
+/// connections per second for `minutes`, with a storm every
+/// `storm_every_seconds`; fails if memory grows, tables leak or a storm
+/// goes unreported. Needs root, like the kernel tests.
+pub fn soak(
+    project: &Project,
+    minutes: u32,
+    churn_per_second: u32,
+    storm_every_seconds: u32,
+) -> Result<()> {
+    if !is_root() {
+        bail!("the soak run needs root (network namespaces, BPF): run `cargo xtask soak` as root");
+    }
+    let connmon = build(project, true)?;
+    let mut cargo = cargo(project);
+    cargo.args(["build", "--release", "--package", "connmon-tests", "--bins"]);
+    run_checked(&mut cargo, "building the soak driver")?;
+    let mut soak = Command::new(project.target_dir().join("release/connmon-soak"));
+    soak.args([
+        minutes.to_string(),
+        churn_per_second.to_string(),
+        storm_every_seconds.to_string(),
+    ])
+    .env("CONNMON_BIN", &connmon);
+    run_checked(&mut soak, "the soak run")
+}
+
 /// Installs cargo-fuzz into the project's tool cache when missing, then
 /// runs every fuzz target for `seconds`. A crash fails the task and leaves
 /// its input under fuzz/artifacts/ for a regression test.

@@ -7,6 +7,8 @@
 //! echo; a failed wait prints `error KIND ERRNO` and exits.
 //! `tcp-peer many ADDR N`: hold N connections open (prints `opened N`).
 //! `tcp-peer blast ADDR CONNECTIONS SECONDS`: echo bulk data for a while.
+//! `tcp-peer churn ADDR PER_SECOND SECONDS`: open, use and close that many
+//! short connections per second for a while; prints `churned DONE FAILED`.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -25,6 +27,11 @@ fn main() {
         "client" => client(addr),
         "many" => many(addr, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
         "blast" => blast(
+            addr,
+            args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
+            args.get(4).and_then(|n| n.parse().ok()).unwrap_or(1),
+        ),
+        "churn" => churn(
             addr,
             args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
             args.get(4).and_then(|n| n.parse().ok()).unwrap_or(1),
@@ -118,6 +125,49 @@ fn blast(addr: &str, connections: usize, seconds: u64) -> std::io::Result<()> {
         total += worker.join().unwrap_or(Ok(0))?;
     }
     println!("blasted {total}");
+    std::io::stdout().flush()
+}
+
+/// Short connections at `per_second` for `seconds`, from four threads that
+/// pace themselves: connect, one echoed line, close (client first, so the
+/// TIME_WAIT sockets are the client's).
+fn churn(addr: &str, per_second: u64, seconds: u64) -> std::io::Result<()> {
+    const THREADS: u64 = 4;
+    let start = std::time::Instant::now();
+    let deadline = start + std::time::Duration::from_secs(seconds);
+    let interval = std::time::Duration::from_secs_f64(THREADS as f64 / per_second.max(1) as f64);
+    let workers: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let addr = addr.to_string();
+            thread::spawn(move || {
+                let (mut done, mut failed) = (0u64, 0u64);
+                let mut next = std::time::Instant::now();
+                while next < deadline {
+                    let outcome = TcpStream::connect(&addr).and_then(|mut stream| {
+                        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+                        exchange(&mut stream, b"churn\n")
+                    });
+                    match outcome {
+                        Ok(()) => done += 1,
+                        Err(_) => failed += 1,
+                    }
+                    next += interval;
+                    let now = std::time::Instant::now();
+                    if next > now {
+                        thread::sleep(next - now);
+                    }
+                }
+                (done, failed)
+            })
+        })
+        .collect();
+    let (mut done, mut failed) = (0, 0);
+    for worker in workers {
+        let (d, f) = worker.join().unwrap_or((0, 0));
+        done += d;
+        failed += f;
+    }
+    println!("churned {done} {failed}");
     std::io::stdout().flush()
 }
 

@@ -16,6 +16,7 @@ pub mod detect;
 pub mod event;
 pub mod failfast;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod output;
 pub mod privileges;

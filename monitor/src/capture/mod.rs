@@ -160,6 +160,8 @@ impl Capture {
             ns_per_jiffy: ns_per_jiffy(),
         };
 
+        // One parsed copy of the kernel's BTF at a time: it is large.
+        drop(kernel_btf);
         let aya_btf = Btf::from_sys_fs().map_err(|source| CaptureError::Btf {
             path: btf_path.clone(),
             reason: source.to_string(),

@@ -43,6 +43,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let primed = prime_existing_sockets(&mut capture, &settings.capture_config());
     status.metrics.note_primed_sockets(primed as u64);
+    crate::memory::release_freed_memory();
     let socket_count = spawn_socket_map_counter(capture.take_socket_map()?, status.clone());
     let stats = Arc::new(reader::ReaderStats::default());
     let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);

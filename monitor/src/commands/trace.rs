@@ -41,6 +41,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let counters = capture.take_counters()?;
     let ring = capture.take_events()?;
     super::run::prime_existing_sockets(&mut capture, &config);
+    crate::memory::release_freed_memory();
     let mut owners = OwnerResolver::new("/proc");
     let stats = Arc::new(reader::ReaderStats::default());
     let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);

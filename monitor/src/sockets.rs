@@ -4,19 +4,22 @@
 //! The kernel clears a socket's local port when it unhashes it on close, so
 //! the last events of a connection (CLOSE, ETIMEDOUT, destroy) carry an
 //! incomplete tuple. The table remembers the full one and fills it in.
+//! Likewise a socket whose kernel entry was evicted and re-created mid-life
+//! (a full socket map) no longer knows whether it connected or accepted:
+//! the table remembers its role.
 
 // Keys are kernel cookies, not attacker-chosen input: a fast hasher is
 // safe here and the table is on the per-event path.
 use rustc_hash::FxHashMap;
 
-use crate::event::{Connection, EventKind, SocketEvent};
+use crate::event::{Connection, EventKind, Role, SocketEvent};
 
 /// Default bound on remembered sockets.
 pub const DEFAULT_CAPACITY: usize = 262_144;
 
 #[derive(Debug)]
 pub struct SocketTable {
-    connections: FxHashMap<u64, Connection>,
+    connections: FxHashMap<u64, (Connection, Role)>,
     capacity: usize,
     /// Sockets not remembered because the table was full.
     pub overflowed: u64,
@@ -35,17 +38,24 @@ impl SocketTable {
     /// forgets the socket on its last event.
     pub fn observe(&mut self, event: &mut SocketEvent) {
         let complete = event.connection.local.port() != 0 && event.connection.remote.port() != 0;
-        if complete {
-            if self.connections.len() < self.capacity
-                || self.connections.contains_key(&event.cookie)
-            {
+        if let Some((known, role)) = self.connections.get_mut(&event.cookie) {
+            if event.role == Role::Unknown {
+                event.role = *role;
+            } else {
+                *role = event.role;
+            }
+            if complete {
+                *known = event.connection.clone();
+            } else {
+                event.connection = known.clone();
+            }
+        } else if complete {
+            if self.connections.len() < self.capacity {
                 self.connections
-                    .insert(event.cookie, event.connection.clone());
+                    .insert(event.cookie, (event.connection.clone(), event.role));
             } else {
                 self.overflowed += 1;
             }
-        } else if let Some(known) = self.connections.get(&event.cookie) {
-            event.connection = known.clone();
         }
         if matches!(event.kind, EventKind::Destroyed) {
             self.connections.remove(&event.cookie);
@@ -129,5 +139,23 @@ mod tests {
             "10.0.0.2:4",
         ));
         assert_eq!((table.len(), table.overflowed), (1, 1));
+    }
+
+    #[test]
+    fn a_socket_recreated_in_the_kernel_keeps_its_role() {
+        let mut table = SocketTable::default();
+        let mut connected = event(9, EventKind::ResetSent, "10.0.0.1:40000", "10.0.0.2:6379");
+        table.observe(&mut connected);
+        // Evicted from the kernel map and seen again on a send: the kernel
+        // no longer knows the role.
+        let mut later = event(9, EventKind::ResetSent, "10.0.0.1:40000", "10.0.0.2:6379");
+        later.role = Role::Unknown;
+        table.observe(&mut later);
+        assert_eq!(later.role, Role::Client);
+        // A socket never seen before stays unknown.
+        let mut stranger = event(10, EventKind::ResetSent, "10.0.0.1:40001", "10.0.0.2:6379");
+        stranger.role = Role::Unknown;
+        table.observe(&mut stranger);
+        assert_eq!(stranger.role, Role::Unknown);
     }
 }

@@ -195,15 +195,21 @@ fn after_sigkill_and_restart_existing_connections_are_attributed_again() -> Resu
 }
 
 /// More live sockets than the kernel socket map holds: the LRU evicts, and
-/// connmon counts and exports the evictions.
+/// connmon counts and exports the evictions. A connection whose entry was
+/// pushed out still has its storm attributed to its own process, not to
+/// the process that flooded the map.
 #[test]
 fn socket_map_overflow_is_counted_and_exported() -> Result<()> {
     let ns = connmon_tests::netns::NetNs::create("overflow")?;
+    // Storm victims give up in seconds.
+    ns.sysctl("net.ipv4.tcp_retries2", "4")?;
     let connmon = connmon_tests::connmon::Daemon::start(&[
         "--ports",
         "7301",
         "--socket-map-entries",
         "1024",
+        "--idle-threshold",
+        "2s",
     ])?;
     assert_eq!(
         connmon.metric("connmon_socket_map_evictions_total")?,
@@ -217,6 +223,14 @@ fn socket_map_overflow_is_counted_and_exported() -> Result<()> {
     server
         .stdout
         .wait_for("listening", Duration::from_secs(10))?;
+    // The victim connects first: as the least recently used, its entries
+    // are the first the flood evicts.
+    let mut victim = ns.command(peer);
+    victim.args(["client", "127.0.0.1:7301"]);
+    let mut victim = connmon_tests::process::Process::spawn("tcp-peer client", victim)?;
+    victim
+        .stdout
+        .wait_for("connected", Duration::from_secs(10))?;
     // 900 client and 900 accepted sockets, each used in process context.
     let mut clients = ns.command(peer);
     clients.args(["many", "127.0.0.1:7301", "900"]);
@@ -230,6 +244,19 @@ fn socket_map_overflow_is_counted_and_exported() -> Result<()> {
     assert!(evictions >= 1.0);
     let live = connmon.metric("connmon_tracked_sockets{table=\"kernel\"}")?;
     assert!(live <= 1024.0, "the map holds at most its size: {live}");
+
+    // The victim, idle all along, now sends into a black hole.
+    ns.blackhole_tcp_port(7301)?;
+    victim.send_line("after the flood")?;
+    let storm = connmon_tests::connmon::first_finding(
+        &connmon,
+        "storm_started",
+        ns.inode(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(storm["pid"], victim.pid(), "{storm}");
+    assert_eq!(storm["role"], "client", "{storm}");
+    assert_ne!(storm["pid"], clients.pid(), "{storm}");
     drop(clients);
     drop(server);
     Ok(())

@@ -133,6 +133,10 @@ pub struct RunArgs {
     /// web-config file (as node_exporter's --web.config.file).
     #[arg(long, env = "CONNMON_WEB_CONFIG_FILE", value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
+    /// PEM CA bundle that https alert and webhook URLs are checked against
+    /// [default: the bundled Mozilla roots].
+    #[arg(long, env = "CONNMON_ALERT_CA_FILE", value_name = "FILE")]
+    pub alert_ca_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -176,6 +180,7 @@ impl RunArgs {
             path_timeouts: self.path_timeout_layer(),
             at_risk_interval: self.at_risk_interval.clone(),
             web_config_file: self.web_config_file.clone(),
+            alert_ca_file: self.alert_ca_file.clone(),
         });
         Settings::resolve(&layers)
     }

@@ -79,6 +79,9 @@ pub struct Settings {
     pub at_risk_interval: Duration,
     /// TLS, basic auth and headers for the HTTP endpoints.
     pub web_config: WebConfig,
+    /// CA certificates (DER) that https alert and webhook deliveries trust
+    /// instead of the bundled Mozilla roots.
+    pub alert_ca_certs: Option<Vec<Vec<u8>>>,
 }
 
 impl Default for Settings {
@@ -107,6 +110,7 @@ impl Default for Settings {
             path_timeouts: PathTimeouts::default(),
             at_risk_interval: Duration::from_secs(60),
             web_config: WebConfig::default(),
+            alert_ca_certs: None,
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct Layer {
     pub at_risk_interval: Option<String>,
     /// A Prometheus exporter web-config file (TLS, basic auth).
     pub web_config_file: Option<PathBuf>,
+    /// PEM CA bundle for https alert and webhook URLs.
+    pub alert_ca_file: Option<PathBuf>,
 }
 
 impl Layer {
@@ -309,6 +315,11 @@ impl Settings {
             }
             self.web_config = web;
         }
+        if let Some(path) = &layer.alert_ca_file {
+            self.alert_ca_certs = Some(read_ca_bundle(path).map_err(|reason| {
+                invalid("alert_ca_file", format!("{}: {reason}", path.display()))
+            })?);
+        }
         if let Some(mode) = layer.fail_fast {
             self.fail_fast = mode;
         }
@@ -348,17 +359,33 @@ impl Settings {
 }
 
 /// An `http://host:port[/path]` URL (this build speaks plain HTTP only).
+/// The certificates of a PEM bundle, as DER.
+fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let pem = std::fs::read(path).map_err(|error| error.to_string())?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|error| error.to_string())? {
+            ureq::tls::PemItem::Certificate(cert) => certs.push(cert.der().to_vec()),
+            _ => return Err("holds something other than certificates".into()),
+        }
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certs)
+}
+
 fn http_url(setting: &'static str, url: &str) -> Result<String, ConfigError> {
     let url = url.trim();
-    if url.starts_with("https://") {
-        return Err(invalid(
-            setting,
-            format!("{url}: https is not supported; use http:// (e.g. an in-cluster service)"),
-        ));
-    }
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| invalid(setting, format!("{url:?} is not an http:// URL")))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            invalid(
+                setting,
+                format!("{url:?} is not an http:// or https:// URL"),
+            )
+        })?;
     if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
         return Err(invalid(setting, format!("{url:?} has no host")));
     }
@@ -479,10 +506,17 @@ mod tests {
             ),
             (
                 Layer {
-                    webhook_urls: Some(vec!["https://hooks.example/x".into()]),
+                    webhook_urls: Some(vec!["ftp://hooks.example/x".into()]),
                     ..Layer::default()
                 },
                 "webhook_urls",
+            ),
+            (
+                Layer {
+                    alert_ca_file: Some("/no/such/ca.pem".into()),
+                    ..Layer::default()
+                },
+                "alert_ca_file",
             ),
             (
                 Layer {

@@ -129,6 +129,15 @@ pub struct Alertmanager {
 
 impl Alertmanager {
     pub fn start(webhook_url: &str) -> Result<Self> {
+        Self::launch(webhook_url, None)
+    }
+
+    /// Alertmanager serving HTTPS as its exporter web config says.
+    pub fn start_tls(webhook_url: &str, web_config: &Path) -> Result<Self> {
+        Self::launch(webhook_url, Some(web_config))
+    }
+
+    fn launch(webhook_url: &str, web_config: Option<&Path>) -> Result<Self> {
         let dir = TempDir::new("alertmanager")?;
         let addr = free_port()?;
         let config = format!(
@@ -144,8 +153,18 @@ impl Alertmanager {
             .arg(format!("--storage.path={}", dir.0.join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--cluster.listen-address=");
+        if let Some(web_config) = web_config {
+            command.arg(format!("--web.config.file={}", web_config.display()));
+        }
         let process = Process::spawn("alertmanager", command)?;
-        wait_ready("alertmanager", addr, &process)?;
+        if web_config.is_some() {
+            // Our plain HTTP probe cannot speak TLS: wait for its log line.
+            process
+                .stderr
+                .wait_for_containing("Listening on", Duration::from_secs(30))?;
+        } else {
+            wait_ready("alertmanager", addr, &process)?;
+        }
         Ok(Self {
             addr,
             _process: process,

@@ -5,9 +5,11 @@ use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 use connmon_tests::{
-    alerting::{Prometheus, TempDir},
+    alerting::{Alertmanager, Prometheus, TempDir, WebhookReceiver},
     connmon::{Daemon, binary},
     poll,
+    scenario::SeedScenario,
+    topology::Options,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -222,5 +224,53 @@ fn a_bad_web_config_is_exit_2_and_one_line() -> Result<()> {
         assert!(stderr.contains("web_config_file"), "{path}: {stderr}");
         assert!(stderr.contains(needle), "{path}: {stderr}");
     }
+    Ok(())
+}
+
+/// connmon pushes its alerts to an Alertmanager that only speaks HTTPS,
+/// trusting the CA given with `--alert-ca-file` (without it, delivery fails
+/// with `UnknownIssuer`).
+#[test]
+fn alerts_reach_an_https_alertmanager_through_the_given_ca() -> Result<()> {
+    let dir = TempDir::new("web-am")?;
+    write_pki(&dir.0)?;
+    let am_web = dir.0.join("am-web.yml");
+    std::fs::write(
+        &am_web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            dir.0.join("server.crt").display(),
+            dir.0.join("server.key").display()
+        ),
+    )?;
+    let webhook = WebhookReceiver::start()?;
+    let alertmanager = Alertmanager::start_tls(&webhook.url("/alertmanager"), &am_web)?;
+    let url = format!("https://{}", alertmanager.addr);
+    let ca = dir.0.join("ca.crt").to_string_lossy().into_owned();
+    let mut scenario = SeedScenario::start(
+        "https-am",
+        &Options::default(),
+        &["--alertmanager-url", &url, "--alert-ca-file", &ca],
+    )?;
+    scenario.resume_after_forgotten("set")?;
+    let pid = scenario.client.pid();
+    poll::until(
+        "connmon's alert through the HTTPS Alertmanager",
+        Duration::from_secs(60),
+        || {
+            Ok(webhook
+                .bodies("/alertmanager")
+                .iter()
+                .flat_map(|n| n["alerts"].as_array().cloned().unwrap_or_default())
+                .find(|a| {
+                    a["labels"]["source"] == "connmon"
+                        && a["annotations"]["summary"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .contains(&format!("pid {pid}"))
+                }))
+        },
+    )
+    .with_context(|| format!("connmon stderr: {:?}", scenario.connmon.stderr()))?;
     Ok(())
 }

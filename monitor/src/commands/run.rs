@@ -75,6 +75,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let alert_config = AlertConfig {
         alertmanager_urls: settings.alertmanager_urls.clone(),
         webhook_urls: settings.webhook_urls.clone(),
+        ca_certs: settings.alert_ca_certs.clone(),
         instance: settings.node_name.clone().unwrap_or_else(hostname),
         runbook_url: settings.runbook_url.clone(),
     };

@@ -33,6 +33,9 @@ pub struct AlertConfig {
     /// `instance` label: the node's name.
     pub instance: String,
     pub runbook_url: String,
+    /// CA certificates (DER) for https URLs; the bundled Mozilla roots
+    /// when `None`.
+    pub ca_certs: Option<Vec<Vec<u8>>>,
 }
 
 impl AlertConfig {
@@ -157,8 +160,18 @@ impl AlertQueue {
 pub fn spawn(config: AlertConfig) -> (AlertQueue, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<FindingRecord>(1024);
     let handle = tokio::spawn(async move {
+        let roots = match &config.ca_certs {
+            Some(certs) => ureq::tls::RootCerts::new_with_certs(
+                &certs
+                    .iter()
+                    .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+                    .collect::<Vec<_>>(),
+            ),
+            None => ureq::tls::RootCerts::WebPki,
+        };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(5)))
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
             .build()
             .into();
         let mut active: BTreeMap<u64, FindingRecord> = BTreeMap::new();
@@ -277,6 +290,7 @@ mod tests {
         AlertConfig {
             alertmanager_urls: vec!["http://127.0.0.1:9093".into()],
             webhook_urls: vec![],
+            ca_certs: None,
             instance: "node-1".into(),
             runbook_url: "https://example.invalid/runbook.md".into(),
         }

@@ -38,7 +38,18 @@ pub fn cookie_from(bytes: [u8; 8]) -> u64 {
     (u64::from(high) << 32) | u64::from(low)
 }
 
-/// Every TCP socket (IPv4 and IPv6) in the network namespace `netns_file`
+/// States of sockets with a peer. Listening, request and TIME_WAIT sockets
+/// are left to the kernel: a busy host holds hundreds of thousands of
+/// TIME_WAIT sockets, and none of them can hang a request.
+const CONNECTED_STATES: StateFlags = StateFlags::ESTABLISHED
+    .union(StateFlags::SYN_SENT)
+    .union(StateFlags::FIN_WAIT1)
+    .union(StateFlags::FIN_WAIT2)
+    .union(StateFlags::CLOSE_WAIT)
+    .union(StateFlags::LAST_ACK)
+    .union(StateFlags::CLOSING);
+
+/// Every connected TCP socket (IPv4 and IPv6) in the network namespace `netns_file`
 /// (e.g. `/proc/PID/ns/net`), or in ours when `None`. Entering a namespace
 /// happens on a short-lived thread, so the daemon's own stays unchanged.
 pub fn dump_tcp(netns_file: Option<&Path>) -> io::Result<Vec<DiagSocket>> {
@@ -159,7 +170,7 @@ fn dump_family(family: u8) -> io::Result<Vec<DiagSocket>> {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::INFO,
-            states: StateFlags::all(),
+            states: CONNECTED_STATES,
             socket_id,
         })
         .into(),

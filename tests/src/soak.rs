@@ -277,6 +277,19 @@ fn storm(ns: &NetNs, peer: &Path, connmon: &Daemon, number: u32) -> Result<Strin
         ))
     })();
     let _ = ns.exec("nft", &["delete", "table", "inet", &table]);
+    // The server never heard of the victim's end: its side stays
+    // established until something closes it. Close it, as a server with
+    // keepalive would, so the tables can drain.
+    let _ = ns.exec(
+        "ss",
+        &[
+            "-K",
+            "-t",
+            "state",
+            "established",
+            &format!("( dport = :{local_port} )"),
+        ],
+    );
     outcome.with_context(|| format!("the victim said {:?}", victim.stdout.snapshot()))
 }
 

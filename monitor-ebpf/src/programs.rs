@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_jiffies64},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    macros::{btf_tracepoint, fexit},
+    programs::{BtfTracePointContext, FExitContext},
 };
 use monitor_common::{
     counters::{
@@ -48,14 +48,34 @@ fn sock_arg(ctx: &BtfTracePointContext) -> *const u8 {
 /// `sock:sock_send_length(sk, ret, flags)`: after every sendmsg.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    on_payload(&ctx, true);
+    on_payload(sock_arg(&ctx), ctx.arg(1), true);
     0
 }
 
 /// `sock:sock_recv_length(sk, ret, flags)`: after every recvmsg.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    on_payload(&ctx, false);
+    on_payload(sock_arg(&ctx), ctx.arg(1), false);
+    0
+}
+
+// Kernels without the send/receive tracepoints (before 6.3, e.g. Debian
+// 12's 6.1) get the same facts from the TCP functions' exits, still in the
+// caller's context. The loader checks the argument counts in BTF first.
+
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`.
+#[fexit(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_exit(ctx: FExitContext) -> i32 {
+    // The return value follows the arguments.
+    on_payload(ctx.arg::<*const u8>(0), ctx.arg(3), true);
+    0
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len,
+/// int flags, int *addr_len)` (this shape since 5.19).
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
+    on_payload(ctx.arg::<*const u8>(0), ctx.arg(5), false);
     0
 }
 
@@ -63,9 +83,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 /// first; write only when the owner changed or the activity time is older
 /// than the granularity.
 #[inline(always)]
-fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
-    let sk = sock_arg(ctx);
-    let bytes: i32 = ctx.arg(1);
+fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     if bytes <= 0 || !is_inet_tcp(sk) {
         return;
     }
@@ -80,7 +98,7 @@ fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
     };
 
     let Some(state) = SOCKETS.get_ptr_mut(cookie) else {
-        let Some(state) = entry_or_insert(ctx, cookie, now, current_owner(source, ROLE_UNKNOWN))
+        let Some(state) = entry_or_insert(cookie, now, current_owner(source, ROLE_UNKNOWN))
         else {
             return;
         };
@@ -185,7 +203,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let state = if new_state == TCP_SYN_SENT {
         // connect(): the one state change that runs in the owner's context.
         let owner = current_owner(OWNER_SOURCE_CONNECT, ROLE_CLIENT);
-        entry_or_insert(&ctx, cookie, now, owner).inspect(|&state| {
+        entry_or_insert(cookie, now, owner).inspect(|&state| {
             // SAFETY: pointer from a socket-map lookup in this run.
             unsafe { (*state).owner = owner };
         })
@@ -195,7 +213,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         let mut owner = monitor_common::socket::Owner::default();
         owner.source = OWNER_SOURCE_NONE;
         owner.role = ROLE_SERVER;
-        entry_or_insert(&ctx, cookie, now, owner)
+        entry_or_insert(cookie, now, owner)
     } else {
         SOCKETS.get_ptr_mut(cookie)
     };
@@ -250,7 +268,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         0
     };
 
-    let state = entry_or_insert(&ctx, cookie, now, Default::default());
+    let state = entry_or_insert(cookie, now, Default::default());
     if let Some(state) = state {
         // SAFETY: pointer from a socket-map lookup in this run.
         unsafe { (*state).retransmits = (*state).retransmits.wrapping_add(1) };

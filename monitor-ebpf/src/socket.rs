@@ -7,7 +7,6 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie},
     },
 };
-use aya_log_ebpf::warn;
 use monitor_common::{
     counters::{LOST_SOCKET_MAP_FULL, SOCKETS_ADDED},
     socket::{Activity, Owner, SOCKET_FLAG_WATCHED, SocketState, Tuple},
@@ -16,7 +15,7 @@ use monitor_common::{
 
 use crate::{
     kernel::{off, ports, read, read_bytes, setting},
-    maps::{COUNTERS, SOCKETS, WATCHED_PORTS, count},
+    maps::{SOCKETS, WATCHED_PORTS, count},
 };
 
 /// The kernel's cookie for `sk`: never reused, and what sock_diag reports.
@@ -109,11 +108,9 @@ pub fn is_watched(sk: *const u8, state: Option<*mut SocketState>) -> bool {
 }
 
 /// The map entry for `cookie`, created with `owner` when missing. `None`
-/// only when the map refused the insert (counted, and logged at powers of
-/// two so a full map cannot flood the log).
+/// only when the map refused the insert (counted).
 #[inline(always)]
 pub fn entry_or_insert(
-    ctx: &aya_ebpf::programs::BtfTracePointContext,
     cookie: u64,
     now: u64,
     owner: Owner,
@@ -133,14 +130,9 @@ pub fn entry_or_insert(
         if let Some(state) = SOCKETS.get_ptr_mut(cookie) {
             return Some(state);
         }
+        // Counted, not logged: a log call is a BPF subprogram, and kernels
+        // before 6.3 lose most of their state pruning across those.
         count(LOST_SOCKET_MAP_FULL, 1);
-        let lost = COUNTERS.get(LOST_SOCKET_MAP_FULL).copied().unwrap_or(0);
-        if lost.is_power_of_two() {
-            warn!(
-                ctx,
-                "socket map refused an insert: {} sockets untracked on this CPU", lost
-            );
-        }
         return None;
     }
     count(SOCKETS_ADDED, 1);

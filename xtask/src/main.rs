@@ -5,6 +5,7 @@
 
 mod setup;
 mod tasks;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -37,7 +38,11 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
-    /// Run the whole test suite: unit tests and the root-only kernel tests.
+    /// connmon on Debian's Linux 6.1, booted under qemu: start-up, hook
+    /// choice and an idle-connection storm inside the guest.
+    VmTest,
+    /// Run the whole test suite: unit tests, the root-only kernel tests and
+    /// (without a filter) the 6.1 VM test.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -60,6 +65,11 @@ fn main() -> Result<()> {
         Task::Fuzz { seconds } => {
             setup::run(&project)?;
             tasks::fuzz(&project, seconds)
+        }
+        Task::VmTest => {
+            setup::run(&project)?;
+            let binary = tasks::build(&project, false)?;
+            vm::vm_test(&project, &binary)
         }
         Task::Test { args } => {
             setup::run(&project)?;

@@ -1,0 +1,173 @@
+#!/bin/sh
+# /init of the vm-test guest (busybox sh). Boots, loads the modules the
+# scenario needs, starts connmon, and drives an idle connection through a
+# conntrack middlebox that forgets it: connmon must report the storm with
+# the client's pid, command and network namespace. The last line on the
+# serial console is the verdict the host reads: CONNMON_VM_PASS or
+# CONNMON_VM_FAIL; the guest then powers off. Every wait has a deadline.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/tmp
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+
+PORT=6379
+SERVER=10.77.2.2
+
+say() { echo "vm-guest: $*"; }
+
+show_logs() {
+    for f in /tmp/connmon.out /tmp/connmon.err /tmp/client.out /tmp/server.out; do
+        [ -f "$f" ] || continue
+        echo "----- $f"
+        cat "$f"
+    done
+    echo "----- end of logs"
+}
+
+finish() {
+    kill $CONNMON $CLIENT $SERVERPID 2>/dev/null
+    sync
+    echo "$1"
+    poweroff -f
+    # poweroff -f does not return; if it did, exiting /init panics and the
+    # kernel's panic=-1 reboots, which -no-reboot turns into a qemu exit.
+    exit 1
+}
+
+fail() {
+    say "FAILED: $*"
+    show_logs
+    finish "CONNMON_VM_FAIL: $*"
+}
+
+# gone PID: the process has exited (a zombie counts: kill -0 still works on it).
+gone() { [ ! -e /proc/$1 ] || grep -q '^[0-9]* ([^)]*) Z' /proc/$1/stat; }
+
+# until_ok SECONDS COMMAND...: polls COMMAND every 0.2 s until it succeeds;
+# fails when SECONDS pass first.
+until_ok() {
+    limit=$(( $(date +%s) + $1 ))
+    shift
+    while ! "$@" >/dev/null 2>&1; do
+        [ "$(date +%s)" -ge "$limit" ] && return 1
+        sleep 0.2
+    done
+    return 0
+}
+
+say "kernel $(uname -r)"
+
+# Modules in dependency order, computed on the host; a failed insmod only
+# fails the run if what it provides is then missing.
+while read -r module; do
+    insmod "/vm/modules/$module" 2>/dev/null || say "insmod $module failed"
+done < /vm/modules.order
+
+ip link set lo up || fail "lo up"
+
+# ---- connmon on this kernel ----
+start=$(date +%s)
+RUST_LOG=info connmon run --idle-threshold 2s --ports $PORT --listen 127.0.0.1:9878 \
+    --log-format json > /tmp/connmon.out 2> /tmp/connmon.err &
+CONNMON=$!
+ready() {
+    gone $CONNMON && return 1
+    wget -q -O /dev/null http://127.0.0.1:9878/readyz
+}
+until_ok 180 ready || {
+    gone $CONNMON && fail "connmon exited during start-up"
+    fail "connmon not ready within 180 s"
+}
+say "connmon ready after $(( $(date +%s) - start )) s"
+grep -E 'hook|verified|degraded|tracepoint|capabilit' /tmp/connmon.err
+
+# ---- topology: app -- mb (conntrack middlebox) -- cache ----
+for ns in app mb cache; do ip netns add $ns || fail "netns $ns"; done
+ip -n app link add eth0 type veth peer name to-app netns mb || fail "veth app"
+ip -n cache link add eth0 type veth peer name to-cache netns mb || fail "veth cache"
+ip -n app addr add 10.77.1.2/24 dev eth0
+ip -n mb addr add 10.77.1.1/24 dev to-app
+ip -n mb addr add 10.77.2.1/24 dev to-cache
+ip -n cache addr add $SERVER/24 dev eth0
+for pair in app:eth0 mb:to-app mb:to-cache cache:eth0; do
+    ip -n "${pair%%:*}" link set "${pair#*:}" up || fail "link up $pair"
+done
+for ns in app mb cache; do ip -n $ns link set lo up; done
+ip -n app route add default via 10.77.1.1 || fail "route app"
+ip -n cache route add default via 10.77.2.1 || fail "route cache"
+ip netns exec mb sysctl -q -w net.ipv4.ip_forward=1 || fail "ip_forward"
+ip netns exec mb nft -f - <<'EOF' || fail "nft ruleset"
+table inet cmt_middlebox {
+  chain forward {
+    type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    ct state invalid drop
+    ct state new accept
+  }
+}
+EOF
+ip netns exec mb sysctl -q -w net.netfilter.nf_conntrack_tcp_loose=0 || fail "tcp_loose"
+ip netns exec mb sysctl -q -w net.netfilter.nf_conntrack_tcp_timeout_established=3 \
+    || fail "conntrack timeout"
+ip netns exec app sysctl -q -w net.ipv4.tcp_retries2=4 || fail "tcp_retries2"
+APP_NETNS=$(stat -L -c %i /run/netns/app)
+
+# ---- the idle connection ----
+ip netns exec cache tcp-peer server $SERVER:$PORT > /tmp/server.out 2>&1 &
+SERVERPID=$!
+until_ok 20 grep -q listening /tmp/server.out || fail "server not listening"
+mkfifo /tmp/client.in
+ip netns exec app tcp-peer client $SERVER:$PORT < /tmp/client.in > /tmp/client.out 2>&1 &
+CLIENT=$!
+exec 3> /tmp/client.in
+until_ok 20 grep -q connected /tmp/client.out || fail "client not connected"
+say "client pid $CLIENT in netns $APP_NETNS connected"
+
+# The middlebox forgets the idle flow after 3 s (longer than connmon's 2 s
+# idle threshold); its conntrack table shows when.
+until_ok 30 sh -c "! ip netns exec mb cat /proc/net/nf_conntrack | grep -q dport=$PORT" \
+    || fail "middlebox never forgot the flow"
+say "middlebox forgot the flow; sending after idle"
+echo ping >&3
+
+storm_line() { grep '"event":"storm_started"' /tmp/connmon.out; }
+until_ok 60 storm_line || fail "no storm_started within 60 s"
+line=$(storm_line | head -n 1)
+say "connmon: $line"
+for want in "\"pid\":$CLIENT," '"comm":"tcp-peer"' "\"netns\":$APP_NETNS," \
+    "\"remote\":\"$SERVER:$PORT\"" '"role":"client"'; do
+    case "$line" in
+        *"$want"*) ;;
+        *) fail "storm_started lacks $want" ;;
+    esac
+done
+
+# With tcp_retries2=4 the kernel gives up after about 7 s: the storm ends
+# as timed_out and the client sees the error.
+until_ok 60 grep -q '"event":"storm_ended"' /tmp/connmon.out || fail "no storm_ended within 60 s"
+ended=$(grep '"event":"storm_ended"' /tmp/connmon.out | head -n 1)
+say "connmon: $ended"
+case "$ended" in
+    *'"outcome":"timed_out"'*) ;;
+    *) fail "storm_ended outcome is not timed_out" ;;
+esac
+
+if [ -x /usr/sbin/bpftool ]; then
+    say "programs (bpftool):"
+    bpftool prog show 2>&1 | grep -E '^[0-9]+:|verified_insns'
+fi
+kill -TERM $CONNMON
+until_ok 30 gone $CONNMON || fail "connmon did not exit on SIGTERM"
+wait $CONNMON
+code=$?
+[ $code -eq 0 ] || fail "connmon exited with $code after SIGTERM"
+show_logs
+finish "CONNMON_VM_PASS"

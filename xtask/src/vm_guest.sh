@@ -71,7 +71,7 @@ while read -r module; do
     insmod "/vm/modules/$module" 2>/dev/null || say "insmod $module failed"
 done < /vm/modules.order
 
-ip link set lo up || fail "lo up"
+/usr/sbin/ip link set lo up || fail "lo up"
 
 # ---- connmon on this kernel ----
 start=$(date +%s)
@@ -90,21 +90,21 @@ say "connmon ready after $(( $(date +%s) - start )) s"
 grep -E 'hook|verified|degraded|tracepoint|capabilit' /tmp/connmon.err
 
 # ---- topology: app -- mb (conntrack middlebox) -- cache ----
-for ns in app mb cache; do ip netns add $ns || fail "netns $ns"; done
-ip -n app link add eth0 type veth peer name to-app netns mb || fail "veth app"
-ip -n cache link add eth0 type veth peer name to-cache netns mb || fail "veth cache"
-ip -n app addr add 10.77.1.2/24 dev eth0
-ip -n mb addr add 10.77.1.1/24 dev to-app
-ip -n mb addr add 10.77.2.1/24 dev to-cache
-ip -n cache addr add $SERVER/24 dev eth0
+for ns in app mb cache; do /usr/sbin/ip netns add $ns || fail "netns $ns"; done
+/usr/sbin/ip -n app link add eth0 type veth peer name to-app netns mb || fail "veth app"
+/usr/sbin/ip -n cache link add eth0 type veth peer name to-cache netns mb || fail "veth cache"
+/usr/sbin/ip -n app addr add 10.77.1.2/24 dev eth0
+/usr/sbin/ip -n mb addr add 10.77.1.1/24 dev to-app
+/usr/sbin/ip -n mb addr add 10.77.2.1/24 dev to-cache
+/usr/sbin/ip -n cache addr add $SERVER/24 dev eth0
 for pair in app:eth0 mb:to-app mb:to-cache cache:eth0; do
-    ip -n "${pair%%:*}" link set "${pair#*:}" up || fail "link up $pair"
+    /usr/sbin/ip -n "${pair%%:*}" link set "${pair#*:}" up || fail "link up $pair"
 done
-for ns in app mb cache; do ip -n $ns link set lo up; done
-ip -n app route add default via 10.77.1.1 || fail "route app"
-ip -n cache route add default via 10.77.2.1 || fail "route cache"
-ip netns exec mb sysctl -q -w net.ipv4.ip_forward=1 || fail "ip_forward"
-ip netns exec mb nft -f - <<'EOF' || fail "nft ruleset"
+for ns in app mb cache; do /usr/sbin/ip -n $ns link set lo up; done
+/usr/sbin/ip -n app route add default via 10.77.1.1 || fail "route app"
+/usr/sbin/ip -n cache route add default via 10.77.2.1 || fail "route cache"
+/usr/sbin/ip netns exec mb sysctl -q -w net.ipv4.ip_forward=1 || fail "ip_forward"
+/usr/sbin/ip netns exec mb nft -f - <<'EOF' || fail "nft ruleset"
 table inet cmt_middlebox {
   chain forward {
     type filter hook forward priority 0; policy drop;
@@ -114,18 +114,18 @@ table inet cmt_middlebox {
   }
 }
 EOF
-ip netns exec mb sysctl -q -w net.netfilter.nf_conntrack_tcp_loose=0 || fail "tcp_loose"
-ip netns exec mb sysctl -q -w net.netfilter.nf_conntrack_tcp_timeout_established=3 \
+/usr/sbin/ip netns exec mb sysctl -q -w net.netfilter.nf_conntrack_tcp_loose=0 || fail "tcp_loose"
+/usr/sbin/ip netns exec mb sysctl -q -w net.netfilter.nf_conntrack_tcp_timeout_established=3 \
     || fail "conntrack timeout"
-ip netns exec app sysctl -q -w net.ipv4.tcp_retries2=4 || fail "tcp_retries2"
+/usr/sbin/ip netns exec app sysctl -q -w net.ipv4.tcp_retries2=4 || fail "tcp_retries2"
 APP_NETNS=$(stat -L -c %i /run/netns/app)
 
 # ---- the idle connection ----
-ip netns exec cache tcp-peer server $SERVER:$PORT > /tmp/server.out 2>&1 &
+/usr/sbin/ip netns exec cache tcp-peer server $SERVER:$PORT > /tmp/server.out 2>&1 &
 SERVERPID=$!
 until_ok 20 grep -q listening /tmp/server.out || fail "server not listening"
 mkfifo /tmp/client.in
-ip netns exec app tcp-peer client $SERVER:$PORT < /tmp/client.in > /tmp/client.out 2>&1 &
+/usr/sbin/ip netns exec app tcp-peer client $SERVER:$PORT < /tmp/client.in > /tmp/client.out 2>&1 &
 CLIENT=$!
 exec 3> /tmp/client.in
 until_ok 20 grep -q connected /tmp/client.out || fail "client not connected"
@@ -133,7 +133,7 @@ say "client pid $CLIENT in netns $APP_NETNS connected"
 
 # The middlebox forgets the idle flow after 3 s (longer than connmon's 2 s
 # idle threshold); its conntrack table shows when.
-until_ok 30 sh -c "! ip netns exec mb cat /proc/net/nf_conntrack | grep -q dport=$PORT" \
+until_ok 30 sh -c "! /usr/sbin/ip netns exec mb cat /proc/net/nf_conntrack | grep -q dport=$PORT" \
     || fail "middlebox never forgot the flow"
 say "middlebox forgot the flow; sending after idle"
 echo ping >&3

@@ -72,7 +72,9 @@ pub fn tcp_sendmsg_exit(ctx: FExitContext) -> i32 {
 }
 
 /// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len,
-/// int flags, int *addr_len)` (this shape since 5.19).
+/// int flags, int *addr_len)`: the shape from 5.19 until the receive
+/// tracepoint came (6.3); later kernels dropped `addr_len` but use the
+/// tracepoint.
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
     on_payload(ctx.arg::<*const u8>(0), ctx.arg(5), false);
@@ -98,8 +100,7 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     };
 
     let Some(state) = SOCKETS.get_ptr_mut(cookie) else {
-        let Some(state) = entry_or_insert(cookie, now, current_owner(source, ROLE_UNKNOWN))
-        else {
+        let Some(state) = entry_or_insert(cookie, now, current_owner(source, ROLE_UNKNOWN)) else {
             return;
         };
         // SAFETY: pointer from a socket-map lookup in this run.

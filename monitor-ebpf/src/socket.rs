@@ -110,11 +110,7 @@ pub fn is_watched(sk: *const u8, state: Option<*mut SocketState>) -> bool {
 /// The map entry for `cookie`, created with `owner` when missing. `None`
 /// only when the map refused the insert (counted).
 #[inline(always)]
-pub fn entry_or_insert(
-    cookie: u64,
-    now: u64,
-    owner: Owner,
-) -> Option<*mut SocketState> {
+pub fn entry_or_insert(cookie: u64, now: u64, owner: Owner) -> Option<*mut SocketState> {
     if let Some(state) = SOCKETS.get_ptr_mut(cookie) {
         return Some(state);
     }

@@ -53,7 +53,11 @@ pub fn vm_test(project: &Project, connmon: &Path) -> Result<()> {
     let verdict = boot(&kernel.vmlinuz, &initrd, &log)?;
     match verdict {
         Verdict::Pass => {
-            println!("vm-test: PASS on {} (serial log {})", kernel.release, log.display());
+            println!(
+                "vm-test: PASS on {} (serial log {})",
+                kernel.release,
+                log.display()
+            );
             Ok(())
         }
         Verdict::Fail(reason) => {
@@ -91,7 +95,10 @@ fn ensure_host_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive");
     if !install.status().context("running apt-get")?.success() {
         // A fresh machine's package lists may be stale.
-        checked(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+        checked(
+            Command::new("apt-get").args(["update", "-qq"]),
+            "apt-get update",
+        )?;
         checked(&mut install, "apt-get install")?;
     }
     Ok(())
@@ -163,10 +170,7 @@ fn fetch_kernel(project: &Project) -> Result<Kernel> {
         // modules.dep for `modprobe --show-depends` (the package leaves it to
         // its install hooks).
         checked(
-            Command::new("depmod")
-                .arg("-b")
-                .arg(&root)
-                .arg(&release),
+            Command::new("depmod").arg("-b").arg(&root).arg(&release),
             "depmod",
         )?;
         fs::write(&done, b"")?;
@@ -198,7 +202,11 @@ fn cached_deb(dir: &Path) -> Result<Option<PathBuf>> {
 
 fn newest_package() -> Result<String> {
     let out = Command::new("apt-cache")
-        .args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"])
+        .args([
+            "search",
+            "--names-only",
+            r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+        ])
         .output()
         .context("running apt-cache search")?;
     let listing = String::from_utf8_lossy(&out.stdout);
@@ -220,12 +228,27 @@ fn newest_package() -> Result<String> {
 
 /// Lays out the guest's root and packs it as an uncompressed cpio (nothing
 /// to decompress under emulation).
-fn build_initramfs(work: &Path, kernel: &Kernel, connmon: &Path, tcp_peer: &Path) -> Result<PathBuf> {
+fn build_initramfs(
+    work: &Path,
+    kernel: &Kernel,
+    connmon: &Path,
+    tcp_peer: &Path,
+) -> Result<PathBuf> {
     let root = work.join("root");
     let _ = fs::remove_dir_all(&root);
     for dir in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "vm/modules",
-        "etc", "var/run",
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "vm/modules",
+        "etc",
+        "var/run",
     ] {
         fs::create_dir_all(root.join(dir))?;
     }
@@ -258,7 +281,9 @@ fn build_initramfs(work: &Path, kernel: &Kernel, connmon: &Path, tcp_peer: &Path
     // Debug symbols only make the image bigger.
     for name in ["usr/bin/connmon", "usr/bin/tcp-peer"] {
         checked(
-            Command::new("strip").arg("--strip-debug").arg(root.join(name)),
+            Command::new("strip")
+                .arg("--strip-debug")
+                .arg(root.join(name)),
             "strip",
         )?;
     }
@@ -271,10 +296,12 @@ fn build_initramfs(work: &Path, kernel: &Kernel, connmon: &Path, tcp_peer: &Path
     let mut order = Vec::new();
     for module in MODULES {
         let plan = output(
-            Command::new("modprobe")
-                .arg("-d")
-                .arg(&kernel.root)
-                .args(["-S", &kernel.release, "--show-depends", module]),
+            Command::new("modprobe").arg("-d").arg(&kernel.root).args([
+                "-S",
+                &kernel.release,
+                "--show-depends",
+                module,
+            ]),
             "modprobe --show-depends",
         )?;
         for line in plan.lines() {
@@ -437,7 +464,8 @@ fn copy_file(from: &Path, to: &Path) -> Result<()> {
         fs::create_dir_all(parent)?;
     }
     // Follows symlinks: the guest gets the file itself.
-    fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(())
 }
 

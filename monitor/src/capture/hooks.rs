@@ -50,6 +50,7 @@ pub const HOOKS: &[Hook] = &[
         fallback: Some(Fallback {
             function: "tcp_recvmsg",
             program: "tcp_recvmsg_exit",
+            // 5.19 to 6.2 (6.1 included); the tracepoint came in 6.3.
             args: 5,
         }),
     },

@@ -387,7 +387,9 @@ fn program_error(hook: &'static str, error: ProgramError) -> CaptureError {
             let tail = lines[lines.len().saturating_sub(12)..].join("\n");
             CaptureError::Attach {
                 hook,
-                reason: format!("the kernel refused the program ({io_error}); verifier log ends:\n{tail}"),
+                reason: format!(
+                    "the kernel refused the program ({io_error}); verifier log ends:\n{tail}"
+                ),
             }
         }
         ProgramError::SyscallError(aya::sys::SyscallError { call, io_error })
@@ -404,7 +406,6 @@ fn program_error(hook: &'static str, error: ProgramError) -> CaptureError {
         },
     }
 }
-
 
 /// Where one hook's program attaches on this kernel.
 #[derive(Clone, Copy, Debug)]
@@ -432,22 +433,37 @@ impl Source {
     }
 }
 
-/// Decides per hook, from the kernel's BTF, what serves it: the BTF
-/// tracepoint, else a fallback whose function has the expected shape, else
-/// nothing (an error for a required hook; a warning naming the capability
-/// lost for an optional one).
-fn choose_hooks(
-    kernel_btf: &KernelBtf,
-) -> Result<(Vec<(&'static Hook, Source)>, Vec<String>), CaptureError> {
+/// The hooks to attach with their sources, and the capabilities lost.
+type HookPlan = (Vec<(&'static Hook, Source)>, Vec<String>);
+
+/// Decides per hook, from the kernel's BTF, what serves it (see
+/// `plan_hooks`).
+fn choose_hooks(kernel_btf: &KernelBtf) -> Result<HookPlan, CaptureError> {
+    plan_hooks(
+        HOOKS,
+        |tracepoint| kernel_btf.tracepoint_args(tracepoint).is_some(),
+        |function| kernel_btf.function_args(function),
+    )
+}
+
+/// Per hook: the BTF tracepoint when the kernel has it, else a fallback
+/// whose function has the expected number of parameters, else nothing: an
+/// error for a required hook, a warning naming the capability lost for an
+/// optional one (also returned, for `Capture::degraded`).
+fn plan_hooks(
+    hooks: &'static [Hook],
+    has_tracepoint: impl Fn(&str) -> bool,
+    function_args: impl Fn(&str) -> Option<usize>,
+) -> Result<HookPlan, CaptureError> {
     let mut plan = Vec::new();
     let mut degraded = Vec::new();
-    for hook in HOOKS {
-        if kernel_btf.tracepoint_args(hook.tracepoint).is_some() {
+    for hook in hooks {
+        if has_tracepoint(hook.tracepoint) {
             plan.push((hook, Source::Tracepoint));
             continue;
         }
         if let Some(fallback) = &hook.fallback
-            && kernel_btf.function_args(fallback.function) == Some(fallback.args)
+            && function_args(fallback.function) == Some(fallback.args)
         {
             plan.push((hook, Source::FExit(fallback)));
             continue;
@@ -491,7 +507,9 @@ fn attach(
             program
                 .attach()
                 .map_err(|error| program_error(hook.tracepoint, error))?;
-            program.fd().and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            program
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
         }
         Source::FExit(fallback) => {
             let program: &mut FExit = program
@@ -503,7 +521,9 @@ fn attach(
             program
                 .attach()
                 .map_err(|error| program_error(fallback.function, error))?;
-            program.fd().and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            program
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
         }
     };
     Ok(fd)
@@ -518,4 +538,76 @@ fn verified_insns(fd: &aya::programs::ProgramFd) -> u64 {
     std::fs::read_to_string(path)
         .map(|text| stats::parse_fdinfo(&text).verified_instructions)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn described(plan: &[(&'static Hook, Source)]) -> Vec<String> {
+        plan.iter()
+            .map(|(hook, source)| source.describe(hook))
+            .collect()
+    }
+
+    /// Linux 6.18: every tracepoint exists; no fallback is used.
+    #[test]
+    fn every_tracepoint_present_uses_tracepoints_only() {
+        let (plan, degraded) = plan_hooks(HOOKS, |_| true, |_| None).unwrap();
+        assert_eq!(plan.len(), HOOKS.len());
+        assert!(degraded.is_empty());
+        assert!(described(&plan).iter().all(|d| d.starts_with("tp_btf/")));
+    }
+
+    /// Linux 6.1: no send/receive tracepoints; the TCP functions' exits
+    /// serve them, with the argument counts the programs were written for.
+    #[test]
+    fn missing_send_receive_tracepoints_fall_back_to_fexit() {
+        let (plan, degraded) = plan_hooks(
+            HOOKS,
+            |tp| !matches!(tp, "sock_send_length" | "sock_recv_length"),
+            |function| match function {
+                "tcp_sendmsg" => Some(3),
+                "tcp_recvmsg" => Some(5),
+                _ => None,
+            },
+        )
+        .unwrap();
+        assert!(degraded.is_empty());
+        let described = described(&plan);
+        assert!(described.contains(&"fexit/tcp_sendmsg (no tracepoint sock_send_length)".into()));
+        assert!(described.contains(&"fexit/tcp_recvmsg (no tracepoint sock_recv_length)".into()));
+        assert_eq!(plan.len(), HOOKS.len());
+    }
+
+    /// A fallback whose function has another shape is not used: the
+    /// program would read the wrong argument as the return value.
+    #[test]
+    fn fallback_with_other_shape_degrades_the_capability() {
+        let (plan, degraded) = plan_hooks(
+            HOOKS,
+            |tp| tp != "sock_recv_length",
+            |function| (function == "tcp_recvmsg").then_some(6),
+        )
+        .unwrap();
+        assert_eq!(plan.len(), HOOKS.len() - 1);
+        assert_eq!(degraded.len(), 1);
+        assert!(degraded[0].starts_with("sock_recv_length: "));
+        assert!(degraded[0].contains("recovery by received data"));
+    }
+
+    #[test]
+    fn missing_required_tracepoint_is_an_error_naming_it() {
+        let error = plan_hooks(HOOKS, |tp| tp != "tcp_retransmit_skb", |_| None).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CaptureError::MissingTracepoint {
+                    hook: "tcp_retransmit_skb",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
 }

@@ -278,7 +278,8 @@ mod tests {
         assert_eq!(btf.tracepoint_args("inet_sock_set_state"), Some(3));
         assert_eq!(btf.tracepoint_args("no_such_tracepoint_anywhere"), None);
         assert_eq!(btf.function_args("tcp_sendmsg"), Some(3));
-        assert_eq!(btf.function_args("tcp_recvmsg"), Some(5));
+        // 6 before 5.19, 5 until addr_len went (6.1 has 5), 4 since.
+        assert!(matches!(btf.function_args("tcp_recvmsg"), Some(4..=6)));
         assert_eq!(btf.function_args("no_such_function_anywhere"), None);
     }
 }

@@ -164,13 +164,10 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
 #[inline(always)]
 fn last_receive_ns(sk: *const u8, now: u64) -> u64 {
     let ns_per_jiffy = setting!(ns_per_jiffy);
-    let (Some(ack), Some(data)) = (
-        read::<u32>(sk, off!(tcp_rcv_tstamp)),
-        read::<u32>(sk, off!(icsk_ack_lrcvtime)),
-    ) else {
-        return 0;
-    };
-    if ns_per_jiffy == 0 {
+    let ack = read::<u32>(sk, off!(tcp_rcv_tstamp));
+    let data = read::<u32>(sk, off!(icsk_ack_lrcvtime));
+    // Both zero: unreadable (or the jiffies counter's own zero, harmless).
+    if ns_per_jiffy == 0 || (ack == 0 && data == 0) {
         return 0;
     }
     // SAFETY: a helper without arguments.
@@ -222,7 +219,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // The kernel sets sk_err before it closes a socket on error
         // (ETIMEDOUT, ECONNRESET): the CLOSE event says why.
         let errno = if new_state == TCP_CLOSE {
-            read::<i32>(sk, off!(sk_err)).unwrap_or(0)
+            read::<i32>(sk, off!(sk_err))
         } else {
             0
         };
@@ -261,7 +258,8 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     count(RETRANSMITS_BASE + kind as u32, 1);
     let segments = if err == 0 {
         let cb = off!(skb_cb);
-        let segs = read::<u16>(skb, cb.wrapping_add(off!(tcp_skb_cb_gso_segs))).unwrap_or(1);
+        // A successful retransmit sends at least one segment.
+        let segs = read::<u16>(skb, cb.wrapping_add(off!(tcp_skb_cb_gso_segs))).max(1);
         count(RETRANSMITTED_SEGMENTS, segs as u64);
         segs
     } else {
@@ -283,10 +281,10 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         unsafe { (*state).flags |= SOCKET_FLAG_RETRANSMITTING };
     }
     let tcp = TcpSnapshot {
-        snd_una: read::<u32>(sk, off!(tcp_snd_una)).unwrap_or(0),
-        user_timeout_ms: read::<u32>(sk, off!(icsk_user_timeout)).unwrap_or(0),
-        rto_retransmits: read::<u8>(sk, off!(icsk_retransmits)).unwrap_or(0),
-        backoff: read::<u8>(sk, off!(icsk_backoff)).unwrap_or(0),
+        snd_una: read::<u32>(sk, off!(tcp_snd_una)),
+        user_timeout_ms: read::<u32>(sk, off!(icsk_user_timeout)),
+        rto_retransmits: read::<u8>(sk, off!(icsk_retransmits)),
+        backoff: read::<u8>(sk, off!(icsk_backoff)),
         ca_state,
         tcp_retries2: tcp_retries2(sk),
         segments,
@@ -370,7 +368,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if !is_inet_tcp(sk) {
         return 0;
     }
-    let errno = read::<i32>(sk, off!(sk_err)).unwrap_or(0);
+    let errno = read::<i32>(sk, off!(sk_err));
     emit_for_watched(&ctx, EVENT_SOCKET_ERROR, errno as u32, WAKE_NOW);
     0
 }
@@ -433,7 +431,7 @@ fn count_unwatched_retransmit(state: Option<*mut monitor_common::socket::SocketS
 
 #[inline(always)]
 fn ca_state(sk: *const u8) -> u8 {
-    let byte = read::<u8>(sk, off!(icsk_ca_state_byte)).unwrap_or(0);
+    let byte = read::<u8>(sk, off!(icsk_ca_state_byte));
     let bits = off!(icsk_ca_state_bits);
     let mask = if bits >= 8 { 0xff } else { (1u32 << bits) - 1 };
     ((byte as u32 >> (off!(icsk_ca_state_shift) & 7)) & mask) as u8
@@ -441,6 +439,6 @@ fn ca_state(sk: *const u8) -> u8 {
 
 #[inline(always)]
 fn tcp_retries2(sk: *const u8) -> u8 {
-    let net: *const u8 = read::<u64>(sk, off!(skc_net)).unwrap_or(0) as *const u8;
-    read::<u8>(net, off!(net_tcp_retries2)).unwrap_or(0)
+    let net: *const u8 = read::<u64>(sk, off!(skc_net)) as *const u8;
+    read::<u8>(net, off!(net_tcp_retries2))
 }

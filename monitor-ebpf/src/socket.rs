@@ -34,13 +34,12 @@ pub fn current_owner(source: u8, role: u8) -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: helpers without arguments; always valid in tracing programs.
     let (cgroup_id, task) = unsafe { (bpf_get_current_cgroup_id(), bpf_get_current_task()) };
-    let leader: *const u8 =
-        read::<u64>(task as *const u8, off!(task_group_leader)).unwrap_or(0) as *const u8;
+    let leader: *const u8 = read::<u64>(task as *const u8, off!(task_group_leader)) as *const u8;
     let mut owner = Owner {
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         cgroup_id,
-        start_boottime_ns: read::<u64>(leader, off!(task_start_boottime)).unwrap_or(0),
+        start_boottime_ns: read::<u64>(leader, off!(task_start_boottime)),
         comm: [0; 16],
         source,
         role,
@@ -55,16 +54,16 @@ pub fn current_owner(source: u8, role: u8) -> Owner {
 /// Addresses, ports, state and network namespace of `sk`.
 #[inline(always)]
 pub fn tuple(sk: *const u8) -> Tuple {
-    let family = read::<u16>(sk, off!(skc_family)).unwrap_or(0);
+    let family = read::<u16>(sk, off!(skc_family));
     let (local_port, remote_port) = ports(sk);
-    let net: *const u8 = read::<u64>(sk, off!(skc_net)).unwrap_or(0) as *const u8;
+    let net: *const u8 = read::<u64>(sk, off!(skc_net)) as *const u8;
     let mut tuple = Tuple {
         family,
         local_port,
         remote_port,
-        state: read::<u8>(sk, off!(skc_state)).unwrap_or(0),
+        state: read::<u8>(sk, off!(skc_state)),
         _pad0: 0,
-        netns: read::<u32>(net, off!(net_ns_inum)).unwrap_or(0),
+        netns: read::<u32>(net, off!(net_ns_inum)),
         _pad1: 0,
         local_addr: [0; 16],
         remote_addr: [0; 16],

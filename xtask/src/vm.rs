@@ -40,8 +40,10 @@ const MODULES: &[&str] = &["veth", "nft_ct", "nf_tables", "inet_diag", "tcp_diag
 /// Host programs copied into the guest, with their libraries.
 const HOST_PROGRAMS: &[&str] = &["/usr/sbin/ip", "/usr/sbin/nft", "/usr/sbin/bpftool"];
 
-/// Debian packages this task needs on the host.
-const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+/// Debian packages this task needs on the host: the emulator, a static
+/// busybox for the guest (and its cpio), and kmod's depmod/modprobe to
+/// order the guest's modules.
+const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod"];
 
 pub fn vm_test(project: &Project, connmon: &Path) -> Result<()> {
     ensure_host_packages()?;
@@ -147,12 +149,7 @@ fn fetch_kernel(project: &Project) -> Result<Kernel> {
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb -> 6.1.0-56-amd64
-    let release = file_name
-        .strip_prefix("linux-image-")
-        .and_then(|rest| rest.split('_').next())
-        .context("unexpected kernel package name")?
-        .to_string();
+    let release = release_of(&file_name).context("unexpected kernel package name")?;
     let root = dir.join(format!("linux-{release}"));
     let done = root.join(".unpacked");
     if !done.is_file() {
@@ -202,14 +199,25 @@ fn cached_deb(dir: &Path) -> Result<Option<PathBuf>> {
 
 fn newest_package() -> Result<String> {
     let out = Command::new("apt-cache")
-        .args([
-            "search",
-            "--names-only",
-            r"^linux-image-6\.1\.0-[0-9]+-amd64$",
-        ])
+        .args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"])
         .output()
         .context("running apt-cache search")?;
-    let listing = String::from_utf8_lossy(&out.stdout);
+    newest_of(&String::from_utf8_lossy(&out.stdout))
+        .context("apt knows no linux-image-6.1.0-N-amd64 package (is bookworm in the sources?)")
+}
+
+/// `linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb` -> `6.1.0-56-amd64`.
+fn release_of(deb_file_name: &str) -> Option<String> {
+    let release = deb_file_name
+        .strip_prefix("linux-image-")?
+        .split('_')
+        .next()?;
+    (!release.is_empty()).then(|| release.to_string())
+}
+
+/// The package with the highest ABI number in an `apt-cache search`
+/// listing (numerically: -100 is newer than -99).
+fn newest_of(listing: &str) -> Option<String> {
     listing
         .lines()
         .filter_map(|line| line.split_whitespace().next())
@@ -223,7 +231,6 @@ fn newest_package() -> Result<String> {
         })
         .max()
         .map(|(_, name)| name)
-        .context("apt knows no linux-image-6.1.0-N-amd64 package (is bookworm in the sources?)")
 }
 
 /// Lays out the guest's root and packs it as an uncompressed cpio (nothing
@@ -340,19 +347,23 @@ fn build_initramfs(
 
 /// Every library `ldd` names for `program`, the dynamic loader included.
 fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
-    let listing = output(Command::new("ldd").arg(program), "ldd")?;
-    Ok(listing
+    Ok(parse_ldd(&output(Command::new("ldd").arg(program), "ldd")?))
+}
+
+fn parse_ldd(listing: &str) -> Vec<PathBuf> {
+    listing
         .lines()
         .filter_map(|line| {
             // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
-            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; "linux-vdso.so.1
+            // (0x...)" has no file.
             let path = match line.split_once("=>") {
                 Some((_, right)) => right.split_whitespace().next()?,
                 None => line.split_whitespace().next()?,
             };
             path.starts_with('/').then(|| PathBuf::from(path))
         })
-        .collect())
+        .collect()
 }
 
 enum Verdict {
@@ -500,4 +511,45 @@ fn output(command: &mut Command, what: &str) -> Result<String> {
 
 fn shell(script: &str, what: &str) -> Result<()> {
     checked(Command::new("sh").args(["-c", script]), what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_release_from_the_package_file_name() {
+        assert_eq!(
+            release_of("linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb").as_deref(),
+            Some("6.1.0-56-amd64")
+        );
+        assert_eq!(release_of("busybox_1.35_amd64.deb"), None);
+    }
+
+    #[test]
+    fn newest_package_compares_abi_numbers() {
+        let listing = "linux-image-6.1.0-99-amd64 - Linux 6.1\n\
+                       linux-image-6.1.0-100-amd64 - Linux 6.1\n\
+                       linux-image-6.1.0-101-cloud-amd64 - cloud\n\
+                       linux-image-6.12.1+deb12-amd64 - Linux 6.12\n";
+        assert_eq!(
+            newest_of(listing).as_deref(),
+            Some("linux-image-6.1.0-100-amd64")
+        );
+        assert_eq!(newest_of(""), None);
+    }
+
+    #[test]
+    fn ldd_listing_gives_library_paths() {
+        let listing = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                       \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\
+                       \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            parse_ldd(listing),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
 }

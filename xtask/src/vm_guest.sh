@@ -89,6 +89,20 @@ until_ok 180 ready || {
 say "connmon ready after $(( $(date +%s) - start )) s"
 grep -E 'hook|verified|degraded|tracepoint|capabilit' /tmp/connmon.err
 
+# Feature probing: 6.1 has no sock_send_length/sock_recv_length
+# tracepoints, so connmon must have chosen the fexit fallbacks.
+for want in 'fexit/tcp_sendmsg' 'fexit/tcp_recvmsg' 'tp_btf/tcp_retransmit_skb'; do
+    grep 'hooks chosen for this kernel' /tmp/connmon.err | grep -q "$want" \
+        || fail "connmon did not choose $want on this kernel"
+done
+# The 6.1 verifier once needed 221k of its 1M instructions for one program;
+# keep every program far below the limit.
+for n in $(grep -o 'verified_insns=[0-9]*' /tmp/connmon.err | cut -d= -f2); do
+    [ "$n" -le 100000 ] || fail "a program needed $n verified instructions (budget 100000)"
+done
+[ "$(grep -c 'kernel program attached' /tmp/connmon.err)" -eq 9 ] \
+    || fail "connmon did not attach 9 programs"
+
 # ---- topology: app -- mb (conntrack middlebox) -- cache ----
 for ns in app mb cache; do /usr/sbin/ip netns add $ns || fail "netns $ns"; done
 /usr/sbin/ip -n app link add eth0 type veth peer name to-app netns mb || fail "veth app"

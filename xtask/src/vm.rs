@@ -199,7 +199,11 @@ fn cached_deb(dir: &Path) -> Result<Option<PathBuf>> {
 
 fn newest_package() -> Result<String> {
     let out = Command::new("apt-cache")
-        .args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"])
+        .args([
+            "search",
+            "--names-only",
+            r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+        ])
         .output()
         .context("running apt-cache search")?;
     newest_of(&String::from_utf8_lossy(&out.stdout))

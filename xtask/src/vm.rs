@@ -412,6 +412,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Verdict> {
         }
     });
     let mut verdict = None;
+    let mut console_closed = false;
     let mut deadline = started + GUEST_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -446,9 +447,18 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Verdict> {
                 }
             }
             // qemu exited and the console is drained.
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                console_closed = true;
+                break;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => break,
         }
+    }
+    // A closed console means qemu is exiting: give it a moment before
+    // killing it (a guest that hung is killed at once).
+    let grace = Instant::now() + Duration::from_secs(5);
+    while console_closed && Instant::now() < grace && child.try_wait()?.is_none() {
+        std::thread::sleep(Duration::from_millis(50));
     }
     if child.try_wait()?.is_none() {
         let _ = child.kill();

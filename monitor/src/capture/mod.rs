@@ -159,6 +159,7 @@ impl Capture {
         fill_watched_ports(&mut ebpf, &config.watched_ports)?;
 
         let mut attached = Vec::new();
+        let mut programs = Vec::new();
         let mut program_fds = Vec::new();
         for (hook, source) in plan {
             let started = std::time::Instant::now();
@@ -192,8 +193,9 @@ impl Capture {
                 Err(error) => warn!(program, %error, "no statistics for this program"),
             }
             attached.push(hook.tracepoint);
+            programs.push(program);
         }
-        info!(hooks = ?attached, "kernel programs attached");
+        info!(hooks = ?attached, ?programs, degraded = degraded.len(), "kernel programs attached");
         Ok(Self {
             ebpf,
             attached,
@@ -202,7 +204,8 @@ impl Capture {
         })
     }
 
-    /// Tracepoints attached, in attach order.
+    /// Hooks served (by their tracepoint's name, also when a fallback
+    /// program serves it), in attach order.
     pub fn attached(&self) -> &[&'static str] {
         &self.attached
     }

@@ -1,6 +1,6 @@
 //! Reading kernel memory at offsets the loader resolved from BTF.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_ebpf::helpers::{bpf_probe_read_kernel_buf, generated::bpf_probe_read_kernel};
 use monitor_common::{
     counters::KERNEL_READ_FAILED,
     globals::OFFSET_ABSENT,
@@ -29,22 +29,33 @@ macro_rules! setting {
 }
 pub(crate) use setting;
 
-/// Reads a `T` at `base + off`; `None` when the offset is absent on this
-/// kernel or the read faults (counted).
+/// Reads a `T` at `base + off`; zero when the offset is absent on this
+/// kernel or the read faults (counted). No `Option`: a branch per read on
+/// the value multiplies the paths the verifier walks, which older kernels
+/// (6.1) prune much less well.
 #[inline(always)]
-pub fn read<T>(base: *const u8, off: u32) -> Option<T> {
-    if off == OFFSET_ABSENT || base.is_null() {
-        return None;
+pub fn read<T>(base: *const u8, off: u32) -> T {
+    if off == OFFSET_ABSENT {
+        // SAFETY: only used for plain integers, for which zero is valid.
+        return unsafe { core::mem::zeroed() };
     }
-    // SAFETY: bpf_probe_read_kernel copies through a fault-handling helper;
-    // a bad address yields an error, never a crash.
-    match unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize).cast::<T>()) } {
-        Ok(value) => Some(value),
-        Err(_) => {
-            count(KERNEL_READ_FAILED, 1);
-            None
-        }
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper copies through a fault-handling path and fills
+    // `value` either way (zeroes on failure); a bad address is an error,
+    // never a crash.
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            base.wrapping_add(off as usize).cast(),
+        )
+    };
+    // A NULL base (e.g. no socket) is not a failed read worth counting.
+    if rc != 0 && !base.is_null() {
+        count(KERNEL_READ_FAILED, 1);
     }
+    // SAFETY: the helper wrote every byte (data or zeroes).
+    unsafe { value.assume_init() }
 }
 
 /// Reads `dst.len()` bytes at `base + off`, leaving `dst` zeroed on failure.
@@ -62,16 +73,16 @@ pub fn read_bytes(base: *const u8, off: u32, dst: &mut [u8]) {
 /// The socket's protocol is TCP over IPv4 or IPv6.
 #[inline(always)]
 pub fn is_inet_tcp(sk: *const u8) -> bool {
-    if read::<u16>(sk, off!(sk_protocol)) != Some(IPPROTO_TCP) {
+    if read::<u16>(sk, off!(sk_protocol)) != IPPROTO_TCP {
         return false;
     }
-    matches!(read::<u16>(sk, off!(skc_family)), Some(AF_INET | AF_INET6))
+    matches!(read::<u16>(sk, off!(skc_family)), AF_INET | AF_INET6)
 }
 
 /// Local and remote port, host order.
 #[inline(always)]
 pub fn ports(sk: *const u8) -> (u16, u16) {
-    let local = read::<u16>(sk, off!(skc_num)).unwrap_or(0);
-    let remote = u16::from_be(read::<u16>(sk, off!(skc_dport)).unwrap_or(0));
+    let local = read::<u16>(sk, off!(skc_num));
+    let remote = u16::from_be(read::<u16>(sk, off!(skc_dport)));
     (local, remote)
 }

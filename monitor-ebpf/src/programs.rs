@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_jiffies64},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    macros::{btf_tracepoint, fexit},
+    programs::{BtfTracePointContext, FExitContext},
 };
 use monitor_common::{
     counters::{
@@ -48,14 +48,36 @@ fn sock_arg(ctx: &BtfTracePointContext) -> *const u8 {
 /// `sock:sock_send_length(sk, ret, flags)`: after every sendmsg.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    on_payload(&ctx, true);
+    on_payload(sock_arg(&ctx), ctx.arg(1), true);
     0
 }
 
 /// `sock:sock_recv_length(sk, ret, flags)`: after every recvmsg.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    on_payload(&ctx, false);
+    on_payload(sock_arg(&ctx), ctx.arg(1), false);
+    0
+}
+
+// Kernels without the send/receive tracepoints (before 6.3, e.g. Debian
+// 12's 6.1) get the same facts from the TCP functions' exits, still in the
+// caller's context. The loader checks the argument counts in BTF first.
+
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`.
+#[fexit(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_exit(ctx: FExitContext) -> i32 {
+    // The return value follows the arguments.
+    on_payload(ctx.arg::<*const u8>(0), ctx.arg(3), true);
+    0
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len,
+/// int flags, int *addr_len)`: the shape from 5.19 until the receive
+/// tracepoint came (6.3); later kernels dropped `addr_len` but use the
+/// tracepoint.
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
+    on_payload(ctx.arg::<*const u8>(0), ctx.arg(5), false);
     0
 }
 
@@ -63,9 +85,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 /// first; write only when the owner changed or the activity time is older
 /// than the granularity.
 #[inline(always)]
-fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
-    let sk = sock_arg(ctx);
-    let bytes: i32 = ctx.arg(1);
+fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     if bytes <= 0 || !is_inet_tcp(sk) {
         return;
     }
@@ -80,8 +100,7 @@ fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
     };
 
     let Some(state) = SOCKETS.get_ptr_mut(cookie) else {
-        let Some(state) = entry_or_insert(ctx, cookie, now, current_owner(source, ROLE_UNKNOWN))
-        else {
+        let Some(state) = entry_or_insert(cookie, now, current_owner(source, ROLE_UNKNOWN)) else {
             return;
         };
         // SAFETY: pointer from a socket-map lookup in this run.
@@ -145,13 +164,10 @@ fn on_payload(ctx: &BtfTracePointContext, is_send: bool) {
 #[inline(always)]
 fn last_receive_ns(sk: *const u8, now: u64) -> u64 {
     let ns_per_jiffy = setting!(ns_per_jiffy);
-    let (Some(ack), Some(data)) = (
-        read::<u32>(sk, off!(tcp_rcv_tstamp)),
-        read::<u32>(sk, off!(icsk_ack_lrcvtime)),
-    ) else {
-        return 0;
-    };
-    if ns_per_jiffy == 0 {
+    let ack = read::<u32>(sk, off!(tcp_rcv_tstamp));
+    let data = read::<u32>(sk, off!(icsk_ack_lrcvtime));
+    // Both zero: unreadable (or the jiffies counter's own zero, harmless).
+    if ns_per_jiffy == 0 || (ack == 0 && data == 0) {
         return 0;
     }
     // SAFETY: a helper without arguments.
@@ -185,7 +201,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let state = if new_state == TCP_SYN_SENT {
         // connect(): the one state change that runs in the owner's context.
         let owner = current_owner(OWNER_SOURCE_CONNECT, ROLE_CLIENT);
-        entry_or_insert(&ctx, cookie, now, owner).inspect(|&state| {
+        entry_or_insert(cookie, now, owner).inspect(|&state| {
             // SAFETY: pointer from a socket-map lookup in this run.
             unsafe { (*state).owner = owner };
         })
@@ -195,7 +211,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         let mut owner = monitor_common::socket::Owner::default();
         owner.source = OWNER_SOURCE_NONE;
         owner.role = ROLE_SERVER;
-        entry_or_insert(&ctx, cookie, now, owner)
+        entry_or_insert(cookie, now, owner)
     } else {
         SOCKETS.get_ptr_mut(cookie)
     };
@@ -203,7 +219,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // The kernel sets sk_err before it closes a socket on error
         // (ETIMEDOUT, ECONNRESET): the CLOSE event says why.
         let errno = if new_state == TCP_CLOSE {
-            read::<i32>(sk, off!(sk_err)).unwrap_or(0)
+            read::<i32>(sk, off!(sk_err))
         } else {
             0
         };
@@ -242,7 +258,8 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     count(RETRANSMITS_BASE + kind as u32, 1);
     let segments = if err == 0 {
         let cb = off!(skb_cb);
-        let segs = read::<u16>(skb, cb.wrapping_add(off!(tcp_skb_cb_gso_segs))).unwrap_or(1);
+        // A successful retransmit sends at least one segment.
+        let segs = read::<u16>(skb, cb.wrapping_add(off!(tcp_skb_cb_gso_segs))).max(1);
         count(RETRANSMITTED_SEGMENTS, segs as u64);
         segs
     } else {
@@ -250,7 +267,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         0
     };
 
-    let state = entry_or_insert(&ctx, cookie, now, Default::default());
+    let state = entry_or_insert(cookie, now, Default::default());
     if let Some(state) = state {
         // SAFETY: pointer from a socket-map lookup in this run.
         unsafe { (*state).retransmits = (*state).retransmits.wrapping_add(1) };
@@ -264,10 +281,10 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         unsafe { (*state).flags |= SOCKET_FLAG_RETRANSMITTING };
     }
     let tcp = TcpSnapshot {
-        snd_una: read::<u32>(sk, off!(tcp_snd_una)).unwrap_or(0),
-        user_timeout_ms: read::<u32>(sk, off!(icsk_user_timeout)).unwrap_or(0),
-        rto_retransmits: read::<u8>(sk, off!(icsk_retransmits)).unwrap_or(0),
-        backoff: read::<u8>(sk, off!(icsk_backoff)).unwrap_or(0),
+        snd_una: read::<u32>(sk, off!(tcp_snd_una)),
+        user_timeout_ms: read::<u32>(sk, off!(icsk_user_timeout)),
+        rto_retransmits: read::<u8>(sk, off!(icsk_retransmits)),
+        backoff: read::<u8>(sk, off!(icsk_backoff)),
         ca_state,
         tcp_retries2: tcp_retries2(sk),
         segments,
@@ -351,7 +368,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if !is_inet_tcp(sk) {
         return 0;
     }
-    let errno = read::<i32>(sk, off!(sk_err)).unwrap_or(0);
+    let errno = read::<i32>(sk, off!(sk_err));
     emit_for_watched(&ctx, EVENT_SOCKET_ERROR, errno as u32, WAKE_NOW);
     0
 }
@@ -414,7 +431,7 @@ fn count_unwatched_retransmit(state: Option<*mut monitor_common::socket::SocketS
 
 #[inline(always)]
 fn ca_state(sk: *const u8) -> u8 {
-    let byte = read::<u8>(sk, off!(icsk_ca_state_byte)).unwrap_or(0);
+    let byte = read::<u8>(sk, off!(icsk_ca_state_byte));
     let bits = off!(icsk_ca_state_bits);
     let mask = if bits >= 8 { 0xff } else { (1u32 << bits) - 1 };
     ((byte as u32 >> (off!(icsk_ca_state_shift) & 7)) & mask) as u8
@@ -422,6 +439,6 @@ fn ca_state(sk: *const u8) -> u8 {
 
 #[inline(always)]
 fn tcp_retries2(sk: *const u8) -> u8 {
-    let net: *const u8 = read::<u64>(sk, off!(skc_net)).unwrap_or(0) as *const u8;
-    read::<u8>(net, off!(net_tcp_retries2)).unwrap_or(0)
+    let net: *const u8 = read::<u64>(sk, off!(skc_net)) as *const u8;
+    read::<u8>(net, off!(net_tcp_retries2))
 }

@@ -7,7 +7,6 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie},
     },
 };
-use aya_log_ebpf::warn;
 use monitor_common::{
     counters::{LOST_SOCKET_MAP_FULL, SOCKETS_ADDED},
     socket::{Activity, Owner, SOCKET_FLAG_WATCHED, SocketState, Tuple},
@@ -16,7 +15,7 @@ use monitor_common::{
 
 use crate::{
     kernel::{off, ports, read, read_bytes, setting},
-    maps::{COUNTERS, SOCKETS, WATCHED_PORTS, count},
+    maps::{SOCKETS, WATCHED_PORTS, count},
 };
 
 /// The kernel's cookie for `sk`: never reused, and what sock_diag reports.
@@ -35,13 +34,12 @@ pub fn current_owner(source: u8, role: u8) -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: helpers without arguments; always valid in tracing programs.
     let (cgroup_id, task) = unsafe { (bpf_get_current_cgroup_id(), bpf_get_current_task()) };
-    let leader: *const u8 =
-        read::<u64>(task as *const u8, off!(task_group_leader)).unwrap_or(0) as *const u8;
+    let leader: *const u8 = read::<u64>(task as *const u8, off!(task_group_leader)) as *const u8;
     let mut owner = Owner {
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         cgroup_id,
-        start_boottime_ns: read::<u64>(leader, off!(task_start_boottime)).unwrap_or(0),
+        start_boottime_ns: read::<u64>(leader, off!(task_start_boottime)),
         comm: [0; 16],
         source,
         role,
@@ -56,16 +54,16 @@ pub fn current_owner(source: u8, role: u8) -> Owner {
 /// Addresses, ports, state and network namespace of `sk`.
 #[inline(always)]
 pub fn tuple(sk: *const u8) -> Tuple {
-    let family = read::<u16>(sk, off!(skc_family)).unwrap_or(0);
+    let family = read::<u16>(sk, off!(skc_family));
     let (local_port, remote_port) = ports(sk);
-    let net: *const u8 = read::<u64>(sk, off!(skc_net)).unwrap_or(0) as *const u8;
+    let net: *const u8 = read::<u64>(sk, off!(skc_net)) as *const u8;
     let mut tuple = Tuple {
         family,
         local_port,
         remote_port,
-        state: read::<u8>(sk, off!(skc_state)).unwrap_or(0),
+        state: read::<u8>(sk, off!(skc_state)),
         _pad0: 0,
-        netns: read::<u32>(net, off!(net_ns_inum)).unwrap_or(0),
+        netns: read::<u32>(net, off!(net_ns_inum)),
         _pad1: 0,
         local_addr: [0; 16],
         remote_addr: [0; 16],
@@ -109,15 +107,9 @@ pub fn is_watched(sk: *const u8, state: Option<*mut SocketState>) -> bool {
 }
 
 /// The map entry for `cookie`, created with `owner` when missing. `None`
-/// only when the map refused the insert (counted, and logged at powers of
-/// two so a full map cannot flood the log).
+/// only when the map refused the insert (counted).
 #[inline(always)]
-pub fn entry_or_insert(
-    ctx: &aya_ebpf::programs::BtfTracePointContext,
-    cookie: u64,
-    now: u64,
-    owner: Owner,
-) -> Option<*mut SocketState> {
+pub fn entry_or_insert(cookie: u64, now: u64, owner: Owner) -> Option<*mut SocketState> {
     if let Some(state) = SOCKETS.get_ptr_mut(cookie) {
         return Some(state);
     }
@@ -133,14 +125,9 @@ pub fn entry_or_insert(
         if let Some(state) = SOCKETS.get_ptr_mut(cookie) {
             return Some(state);
         }
+        // Counted, not logged: a log call is a BPF subprogram, and kernels
+        // before 6.3 lose most of their state pruning across those.
         count(LOST_SOCKET_MAP_FULL, 1);
-        let lost = COUNTERS.get(LOST_SOCKET_MAP_FULL).copied().unwrap_or(0);
-        if lost.is_power_of_two() {
-            warn!(
-                ctx,
-                "socket map refused an insert: {} sockets untracked on this CPU", lost
-            );
-        }
         return None;
     }
     count(SOCKETS_ADDED, 1);

@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|test>`.
+//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|vm-test|test>`.
 //!
 //! `setup` installs whatever a fresh machine lacks (idempotent); every other
 //! task calls it first, so the README's two commands work on a clean clone.
 
 mod setup;
 mod tasks;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -49,7 +50,11 @@ enum Task {
         #[arg(long, default_value_t = 30)]
         storm_every_seconds: u32,
     },
-    /// Run the whole test suite: unit tests and the root-only kernel tests.
+    /// connmon on Debian's Linux 6.1, booted under qemu: start-up, hook
+    /// choice and an idle-connection storm inside the guest.
+    VmTest,
+    /// Run the whole test suite: unit tests, the root-only kernel tests and
+    /// (without a filter) the 6.1 VM test.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -80,6 +85,11 @@ fn main() -> Result<()> {
         } => {
             setup::run(&project)?;
             tasks::soak(&project, minutes, churn_per_second, storm_every_seconds)
+        }
+        Task::VmTest => {
+            setup::run(&project)?;
+            let binary = tasks::build(&project, false)?;
+            vm::vm_test(&project, &binary)
         }
         Task::Test { args } => {
             setup::run(&project)?;

@@ -11,6 +11,21 @@ pub struct Hook {
     pub required: bool,
     /// What the hook gives; named in errors and degradation warnings.
     pub purpose: &'static str,
+    /// Where the same facts come from on kernels without the tracepoint.
+    pub fallback: Option<Fallback>,
+}
+
+/// An fexit program on a kernel function, used when a tracepoint is
+/// missing. fexit needs BPF trampolines, which some kernels refuse (EPERM):
+/// the tracepoint is always preferred.
+#[derive(Debug)]
+pub struct Fallback {
+    /// Kernel function (must be in BTF with `args` parameters).
+    pub function: &'static str,
+    pub program: &'static str,
+    /// Parameter count the program was written for; the return value is
+    /// read right after them.
+    pub args: usize,
 }
 
 /// Every hook, in attach order: owner tracking first, so sockets have
@@ -21,53 +36,71 @@ pub const HOOKS: &[Hook] = &[
         program: "sock_send_length",
         required: false,
         purpose: "socket owner and idle time from sends",
+        fallback: Some(Fallback {
+            function: "tcp_sendmsg",
+            program: "tcp_sendmsg_exit",
+            args: 3,
+        }),
     },
     Hook {
         tracepoint: "sock_recv_length",
         program: "sock_recv_length",
         required: false,
         purpose: "socket owner and idle time from receives, recovery by received data",
+        fallback: Some(Fallback {
+            function: "tcp_recvmsg",
+            program: "tcp_recvmsg_exit",
+            // 5.19 to 6.2 (6.1 included); the tracepoint came in 6.3.
+            args: 5,
+        }),
     },
     Hook {
         tracepoint: "inet_sock_set_state",
         program: "inet_sock_set_state",
         required: true,
         purpose: "connection state changes and the owner of outgoing connections",
+        fallback: None,
     },
     Hook {
         tracepoint: "tcp_retransmit_skb",
         program: "tcp_retransmit_skb",
         required: true,
         purpose: "retransmits",
+        fallback: None,
     },
     Hook {
         tracepoint: "tcp_cong_state_set",
         program: "tcp_cong_state_set",
         required: false,
         purpose: "recovery by acknowledged data",
+        fallback: None,
     },
     Hook {
         tracepoint: "tcp_receive_reset",
         program: "tcp_receive_reset",
         required: false,
         purpose: "resets received",
+        fallback: None,
     },
     Hook {
         tracepoint: "tcp_send_reset",
         program: "tcp_send_reset",
         required: false,
         purpose: "resets sent",
+        fallback: None,
     },
     Hook {
         tracepoint: "inet_sk_error_report",
         program: "inet_sk_error_report",
         required: false,
         purpose: "socket errors such as ETIMEDOUT when the kernel gives up",
+        fallback: None,
     },
     Hook {
         tracepoint: "tcp_destroy_sock",
         program: "tcp_destroy_sock",
         required: true,
         purpose: "socket teardown (frees the socket's map entry)",
+        fallback: None,
     },
 ];

@@ -12,7 +12,7 @@ use std::{collections::BTreeSet, io, path::PathBuf};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError},
+    programs::{BtfTracePoint, FExit, ProgramError},
 };
 use monitor_common::globals::ProbeSettings;
 use tracing::{info, warn};
@@ -125,28 +125,11 @@ impl Capture {
             warn!(field = %field, "kernel has no such field; the value it feeds is reported as 0");
         }
 
-        let available: Vec<&'static Hook> = HOOKS
-            .iter()
-            .filter(|hook| kernel_btf.tracepoint_args(hook.tracepoint).is_some())
-            .collect();
-        let mut degraded = Vec::new();
-        for hook in HOOKS
-            .iter()
-            .filter(|hook| !available.iter().any(|a| a.tracepoint == hook.tracepoint))
-        {
-            if hook.required {
-                return Err(CaptureError::MissingTracepoint {
-                    hook: hook.tracepoint,
-                    purpose: hook.purpose,
-                });
-            }
-            warn!(
-                tracepoint = hook.tracepoint,
-                lost = hook.purpose,
-                "tracepoint missing on this kernel; capability degraded"
-            );
-            degraded.push(format!("{}: {}", hook.tracepoint, hook.purpose));
-        }
+        let (plan, mut degraded) = choose_hooks(&kernel_btf)?;
+        info!(
+            hooks = ?plan.iter().map(|(hook, source)| source.describe(hook)).collect::<Vec<_>>(),
+            "hooks chosen for this kernel"
+        );
 
         let settings = ProbeSettings {
             // Refresh activity times at a quarter of the idle threshold, at
@@ -175,44 +158,46 @@ impl Capture {
             .load(PROGRAMS_OBJECT)
             .map_err(load_error)?;
 
-        // The kernel programs' own warnings (e.g. a full socket map) go to
-        // our log; a missing logger is not fatal.
-        match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => spawn_kernel_logger(logger),
-            Err(error) => warn!(%error, "kernel program logging unavailable"),
-        }
-
         fill_watched_ports(&mut ebpf, &config.watched_ports)?;
 
         let mut attached = Vec::new();
+        let mut programs = Vec::new();
         let mut program_fds = Vec::new();
-        for hook in available {
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(hook.program)
-                .ok_or_else(|| {
-                    CaptureError::Load(format!("program {} missing from the object", hook.program))
-                })?
-                .try_into()
-                .map_err(|error: ProgramError| CaptureError::Load(error.to_string()))?;
-            program
-                .load(hook.tracepoint, &aya_btf)
-                .map_err(|error| program_error(hook.tracepoint, error))?;
-            program
-                .attach()
-                .map_err(|error| program_error(hook.tracepoint, error))?;
-            // A second fd on the program, for its statistics in fdinfo.
-            match program
-                .fd()
-                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
-            {
-                Ok(fd) => program_fds.push((hook.program, fd)),
-                Err(error) => {
-                    warn!(program = hook.program, %error, "no statistics for this program")
+        for (hook, source) in plan {
+            let started = std::time::Instant::now();
+            let fd = match attach(&mut ebpf, &aya_btf, hook, source) {
+                Ok(fd) => fd,
+                // Trampolines can be refused (e.g. lockdown or a kernel that
+                // blocks them): an optional hook then degrades, as if absent.
+                Err(error) if !hook.required && matches!(source, Source::FExit(_)) => {
+                    warn!(
+                        hook = source.describe(hook),
+                        lost = hook.purpose,
+                        %error,
+                        "fallback hook refused; capability degraded"
+                    );
+                    degraded.push(format!("{}: {}", hook.tracepoint, hook.purpose));
+                    continue;
                 }
+                Err(error) => return Err(error),
+            };
+            let program = source.program(hook);
+            match fd {
+                Ok(fd) => {
+                    info!(
+                        program,
+                        verified_insns = verified_insns(&fd),
+                        load_ms = started.elapsed().as_millis() as u64,
+                        "kernel program attached"
+                    );
+                    program_fds.push((program, fd));
+                }
+                Err(error) => warn!(program, %error, "no statistics for this program"),
             }
             attached.push(hook.tracepoint);
+            programs.push(program);
         }
-        info!(hooks = ?attached, "kernel programs attached");
+        info!(hooks = ?attached, ?programs, degraded = degraded.len(), "kernel programs attached");
         Ok(Self {
             ebpf,
             attached,
@@ -221,7 +206,8 @@ impl Capture {
         })
     }
 
-    /// Tracepoints attached, in attach order.
+    /// Hooks served (by their tracepoint's name, also when a fallback
+    /// program serves it), in attach order.
     pub fn attached(&self) -> &[&'static str] {
         &self.attached
     }
@@ -389,12 +375,26 @@ fn load_error(error: aya::EbpfError) -> CaptureError {
 
 fn program_error(hook: &'static str, error: ProgramError) -> CaptureError {
     match &error {
-        ProgramError::LoadError { io_error, .. }
-            if io_error.kind() == io::ErrorKind::PermissionDenied =>
-        {
-            CaptureError::Privilege {
-                call: format!("bpf(BPF_PROG_LOAD) for {hook}"),
-                source: io::Error::from(io_error.kind()),
+        // EPERM is a missing privilege; EACCES and the rest are the
+        // verifier's verdict, whose log's last lines say why.
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if io_error.raw_os_error() == Some(libc::EPERM) {
+                return CaptureError::Privilege {
+                    call: format!("bpf(BPF_PROG_LOAD) for {hook}"),
+                    source: io::Error::from(io_error.kind()),
+                };
+            }
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+            CaptureError::Attach {
+                hook,
+                reason: format!(
+                    "the kernel refused the program ({io_error}); verifier log ends:\n{tail}"
+                ),
             }
         }
         ProgramError::SyscallError(aya::sys::SyscallError { call, io_error })
@@ -412,20 +412,207 @@ fn program_error(hook: &'static str, error: ProgramError) -> CaptureError {
     }
 }
 
-fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    // SAFETY: the logger owns its ring buffer's fd, which stays open and the
-    // same until the logger (moved into the AsyncFd) is dropped with it.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    };
-    let Ok(mut logger) = registered else {
-        warn!("kernel program logging unavailable: cannot poll its buffer");
-        return;
-    };
-    tokio::spawn(async move {
-        while let Ok(mut guard) = logger.readable_mut().await {
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
+/// Where one hook's program attaches on this kernel.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    Tracepoint,
+    FExit(&'static hooks::Fallback),
+}
+
+impl Source {
+    fn program(self, hook: &'static Hook) -> &'static str {
+        match self {
+            Self::Tracepoint => hook.program,
+            Self::FExit(fallback) => fallback.program,
         }
-    });
+    }
+
+    fn describe(self, hook: &'static Hook) -> String {
+        match self {
+            Self::Tracepoint => format!("tp_btf/{}", hook.tracepoint),
+            Self::FExit(fallback) => format!(
+                "fexit/{} (no tracepoint {})",
+                fallback.function, hook.tracepoint
+            ),
+        }
+    }
+}
+
+/// The hooks to attach with their sources, and the capabilities lost.
+type HookPlan = (Vec<(&'static Hook, Source)>, Vec<String>);
+
+/// Decides per hook, from the kernel's BTF, what serves it (see
+/// `plan_hooks`).
+fn choose_hooks(kernel_btf: &KernelBtf) -> Result<HookPlan, CaptureError> {
+    plan_hooks(
+        HOOKS,
+        |tracepoint| kernel_btf.tracepoint_args(tracepoint).is_some(),
+        |function| kernel_btf.function_args(function),
+    )
+}
+
+/// Per hook: the BTF tracepoint when the kernel has it, else a fallback
+/// whose function has the expected number of parameters, else nothing: an
+/// error for a required hook, a warning naming the capability lost for an
+/// optional one (also returned, for `Capture::degraded`).
+fn plan_hooks(
+    hooks: &'static [Hook],
+    has_tracepoint: impl Fn(&str) -> bool,
+    function_args: impl Fn(&str) -> Option<usize>,
+) -> Result<HookPlan, CaptureError> {
+    let mut plan = Vec::new();
+    let mut degraded = Vec::new();
+    for hook in hooks {
+        if has_tracepoint(hook.tracepoint) {
+            plan.push((hook, Source::Tracepoint));
+            continue;
+        }
+        if let Some(fallback) = &hook.fallback
+            && function_args(fallback.function) == Some(fallback.args)
+        {
+            plan.push((hook, Source::FExit(fallback)));
+            continue;
+        }
+        if hook.required {
+            return Err(CaptureError::MissingTracepoint {
+                hook: hook.tracepoint,
+                purpose: hook.purpose,
+            });
+        }
+        warn!(
+            tracepoint = hook.tracepoint,
+            lost = hook.purpose,
+            "tracepoint missing on this kernel; capability degraded"
+        );
+        degraded.push(format!("{}: {}", hook.tracepoint, hook.purpose));
+    }
+    Ok((plan, degraded))
+}
+
+/// Loads and attaches one hook's program; on success, a second fd on the
+/// program (for its statistics) or why there is none.
+fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    hook: &'static Hook,
+    source: Source,
+) -> Result<Result<aya::programs::ProgramFd, ProgramError>, CaptureError> {
+    let name = source.program(hook);
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| CaptureError::Load(format!("program {name} missing from the object")))?;
+    let fd = match source {
+        Source::Tracepoint => {
+            let program: &mut BtfTracePoint = program
+                .try_into()
+                .map_err(|error: ProgramError| CaptureError::Load(error.to_string()))?;
+            program
+                .load(hook.tracepoint, btf)
+                .map_err(|error| program_error(hook.tracepoint, error))?;
+            program
+                .attach()
+                .map_err(|error| program_error(hook.tracepoint, error))?;
+            program
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        }
+        Source::FExit(fallback) => {
+            let program: &mut FExit = program
+                .try_into()
+                .map_err(|error: ProgramError| CaptureError::Load(error.to_string()))?;
+            program
+                .load(fallback.function, btf)
+                .map_err(|error| program_error(fallback.function, error))?;
+            program
+                .attach()
+                .map_err(|error| program_error(fallback.function, error))?;
+            program
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        }
+    };
+    Ok(fd)
+}
+
+/// How many instructions the verifier processed for the program (0 when
+/// the kernel does not say); older kernels work much harder on the same
+/// code, so this is logged at start-up.
+fn verified_insns(fd: &aya::programs::ProgramFd) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+    std::fs::read_to_string(path)
+        .map(|text| stats::parse_fdinfo(&text).verified_instructions)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn described(plan: &[(&'static Hook, Source)]) -> Vec<String> {
+        plan.iter()
+            .map(|(hook, source)| source.describe(hook))
+            .collect()
+    }
+
+    /// Linux 6.18: every tracepoint exists; no fallback is used.
+    #[test]
+    fn every_tracepoint_present_uses_tracepoints_only() {
+        let (plan, degraded) = plan_hooks(HOOKS, |_| true, |_| None).unwrap();
+        assert_eq!(plan.len(), HOOKS.len());
+        assert!(degraded.is_empty());
+        assert!(described(&plan).iter().all(|d| d.starts_with("tp_btf/")));
+    }
+
+    /// Linux 6.1: no send/receive tracepoints; the TCP functions' exits
+    /// serve them, with the argument counts the programs were written for.
+    #[test]
+    fn missing_send_receive_tracepoints_fall_back_to_fexit() {
+        let (plan, degraded) = plan_hooks(
+            HOOKS,
+            |tp| !matches!(tp, "sock_send_length" | "sock_recv_length"),
+            |function| match function {
+                "tcp_sendmsg" => Some(3),
+                "tcp_recvmsg" => Some(5),
+                _ => None,
+            },
+        )
+        .unwrap();
+        assert!(degraded.is_empty());
+        let described = described(&plan);
+        assert!(described.contains(&"fexit/tcp_sendmsg (no tracepoint sock_send_length)".into()));
+        assert!(described.contains(&"fexit/tcp_recvmsg (no tracepoint sock_recv_length)".into()));
+        assert_eq!(plan.len(), HOOKS.len());
+    }
+
+    /// A fallback whose function has another shape is not used: the
+    /// program would read the wrong argument as the return value.
+    #[test]
+    fn fallback_with_other_shape_degrades_the_capability() {
+        let (plan, degraded) = plan_hooks(
+            HOOKS,
+            |tp| tp != "sock_recv_length",
+            |function| (function == "tcp_recvmsg").then_some(6),
+        )
+        .unwrap();
+        assert_eq!(plan.len(), HOOKS.len() - 1);
+        assert_eq!(degraded.len(), 1);
+        assert!(degraded[0].starts_with("sock_recv_length: "));
+        assert!(degraded[0].contains("recovery by received data"));
+    }
+
+    #[test]
+    fn missing_required_tracepoint_is_an_error_naming_it() {
+        let error = plan_hooks(HOOKS, |tp| tp != "tcp_retransmit_skb", |_| None).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CaptureError::MissingTracepoint {
+                    hook: "tcp_retransmit_skb",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
 }

@@ -75,6 +75,23 @@ impl KernelBtf {
         None
     }
 
+    /// Number of parameters of the kernel function `name`, when its BTF
+    /// says (the attach target of an fentry/fexit program).
+    pub fn function_args(&self, name: &str) -> Option<usize> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        for ty in types {
+            if !matches!(ty, Type::Func(_)) {
+                continue;
+            }
+            for chained in self.btf.chained_type_iter(ty.as_btf_type()?) {
+                if let Type::FuncProto(proto) = chained {
+                    return Some(proto.parameters.len());
+                }
+            }
+        }
+        None
+    }
+
     fn struct_named(&self, name: &str) -> Option<btf_rs::Struct> {
         self.btf
             .resolve_types_by_name(name)
@@ -260,5 +277,9 @@ mod tests {
         assert_eq!(btf.tracepoint_args("tcp_destroy_sock"), Some(1));
         assert_eq!(btf.tracepoint_args("inet_sock_set_state"), Some(3));
         assert_eq!(btf.tracepoint_args("no_such_tracepoint_anywhere"), None);
+        assert_eq!(btf.function_args("tcp_sendmsg"), Some(3));
+        // 6 before 5.19, 5 until addr_len went (6.1 has 5), 4 since.
+        assert!(matches!(btf.function_args("tcp_recvmsg"), Some(4..=6)));
+        assert_eq!(btf.function_args("no_such_function_anywhere"), None);
     }
 }

@@ -195,12 +195,35 @@ fn spawn_socket_map_counter(
     let map = Arc::new(map);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SOCKET_MAP_COUNT_INTERVAL);
+        let mut last_lost = [0u64; 2];
         loop {
             tick.tick().await;
-            use monitor_common::counters::{SOCKETS_ADDED, SOCKETS_REMOVED};
+            use monitor_common::counters::{
+                LOST_RINGBUF_FULL, LOST_SOCKET_MAP_FULL, SOCKETS_ADDED, SOCKETS_REMOVED,
+            };
             let Some(before) = status.kernel_counters() else {
                 continue;
             };
+            // Losses are counted in the kernel and exported; say so in the
+            // log too, at most once per interval.
+            for (slot, (index, reason)) in [
+                (LOST_RINGBUF_FULL, "ring_buffer_full"),
+                (LOST_SOCKET_MAP_FULL, "socket_map_full"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let total = before.get(index);
+                if total > last_lost[slot] {
+                    tracing::warn!(
+                        reason,
+                        lost = total - last_lost[slot],
+                        total,
+                        "kernel records lost (connmon_lost_records_total)"
+                    );
+                    last_lost[slot] = total;
+                }
+            }
             let map = map.clone();
             let Ok(live) =
                 tokio::task::spawn_blocking(move || map.keys().filter(Result::is_ok).count()).await

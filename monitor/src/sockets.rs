@@ -6,10 +6,17 @@
 //! incomplete tuple. The table remembers the full one and fills it in.
 //! Likewise a socket whose kernel entry was evicted and re-created mid-life
 //! (a full socket map) no longer knows whether it connected or accepted:
-//! the table remembers its role.
+//! the table remembers its role, or, for a socket it never saw connect or
+//! accept, infers it from which end uses a watched port.
+//!
+//! An entry normally goes at the socket's destroy event. When that record
+//! is lost (a full ring buffer), the entry is forgotten after it has been
+//! silent as long as the detector's episodes are, so no loss leaks memory.
 
 // Keys are kernel cookies, not attacker-chosen input: a fast hasher is
 // safe here and the table is on the per-event path.
+use std::collections::BTreeSet;
+
 use rustc_hash::FxHashMap;
 
 use crate::event::{Connection, EventKind, Role, SocketEvent};
@@ -18,11 +25,23 @@ use crate::event::{Connection, EventKind, Role, SocketEvent};
 pub const DEFAULT_CAPACITY: usize = 262_144;
 
 #[derive(Debug)]
+struct Known {
+    connection: Connection,
+    role: Role,
+    last_event_ns: u64,
+}
+
+#[derive(Debug)]
 pub struct SocketTable {
-    connections: FxHashMap<u64, (Connection, Role)>,
+    connections: FxHashMap<u64, Known>,
     capacity: usize,
+    /// Watched ports, to infer a role the kernel did not see; empty when
+    /// every port is watched (then nothing can be inferred).
+    watched_ports: BTreeSet<u16>,
     /// Sockets not remembered because the table was full.
     pub overflowed: u64,
+    /// Entries forgotten after silence (their destroy record never came).
+    pub forgotten: u64,
 }
 
 impl SocketTable {
@@ -30,29 +49,69 @@ impl SocketTable {
         Self {
             connections: FxHashMap::default(),
             capacity,
+            watched_ports: BTreeSet::new(),
             overflowed: 0,
+            forgotten: 0,
         }
+    }
+
+    /// Infers the role of sockets first seen mid-life from these ports: the
+    /// end on a watched port is the server.
+    pub fn with_watched_ports(mut self, ports: BTreeSet<u16>) -> Self {
+        self.watched_ports = ports;
+        self
+    }
+
+    fn inferred_role(&self, connection: &Connection) -> Role {
+        let local = self.watched_ports.contains(&connection.local.port());
+        let remote = self.watched_ports.contains(&connection.remote.port());
+        match (local, remote) {
+            (true, false) => Role::Server,
+            (false, true) => Role::Client,
+            _ => Role::Unknown,
+        }
+    }
+
+    /// Forgets sockets silent for `silent_ns` up to `now_ns`; returns how
+    /// many.
+    pub fn expire(&mut self, now_ns: u64, silent_ns: u64) -> usize {
+        let before = self.connections.len();
+        self.connections
+            .retain(|_, known| now_ns.saturating_sub(known.last_event_ns) < silent_ns);
+        let forgotten = before - self.connections.len();
+        self.forgotten += forgotten as u64;
+        forgotten
     }
 
     /// Completes `event`'s connection from what is known, learns from it, and
     /// forgets the socket on its last event.
     pub fn observe(&mut self, event: &mut SocketEvent) {
         let complete = event.connection.local.port() != 0 && event.connection.remote.port() != 0;
-        if let Some((known, role)) = self.connections.get_mut(&event.cookie) {
+        if let Some(known) = self.connections.get_mut(&event.cookie) {
+            known.last_event_ns = known.last_event_ns.max(event.timestamp_ns);
             if event.role == Role::Unknown {
-                event.role = *role;
+                event.role = known.role;
             } else {
-                *role = event.role;
+                known.role = event.role;
             }
             if complete {
-                *known = event.connection.clone();
+                known.connection = event.connection.clone();
             } else {
-                event.connection = known.clone();
+                event.connection = known.connection.clone();
             }
         } else if complete {
+            if event.role == Role::Unknown {
+                event.role = self.inferred_role(&event.connection);
+            }
             if self.connections.len() < self.capacity {
-                self.connections
-                    .insert(event.cookie, (event.connection.clone(), event.role));
+                self.connections.insert(
+                    event.cookie,
+                    Known {
+                        connection: event.connection.clone(),
+                        role: event.role,
+                        last_event_ns: event.timestamp_ns,
+                    },
+                );
             } else {
                 self.overflowed += 1;
             }
@@ -152,10 +211,38 @@ mod tests {
         later.role = Role::Unknown;
         table.observe(&mut later);
         assert_eq!(later.role, Role::Client);
-        // A socket never seen before stays unknown.
+        // A socket never seen before stays unknown without watched ports...
         let mut stranger = event(10, EventKind::ResetSent, "10.0.0.1:40001", "10.0.0.2:6379");
         stranger.role = Role::Unknown;
         table.observe(&mut stranger);
         assert_eq!(stranger.role, Role::Unknown);
+    }
+
+    #[test]
+    fn the_end_on_a_watched_port_is_the_server() {
+        let mut table = SocketTable::default().with_watched_ports(BTreeSet::from([6379]));
+        for (cookie, local, remote, role) in [
+            (1, "10.0.0.1:40001", "10.0.0.2:6379", Role::Client),
+            (2, "10.0.0.2:6379", "10.0.0.1:40001", Role::Server),
+            (3, "10.0.0.2:6379", "10.0.0.1:6379", Role::Unknown),
+        ] {
+            let mut seen = event(cookie, EventKind::ResetSent, local, remote);
+            seen.role = Role::Unknown;
+            table.observe(&mut seen);
+            assert_eq!(seen.role, role, "{local} -> {remote}");
+        }
+    }
+
+    #[test]
+    fn silent_entries_are_forgotten_when_their_destroy_never_comes() {
+        let mut table = SocketTable::default();
+        let mut old = event(1, EventKind::ResetSent, "10.0.0.1:1", "10.0.0.2:2");
+        old.timestamp_ns = 1_000;
+        table.observe(&mut old);
+        let mut recent = event(2, EventKind::ResetSent, "10.0.0.1:3", "10.0.0.2:4");
+        recent.timestamp_ns = 9_000;
+        table.observe(&mut recent);
+        assert_eq!(table.expire(10_000, 5_000), 1);
+        assert_eq!((table.len(), table.forgotten), (1, 1));
     }
 }

@@ -6,7 +6,7 @@ use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     attribution::{Attributor, existing::OwnerResolver, pods::PodDirectory},
@@ -91,7 +91,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let mut pipeline = Pipeline {
         fail_fast,
-        sockets: SocketTable::default(),
+        sockets: SocketTable::default().with_watched_ports(if settings.all_ports {
+            Default::default()
+        } else {
+            settings.ports.clone()
+        }),
         detector: Detector::new(DetectorConfig::new(
             settings.idle_threshold.as_nanos() as u64,
             settings.confirm_retransmits,
@@ -114,7 +118,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 }
             },
             _ = expire.tick() => {
-                let findings = pipeline.detector.expire(monotonic_now_ns());
+                let now = monotonic_now_ns();
+                let findings = pipeline.detector.expire(now);
+                // The same silence after which the detector forgets a socket.
+                let forgotten = pipeline.sockets.expire(now, pipeline.detector.forget_after_ns());
+                if forgotten > 0 {
+                    debug!(forgotten, "sockets forgotten after silence (destroy record lost?)");
+                }
                 pipeline.status.metrics.set_userspace_sockets(pipeline.sockets.len());
                 pipeline.report(&findings);
             }

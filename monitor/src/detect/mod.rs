@@ -482,6 +482,11 @@ impl Detector {
         });
     }
 
+    /// How long a silent socket is remembered.
+    pub fn forget_after_ns(&self) -> u64 {
+        self.config.forget_after_ns
+    }
+
     /// Drops episodes silent for `forget_after_ns`; storms among them end as
     /// `unknown`. Call periodically with the current monotonic time.
     pub fn expire(&mut self, now_ns: u64) -> Vec<Finding> {

@@ -3,6 +3,9 @@
 //! `setup` installs whatever a fresh machine lacks (idempotent); every other
 //! task calls it first, so the README's two commands work on a clean clone.
 
+mod image;
+mod manifests;
+mod pyvenv;
 mod setup;
 mod tasks;
 
@@ -37,6 +40,18 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// Write deploy/kubernetes/prometheusrule.yaml from the shipped rules
+    /// file (`--check`: fail if it is out of date instead).
+    Manifests {
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the container image from the Containerfile (podman or buildah).
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = "connmon:0.1.0")]
+        tag: String,
+    },
     /// Run the whole test suite: unit tests and the root-only kernel tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -61,6 +76,8 @@ fn main() -> Result<()> {
             setup::run(&project)?;
             tasks::fuzz(&project, seconds)
         }
+        Task::Manifests { check } => manifests::run(&project, check),
+        Task::Image { tag } => image::run(&project, &tag),
         Task::Test { args } => {
             setup::run(&project)?;
             tasks::test(&project, &args)

@@ -22,6 +22,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "redis-server",
     "bpftool",
     "procps",
+    // The deployment tests: a venv for kubernetes-validate, setcap.
+    "python3-venv",
+    "libcap2-bin",
 ];
 
 /// Paths of the checkout and its tool cache.
@@ -67,6 +70,7 @@ pub fn run(project: &Project) -> Result<()> {
     let llvm = ensure_llvm_prefix(project)?;
     ensure_bpf_linker(project, &llvm)?;
     ensure_debian_packages()?;
+    crate::pyvenv::ensure(project)?;
     Ok(())
 }
 

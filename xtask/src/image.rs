@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::setup::Project;
 
-pub fn run(project: &Project, tag: &str) -> Result<()> {
+pub fn run(project: &Project, tag: &str, build_args: &[String]) -> Result<()> {
     let builder = ["podman", "buildah"]
         .into_iter()
         .find(|tool| {
@@ -23,6 +23,9 @@ pub fn run(project: &Project, tag: &str) -> Result<()> {
         command.arg("bud");
     } else {
         command.arg("build");
+    }
+    for arg in build_args {
+        command.args(["--build-arg", arg]);
     }
     command
         .args(["--file", "Containerfile", "--tag", tag, "."])

@@ -51,6 +51,9 @@ enum Task {
         /// Image name and tag.
         #[arg(long, default_value = "connmon:0.1.0")]
         tag: String,
+        /// Build arguments, e.g. `RUST_IMAGE=mirror/rust:1.95-bookworm`.
+        #[arg(long = "build-arg")]
+        build_args: Vec<String>,
     },
     /// Run the whole test suite: unit tests and the root-only kernel tests.
     Test {
@@ -77,7 +80,7 @@ fn main() -> Result<()> {
             tasks::fuzz(&project, seconds)
         }
         Task::Manifests { check } => manifests::run(&project, check),
-        Task::Image { tag } => image::run(&project, &tag),
+        Task::Image { tag, build_args } => image::run(&project, &tag, &build_args),
         Task::Test { args } => {
             setup::run(&project)?;
             tasks::test(&project, &args)

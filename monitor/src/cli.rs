@@ -253,6 +253,7 @@ impl CaptureArgs {
             idle_threshold_ns,
             socket_map_entries: self.socket_map_entries,
             ring_buffer_bytes: self.ring_buffer_kib * 1024,
+            fail_fast: false,
         }
     }
 }

@@ -354,6 +354,7 @@ impl Settings {
             idle_threshold_ns: self.idle_threshold.as_nanos() as u64,
             socket_map_entries: self.socket_map_entries,
             ring_buffer_bytes: self.ring_buffer_kib * 1024,
+            fail_fast: self.fail_fast == FailFastMode::On,
         }
     }
 }

@@ -28,6 +28,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    if let Err(error) = connmon::privileges::raise_effective() {
+        tracing::warn!(%error, "cannot raise the permitted capabilities to effective");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

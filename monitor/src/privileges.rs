@@ -19,7 +19,9 @@ pub struct Need {
     pub required: bool,
 }
 
-/// What `run` and `trace` need.
+/// What `run` and `trace` need. The deployment manifests grant exactly the
+/// required ones plus CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH
+/// (docs/deploy.md); the rest are opt-in.
 pub const NEEDS: &[Need] = &[
     Need {
         cap: CAP_BPF,
@@ -34,21 +36,27 @@ pub const NEEDS: &[Need] = &[
         required: true,
     },
     Need {
-        cap: CAP_NET_ADMIN,
-        name: "CAP_NET_ADMIN",
-        purpose: "list sockets through sock_diag and abort them (--fail-fast)",
+        cap: CAP_SYS_PTRACE,
+        name: "CAP_SYS_PTRACE",
+        purpose: "read other users' /proc/PID/fd links, ns/net and exe (owners of connections older than connmon, executables)",
         required: false,
     },
     Need {
-        cap: CAP_SYS_PTRACE,
-        name: "CAP_SYS_PTRACE",
-        purpose: "read other processes' /proc/PID/fd and namespaces (owners of connections older than connmon)",
+        cap: CAP_DAC_READ_SEARCH,
+        name: "CAP_DAC_READ_SEARCH",
+        purpose: "list other users' /proc/PID/fd directories (owners of connections older than connmon)",
         required: false,
     },
     Need {
         cap: CAP_SYS_ADMIN,
         name: "CAP_SYS_ADMIN",
-        purpose: "enter other network namespaces to list their connections at start-up",
+        purpose: "enter other network namespaces (setns) for sock_diag (connections found at start-up, the at-risk audit connmon_idle_connections_at_risk, --fail-fast there) and turn on BPF run-time statistics (connmon_bpf_program_run_seconds_total; or sysctl kernel.bpf_stats_enabled=1)",
+        required: false,
+    },
+    Need {
+        cap: CAP_NET_ADMIN,
+        name: "CAP_NET_ADMIN",
+        purpose: "abort sockets through sock_diag SOCK_DESTROY (--fail-fast)",
         required: false,
     },
 ];
@@ -73,26 +81,76 @@ fn has(set: u64, cap: u32) -> bool {
 
 /// Splits `NEEDS` into the missing required and missing optional ones.
 /// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (older kernels).
-pub fn missing(set: u64) -> (Vec<Need>, Vec<Need>) {
+/// With `fail_fast` (`--fail-fast on`) aborting sockets was asked for, so
+/// CAP_NET_ADMIN and CAP_SYS_ADMIN become required; without it
+/// CAP_NET_ADMIN is not used at all.
+pub fn missing(set: u64, fail_fast: bool) -> (Vec<Need>, Vec<Need>) {
     let sys_admin = has(set, CAP_SYS_ADMIN);
-    let lacking = |need: &&Need| {
+    let mut required = Vec::new();
+    let mut optional = Vec::new();
+    for need in NEEDS {
         let covered =
             has(set, need.cap) || (sys_admin && matches!(need.cap, CAP_BPF | CAP_PERFMON));
-        !covered
-    };
-    let required = NEEDS
-        .iter()
-        .filter(|n| n.required)
-        .filter(lacking)
-        .copied()
-        .collect();
-    let optional = NEEDS
-        .iter()
-        .filter(|n| !n.required)
-        .filter(lacking)
-        .copied()
-        .collect();
+        if covered || (need.cap == CAP_NET_ADMIN && !fail_fast) {
+            continue;
+        }
+        let for_fail_fast = fail_fast && matches!(need.cap, CAP_NET_ADMIN | CAP_SYS_ADMIN);
+        if need.required || for_fail_fast {
+            required.push(*need);
+        } else {
+            optional.push(*need);
+        }
+    }
     (required, optional)
+}
+
+/// Raises every permitted capability into the effective set. In a container
+/// running as a non-root user, capabilities arrive as the binary's file
+/// capabilities (`setcap ...+p`, no effective bit, so a pod that grants
+/// fewer still starts) and are permitted but not yet effective.
+pub fn raise_effective() -> std::io::Result<()> {
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget with a valid header and room for the two 32-bit words
+    // that version 3 writes.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &header, data.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if data.iter().all(|d| d.effective == d.permitted) {
+        return Ok(());
+    }
+    for word in &mut data {
+        word.effective = word.permitted;
+    }
+    // SAFETY: capset with a valid header and the two words capget filled.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3` (64-bit sets as two 32-bit words).
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
 }
 
 #[cfg(test)]
@@ -111,17 +169,31 @@ mod tests {
     #[test]
     fn names_what_is_missing() {
         let all: u64 = NEEDS.iter().fold(0, |set, need| set | (1 << need.cap));
-        assert_eq!(missing(all), (vec![], vec![]));
-        let (required, optional) = missing(all & !(1 << CAP_PERFMON) & !(1 << CAP_SYS_ADMIN));
-        assert_eq!(
-            required.iter().map(|n| n.name).collect::<Vec<_>>(),
-            vec!["CAP_PERFMON"]
-        );
-        assert_eq!(
-            optional.iter().map(|n| n.name).collect::<Vec<_>>(),
-            vec!["CAP_SYS_ADMIN"]
-        );
-        let (required, _) = missing(1 << CAP_SYS_ADMIN);
+        assert_eq!(missing(all, true), (vec![], vec![]));
+        let names = |needs: Vec<Need>| needs.iter().map(|n| n.name).collect::<Vec<_>>();
+        let (required, optional) =
+            missing(all & !(1 << CAP_PERFMON) & !(1 << CAP_SYS_ADMIN), false);
+        assert_eq!(names(required), vec!["CAP_PERFMON"]);
+        assert_eq!(names(optional), vec!["CAP_SYS_ADMIN"]);
+        let (required, _) = missing(1 << CAP_SYS_ADMIN, false);
         assert!(required.is_empty(), "CAP_SYS_ADMIN covers BPF and PERFMON");
+    }
+
+    #[test]
+    fn net_admin_only_matters_for_fail_fast() {
+        let all: u64 = NEEDS.iter().fold(0, |set, need| set | (1 << need.cap));
+        let without = all & !(1 << CAP_NET_ADMIN) & !(1 << CAP_SYS_ADMIN);
+        let names = |needs: Vec<Need>| needs.iter().map(|n| n.name).collect::<Vec<_>>();
+        let (required, optional) = missing(without, false);
+        assert!(required.is_empty());
+        assert_eq!(names(optional), vec!["CAP_SYS_ADMIN"]);
+        let (required, optional) = missing(without, true);
+        assert_eq!(names(required), vec!["CAP_SYS_ADMIN", "CAP_NET_ADMIN"]);
+        assert!(optional.is_empty());
+    }
+
+    #[test]
+    fn raising_the_effective_set_is_harmless() {
+        raise_effective().expect("capget/capset on ourselves");
     }
 }

@@ -39,6 +39,39 @@ pub fn as_nobody(caps: &str, tag: &str) -> Result<(Command, PathBuf)> {
     Ok((command, dir))
 }
 
+/// A command that runs connmon the way a Kubernetes pod of
+/// deploy/kubernetes runs it: user nobody, no capabilities of its own, a
+/// copy of the binary carrying `file_caps` as file capabilities (setcap
+/// syntax, e.g. `cap_bpf,cap_perfmon+p`, as the Containerfile sets them),
+/// and a bounding set of exactly `granted` (setpriv syntax, e.g.
+/// `+bpf,+perfmon`: the pod's `capabilities.add`). The caller removes the
+/// returned directory.
+pub fn as_nobody_in_pod(file_caps: &str, granted: &str, tag: &str) -> Result<(Command, PathBuf)> {
+    let (_, dir) = as_nobody("", tag)?;
+    let copy = dir.join("connmon");
+    let status = Command::new("setcap")
+        .arg(file_caps)
+        .arg(&copy)
+        .status()
+        .context("running setcap (Debian libcap2-bin)")?;
+    anyhow::ensure!(status.success(), "setcap {file_caps} failed");
+    let mut command = Command::new("setpriv");
+    command.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ]);
+    // The bounding set is what the pod grants; everything else is dropped.
+    command.arg(if granted.is_empty() {
+        "--bounding-set=-all".to_string()
+    } else {
+        format!("--bounding-set=-all,{granted}")
+    });
+    command.arg(&copy);
+    Ok((command, dir))
+}
+
 /// A binary of this workspace's build, next to the running test
 /// (`target/<profile>/<name>`).
 pub fn built_binary(name: &str) -> PathBuf {
@@ -135,6 +168,14 @@ impl Daemon {
         let (command, dir) = as_nobody(caps, "nobody")?;
         let mut daemon = Self::start_with(command, args)?;
         daemon.scratch = Some(dir);
+        Ok(daemon)
+    }
+
+    /// Starts the daemon from `command` (e.g. from `as_nobody_in_pod`);
+    /// `scratch` is removed once it has stopped.
+    pub fn start_command(command: Command, args: &[&str], scratch: PathBuf) -> Result<Self> {
+        let mut daemon = Self::start_with(command, args)?;
+        daemon.scratch = Some(scratch);
         Ok(daemon)
     }
 

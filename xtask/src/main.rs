@@ -1,8 +1,11 @@
-//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|vm-test|test>`.
+//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|vm-test|manifests|image|test>`.
 //!
 //! `setup` installs whatever a fresh machine lacks (idempotent); every other
 //! task calls it first, so the README's two commands work on a clean clone.
 
+mod image;
+mod manifests;
+mod pyvenv;
 mod setup;
 mod tasks;
 mod vm;
@@ -53,6 +56,21 @@ enum Task {
     /// connmon on Debian's Linux 6.1, booted under qemu: start-up, hook
     /// choice and an idle-connection storm inside the guest.
     VmTest,
+    /// Write deploy/kubernetes/prometheusrule.yaml from the shipped rules
+    /// file (`--check`: fail if it is out of date instead).
+    Manifests {
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the container image from the Containerfile (podman or buildah).
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = "connmon:0.1.0")]
+        tag: String,
+        /// Build arguments, e.g. `RUST_IMAGE=mirror/rust:1.95-bookworm`.
+        #[arg(long = "build-arg")]
+        build_args: Vec<String>,
+    },
     /// Run the whole test suite: unit tests, the root-only kernel tests and
     /// (without a filter) the 6.1 VM test.
     Test {
@@ -91,6 +109,8 @@ fn main() -> Result<()> {
             let binary = tasks::build(&project, false)?;
             vm::vm_test(&project, &binary)
         }
+        Task::Manifests { check } => manifests::run(&project, check),
+        Task::Image { tag, build_args } => image::run(&project, &tag, &build_args),
         Task::Test { args } => {
             setup::run(&project)?;
             tasks::test(&project, &args)

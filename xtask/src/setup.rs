@@ -26,6 +26,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
     "curl",
+    // The deployment tests: a venv for kubernetes-validate, setcap.
+    "python3-venv",
+    "libcap2-bin",
 ];
 
 /// Paths of the checkout and its tool cache.
@@ -70,7 +73,13 @@ pub fn run(project: &Project) -> Result<()> {
     ensure_nightly_rust_src()?;
     let llvm = ensure_llvm_prefix(project)?;
     ensure_bpf_linker(project, &llvm)?;
+    // The Containerfile's build stage needs the toolchain only, not what
+    // the tests drive.
+    if std::env::var_os("CONNMON_SETUP_TOOLCHAIN_ONLY").is_some() {
+        return Ok(());
+    }
     ensure_debian_packages()?;
+    crate::pyvenv::ensure(project)?;
     Ok(())
 }
 

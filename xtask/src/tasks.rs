@@ -30,7 +30,7 @@ pub fn run(project: &Project, args: &[String]) -> Result<()> {
     let binary = build(project, true)?;
     if !is_root() {
         eprintln!(
-            "note: connmon needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) to load its programs"
+            "note: connmon needs root (or CAP_BPF and CAP_PERFMON; docs/deploy.md lists the rest) to load its programs"
         );
     }
     let status = Command::new(&binary)

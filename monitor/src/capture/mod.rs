@@ -51,7 +51,7 @@ pub enum CaptureError {
         purpose: &'static str,
     },
     #[error(
-        "not permitted to load BPF programs ({call}); run as root or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+        "not permitted to load BPF programs ({call}); run as root or with CAP_BPF and CAP_PERFMON"
     )]
     Privilege { call: String, source: io::Error },
     #[error("loading the kernel programs failed: {0}")]
@@ -75,6 +75,9 @@ pub struct CaptureConfig {
     pub socket_map_entries: u32,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_buffer_bytes: u32,
+    /// `--fail-fast on`: aborting sockets needs CAP_NET_ADMIN and
+    /// CAP_SYS_ADMIN, checked up front.
+    pub fail_fast: bool,
 }
 
 impl Default for CaptureConfig {
@@ -85,6 +88,7 @@ impl Default for CaptureConfig {
             idle_threshold_ns: 30_000_000_000,
             socket_map_entries: 65_536,
             ring_buffer_bytes: 1 << 20,
+            fail_fast: false,
         }
     }
 }
@@ -103,7 +107,7 @@ impl Capture {
     /// optional ones are skipped with a warning saying what is lost.
     pub fn start(config: &CaptureConfig) -> Result<Self, CaptureError> {
         if let Some(set) = crate::privileges::effective() {
-            let (required, optional) = crate::privileges::missing(set);
+            let (required, optional) = crate::privileges::missing(set, config.fail_fast);
             if let Some(need) = required.first() {
                 return Err(CaptureError::MissingCapability {
                     name: need.name,

@@ -244,16 +244,24 @@ mod tests {
     /// Needs root (sock_diag dumps of other users' sockets) like every
     /// kernel-facing test; the suite runs as root.
     #[test]
-    fn dumps_a_listening_socket_of_ours() {
+    fn dumps_a_connection_of_ours_but_not_its_listener() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let client_port = client.local_addr().expect("addr").port();
         let sockets = dump_tcp(None).expect("sock_diag dump");
         let ours = sockets
             .iter()
-            .find(|s| s.local.port() == port)
-            .expect("our listener is listed");
+            .find(|s| s.local.port() == client_port && s.remote.port() == port)
+            .expect("our connection is listed");
         assert_ne!(ours.cookie, 0);
         assert_ne!(ours.inode, 0);
+        assert!(
+            !sockets
+                .iter()
+                .any(|s| s.local.port() == port && s.remote.port() == 0),
+            "listening sockets are not dumped"
+        );
         let in_namespace = dump_tcp(Some(Path::new("/proc/self/ns/net"))).expect("dump via setns");
         assert!(in_namespace.iter().any(|s| s.cookie == ours.cookie));
     }

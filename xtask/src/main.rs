@@ -3,6 +3,7 @@
 //! `setup` installs whatever a fresh machine lacks (idempotent); every other
 //! task calls it first, so the README's two commands work on a clean clone.
 
+mod bench;
 mod setup;
 mod tasks;
 
@@ -37,6 +38,9 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// Measure connmon's overhead and speed next to bcc and bpftrace on
+    /// this machine; writes bench/report.md and bench/report.svg.
+    Bench(bench::Options),
     /// Run the whole test suite: unit tests and the root-only kernel tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -60,6 +64,10 @@ fn main() -> Result<()> {
         Task::Fuzz { seconds } => {
             setup::run(&project)?;
             tasks::fuzz(&project, seconds)
+        }
+        Task::Bench(options) => {
+            setup::run(&project)?;
+            bench::run(&project, &options)
         }
         Task::Test { args } => {
             setup::run(&project)?;

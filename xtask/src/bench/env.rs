@@ -150,23 +150,6 @@ pub fn bcc_kernel_source(project: &Project) -> Result<PathBuf> {
     Ok(tree)
 }
 
-/// Up to `limit` open files for this process and its children: the memory
-/// measurement holds 100k sockets.
-pub fn raise_open_files(limit: u64) -> Result<()> {
-    let wanted = libc::rlimit {
-        rlim_cur: limit,
-        rlim_max: limit,
-    };
-    // SAFETY: a plain syscall with a valid pointer to an initialised struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
-        bail!(
-            "cannot raise the open-file limit to {limit}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
 /// A private directory for scripts and peers' output, removed on drop.
 pub struct Scratch {
     pub dir: PathBuf,

@@ -28,7 +28,7 @@ pub struct Options {
     #[arg(long)]
     pub quick: bool,
     /// Seconds of retransmit workload per tool and repetition.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 10)]
     pub seconds: u32,
     /// Where the report goes (markdown; the chart is written next to it).
     #[arg(long, default_value = "bench/report.md")]
@@ -67,7 +67,6 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
     // SAFETY: set before this process starts any thread; the guards in
     // connmon-tests read it to find the binary under test.
     unsafe { std::env::set_var("CONNMON_BIN", &connmon) };
-    env::raise_open_files(400_000)?;
     let scratch = env::Scratch::create()?;
     // The kernel's per-program run-time accounting, on for this run only.
     let _stats = env::Sysctl::set("kernel.bpf_stats_enabled", "1")?;
@@ -78,17 +77,24 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
         load_before,
         ..report::Results::default()
     };
-    eprintln!("bench: userspace pipeline (criterion)");
-    results.pipeline = workloads::pipeline(project).context("userspace pipeline benchmark")?;
-    eprintln!("bench: retransmit workload, every tool");
-    results.retransmit = workloads::retransmit::run(options, &scratch, &kernel_source)
-        .context("retransmit workload")?;
-    eprintln!("bench: redis-benchmark hot path");
-    results.redis = workloads::redis::run(options).context("redis-benchmark hot path")?;
-    eprintln!("bench: memory with many tracked sockets");
-    results.memory = workloads::memory::run().context("memory with many sockets")?;
-    eprintln!("bench: detection latency");
-    results.latency = workloads::latency::run(options).context("detection latency")?;
+    // A section that fails is reported as such; the others still run.
+    results.pipeline = section(
+        &mut results.failures,
+        "userspace pipeline (criterion)",
+        || workloads::pipeline(project),
+    )?;
+    results.retransmit = section(&mut results.failures, "retransmit workload", || {
+        workloads::retransmit::run(options, &scratch, &kernel_source)
+    })?;
+    results.redis = section(&mut results.failures, "redis-benchmark hot path", || {
+        workloads::redis::run(options)
+    })?;
+    results.memory = section(&mut results.failures, "memory with many sockets", || {
+        workloads::memory::run()
+    })?;
+    results.latency = section(&mut results.failures, "detection latency", || {
+        workloads::latency::run(options)
+    })?;
     results.load_after = env::load_average();
     results.elapsed = started.elapsed();
 
@@ -117,4 +123,23 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// Runs one part of the benchmark; a failure is recorded for the report
+/// (and printed) instead of ending the run, except Ctrl-C.
+fn section<T: Default>(
+    failures: &mut Vec<(String, String)>,
+    name: &str,
+    work: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    eprintln!("bench: {name}");
+    match work() {
+        Ok(value) => Ok(value),
+        Err(error) => {
+            env::interrupt::check()?;
+            eprintln!("bench: {name} failed: {error:#}");
+            failures.push((name.to_string(), format!("{error:#}")));
+            Ok(T::default())
+        }
+    }
 }

@@ -142,6 +142,19 @@ pub fn cpu(pid: u32) -> Result<Cpu> {
     })
 }
 
+/// CPU time of all threads of `pid` in nanoseconds (`/proc/PID/task/*/
+/// schedstat`, first field): finer than the 10 ms ticks of `stat`.
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| task.ok())
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Resident memory of `pid`, KiB.
 pub fn resident_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

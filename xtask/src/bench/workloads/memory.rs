@@ -1,14 +1,12 @@
 //! Resident memory with many tracked sockets: connections opened on the
-//! loopback of a namespace of its own, on watched ports, both ends held
-//! open by this process; connmon tracks both ends of each.
+//! loopback of a namespace of its own, on watched ports, the client ends
+//! held by a few Python processes, the server ends waiting in the accept
+//! queues; connmon tracks both ends of each.
 
-use std::{
-    net::{TcpListener, TcpStream},
-    time::Duration,
-};
+use std::{net::TcpListener, os::fd::AsRawFd, time::Duration};
 
 use anyhow::{Context, Result};
-use connmon_tests::{connmon::Daemon, netns::NetNs, poll};
+use connmon_tests::{connmon::Daemon, netns::NetNs, poll, process::Process};
 
 use crate::bench::{
     env::{in_netns, interrupt},
@@ -33,31 +31,61 @@ pub struct Results {
     pub samples: Vec<Sample>,
 }
 
-/// Opens `connections` loopback connections spread over `PORTS`; returns
-/// both ends of each, and the listeners.
-fn open(connections: u64) -> Result<(Vec<TcpListener>, Vec<TcpStream>)> {
-    let listeners = PORTS
+/// Connections a client process opens: its open-file limit (20,000 here,
+/// and not raisable without CAP_SYS_RESOURCE) caps it.
+const PER_CLIENT: u64 = 15_000;
+
+/// Opens connections to the ports in argv[2] (comma-separated) until argv[1]
+/// are open, says so, and holds them until stdin closes.
+const CLIENT: &str = "import socket, sys\n\
+ports = [int(p) for p in sys.argv[2].split(',')]\n\
+held = [socket.create_connection(('127.0.0.1', ports[i % len(ports)])) for i in range(int(sys.argv[1]))]\n\
+print('opened', len(held), flush=True)\n\
+sys.stdin.read()\n";
+
+/// Listeners on `PORTS` whose accept queues hold every connection: the
+/// server ends are full sockets without a file descriptor each.
+fn listen() -> Result<Vec<TcpListener>> {
+    PORTS
         .iter()
-        .map(|port| TcpListener::bind(("127.0.0.1", *port)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let mut streams = Vec::with_capacity(2 * connections as usize);
-    for index in 0..connections {
-        if index % 1000 == 0 {
-            interrupt::check()?;
-        }
-        let listener = &listeners[index as usize % listeners.len()];
-        let client = TcpStream::connect(listener.local_addr()?)
-            .with_context(|| format!("connection {index}"))?;
-        let (server, _) = listener.accept()?;
-        streams.push(client);
-        streams.push(server);
+        .map(|port| {
+            let listener = TcpListener::bind(("127.0.0.1", *port))?;
+            // SAFETY: listen() again on our own listening socket only
+            // raises its backlog (capped by the namespace's somaxconn).
+            if unsafe { libc::listen(listener.as_raw_fd(), 65_535) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            Ok(listener)
+        })
+        .collect()
+}
+
+/// Client processes in `ns` holding `connections` connections in all.
+fn clients(ns: &NetNs, connections: u64) -> Result<Vec<Process>> {
+    let ports = PORTS.map(|p| p.to_string()).join(",");
+    let mut clients = Vec::new();
+    let mut left = connections;
+    while left > 0 {
+        let count = left.min(PER_CLIENT);
+        left -= count;
+        let mut command = ns.command("python3");
+        command.args(["-c", CLIENT, &count.to_string(), &ports]);
+        let client = Process::spawn("socket holder", command)?;
+        clients.push(client);
     }
-    Ok((listeners, streams))
+    for client in &clients {
+        client
+            .stdout
+            .wait_for("opened", Duration::from_secs(180))
+            .with_context(|| format!("{:?}", client.stderr.snapshot()))?;
+    }
+    Ok(clients)
 }
 
 pub fn run() -> Result<Results> {
     let ns = NetNs::create("bench-mem")?;
     ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+    ns.sysctl("net.core.somaxconn", "65535")?;
     let ports = PORTS.map(|p| p.to_string()).join(",");
     let mut results = Results::default();
     for sockets in SIZES {
@@ -66,20 +94,34 @@ pub fn run() -> Result<Results> {
         let daemon = Daemon::start(&["--ports", &ports, "--socket-map-entries", "262144"])?;
         let idle_rss_kib = probe::resident_kib(daemon.pid())?;
         let name = ns.name().to_string();
-        let held = in_netns(&name, move || open(sockets / 2))?;
-        let tracked = poll::until(
+        let listeners = in_netns(&name, listen)?;
+        let held = clients(&ns, sockets / 2)?;
+        // The userspace count is refreshed every second: wait until it
+        // shows every socket, or stops growing for 5 s (60 s at most).
+        let mut tracked = 0.0;
+        let mut unchanged = 0;
+        let _ = poll::until(
             "connmon to track the sockets",
             Duration::from_secs(60),
             || {
                 interrupt::check()?;
                 let text = daemon.http_get("/metrics")?;
-                let tracked =
+                let now =
                     probe::metric_sum(&text, "connmon_tracked_sockets", "table=\"userspace\"");
-                Ok((tracked >= sockets as f64 * 0.99).then_some(tracked))
+                unchanged = if now > 0.0 && now == tracked {
+                    unchanged + 1
+                } else {
+                    0
+                };
+                tracked = now;
+                std::thread::sleep(Duration::from_millis(200));
+                Ok((tracked >= sockets as f64 || unchanged >= 25).then_some(()))
             },
-        )?;
+        );
+        interrupt::check()?;
         let rss_kib = probe::resident_kib(daemon.pid())?;
         drop(held);
+        drop(listeners);
         drop(daemon);
         results.samples.push(Sample {
             sockets,

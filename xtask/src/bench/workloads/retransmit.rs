@@ -1,5 +1,5 @@
 //! The retransmit workload: iperf3 between two namespaces joined by a veth
-//! pair, with nftables dropping 1 % of the data segments at random at the
+//! pair, with nftables dropping 3 % of the data segments at random at the
 //! receiver. Each tool in turn is attached for one iperf3 run per round;
 //! the rounds rotate the order so slow drift spreads over all tools.
 
@@ -17,9 +17,10 @@ use crate::bench::{
 
 const SERVER: &str = "10.78.0.2";
 /// Per mille of data segments dropped.
-pub const DROP_PER_MILLE: u32 = 10;
-/// Parallel iperf3 streams.
-pub const STREAMS: u32 = 2;
+pub const DROP_PER_MILLE: u32 = 30;
+/// Parallel iperf3 streams: more loss episodes at once, more retransmit
+/// events (GSO skbs carry many segments, so events are fewer than segments).
+pub const STREAMS: u32 = 8;
 
 /// What connmon itself said about the window (from its /metrics).
 #[derive(Clone, Debug, Default)]
@@ -45,6 +46,9 @@ pub struct Sample {
     pub programs: Vec<ProgramWindow>,
     /// CPU the tool's own process used in the window.
     pub cpu: Option<Cpu>,
+    /// CPU time of the tool's threads in the window, from schedstat (ns
+    /// precision; user and system together).
+    pub cpu_ns: Option<u64>,
     pub irq_work: u64,
     pub voluntary_switches: Option<u64>,
     /// `TcpRetransSegs` of the workload's namespaces.
@@ -219,6 +223,7 @@ fn measure(
     let pid = attached.pid();
     let programs_before = pid.map(probe::programs_of).transpose()?;
     let cpu_before = pid.map(probe::cpu).transpose()?;
+    let cpu_ns_before = pid.map(probe::cpu_ns);
     let switches_before = pid.map(probe::voluntary_switches);
     let connmon_before = attached.daemon().map(connmon_metrics).transpose()?;
     let segments_before = network.retransmitted_segments()?;
@@ -236,6 +241,10 @@ fn measure(
                 system_s: after.system_s - before.system_s,
             })
         }
+        _ => None,
+    };
+    let cpu_ns = match (pid, cpu_ns_before) {
+        (Some(pid), Some(before)) => Some(probe::cpu_ns(pid).saturating_sub(before)),
         _ => None,
     };
     let voluntary_switches = match (pid, switches_before) {
@@ -264,6 +273,7 @@ fn measure(
         throughput_bps,
         programs,
         cpu,
+        cpu_ns,
         irq_work,
         voluntary_switches,
         nstat_segments,

@@ -22,13 +22,13 @@ use crate::{setup::Project, tasks};
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
     /// Repetitions of every measurement (medians are reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub repetitions: u32,
     /// A faster, noisier run: one repetition, shorter windows.
     #[arg(long)]
     pub quick: bool,
     /// Seconds of retransmit workload per tool and repetition.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 8)]
     pub seconds: u32,
     /// Where the report goes (markdown; the chart is written next to it).
     #[arg(long, default_value = "bench/report.md")]

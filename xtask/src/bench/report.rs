@@ -383,7 +383,7 @@ fn gaps(
     let floor = median(r.retransmit_ns(Tool::BpftraceCount));
     if let Some(ns) = counted.filter(|ns| *ns > RETRANSMIT_NS) {
         lines.push(format!(
-            "**Retransmit path: {ns:.0} ns against {RETRANSMIT_NS:.0} ns.** bpftrace's per-connection count, the simplest useful program, took {} ns in the same run ({:.2}× connmon's time), so part of the gap is this run's machine (a loaded 2-CPU VM inflates every program's time; bpftrace's count was measured at 213–233 ns on a quiet one). The rest is work connmon does per retransmit: the socket-cookie helper, a socket-map (LRU hash) lookup or insert, per-CPU counters (attempts, segments from the skb's GSO count), the watched-port check, and for an unwatched socket an owner-keyed LRU per-CPU hash update; every kernel field is read with a `bpf_probe_read_kernel` helper call (offsets come from BTF at load time, there is no CO-RE). Next step: direct BTF-typed loads from the tracepoint's `struct sock *` (trusted in `tp_btf`) instead of helper calls, and the per-owner aggregation in a per-CPU array indexed by a small owner id kept in the socket entry instead of a second hash lookup; then rerun on an idle machine.",
+            "**Retransmit path: {ns:.0} ns against {RETRANSMIT_NS:.0} ns.** bpftrace's per-connection count, the simplest useful program, took {} ns in the same run (connmon: {:.2}× that), so part of the gap is this run's machine (a loaded 2-CPU VM inflates every program's time; bpftrace's count was measured at 213–233 ns on a quiet one). The rest is work connmon does per retransmit: the socket-cookie helper, a socket-map (LRU hash) lookup or insert, per-CPU counters (attempts, segments from the skb's GSO count), the watched-port check, and for an unwatched socket an owner-keyed LRU per-CPU hash update; every kernel field is read with a `bpf_probe_read_kernel` helper call (offsets come from BTF at load time, there is no CO-RE). Next step: direct BTF-typed loads from the tracepoint's `struct sock *` (trusted in `tp_btf`) instead of helper calls, and the per-owner aggregation in a per-CPU array indexed by a small owner id kept in the socket entry instead of a second hash lookup; then rerun on an idle machine.",
             show(floor, 0),
             floor.map(|f| ns / f).unwrap_or(f64::NAN),
         ));
@@ -503,11 +503,16 @@ fn kernel_cost(md: &mut String, r: &Results) {
         .samples(Tool::ConnmonEvents)
         .filter_map(|s| s.voluntary_switches.map(|v| v as f64 / r.seconds as f64))
         .collect();
+    let extra_irq = median(r.irq_work_per_second(Tool::ConnmonEvents))
+        .zip(median(r.irq_work_per_second(Tool::None)))
+        .map(|(with, without)| (with - without).max(0.0));
     let _ = writeln!(
         md,
-        "\n**Wakeups.** connmon writes records with `BPF_RB_NO_WAKEUP` and drains the ring buffer every 100 ms, except a retransmit that can confirm a storm (an RTO timeout, congestion state Loss) and resets and errors, which wake the reader at once. With the workload's port watched, a window had {} records of which {} were RTO retransmits written with a wakeup; the IRQ-work interrupt rate above against *none* is what those wakeups cost the machine (at about 10 µs each). connmon's threads woke {} times per second (voluntary context switches, all threads: the 100 ms drain, the wakeups, the HTTP scrapes of this benchmark). bcc and bpftrace printing submit every event to a perf buffer with a wakeup each.\n",
+        "\n**Wakeups.** connmon writes records with `BPF_RB_NO_WAKEUP` and drains the ring buffer every 100 ms, except a retransmit that can confirm a storm (an RTO timeout, congestion state Loss) and resets and errors, which wake the reader at once. With the workload's port watched, a window had {} records of which {} were RTO retransmits written with a wakeup; the IRQ-work interrupts above *none*, {} per second, are those wakeups: at about 10 µs each, {} ms of CPU per second. connmon's threads woke {} times per second (voluntary context switches, all threads: the 100 ms drain, the wakeups, the HTTP scrapes of this benchmark). bcc and bpftrace printing submit every event to a perf buffer with a wakeup each.\n",
         spread(&records, 0),
         spread(&wakeups, 0),
+        show(extra_irq, 0),
+        show(extra_irq.map(|per_second| per_second * 10e-3), 2),
         spread(&switches, 0),
     );
 }

@@ -102,13 +102,13 @@ pub fn run() -> Result<Results> {
         let name = ns.name().to_string();
         let listeners = in_netns(&name, listen)?;
         let held = clients(&ns, sockets / 2)?;
-        // The userspace count is refreshed every second: wait until it
-        // shows every socket, or stops growing for 5 s (60 s at most).
+        // The userspace count is refreshed every 10 s: wait until it shows
+        // every socket, or has not grown for 12 s (90 s at most).
         let mut tracked = 0.0;
         let mut unchanged = 0;
         let _ = poll::until(
             "connmon to track the sockets",
-            Duration::from_secs(60),
+            Duration::from_secs(90),
             || {
                 interrupt::check()?;
                 let text = daemon.http_get("/metrics")?;
@@ -121,7 +121,7 @@ pub fn run() -> Result<Results> {
                 };
                 tracked = now;
                 std::thread::sleep(Duration::from_millis(200));
-                Ok((tracked >= sockets as f64 || unchanged >= 25).then_some(()))
+                Ok((tracked >= sockets as f64 || unchanged >= 60).then_some(()))
             },
         );
         interrupt::check()?;

@@ -426,7 +426,7 @@ fn gaps(
     }
     if let Some((send, recv)) = send_recv.filter(|(s, r)| *s > SEND_RECV_NS || *r > SEND_RECV_NS) {
         lines.push(format!(
-            "**Send/receive hooks: {send:.0} / {recv:.0} ns against {SEND_RECV_NS:.0} ns.** They run on every `sendmsg`/`recvmsg` of every socket: two helper reads to check the socket is TCP, the socket-cookie helper, the clock, the pid, one socket-map lookup and a comparison (a write only when the owner changed or the activity time is older than the granularity). Next step: the same direct BTF loads for `sk_protocol`/`skc_family`, and a per-CPU cache of the last cookie seen so a burst on one socket skips the hash lookup; rerun on an idle machine."
+            "**Send/receive hooks: {send:.0} / {recv:.0} ns against {SEND_RECV_NS:.0} ns.** They run on every `sendmsg`/`recvmsg` of every socket: two helper reads to check the socket is TCP, the socket-cookie helper, the clock, the pid, one socket-map lookup and a comparison (a write only when the owner changed or the activity time is older than the granularity). Also, connmon keeps the kernel's run-time statistics on for as long as it runs (`BPF_ENABLE_STATS`, for its `connmon_bpf_program_*` metrics), which adds two clock reads to every run of every BPF program on the host, its own hooks included. Next step: the same direct BTF loads for `sk_protocol`/`skc_family`, a per-CPU cache of the last cookie seen so a burst on one socket skips the hash lookup, and statistics switched on only for short samples; rerun on an idle machine."
         ));
     }
     if let Some(ratio) = keepalive.filter(|ratio| *ratio < KEEPALIVE_RATIO) {

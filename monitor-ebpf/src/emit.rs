@@ -3,14 +3,22 @@
 use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use monitor_common::{
     counters::{EVENTS_EMITTED, LOST_RINGBUF_FULL},
-    event::{SocketEvent, TcpSnapshot},
+    event::{EVENT_RETRANSMIT, SocketEvent, TcpSnapshot},
     socket::{Activity, Owner, SocketState},
 };
 
 use crate::{
+    kernel::setting,
     maps::{EVENTS, count},
     socket::tuple,
 };
+
+#[inline(always)]
+fn may_confirm_storm(activity: &Activity) -> bool {
+    let received_since =
+        activity.last_recv_ns != 0 && activity.last_recv_ns >= activity.burst_start_ns;
+    activity.idle_before_burst_ns >= setting!(idle_threshold_ns) && !received_since
+}
 
 /// Wake the reader now: for events that may confirm a storm. Everything
 /// else waits for the reader's periodic drain, because each wakeup costs an
@@ -51,6 +59,15 @@ pub fn emit(
         activity,
         tcp,
     });
+    // A retransmit can confirm a storm only after an idle gap with nothing
+    // received since (the detector's `idle_before_stuck_burst`): on busy
+    // connections with random loss each wakeup would cost an interrupt for
+    // nothing. Read back from the record, so no extra stack. A `false` here
+    // only delays the record to the reader's next drain.
+    // SAFETY: the record was fully written just above.
+    let wake = wake
+        && (kind != EVENT_RETRANSMIT
+            || may_confirm_storm(unsafe { &entry.assume_init_ref().activity }));
     let flags = if wake {
         BPF_RB_FORCE_WAKEUP
     } else {

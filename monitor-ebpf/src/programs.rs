@@ -291,7 +291,8 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         retransmit_kind: kind,
         _pad: 0,
     };
-    // Only a timeout retransmit can confirm a storm: wake the reader for it.
+    // Only a timeout retransmit can confirm a storm: wake the reader for it
+    // (`emit` also checks the socket's activity allows one).
     let wake = if kind == RETRANSMIT_TIMEOUT {
         WAKE_NOW
     } else {

@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|vm-test|manifests|image|test>`.
+//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|vm-test|bench|manifests|image|test>`.
 //!
 //! `setup` installs whatever a fresh machine lacks (idempotent); every other
 //! task calls it first, so the README's two commands work on a clean clone.
 
+mod bench;
 mod image;
 mod manifests;
 mod pyvenv;
@@ -71,6 +72,9 @@ enum Task {
         #[arg(long = "build-arg")]
         build_args: Vec<String>,
     },
+    /// Measure connmon's overhead and speed next to bcc and bpftrace on
+    /// this machine; writes bench/report.md and bench/report.svg.
+    Bench(bench::Options),
     /// Run the whole test suite: unit tests, the root-only kernel tests and
     /// (without a filter) the 6.1 VM test.
     Test {
@@ -111,6 +115,10 @@ fn main() -> Result<()> {
         }
         Task::Manifests { check } => manifests::run(&project, check),
         Task::Image { tag, build_args } => image::run(&project, &tag, &build_args),
+        Task::Bench(options) => {
+            setup::run(&project)?;
+            bench::run(&project, &options)
+        }
         Task::Test { args } => {
             setup::run(&project)?;
             tasks::test(&project, &args)

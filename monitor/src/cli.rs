@@ -137,6 +137,11 @@ pub struct RunArgs {
     /// [default: the bundled Mozilla roots].
     #[arg(long, env = "CONNMON_ALERT_CA_FILE", value_name = "FILE")]
     pub alert_ca_file: Option<PathBuf>,
+    /// Turn on the kernel's BPF run-time accounting for
+    /// connmon_bpf_program_run_seconds_total. It costs every BPF program on
+    /// the host two clock reads per run [default: true].
+    #[arg(long, env = "CONNMON_BPF_RUN_TIME_STATS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub bpf_run_time_stats: Option<bool>,
 }
 
 impl RunArgs {
@@ -181,6 +186,7 @@ impl RunArgs {
             at_risk_interval: self.at_risk_interval.clone(),
             web_config_file: self.web_config_file.clone(),
             alert_ca_file: self.alert_ca_file.clone(),
+            bpf_run_time_stats: self.bpf_run_time_stats,
         });
         Settings::resolve(&layers)
     }

@@ -82,6 +82,9 @@ pub struct Settings {
     /// CA certificates (DER) that https alert and webhook deliveries trust
     /// instead of the bundled Mozilla roots.
     pub alert_ca_certs: Option<Vec<Vec<u8>>>,
+    /// Turn on the kernel's BPF run-time accounting (host-wide) for
+    /// `connmon_bpf_program_run_seconds_total`.
+    pub bpf_run_time_stats: bool,
 }
 
 impl Default for Settings {
@@ -111,6 +114,7 @@ impl Default for Settings {
             at_risk_interval: Duration::from_secs(60),
             web_config: WebConfig::default(),
             alert_ca_certs: None,
+            bpf_run_time_stats: true,
         }
     }
 }
@@ -142,6 +146,7 @@ pub struct Layer {
     pub web_config_file: Option<PathBuf>,
     /// PEM CA bundle for https alert and webhook URLs.
     pub alert_ca_file: Option<PathBuf>,
+    pub bpf_run_time_stats: Option<bool>,
 }
 
 impl Layer {
@@ -319,6 +324,9 @@ impl Settings {
             self.alert_ca_certs = Some(read_ca_bundle(path).map_err(|reason| {
                 invalid("alert_ca_file", format!("{}: {reason}", path.display()))
             })?);
+        }
+        if let Some(on) = layer.bpf_run_time_stats {
+            self.bpf_run_time_stats = on;
         }
         if let Some(mode) = layer.fail_fast {
             self.fail_fast = mode;

@@ -33,6 +33,10 @@ fn bad_settings_exit_2_with_one_line_naming_them() -> Result<()> {
             "alertmanager_urls",
         ),
         (vec!["run", "--log-format", "yaml"], "--log-format"),
+        (
+            vec!["run", "--bpf-run-time-stats", "maybe"],
+            "--bpf-run-time-stats",
+        ),
         (vec!["run", "--config", &typo_arg], "idle_treshold"),
         (vec!["run", "--config", &open_arg], "world-writable"),
         (

@@ -253,15 +253,20 @@ impl Capture {
         Ok(added)
     }
 
-    /// Statistics of the attached programs. Turns the kernel's run-time
-    /// accounting on while the reader lives (it costs a clock read per run).
-    pub fn program_stats(&mut self) -> stats::ProgramStatsReader {
-        let enabled = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(error) => {
-                warn!(%error, "BPF run-time statistics unavailable");
-                None
+    /// Statistics of the attached programs. With `run_time`, turns the
+    /// kernel's run-time accounting on while the reader lives: it costs two
+    /// clock reads per run of every BPF program on the host, not only ours.
+    pub fn program_stats(&mut self, run_time: bool) -> stats::ProgramStatsReader {
+        let enabled = if run_time {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(error) => {
+                    warn!(%error, "BPF run-time statistics unavailable");
+                    None
+                }
             }
+        } else {
+            None
         };
         stats::ProgramStatsReader::new(std::mem::take(&mut self.program_fds), enabled)
     }

@@ -49,7 +49,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);
     status.set_kernel_sources(KernelSources {
         counters: capture.take_counters()?,
-        programs: capture.program_stats(),
+        programs: capture.program_stats(settings.bpf_run_time_stats),
         retransmits_by_owner: capture.take_retransmits_by_owner()?,
         reader: stats.clone(),
     });

@@ -426,7 +426,7 @@ fn gaps(
     }
     if let Some((send, recv)) = send_recv.filter(|(s, r)| *s > SEND_RECV_NS || *r > SEND_RECV_NS) {
         lines.push(format!(
-            "**Send/receive hooks: {send:.0} / {recv:.0} ns against {SEND_RECV_NS:.0} ns.** They run on every `sendmsg`/`recvmsg` of every socket: two helper reads to check the socket is TCP, the socket-cookie helper, the clock, the pid, one socket-map lookup and a comparison (a write only when the owner changed or the activity time is older than the granularity). Also, connmon keeps the kernel's run-time statistics on for as long as it runs (`BPF_ENABLE_STATS`, for its `connmon_bpf_program_*` metrics), which adds two clock reads to every run of every BPF program on the host, its own hooks included. Next step: the same direct BTF loads for `sk_protocol`/`skc_family`, a per-CPU cache of the last cookie seen so a burst on one socket skips the hash lookup, and statistics switched on only for short samples; rerun on an idle machine."
+            "**Send/receive hooks: {send:.0} / {recv:.0} ns against {SEND_RECV_NS:.0} ns.** They run on every `sendmsg`/`recvmsg` of every socket: two helper reads to check the socket is TCP, the socket-cookie helper, the clock, the pid, one socket-map lookup and a comparison (a write only when the owner changed or the activity time is older than the granularity). Also, connmon keeps the kernel's run-time statistics on while it runs (`BPF_ENABLE_STATS`, for its `connmon_bpf_program_*` metrics; `--bpf-run-time-stats false` turns that off), which adds two clock reads to every run of every BPF program on the host, its own hooks included. Next step: the same direct BTF loads for `sk_protocol`/`skc_family`, a per-CPU cache of the last cookie seen so a burst on one socket skips the hash lookup, and statistics switched on only for short samples (or off, as `--bpf-run-time-stats false` allows); rerun on an idle machine."
         ));
     }
     if let Some(ratio) = keepalive.filter(|ratio| *ratio < KEEPALIVE_RATIO) {
@@ -476,7 +476,7 @@ fn gaps(
                 (s.rss_kib.saturating_sub(s.idle_rss_kib)) as f64 * 1024.0 / s.tracked.max(1.0)
             });
         lines.push(format!(
-            "**Resident memory: {mib:.1} MiB at 100k sockets against {RSS_MIB_AT_100K:.0} MiB.** The daemon is already at {} MiB before it tracks any socket; each tracked socket adds about {} bytes. So the gap is the start-up size, not the sockets: most of it is heap allocated at start-up and still live (29 MiB of heap in one look at `/proc/PID/smaps` of an idle daemon) (a `malloc_trim` after start-up did not lower it); candidates are the loader's parsed eBPF object (the embedded object carries full debug info) and what the runtime and HTTP server keep. Next step: profile the start-up heap (heaptrack), drop loader state after attach, strip debug info from the embedded kernel object.",
+            "**Resident memory: {mib:.1} MiB at 100k sockets against {RSS_MIB_AT_100K:.0} MiB.** The daemon is at {} MiB before it tracks any socket; each tracked socket adds about {} bytes, held in userspace by the socket table (addresses, role, last event) and the detector's per-socket episode (activity, retransmit times, candidate storm), each in its own hash map. Next step: one entry per socket shared by both, created only for sockets with events detection needs, with the retransmit times in a fixed array; then profile the start-up heap (heaptrack) for the idle size.",
             show(idle, 1),
             show(per_socket, 0),
         ));

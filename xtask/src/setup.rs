@@ -184,7 +184,13 @@ fn ensure_bpf_linker(project: &Project, llvm: &LlvmPrefix) -> Result<()> {
 }
 
 fn ensure_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    ensure_packages(DEBIAN_PACKAGES, "setup")
+}
+
+/// Installs whichever of `packages` are missing (apt-get, waiting for a
+/// held dpkg lock); `task` names who asks, in messages.
+pub fn ensure_packages(packages: &[&str], task: &str) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| {
@@ -201,13 +207,21 @@ fn ensure_debian_packages() -> Result<()> {
     }
     if !is_root() {
         bail!(
-            "Debian packages missing: {}; run `cargo xtask setup` as root",
+            "Debian packages missing: {}; run `cargo xtask {task}` as root",
             missing.join(" ")
         );
     }
-    eprintln!("setup: installing {}", missing.join(" "));
-    status("apt-get", &["update", "-qq"])?;
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    eprintln!("{task}: installing {}", missing.join(" "));
+    let lock = "DPkg::Lock::Timeout=600";
+    status("apt-get", &["-o", lock, "update", "-qq"])?;
+    let mut args = vec![
+        "-o",
+        lock,
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+    ];
     args.extend(&missing);
     let ok = Command::new("apt-get")
         .args(&args)

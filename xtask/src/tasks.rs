@@ -184,7 +184,7 @@ fn cargo(project: &Project) -> Command {
     cargo
 }
 
-fn run_checked(command: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn run_checked(command: &mut Command, what: &str) -> Result<()> {
     let status = command
         .status()
         .with_context(|| format!("starting {what}"))?;

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::setup::Project;
+use crate::{setup::Project, tasks::run_checked};
 
 /// The guest's `/init`.
 const GUEST_SCRIPT: &str = include_str!("vm_guest.sh");
@@ -46,7 +46,7 @@ const HOST_PROGRAMS: &[&str] = &["/usr/sbin/ip", "/usr/sbin/nft", "/usr/sbin/bpf
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod"];
 
 pub fn vm_test(project: &Project, connmon: &Path) -> Result<()> {
-    ensure_host_packages()?;
+    crate::setup::ensure_packages(HOST_PACKAGES, "vm-test")?;
     let tcp_peer = build_tcp_peer(project)?;
     let kernel = fetch_kernel(project)?;
     let work = project.target_dir().join("vm");
@@ -73,46 +73,13 @@ pub fn vm_test(project: &Project, connmon: &Path) -> Result<()> {
     }
 }
 
-fn ensure_host_packages() -> Result<()> {
-    let missing: Vec<&str> = HOST_PACKAGES
-        .iter()
-        .copied()
-        .filter(|package| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", package])
-                .output()
-                .is_ok_and(|out| {
-                    String::from_utf8_lossy(&out.stdout).contains("install ok installed")
-                })
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("vm-test: installing {}", missing.join(" "));
-    let mut install = Command::new("apt-get");
-    install
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive");
-    if !install.status().context("running apt-get")?.success() {
-        // A fresh machine's package lists may be stale.
-        checked(
-            Command::new("apt-get").args(["update", "-qq"]),
-            "apt-get update",
-        )?;
-        checked(&mut install, "apt-get install")?;
-    }
-    Ok(())
-}
-
 fn build_tcp_peer(project: &Project) -> Result<PathBuf> {
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
         .current_dir(&project.root)
         .env("PATH", project.path_env())
         .args(["build", "--package", "connmon-tests", "--bin", "tcp-peer"]);
-    checked(&mut cargo, "cargo build tcp-peer")?;
+    run_checked(&mut cargo, "cargo build tcp-peer")?;
     Ok(project.target_dir().join("debug/tcp-peer"))
 }
 
@@ -136,7 +103,7 @@ fn fetch_kernel(project: &Project) -> Result<Kernel> {
         None => {
             let package = newest_package()?;
             eprintln!("vm-test: downloading {package}");
-            checked(
+            run_checked(
                 Command::new("apt-get")
                     .current_dir(&dir)
                     .args(["download", &package]),
@@ -166,7 +133,7 @@ fn fetch_kernel(project: &Project) -> Result<Kernel> {
         )?;
         // modules.dep for `modprobe --show-depends` (the package leaves it to
         // its install hooks).
-        checked(
+        run_checked(
             Command::new("depmod").arg("-b").arg(&root).arg(&release),
             "depmod",
         )?;
@@ -213,7 +180,7 @@ fn newest_package() -> Result<String> {
         return Ok(package);
     }
     // A fresh machine may have no package lists yet.
-    checked(
+    run_checked(
         Command::new("apt-get").args(["update", "-qq"]),
         "apt-get update",
     )?;
@@ -520,16 +487,6 @@ fn set_executable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn checked(command: &mut Command, what: &str) -> Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("starting {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
-}
-
 fn output(command: &mut Command, what: &str) -> Result<String> {
     let out = command
         .output()
@@ -544,7 +501,7 @@ fn output(command: &mut Command, what: &str) -> Result<String> {
 }
 
 fn shell(script: &str, what: &str) -> Result<()> {
-    checked(Command::new("sh").args(["-c", script]), what)
+    run_checked(Command::new("sh").args(["-c", script]), what)
 }
 
 #[cfg(test)]

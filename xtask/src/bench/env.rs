@@ -67,44 +67,8 @@ pub fn load_average() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
-}
-
 pub fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|package| !installed(package))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("bench: installing {}", missing.join(" "));
-    let lock = "DPkg::Lock::Timeout=600";
-    cmd::run("apt-get", &["-o", lock, "update", "-qq"])?;
-    let mut args = vec![
-        "-o",
-        lock,
-        "install",
-        "-y",
-        "-qq",
-        "--no-install-recommends",
-    ];
-    args.extend(&missing);
-    let ok = Command::new("apt-get")
-        .args(&args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get install")?
-        .success();
-    if !ok {
-        bail!("apt-get install {} failed", missing.join(" "));
-    }
-    Ok(())
+    crate::setup::ensure_packages(PACKAGES, "bench")
 }
 
 /// A kernel source tree bcc can compile against. Debian has no headers for

@@ -70,7 +70,33 @@ struct State {
     primed_sockets: u64,
     /// cgroup id -> container label.
     containers: HashMap<u64, String>,
+    /// Retransmit counters already resolved, by what their labels are made
+    /// of: a retransmit record then costs a lookup, not the formatting and
+    /// hashing of five label strings.
+    retransmit_series: HashMap<RetransmitSeriesKey, Vec<CachedSeries>>,
+    retransmit_series_count: usize,
 }
+
+/// Everything but the process name that decides a retransmit's labels.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct RetransmitSeriesKey {
+    cgroup_id: u64,
+    destination: std::net::SocketAddr,
+    kind: crate::event::RetransmitKind,
+    role: Role,
+}
+
+/// One process name's counter under a `RetransmitSeriesKey`.
+struct CachedSeries {
+    process: String,
+    counter: prometheus::IntCounter,
+    /// Folded into `other` by the series cap: each use is counted as such.
+    capped: bool,
+}
+
+/// Resolved retransmit series kept at most, as a multiple of the series
+/// cap; past it the cache starts over (the counters live on in the registry).
+const RETRANSMIT_CACHE_FACTOR: usize = 4;
 
 fn role_label(role: Role) -> &'static str {
     match role {
@@ -375,6 +401,29 @@ impl Metrics {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
+        let key = RetransmitSeriesKey {
+            cgroup_id: event.owner.as_ref().map_or(0, |o| o.cgroup_id),
+            destination: match event.role {
+                Role::Server => event.connection.local,
+                _ => event.connection.remote,
+            },
+            kind: info.kind,
+            role: event.role,
+        };
+        let process = event.owner.as_ref().map_or("unknown", |o| o.comm.as_str());
+        if let Some(series) = state
+            .retransmit_series
+            .get(&key)
+            .and_then(|known| known.iter().find(|s| s.process == process))
+        {
+            series.counter.inc();
+            if series.capped {
+                self.series_capped
+                    .with_label_values(&["connmon_retransmits_total"])
+                    .inc();
+            }
+            return;
+        }
         let owner = Self::owner_labels(
             &mut state,
             event.owner.as_ref(),
@@ -388,10 +437,25 @@ impl Metrics {
             info.kind.as_str().to_string(),
             owner[3].clone(),
         ];
-        let labels = self.capped(&mut state, "connmon_retransmits_total", labels, 3);
-        self.retransmits
-            .with_label_values(&labels.iter().map(String::as_str).collect::<Vec<_>>())
-            .inc();
+        let capped_labels = self.capped(&mut state, "connmon_retransmits_total", labels.clone(), 3);
+        let counter = self
+            .retransmits
+            .with_label_values(&capped_labels.iter().map(String::as_str).collect::<Vec<_>>());
+        counter.inc();
+        if state.retransmit_series_count >= RETRANSMIT_CACHE_FACTOR * self.series_cap.max(1) {
+            state.retransmit_series.clear();
+            state.retransmit_series_count = 0;
+        }
+        state.retransmit_series_count += 1;
+        state
+            .retransmit_series
+            .entry(key)
+            .or_default()
+            .push(CachedSeries {
+                process: process.to_string(),
+                counter,
+                capped: capped_labels != labels,
+            });
     }
 
     pub fn observe_finding(&self, finding: &Finding) {
@@ -710,6 +774,38 @@ mod tests {
         assert!(text.contains(r#"process="other""#));
         assert!(
             text.contains(r#"connmon_series_capped_total{metric="connmon_retransmits_total"} 3"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn repeated_retransmits_count_like_first_ones_past_the_cap_too() {
+        // Later records of a series take the cached counter: the counts and
+        // the folding must be what the first record got.
+        let metrics = Metrics::new(1).expect("metrics");
+        for _ in 0..3 {
+            metrics.observe_event(&retransmit("kept", "10.0.1.5:6379"));
+            metrics.observe_event(&retransmit("folded", "10.0.1.5:6379"));
+            metrics.observe_event(&retransmit("folded", "10.0.1.6:6379"));
+        }
+        let mut server_side = retransmit("kept", "10.0.1.7:40000");
+        server_side.role = Role::Server;
+        metrics.observe_event(&server_side);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"connmon_retransmits_total{container="",destination="10.0.1.5:6379",kind="timeout",process="kept",role="client"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"connmon_retransmits_total{container="other",destination="other",kind="timeout",process="other",role="client"} 6"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"connmon_retransmits_total{container="other",destination="other",kind="timeout",process="other",role="server"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"connmon_series_capped_total{metric="connmon_retransmits_total"} 7"#),
             "{text}"
         );
     }

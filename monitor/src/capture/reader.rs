@@ -25,6 +25,22 @@ use crate::{decode::decode, event::SocketEvent};
 /// How often the reader drains records written without a wakeup.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Most events handed on at once: a batch costs one channel send and one
+/// consumer wakeup instead of one per record.
+pub const MAX_BATCH: usize = 1024;
+
+/// Batches in flight between the reader and its consumer: with
+/// `MAX_BATCH`, at most this many times that many decoded events are held.
+pub const BATCHES_IN_FLIGHT: usize = 8;
+
+/// Creates the channel `spawn` sends on.
+pub fn channel() -> (
+    mpsc::Sender<Vec<SocketEvent>>,
+    mpsc::Receiver<Vec<SocketEvent>>,
+) {
+    mpsc::channel(BATCHES_IN_FLIGHT)
+}
+
 /// Counts kept by the reader.
 #[derive(Debug, Default)]
 pub struct ReaderStats {
@@ -35,7 +51,7 @@ pub struct ReaderStats {
 /// Spawns the reader. It stops when the receiving side is dropped.
 pub fn spawn(
     ring: RingBuf<MapData>,
-    events: mpsc::Sender<SocketEvent>,
+    events: mpsc::Sender<Vec<SocketEvent>>,
     stats: Arc<ReaderStats>,
 ) -> std::io::Result<JoinHandle<()>> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same
@@ -46,35 +62,55 @@ pub fn spawn(
         let mut tick = tokio::time::interval(DRAIN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let batch = tokio::select! {
+            let open = tokio::select! {
                 guard = ring.readable_mut() => match guard {
                     Ok(mut guard) => {
-                        let batch = drain(guard.get_inner_mut(), &stats);
+                        let open = drain_all(guard.get_inner_mut(), &events, &stats).await;
                         guard.clear_ready();
-                        batch
+                        open
                     }
                     Err(error) => {
                         warn!(%error, "event ring buffer poll failed; reader stops");
-                        return;
+                        false
                     }
                 },
-                _ = tick.tick() => drain(ring.get_mut(), &stats),
-                _ = events.closed() => return,
+                _ = tick.tick() => drain_all(ring.get_mut(), &events, &stats).await,
+                _ = events.closed() => false,
             };
-            for event in batch {
-                // Back-pressure: while the consumer is behind, the kernel's
-                // ring buffer fills and the kernel counts what it drops.
-                if events.send(event).await.is_err() {
-                    return;
-                }
+            if !open {
+                return;
             }
         }
     }))
 }
 
+/// Hands every record in the ring on, in batches; false once the consumer
+/// is gone. Back-pressure: while the consumer is behind, the kernel's ring
+/// buffer fills and the kernel counts what it drops.
+async fn drain_all(
+    ring: &mut RingBuf<MapData>,
+    events: &mpsc::Sender<Vec<SocketEvent>>,
+    stats: &ReaderStats,
+) -> bool {
+    loop {
+        let batch = drain(ring, stats);
+        // A batch short of the limit emptied the ring.
+        let emptied = batch.len() < MAX_BATCH;
+        if !batch.is_empty() && events.send(batch).await.is_err() {
+            return false;
+        }
+        if emptied {
+            return true;
+        }
+    }
+}
+
+/// Decodes up to `MAX_BATCH` records.
 fn drain(ring: &mut RingBuf<MapData>, stats: &ReaderStats) -> Vec<SocketEvent> {
     let mut batch = Vec::new();
-    while let Some(record) = ring.next() {
+    while batch.len() < MAX_BATCH
+        && let Some(record) = ring.next()
+    {
         stats.records.fetch_add(1, Ordering::Relaxed);
         match decode(&record) {
             Ok(event) => batch.push(event),

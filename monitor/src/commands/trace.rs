@@ -4,7 +4,6 @@ use std::{io::Write, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use monitor_common::counters::{LOST_RINGBUF_FULL, LOST_SOCKET_MAP_FULL};
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
@@ -16,7 +15,7 @@ use crate::{
     },
     cli::{TraceArgs, resolve_netns},
     clock::WallClock,
-    event::{EventKind, SocketEvent},
+    event::EventKind,
     output::{
         Format,
         trace::{json_record, text_line},
@@ -44,7 +43,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     crate::memory::release_freed_memory();
     let mut owners = OwnerResolver::new("/proc");
     let stats = Arc::new(reader::ReaderStats::default());
-    let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);
+    let (tx, mut rx) = reader::channel();
     let reader = reader::spawn(ring, tx, stats.clone()).context("polling the event ring buffer")?;
     info!(ports = ?config.watched_ports, all_ports = config.watch_all_ports, "tracing");
 
@@ -55,26 +54,28 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut sockets = SocketTable::default();
     let mut loss_tick = tokio::time::interval(LOSS_CHECK_INTERVAL);
     let mut stop = std::pin::pin!(shutdown::signal());
-    loop {
+    'events: loop {
         tokio::select! {
-            event = rx.recv() => {
-                let Some(mut event) = event else { break };
-                sockets.observe(&mut event);
-                // Sockets never used in process context while watched (e.g.
-                // accepted but idle): ask /proc, once per socket.
-                if event.owner.is_none() && !matches!(event.kind, EventKind::StateChange { .. } | EventKind::Destroyed) {
-                    event.owner = owners.resolve(event.cookie, &event.connection);
-                }
-                if netns.is_some_and(|inode| inode != event.connection.netns) {
-                    continue;
-                }
-                let line = match format {
-                    Format::Json => json_record(&event, &clock).to_string(),
-                    Format::Text => text_line(&event, &clock),
-                };
-                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                    // stdout closed (e.g. piped into head): nothing left to do.
-                    break;
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                for mut event in batch {
+                    sockets.observe(&mut event);
+                    // Sockets never used in process context while watched (e.g.
+                    // accepted but idle): ask /proc, once per socket.
+                    if event.owner.is_none() && !matches!(event.kind, EventKind::StateChange { .. } | EventKind::Destroyed) {
+                        event.owner = owners.resolve(event.cookie, &event.connection);
+                    }
+                    if netns.is_some_and(|inode| inode != event.connection.netns) {
+                        continue;
+                    }
+                    let line = match format {
+                        Format::Json => json_record(&event, &clock).to_string(),
+                        Format::Text => text_line(&event, &clock),
+                    };
+                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                        // stdout closed (e.g. piped into head): nothing left to do.
+                        break 'events;
+                    }
                 }
             }
             _ = loss_tick.tick() => losses.report(&counters, format, &mut out),

@@ -70,13 +70,31 @@ pub fn read_bytes(base: *const u8, off: u32, dst: &mut [u8]) {
     }
 }
 
-/// The socket's protocol is TCP over IPv4 or IPv6.
+/// Loads a `T` at `sk + off` without a helper call; zero when the offset
+/// is absent on this kernel. Only for a `struct sock *` that a BTF
+/// tracepoint or fexit program received as an argument and that is never
+/// NULL there, with `off` inside `struct sock`: the verifier checks such a
+/// load against the BTF type (the offset is a constant to it, see `off!`)
+/// and the kernel turns a faulting one into zero. A helper read costs a
+/// call on paths that run for every send and receive.
+#[inline(always)]
+pub fn load_sock<T>(sk: *const u8, off: u32) -> T {
+    if off == OFFSET_ABSENT {
+        // SAFETY: only used for plain integers, for which zero is valid.
+        return unsafe { core::mem::zeroed() };
+    }
+    // SAFETY: see above; the fields read are naturally aligned integers,
+    // and volatile keeps the load at exactly the field's width.
+    unsafe { core::ptr::read_volatile(sk.wrapping_add(off as usize).cast::<T>()) }
+}
+
+/// The socket's protocol is TCP over IPv4 or IPv6. `sk` as for `load_sock`.
 #[inline(always)]
 pub fn is_inet_tcp(sk: *const u8) -> bool {
-    if read::<u16>(sk, off!(sk_protocol)) != IPPROTO_TCP {
+    if load_sock::<u16>(sk, off!(sk_protocol)) != IPPROTO_TCP {
         return false;
     }
-    matches!(read::<u16>(sk, off!(skc_family)), AF_INET | AF_INET6)
+    matches!(load_sock::<u16>(sk, off!(skc_family)), AF_INET | AF_INET6)
 }
 
 /// Local and remote port, host order.

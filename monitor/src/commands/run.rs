@@ -5,7 +5,6 @@ use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -46,7 +45,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     crate::memory::release_freed_memory();
     let socket_count = spawn_socket_map_counter(capture.take_socket_map()?, status.clone());
     let stats = Arc::new(reader::ReaderStats::default());
-    let (tx, mut rx) = mpsc::channel::<SocketEvent>(8192);
+    let (tx, mut rx) = reader::channel();
     status.set_kernel_sources(KernelSources {
         counters: capture.take_counters()?,
         programs: capture.program_stats(settings.bpf_run_time_stats),
@@ -110,8 +109,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut stop = std::pin::pin!(shutdown::signal());
     loop {
         tokio::select! {
-            event = rx.recv() => match event {
-                Some(event) => pipeline.event(event),
+            batch = rx.recv() => match batch {
+                Some(batch) => batch.into_iter().for_each(|event| pipeline.event(event)),
                 None => {
                     warn!("event reader stopped");
                     break;
@@ -125,6 +124,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 if forgotten > 0 {
                     debug!(forgotten, "sockets forgotten after silence (destroy record lost?)");
                 }
+                // Tables that grew and shrank (a burst of connections) leave
+                // freed memory in glibc's heap: hand it back, so resident
+                // memory follows what is tracked now.
+                crate::memory::release_freed_memory();
                 pipeline.status.metrics.set_userspace_sockets(pipeline.sockets.len());
                 pipeline.report(&findings);
             }

@@ -118,8 +118,14 @@ pub struct ProbeSettings {
     pub retransmit_has_err: u32,
     /// Length of a jiffy in nanoseconds (1e9 / CONFIG_HZ); 0 when unknown.
     pub ns_per_jiffy: u64,
+    /// Non-zero: every state change of a watched socket is an event (the
+    /// trace stream shows them). Zero: only the ones detection uses (to
+    /// ESTABLISHED, to CLOSE); the rest would cost a record each on every
+    /// connection's setup and teardown for nothing.
+    pub every_state_change: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 32);
+const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 40);
 
 impl ProbeSettings {
     pub const DEFAULT: Self = Self {
@@ -128,5 +134,7 @@ impl ProbeSettings {
         watch_all_ports: 0,
         retransmit_has_err: 0,
         ns_per_jiffy: 0,
+        every_state_change: 1,
+        _pad: 0,
     };
 }

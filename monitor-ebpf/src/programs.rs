@@ -215,7 +215,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     } else {
         SOCKETS.get_ptr_mut(cookie)
     };
-    if is_watched(sk, state) {
+    let wanted =
+        setting!(every_state_change) != 0 || new_state == TCP_ESTABLISHED || new_state == TCP_CLOSE;
+    if wanted && is_watched(sk, state) {
         // The kernel sets sk_err before it closes a socket on error
         // (ETIMEDOUT, ECONNRESET): the CLOSE event says why.
         let errno = if new_state == TCP_CLOSE {

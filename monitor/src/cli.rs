@@ -256,6 +256,8 @@ impl CaptureArgs {
         CaptureConfig {
             watched_ports: self.ports.iter().copied().collect::<BTreeSet<u16>>(),
             watch_all_ports: self.all_ports,
+            // The trace stream shows every state change.
+            every_state_change: true,
             idle_threshold_ns,
             socket_map_entries: self.socket_map_entries,
             ring_buffer_bytes: self.ring_buffer_kib * 1024,

@@ -359,6 +359,8 @@ impl Settings {
         CaptureConfig {
             watched_ports: self.ports.clone(),
             watch_all_ports: self.all_ports,
+            // Detection needs only connection setup and close.
+            every_state_change: false,
             idle_threshold_ns: self.idle_threshold.as_nanos() as u64,
             socket_map_entries: self.socket_map_entries,
             ring_buffer_bytes: self.ring_buffer_kib * 1024,

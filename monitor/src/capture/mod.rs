@@ -69,6 +69,9 @@ pub struct CaptureConfig {
     pub watched_ports: BTreeSet<u16>,
     /// Every port is watched.
     pub watch_all_ports: bool,
+    /// Every state change of a watched socket is an event, not only the
+    /// ones detection uses (to ESTABLISHED, to CLOSE).
+    pub every_state_change: bool,
     /// Idle gap that starts a new burst, nanoseconds.
     pub idle_threshold_ns: u64,
     /// Sockets the kernel map can hold.
@@ -85,6 +88,7 @@ impl Default for CaptureConfig {
         Self {
             watched_ports: BTreeSet::from([6379]),
             watch_all_ports: false,
+            every_state_change: false,
             idle_threshold_ns: 30_000_000_000,
             socket_map_entries: 65_536,
             ring_buffer_bytes: 1 << 20,
@@ -145,6 +149,8 @@ impl Capture {
                 kernel_btf.tracepoint_args("tcp_retransmit_skb") == Some(3),
             ),
             ns_per_jiffy: ns_per_jiffy(),
+            every_state_change: u32::from(config.every_state_change),
+            _pad: 0,
         };
 
         // One parsed copy of the kernel's BTF at a time: it is large.

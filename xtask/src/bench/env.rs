@@ -137,6 +137,38 @@ impl Drop for Scratch {
     }
 }
 
+/// tracefs at /sys/kernel/tracing, mounted for the run when the machine has
+/// none (a fresh host often has neither tracefs nor debugfs mounted) and
+/// unmounted on drop. connmon needs none (it attaches BTF tracepoints), but
+/// bcc and bpftrace find tracepoints there; without it bcc's `tcpretrans`
+/// falls back to kprobes, which this kernel lacks.
+pub struct Tracefs {
+    mounted_here: bool,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+impl Tracefs {
+    pub fn ensure() -> Result<Self> {
+        if Path::new(TRACEFS).join("events").is_dir() {
+            return Ok(Self {
+                mounted_here: false,
+            });
+        }
+        cmd::run("mount", &["-t", "tracefs", "nodev", TRACEFS])
+            .context("mounting tracefs for the peers (bcc, bpftrace)")?;
+        Ok(Self { mounted_here: true })
+    }
+}
+
+impl Drop for Tracefs {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount").arg(TRACEFS).output();
+        }
+    }
+}
+
 /// A host sysctl set for the run, restored on drop.
 pub struct Sysctl {
     key: String,

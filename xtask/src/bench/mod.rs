@@ -68,6 +68,7 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
     // connmon-tests read it to find the binary under test.
     unsafe { std::env::set_var("CONNMON_BIN", &connmon) };
     let scratch = env::Scratch::create()?;
+    let _tracefs = env::Tracefs::ensure()?;
     // The kernel's per-program run-time accounting, on for this run only.
     let _stats = env::Sysctl::set("kernel.bpf_stats_enabled", "1")?;
 

@@ -70,15 +70,18 @@ pub fn read_bytes(base: *const u8, off: u32, dst: &mut [u8]) {
     }
 }
 
-/// Loads a `T` at `sk + off` without a helper call; zero when the offset
-/// is absent on this kernel. Only for a `struct sock *` that a BTF
-/// tracepoint or fexit program received as an argument and that is never
-/// NULL there, with `off` inside `struct sock`: the verifier checks such a
-/// load against the BTF type (the offset is a constant to it, see `off!`)
-/// and the kernel turns a faulting one into zero. A helper read costs a
-/// call on paths that run for every send and receive.
+/// Loads a `T` at `base + off` without a helper call; zero when the offset
+/// is absent on this kernel. Only for a BTF-typed kernel pointer that is
+/// never NULL here (the `struct sock *` or `struct sk_buff *` a BTF
+/// tracepoint or fexit program received as an argument, or a pointer
+/// member loaded from one, like `sk->skc_net`), with `off` inside that
+/// struct: the verifier checks such a load against the BTF type (the
+/// offset is a constant to it, see `off!`) and the kernel turns a faulting
+/// one into zero. A helper read costs a call, on paths that run for every
+/// send, receive and retransmit. Fields of the larger `tcp_sock` lie
+/// outside `struct sock` and still need `read`.
 #[inline(always)]
-pub fn load_sock<T>(sk: *const u8, off: u32) -> T {
+pub fn load_btf<T>(sk: *const u8, off: u32) -> T {
     if off == OFFSET_ABSENT {
         // SAFETY: only used for plain integers, for which zero is valid.
         return unsafe { core::mem::zeroed() };
@@ -88,19 +91,31 @@ pub fn load_sock<T>(sk: *const u8, off: u32) -> T {
     unsafe { core::ptr::read_volatile(sk.wrapping_add(off as usize).cast::<T>()) }
 }
 
-/// The socket's protocol is TCP over IPv4 or IPv6. `sk` as for `load_sock`.
+/// The socket's protocol is TCP over IPv4 or IPv6. `sk` as for `load_btf`.
 #[inline(always)]
 pub fn is_inet_tcp(sk: *const u8) -> bool {
-    if load_sock::<u16>(sk, off!(sk_protocol)) != IPPROTO_TCP {
+    if load_btf::<u16>(sk, off!(sk_protocol)) != IPPROTO_TCP {
         return false;
     }
-    matches!(load_sock::<u16>(sk, off!(skc_family)), AF_INET | AF_INET6)
+    matches!(load_btf::<u16>(sk, off!(skc_family)), AF_INET | AF_INET6)
 }
 
-/// Local and remote port, host order.
+/// Sixteen bytes at `base + off` (an IPv6 address), as `load_btf` does:
+/// four 32-bit loads, each inside the field.
+#[inline(always)]
+pub fn load_btf_16(base: *const u8, off: u32) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in bytes.chunks_exact_mut(4).enumerate() {
+        let word = load_btf::<u32>(base, off.wrapping_add(4 * i as u32));
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    bytes
+}
+
+/// Local and remote port, host order. `sk` as for `load_btf`.
 #[inline(always)]
 pub fn ports(sk: *const u8) -> (u16, u16) {
-    let local = read::<u16>(sk, off!(skc_num));
-    let remote = u16::from_be(read::<u16>(sk, off!(skc_dport)));
+    let local = load_btf::<u16>(sk, off!(skc_num));
+    let remote = u16::from_be(load_btf::<u16>(sk, off!(skc_dport)));
     (local, remote)
 }

@@ -26,9 +26,9 @@ use monitor_common::{
 
 use crate::{
     emit::{WAKE_LATER, WAKE_NOW, emit},
-    kernel::{is_inet_tcp, off, read, setting},
+    kernel::{is_inet_tcp, load_btf, off, read, setting},
     maps::{RETRANSMITS_BY_OWNER, SOCKETS, count},
-    socket::{cookie, current_owner, entry_or_insert, is_watched, note_activity},
+    socket::{cookie, current_owner, entry_or_insert, is_watched, net_of, note_activity},
 };
 
 /// CLOCK_MONOTONIC nanoseconds.
@@ -221,7 +221,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // The kernel sets sk_err before it closes a socket on error
         // (ETIMEDOUT, ECONNRESET): the CLOSE event says why.
         let errno = if new_state == TCP_CLOSE {
-            read::<i32>(sk, off!(sk_err))
+            load_btf::<i32>(sk, off!(sk_err))
         } else {
             0
         };
@@ -261,7 +261,8 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     let segments = if err == 0 {
         let cb = off!(skb_cb);
         // A successful retransmit sends at least one segment.
-        let segs = read::<u16>(skb, cb.wrapping_add(off!(tcp_skb_cb_gso_segs))).max(1);
+        // `cb` is a byte array inside `struct sk_buff`: a direct load.
+        let segs = load_btf::<u16>(skb, cb.wrapping_add(off!(tcp_skb_cb_gso_segs))).max(1);
         count(RETRANSMITTED_SEGMENTS, segs as u64);
         segs
     } else {
@@ -348,7 +349,7 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
 /// `tcp:tcp_receive_reset(sk)`.
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
-    emit_for_watched(&ctx, EVENT_RESET_RECEIVED, 0, WAKE_NOW);
+    emit_for_watched(sock_arg(&ctx), EVENT_RESET_RECEIVED, 0, WAKE_NOW);
     0
 }
 
@@ -356,11 +357,12 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
 /// answers a packet of no known socket.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
-    if sock_arg(&ctx).is_null() {
+    let sk = sock_arg(&ctx);
+    if sk.is_null() {
         count(RESETS_SENT_WITHOUT_SOCKET, 1);
         return 0;
     }
-    emit_for_watched(&ctx, EVENT_RESET_SENT, 0, WAKE_NOW);
+    emit_for_watched(sk, EVENT_RESET_SENT, 0, WAKE_NOW);
     0
 }
 
@@ -371,25 +373,26 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if !is_inet_tcp(sk) {
         return 0;
     }
-    let errno = read::<i32>(sk, off!(sk_err));
-    emit_for_watched(&ctx, EVENT_SOCKET_ERROR, errno as u32, WAKE_NOW);
+    let errno = load_btf::<i32>(sk, off!(sk_err));
+    emit_for_watched(sk, EVENT_SOCKET_ERROR, errno as u32, WAKE_NOW);
     0
 }
 
 /// `tcp:tcp_destroy_sock(sk)`: the socket's last event; its entry goes.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
-    emit_for_watched(&ctx, EVENT_DESTROY, 0, WAKE_LATER);
-    let cookie = cookie(sock_arg(&ctx));
+    let sk = sock_arg(&ctx);
+    emit_for_watched(sk, EVENT_DESTROY, 0, WAKE_LATER);
+    let cookie = cookie(sk);
     if SOCKETS.remove(cookie).is_ok() {
         count(SOCKETS_REMOVED, 1);
     }
     0
 }
 
+/// `sk`: a non-NULL socket argument (see `load_btf`).
 #[inline(always)]
-fn emit_for_watched(ctx: &BtfTracePointContext, kind: u32, detail: u32, wake: bool) {
-    let sk = sock_arg(ctx);
+fn emit_for_watched(sk: *const u8, kind: u32, detail: u32, wake: bool) {
     let cookie = cookie(sk);
     let state = SOCKETS.get_ptr_mut(cookie);
     if !is_watched(sk, state) {
@@ -442,6 +445,5 @@ fn ca_state(sk: *const u8) -> u8 {
 
 #[inline(always)]
 fn tcp_retries2(sk: *const u8) -> u8 {
-    let net: *const u8 = read::<u64>(sk, off!(skc_net)) as *const u8;
-    read::<u8>(net, off!(net_tcp_retries2))
+    load_btf::<u8>(net_of(sk), off!(net_tcp_retries2))
 }

@@ -14,7 +14,7 @@ use monitor_common::{
 };
 
 use crate::{
-    kernel::{off, ports, read, read_bytes, setting},
+    kernel::{load_btf, load_btf_16, off, ports, read, read_bytes, setting},
     maps::{SOCKETS, WATCHED_PORTS, count},
 };
 
@@ -51,31 +51,40 @@ pub fn current_owner(source: u8, role: u8) -> Owner {
     owner
 }
 
-/// Addresses, ports, state and network namespace of `sk`.
+/// Addresses, ports, state and network namespace of `sk` (as for
+/// `load_btf`: a non-NULL BTF-typed argument).
 #[inline(always)]
 pub fn tuple(sk: *const u8) -> Tuple {
-    let family = read::<u16>(sk, off!(skc_family));
+    let family = load_btf::<u16>(sk, off!(skc_family));
     let (local_port, remote_port) = ports(sk);
-    let net: *const u8 = read::<u64>(sk, off!(skc_net)) as *const u8;
     let mut tuple = Tuple {
         family,
         local_port,
         remote_port,
-        state: read::<u8>(sk, off!(skc_state)),
+        state: load_btf::<u8>(sk, off!(skc_state)),
         _pad0: 0,
-        netns: read::<u32>(net, off!(net_ns_inum)),
+        netns: load_btf::<u32>(net_of(sk), off!(net_ns_inum)),
         _pad1: 0,
         local_addr: [0; 16],
         remote_addr: [0; 16],
     };
     if family == AF_INET6 {
-        read_bytes(sk, off!(skc_v6_rcv_saddr), &mut tuple.local_addr);
-        read_bytes(sk, off!(skc_v6_daddr), &mut tuple.remote_addr);
+        tuple.local_addr = load_btf_16(sk, off!(skc_v6_rcv_saddr));
+        tuple.remote_addr = load_btf_16(sk, off!(skc_v6_daddr));
     } else {
-        read_bytes(sk, off!(skc_rcv_saddr), &mut tuple.local_addr[..4]);
-        read_bytes(sk, off!(skc_daddr), &mut tuple.remote_addr[..4]);
+        let local = load_btf::<u32>(sk, off!(skc_rcv_saddr));
+        let remote = load_btf::<u32>(sk, off!(skc_daddr));
+        tuple.local_addr[..4].copy_from_slice(&local.to_ne_bytes());
+        tuple.remote_addr[..4].copy_from_slice(&remote.to_ne_bytes());
     }
     tuple
+}
+
+/// `sk->skc_net`: the socket's network namespace, itself a BTF-typed
+/// pointer the verifier lets `load_btf` read through.
+#[inline(always)]
+pub fn net_of(sk: *const u8) -> *const u8 {
+    load_btf::<u64>(sk, off!(skc_net)) as *const u8
 }
 
 /// Whether events for `sk` go to userspace: its local or remote port is

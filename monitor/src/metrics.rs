@@ -109,9 +109,13 @@ fn role_label(role: Role) -> &'static str {
 /// The watched endpoint of a connection: the far side for a client, our
 /// side for a server.
 pub fn destination(connection: &Connection, role: Role) -> String {
+    destination_addr(connection, role).to_string()
+}
+
+fn destination_addr(connection: &Connection, role: Role) -> std::net::SocketAddr {
     match role {
-        Role::Server => connection.local.to_string(),
-        _ => connection.remote.to_string(),
+        Role::Server => connection.local,
+        _ => connection.remote,
     }
 }
 
@@ -403,10 +407,7 @@ impl Metrics {
         };
         let key = RetransmitSeriesKey {
             cgroup_id: event.owner.as_ref().map_or(0, |o| o.cgroup_id),
-            destination: match event.role {
-                Role::Server => event.connection.local,
-                _ => event.connection.remote,
-            },
+            destination: destination_addr(&event.connection, event.role),
             kind: info.kind,
             role: event.role,
         };

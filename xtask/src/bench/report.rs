@@ -568,7 +568,7 @@ fn hot_path(md: &mut String, r: &Results) {
     let _ = writeln!(md, "## 2. Hot path: redis-benchmark\n");
     let _ = writeln!(
         md,
-        "A real `redis-server` and `redis-benchmark -t set -c {} --csv` on the loopback of a namespace of their own; `-n {}` requests with keep-alive connections (`-k 1`), `-n {}` with a new connection per request (`-k 0`). connmon runs with its defaults (port 6379 watched: both ends of every connection are tracked, every state change is an event). Each round runs both modes without connmon and with it (order alternating per round). Figures are requests per second (median of the rounds), and the kernel's ns per run of connmon's programs during the connmon windows.\n",
+        "A real `redis-server` and `redis-benchmark -t set -c {} --csv` on the loopback of a namespace of their own; `-n {}` requests with keep-alive connections (`-k 1`), `-n {}` with a new connection per request (`-k 0`). connmon runs with its defaults (port 6379 watched: both ends of every connection are tracked, the moves to ESTABLISHED and to CLOSE are events). Each round runs both modes without connmon and with it (order alternating per round). Figures are requests per second (median of the rounds), and the kernel's ns per run of connmon's programs during the connmon windows.\n",
         redis::CLIENTS,
         r.redis.requests_keepalive,
         r.redis.requests_reconnect

@@ -75,6 +75,8 @@ struct State {
     /// hashing of five label strings.
     retransmit_series: HashMap<RetransmitSeriesKey, Vec<CachedSeries>>,
     retransmit_series_count: usize,
+    /// `connmon_events_total` per event kind, resolved once.
+    event_counters: Vec<(&'static str, prometheus::IntCounter)>,
 }
 
 /// Everything but the process name that decides a retransmit's labels.
@@ -398,11 +400,20 @@ impl Metrics {
     }
 
     pub fn observe_event(&self, event: &SocketEvent) {
-        self.events.with_label_values(&[event.kind.name()]).inc();
-        let EventKind::Retransmit(info) = &event.kind else {
+        let Ok(mut state) = self.state.lock() else {
             return;
         };
-        let Ok(mut state) = self.state.lock() else {
+        // Seven kinds: a scan of the ones seen beats hashing the label.
+        let name = event.kind.name();
+        match state.event_counters.iter().find(|(seen, _)| *seen == name) {
+            Some((_, counter)) => counter.inc(),
+            None => {
+                let counter = self.events.with_label_values(&[name]);
+                counter.inc();
+                state.event_counters.push((name, counter));
+            }
+        }
+        let EventKind::Retransmit(info) = &event.kind else {
             return;
         };
         let key = RetransmitSeriesKey {

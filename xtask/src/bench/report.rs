@@ -456,7 +456,8 @@ fn gaps(
             .pipeline_rate("decode+sockets+detect")
             .map(|rate| 1e6 / rate);
         lines.push(format!(
-            "**User CPU: {ms:.3} ms per 1,000 events against {CPU_MS_PER_1000} ms.** With the port not watched (no records) connmon's user CPU in the same windows rounds to 0, so this is per-record work: decoding and detection alone cost {} ms per 1,000 events (section 4); the rest is what that benchmark leaves out: the ring-buffer reads and the reader's hand-off to the pipeline task (in batches of up to 1,024 records), the Prometheus update per retransmit record (a cached counter: one lookup), tokio's wakeups and the HTTP scrapes of this benchmark. Next step: profile with `perf` under this workload to find which of these dominates.",
+            "**User CPU: {ms:.3} ms per 1,000 events against {CPU_MS_PER_1000} ms.** Part of it does not depend on the events: with the port not watched (no records at all) connmon used {} ms per 1,000 events in the same windows. That is the reader's drain: it wakes every 100 ms to collect records written without a wakeup, and on this VM a wakeup of an idle tokio worker costs about 70 µs of CPU (connmon idle, no traffic: 282 wakeups and 20 ms of CPU in 14 s, about 1.4 ms per second). The rest is per record: decoding and detection alone cost {} ms per 1,000 events (section 4); the ring-buffer reads, the hand-off to the pipeline task in batches of up to 1,024, and the metric updates (cached counters: one lookup each) add to it. Next step: an adaptive drain interval (longer while the ring fills slowly, 100 ms under load; storm-confirming records wake the reader anyway, so detection latency would not change), then profile the per-record part with `perf` (installed here).",
+            show(median(r.cpu_per_1000(Tool::ConnmonCounted, true)), 3),
             show(per_event, 3),
         ));
     }

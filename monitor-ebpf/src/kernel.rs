@@ -81,14 +81,14 @@ pub fn read_bytes(base: *const u8, off: u32, dst: &mut [u8]) {
 /// send, receive and retransmit. Fields of the larger `tcp_sock` lie
 /// outside `struct sock` and still need `read`.
 #[inline(always)]
-pub fn load_btf<T>(sk: *const u8, off: u32) -> T {
+pub fn load_btf<T>(base: *const u8, off: u32) -> T {
     if off == OFFSET_ABSENT {
         // SAFETY: only used for plain integers, for which zero is valid.
         return unsafe { core::mem::zeroed() };
     }
     // SAFETY: see above; the fields read are naturally aligned integers,
     // and volatile keeps the load at exactly the field's width.
-    unsafe { core::ptr::read_volatile(sk.wrapping_add(off as usize).cast::<T>()) }
+    unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize).cast::<T>()) }
 }
 
 /// The socket's protocol is TCP over IPv4 or IPv6. `sk` as for `load_btf`.

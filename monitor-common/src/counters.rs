@@ -5,7 +5,8 @@
 
 /// A ring-buffer record could not be reserved (buffer full): one lost event.
 pub const LOST_RINGBUF_FULL: u32 = 0;
-/// A socket could not be inserted into the socket map.
+/// The kernel refused a watched socket its storage (out of memory): its
+/// owner and activity are not tracked.
 pub const LOST_SOCKET_MAP_FULL: u32 = 1;
 /// Retransmit attempts by kind, every socket, watched or not (index = base + kind).
 pub const RETRANSMITS_BASE: u32 = 2;
@@ -13,7 +14,8 @@ pub const RETRANSMITS_BASE: u32 = 2;
 pub const RETRANSMIT_ATTEMPTS_FAILED: u32 = 6;
 /// Segments in successful retransmits: what nstat's `TcpRetransSegs` counts.
 pub const RETRANSMITTED_SEGMENTS: u32 = 7;
-/// Sockets added to and removed from the socket map.
+/// Watched sockets given storage, and such sockets destroyed: their
+/// difference is the sockets the kernel tracks now.
 pub const SOCKETS_ADDED: u32 = 8;
 pub const SOCKETS_REMOVED: u32 = 9;
 /// A kernel read through `bpf_probe_read_kernel` failed.
@@ -63,18 +65,21 @@ mod tests {
     }
 }
 
-/// Key of the kernel's `RETRANSMITS_BY_OWNER` map: retransmits of sockets
-/// that are not watched, aggregated in the kernel by owner, kind and role so
-/// that they cost no event. The value is a count.
+/// Value of the kernel's `UNWATCHED_RETRANSMITS` map, keyed by socket
+/// cookie: retransmits of a socket that is not watched, counted in the
+/// kernel (no event each). The owner is not known in the retransmit's
+/// softirq context and the hot path does not track unwatched sockets, so
+/// userspace resolves it lazily from the cookie (sock_diag and /proc).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RetransmitOwnerKey {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwatchedRetransmits {
+    /// Retransmits by `RETRANSMIT_*` kind (index), wrapping.
+    pub by_kind: [u32; 4],
+    /// The socket's cgroup (`sk->sk_cgrp_data`: its creator's cgroup v2
+    /// id), 0 when unknown: names the container even after the socket is
+    /// gone.
     pub cgroup_id: u64,
-    pub comm: [u8; 16],
-    /// `RETRANSMIT_*`
-    pub kind: u8,
-    /// `ROLE_*`
-    pub role: u8,
-    pub _pad: [u8; 6],
+    /// Where the socket was when it first retransmitted.
+    pub tuple: crate::socket::Tuple,
 }
-const _: () = assert!(core::mem::size_of::<RetransmitOwnerKey>() == 32);
+const _: () = assert!(core::mem::size_of::<UnwatchedRetransmits>() == 72);

@@ -16,6 +16,19 @@ pub const EVENT_PROGRESS: u32 = 7;
 pub const PROGRESS_DATA_RECEIVED: u32 = 1;
 pub const PROGRESS_ACKNOWLEDGED: u32 = 2;
 
+/// `SocketEvent::detail` of a state change: `errno << 16 | old << 8 | new`,
+/// the errno (`sk_err`, 16 bits) set on CLOSE only.
+#[inline(always)]
+pub const fn state_change_detail(old_state: u8, new_state: u8, errno: i32) -> u32 {
+    ((errno as u32) & 0xffff) << 16 | (old_state as u32) << 8 | new_state as u32
+}
+
+/// The parts of a state change's `detail`: old state, new state, errno.
+#[inline(always)]
+pub const fn split_state_change_detail(detail: u32) -> (u8, u8, u16) {
+    ((detail >> 8) as u8, detail as u8, (detail >> 16) as u16)
+}
+
 /// TCP internals read at the moment of the event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,3 +79,17 @@ pub struct SocketEvent {
 }
 const _: () = assert!(core::mem::size_of::<SocketEvent>() == 168);
 const _: () = assert!(core::mem::align_of::<SocketEvent>() == 8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_change_detail_round_trips() {
+        let detail = state_change_detail(1, 7, 110);
+        assert_eq!(detail, (110 << 16) | (1 << 8) | 7);
+        assert_eq!(split_state_change_detail(detail), (1, 7, 110));
+        // An errno wider than 16 bits keeps its low bits only.
+        assert_eq!(split_state_change_detail(state_change_detail(4, 5, 0x1_0006)).2, 6);
+    }
+}

@@ -61,9 +61,17 @@ pub struct KernelOffsets {
     /// received): how long a socket first seen mid-life has been quiet.
     pub tcp_rcv_tstamp: u32,
     pub icsk_ack_lrcvtime: u32,
-    pub _pad: u32,
+    /// `sock.sk_bpf_storage` (pointer): NULL when no BPF program keeps
+    /// storage on the socket, so a socket without it is not watched
+    /// without a helper call.
+    pub sk_bpf_storage: u32,
+    /// `sock.sk_cgrp_data.cgroup` (pointer), `cgroup.kn` (pointer),
+    /// `kernfs_node.id` (u64): the socket's cgroup v2 id without a task.
+    pub sk_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
 
 /// Marks an offset the running kernel does not have.
 pub const OFFSET_ABSENT: u32 = u32::MAX;
@@ -98,7 +106,10 @@ impl KernelOffsets {
         task_comm: OFFSET_ABSENT,
         tcp_rcv_tstamp: OFFSET_ABSENT,
         icsk_ack_lrcvtime: OFFSET_ABSENT,
-        _pad: 0,
+        sk_bpf_storage: OFFSET_ABSENT,
+        sk_cgroup: OFFSET_ABSENT,
+        cgroup_kn: OFFSET_ABSENT,
+        kernfs_node_id: OFFSET_ABSENT,
     };
 }
 
@@ -107,16 +118,20 @@ impl KernelOffsets {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeSettings {
     /// The send/receive hooks rewrite a socket's activity time only when it
-    /// is older than this: the hot path stays a lookup and a compare.
-    pub activity_granularity_ns: u64,
-    /// A gap without payload at least this long starts a new burst.
+    /// is at least this many jiffies old: the hot path stays a storage
+    /// lookup and a compare.
+    pub activity_granularity_ticks: u64,
+    /// A gap without payload at least this long starts a new burst, in
+    /// jiffies (the socket storage's time base) and in nanoseconds (the
+    /// records').
+    pub idle_threshold_ticks: u64,
     pub idle_threshold_ns: u64,
     /// Non-zero: every port is watched (emit events for all TCP sockets).
     pub watch_all_ports: u32,
     /// Non-zero: `tp_btf/tcp_retransmit_skb` has the `err` argument (6.x
     /// kernels newer than about 6.2).
     pub retransmit_has_err: u32,
-    /// Length of a jiffy in nanoseconds (1e9 / CONFIG_HZ); 0 when unknown.
+    /// Length of a jiffy in nanoseconds (1e9 / CONFIG_HZ).
     pub ns_per_jiffy: u64,
     /// Non-zero: every state change of a watched socket is an event (the
     /// trace stream shows them). Zero: only the ones detection uses (to
@@ -125,15 +140,16 @@ pub struct ProbeSettings {
     pub every_state_change: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 40);
+const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 48);
 
 impl ProbeSettings {
     pub const DEFAULT: Self = Self {
-        activity_granularity_ns: 1_000_000_000,
+        activity_granularity_ticks: 250,
+        idle_threshold_ticks: 7_500,
         idle_threshold_ns: 30_000_000_000,
         watch_all_ports: 0,
         retransmit_has_err: 0,
-        ns_per_jiffy: 0,
+        ns_per_jiffy: 4_000_000,
         every_state_change: 1,
         _pad: 0,
     };

@@ -78,23 +78,231 @@ pub struct Activity {
 }
 const _: () = assert!(core::mem::size_of::<Activity>() == 32);
 
-/// Value of the kernel socket map, keyed by the socket cookie.
+/// Per-socket state of a watched socket, kept by the kernel programs in
+/// socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`): found through the
+/// socket itself (no hash lookup), freed by the kernel with the socket.
+/// Only watched sockets get one; a socket without one is not watched.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketState {
     pub owner: Owner,
-    pub activity: Activity,
-    pub first_seen_ns: u64,
+    /// In jiffies: the hot path reads the inlined jiffies counter instead of
+    /// a clock helper; records carry nanoseconds (`TickActivity::to_wire`).
+    pub activity: TickActivity,
     pub retransmits: u32,
     /// `SOCKET_FLAG_*` bits.
     pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<SocketState>() == 96);
+const _: () = assert!(core::mem::size_of::<SocketState>() == 88);
 
 /// A watched socket has retransmitted and has not made progress since; the
 /// next receive or return to congestion state Open is reported.
 pub const SOCKET_FLAG_RETRANSMITTING: u32 = 1 << 0;
-/// The socket's ports matched the watch list once. Remembered because the
-/// kernel clears the local port when it unhashes a closing socket, and a
-/// server socket's last events (CLOSE, ETIMEDOUT, destroy) must still pass.
-pub const SOCKET_FLAG_WATCHED: u32 = 1 << 1;
+/// A record about this socket reached userspace (a retransmit, reset or
+/// error), so its end (CLOSE, destroy) must too. A socket userspace never
+/// heard of ends without a record: a short connection costs none.
+pub const SOCKET_FLAG_REPORTED: u32 = 1 << 1;
+
+/// A socket that predates the daemon, as userspace found it at start-up
+/// (owner from /proc, activity from tcp_info): value of the kernel's
+/// `PRIMED_SOCKETS` map, keyed by cookie. The programs move it into the
+/// socket's storage the first time they see the socket, then delete it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrimedSocket {
+    pub owner: Owner,
+    /// CLOCK_MONOTONIC nanoseconds, as on the wire.
+    pub activity: Activity,
+}
+const _: () = assert!(core::mem::size_of::<PrimedSocket>() == 80);
+
+/// Payload activity in jiffies (`bpf_jiffies64`), the socket storage's time
+/// base. 0 means never.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickActivity {
+    pub last_send: u64,
+    pub last_recv: u64,
+    /// When payload started flowing again after the last idle gap.
+    pub burst_start: u64,
+    /// How long (jiffies) the socket had carried no payload before
+    /// `burst_start`.
+    pub idle_before_burst: u64,
+}
+const _: () = assert!(core::mem::size_of::<TickActivity>() == 32);
+
+/// The two clocks at one moment, and the tick length: what converting
+/// between jiffies and CLOCK_MONOTONIC nanoseconds needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockPair {
+    pub now_ns: u64,
+    pub now_ticks: u64,
+    pub ns_per_tick: u64,
+}
+
+impl ClockPair {
+    /// The nanosecond time of tick `then` (0 stays 0: never). Exact to one
+    /// tick, never later than `now_ns`.
+    #[inline(always)]
+    pub fn ns_at(&self, then: u64) -> u64 {
+        if then == 0 {
+            return 0;
+        }
+        // At most the jiffies counter itself (about 4.3e9 plus uptime),
+        // times at most 10 ms: no overflow. (A saturating multiply would
+        // need 128-bit arithmetic, which BPF lacks.)
+        let ago = self.now_ticks.saturating_sub(then);
+        self.now_ns
+            .saturating_sub(ago.wrapping_mul(self.ns_per_tick))
+            .max(1)
+    }
+
+    /// The tick of nanosecond time `then` (0 stays 0: never).
+    #[inline(always)]
+    pub fn ticks_at(&self, then_ns: u64) -> u64 {
+        if then_ns == 0 || self.ns_per_tick == 0 {
+            return 0;
+        }
+        let ago = self.now_ns.saturating_sub(then_ns) / self.ns_per_tick;
+        self.now_ticks.saturating_sub(ago).max(1)
+    }
+}
+
+impl TickActivity {
+    /// Records payload at tick `now`: a gap of at least `idle_threshold`
+    /// ticks since the last payload either way starts a new burst. The one
+    /// definition of a burst, used by the kernel's send/receive hooks.
+    #[inline(always)]
+    pub fn note(&mut self, now: u64, is_send: bool, idle_threshold: u64) {
+        let last_active = if self.last_send > self.last_recv {
+            self.last_send
+        } else {
+            self.last_recv
+        };
+        if last_active != 0 {
+            let gap = now.saturating_sub(last_active);
+            if gap >= idle_threshold {
+                self.idle_before_burst = gap;
+                self.burst_start = now;
+            }
+        } else if self.burst_start == 0 {
+            self.burst_start = now;
+        }
+        if is_send {
+            self.last_send = now;
+        } else {
+            self.last_recv = now;
+        }
+    }
+
+    /// The same activity in nanoseconds, as records carry it.
+    #[inline(always)]
+    pub fn to_wire(&self, clocks: &ClockPair) -> Activity {
+        Activity {
+            last_send_ns: clocks.ns_at(self.last_send),
+            last_recv_ns: clocks.ns_at(self.last_recv),
+            burst_start_ns: clocks.ns_at(self.burst_start),
+            // A gap between two jiffies values: no overflow, as in `ns_at`.
+            idle_before_burst_ns: self.idle_before_burst.wrapping_mul(clocks.ns_per_tick),
+        }
+    }
+
+    /// Nanosecond activity (a primed socket's) in ticks.
+    #[inline(always)]
+    pub fn from_wire(activity: &Activity, clocks: &ClockPair) -> Self {
+        let per_tick = if clocks.ns_per_tick == 0 {
+            1
+        } else {
+            clocks.ns_per_tick
+        };
+        Self {
+            last_send: clocks.ticks_at(activity.last_send_ns),
+            last_recv: clocks.ticks_at(activity.last_recv_ns),
+            burst_start: clocks.ticks_at(activity.burst_start_ns),
+            idle_before_burst: activity.idle_before_burst_ns / per_tick,
+        }
+    }
+}
+
+/// Whether a retransmit on a socket with this activity can confirm a storm:
+/// its current burst followed an idle gap of at least `idle_threshold_ns`,
+/// and nothing was received since the burst began. The kernel wakes the
+/// reader only for such retransmits; the detector requires the same.
+#[inline(always)]
+pub fn may_confirm_storm(activity: &Activity, idle_threshold_ns: u64) -> bool {
+    let received_since =
+        activity.last_recv_ns != 0 && activity.last_recv_ns >= activity.burst_start_ns;
+    activity.idle_before_burst_ns >= idle_threshold_ns && !received_since
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THRESHOLD: u64 = 100;
+
+    #[test]
+    fn first_payload_starts_a_burst_without_an_idle_gap() {
+        let mut activity = TickActivity::default();
+        activity.note(1_000, true, THRESHOLD);
+        assert_eq!(activity.burst_start, 1_000);
+        assert_eq!(activity.idle_before_burst, 0);
+        assert_eq!(activity.last_send, 1_000);
+    }
+
+    #[test]
+    fn a_gap_past_the_threshold_starts_a_new_burst_and_remembers_the_gap() {
+        let mut activity = TickActivity::default();
+        activity.note(1_000, false, THRESHOLD);
+        activity.note(1_050, true, THRESHOLD);
+        assert_eq!(activity.burst_start, 1_000, "50 ticks is not idle");
+        activity.note(1_300, true, THRESHOLD);
+        assert_eq!(activity.burst_start, 1_300);
+        assert_eq!(activity.idle_before_burst, 250);
+        assert_eq!((activity.last_send, activity.last_recv), (1_300, 1_000));
+    }
+
+    #[test]
+    fn ticks_convert_to_nanoseconds_against_the_clock_pair() {
+        let clocks = ClockPair {
+            now_ns: 10_000_000_000,
+            now_ticks: 5_000,
+            ns_per_tick: 4_000_000,
+        };
+        assert_eq!(clocks.ns_at(0), 0, "never stays never");
+        assert_eq!(clocks.ns_at(5_000), 10_000_000_000);
+        assert_eq!(clocks.ns_at(4_750), 9_000_000_000);
+        // A tick after now (a racing CPU) is now, not the future.
+        assert_eq!(clocks.ns_at(5_001), 10_000_000_000);
+        assert_eq!(clocks.ticks_at(9_000_000_000), 4_750);
+        assert_eq!(clocks.ticks_at(0), 0);
+        let activity = TickActivity {
+            last_send: 4_750,
+            last_recv: 4_000,
+            burst_start: 4_750,
+            idle_before_burst: 750,
+        };
+        let wire = activity.to_wire(&clocks);
+        assert_eq!(wire.last_send_ns, 9_000_000_000);
+        assert_eq!(wire.last_recv_ns, 6_000_000_000);
+        assert_eq!(wire.idle_before_burst_ns, 3_000_000_000);
+        assert_eq!(TickActivity::from_wire(&wire, &clocks), activity);
+    }
+
+    #[test]
+    fn only_an_idle_burst_with_nothing_received_may_confirm_a_storm() {
+        let idle = Activity {
+            last_send_ns: 50,
+            last_recv_ns: 10,
+            burst_start_ns: 50,
+            idle_before_burst_ns: 40,
+        };
+        assert!(may_confirm_storm(&idle, 30));
+        assert!(!may_confirm_storm(&idle, 41), "gap below the threshold");
+        let answered = Activity {
+            last_recv_ns: 60,
+            ..idle
+        };
+        assert!(!may_confirm_storm(&answered, 30), "received since the burst");
+    }
+}

@@ -2,10 +2,10 @@
 //! and read them out of maps.
 
 use crate::{
-    counters::RetransmitOwnerKey,
+    counters::UnwatchedRetransmits,
     event::SocketEvent,
     globals::{KernelOffsets, ProbeSettings},
-    socket::SocketState,
+    socket::{PrimedSocket, SocketState},
 };
 
 // SAFETY: each type is `#[repr(C)]`, made only of integers and integer
@@ -19,4 +19,6 @@ unsafe impl aya::Pod for KernelOffsets {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ProbeSettings {}
 // SAFETY: as above.
-unsafe impl aya::Pod for RetransmitOwnerKey {}
+unsafe impl aya::Pod for UnwatchedRetransmits {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PrimedSocket {}

@@ -1,24 +1,20 @@
 //! Writing events to the ring buffer.
 
-use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_ns,
+};
 use monitor_common::{
     counters::{EVENTS_EMITTED, LOST_RINGBUF_FULL},
     event::{EVENT_RETRANSMIT, SocketEvent, TcpSnapshot},
-    socket::{Activity, Owner, SocketState},
+    socket::{Activity, Owner, SOCKET_FLAG_REPORTED, SocketState, may_confirm_storm},
 };
 
 use crate::{
     kernel::setting,
     maps::{EVENTS, count},
-    socket::tuple,
+    socket::{clocks, cookie, tuple},
 };
-
-#[inline(always)]
-fn may_confirm_storm(activity: &Activity) -> bool {
-    let received_since =
-        activity.last_recv_ns != 0 && activity.last_recv_ns >= activity.burst_start_ns;
-    activity.idle_before_burst_ns >= setting!(idle_threshold_ns) && !received_since
-}
 
 /// Wake the reader now: for events that may confirm a storm. Everything
 /// else waits for the reader's periodic drain, because each wakeup costs an
@@ -26,17 +22,16 @@ fn may_confirm_storm(activity: &Activity) -> bool {
 pub const WAKE_NOW: bool = true;
 pub const WAKE_LATER: bool = false;
 
-/// Emits one event for `sk`. Owner and activity come from the socket map
-/// entry when there is one; the tuple is read fresh (ports are assigned
-/// after the SYN_SENT transition, so a cached copy could be incomplete).
+/// Emits one event for `sk`. Owner and activity come from the socket's
+/// storage when it has one, which is then marked reported (its end will be
+/// reported too); the tuple is read fresh (ports are assigned after the
+/// SYN_SENT transition, so a cached copy could be incomplete).
 #[inline(always)]
 pub fn emit(
     kind: u32,
     detail: u32,
     sk: *const u8,
-    cookie: u64,
-    now: u64,
-    state: Option<*const SocketState>,
+    state: Option<*mut SocketState>,
     tcp: TcpSnapshot,
     wake: bool,
 ) {
@@ -44,30 +39,40 @@ pub fn emit(
         count(LOST_RINGBUF_FULL, 1);
         return;
     };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     let (owner, activity) = match state {
-        // SAFETY: the pointer came from a socket-map lookup in this run.
-        Some(state) => unsafe { ((*state).owner, (*state).activity) },
+        Some(state) => {
+            // SAFETY: the pointer came from this socket's storage in this
+            // run; the kernel keeps it while the socket lives.
+            let state = unsafe { &mut *state };
+            state.flags |= SOCKET_FLAG_REPORTED;
+            (state.owner, state.activity.to_wire(&clocks(now)))
+        }
         None => (Owner::default(), Activity::default()),
     };
     entry.write(SocketEvent {
         kind,
         detail,
         timestamp_ns: now,
-        cookie,
+        cookie: cookie(sk),
         owner,
         tuple: tuple(sk),
         activity,
         tcp,
     });
     // A retransmit can confirm a storm only after an idle gap with nothing
-    // received since (the detector's `idle_before_stuck_burst`): on busy
-    // connections with random loss each wakeup would cost an interrupt for
-    // nothing. Read back from the record, so no extra stack. A `false` here
-    // only delays the record to the reader's next drain.
+    // received since (the detector requires the same): on busy connections
+    // with random loss each wakeup would cost an interrupt for nothing.
+    // Read back from the record, so no extra stack. A `false` here only
+    // delays the record to the reader's next drain.
     // SAFETY: the record was fully written just above.
     let wake = wake
         && (kind != EVENT_RETRANSMIT
-            || may_confirm_storm(unsafe { &entry.assume_init_ref().activity }));
+            || may_confirm_storm(
+                unsafe { &entry.assume_init_ref().activity },
+                setting!(idle_threshold_ns),
+            ));
     let flags = if wake {
         BPF_RB_FORCE_WAKEUP
     } else {

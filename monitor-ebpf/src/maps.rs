@@ -1,14 +1,16 @@
 //! The maps shared with userspace, and the read-only globals the loader fills.
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    counters::{COUNTER_SLOTS, RetransmitOwnerKey},
+    counters::{COUNTER_SLOTS, UnwatchedRetransmits},
     event::SocketEvent,
     globals::{KernelOffsets, ProbeSettings},
-    socket::SocketState,
+    socket::{PrimedSocket, SocketState},
 };
 
 /// Kernel struct offsets, resolved from BTF by the loader.
@@ -19,12 +21,26 @@ pub static OFFSETS: KernelOffsets = KernelOffsets::ABSENT;
 #[unsafe(no_mangle)]
 pub static SETTINGS: ProbeSettings = ProbeSettings::DEFAULT;
 
-/// Per-socket owner and activity, keyed by socket cookie. Cookies are never
-/// reused, so an entry can never describe a different socket than its key,
-/// even if `tcp_destroy_sock` was missed; the LRU bounds what such misses
-/// cost. The loader sizes it (`--socket-map-entries`).
+/// Owner and activity of each watched socket, in the socket itself: a
+/// lookup is an indexed load from the socket's storage cache (no hash, no
+/// global lock), and the kernel frees the value with the socket, so no
+/// entry outlives its socket and nothing is ever evicted.
+#[btf_map]
+pub static SOCKET_STATE: SkStorage<SocketState> = SkStorage::new();
+
+/// Watched sockets that predate the daemon, written by userspace at
+/// start-up and moved into `SOCKET_STATE` the first time a program sees
+/// the socket. Not preallocated: it costs memory only for what it holds.
+/// The loader sizes it (`--socket-map-entries`).
 #[map]
-pub static SOCKETS: LruHashMap<u64, SocketState> = LruHashMap::with_max_entries(65_536, 0);
+pub static PRIMED_SOCKETS: HashMap<u64, PrimedSocket> =
+    HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+/// Retransmits of unwatched sockets by cookie (no events; userspace names
+/// the owners). Only the retransmit path touches it; the LRU bounds it.
+#[map]
+pub static UNWATCHED_RETRANSMITS: LruHashMap<u64, UnwatchedRetransmits> =
+    LruHashMap::with_max_entries(16_384, 0);
 
 /// Events for watched sockets. The loader sizes it.
 #[map]
@@ -34,13 +50,8 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Retransmits of unwatched sockets by owner, kind and role (no events).
-/// Per-CPU: counting needs no atomics; userspace sums the CPUs.
-#[map]
-pub static RETRANSMITS_BY_OWNER: LruPerCpuHashMap<RetransmitOwnerKey, u64> =
-    LruPerCpuHashMap::with_max_entries(4096, 0);
-
 /// Non-zero at index `port` when that TCP port (local or remote) is watched.
+/// An array lookup is inlined by the verifier: a bounds check and a load.
 #[map]
 pub static WATCHED_PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
 

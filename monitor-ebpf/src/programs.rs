@@ -1,15 +1,21 @@
 //! One BTF tracepoint program per hook. Each hands `struct sock *` over as
 //! its first argument; none trusts the current task in softirq context.
+//!
+//! The cost model: the send, receive, state-change and destroy hooks run
+//! for every TCP socket of the host. A socket that is not watched pays a
+//! protocol check, a port check (two inlined array lookups) or one load of
+//! `sk->sk_bpf_storage`, and nothing else. Watched sockets keep their state
+//! in socket-local storage, found through the socket itself.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_jiffies64},
+    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, fexit},
     programs::{BtfTracePointContext, FExitContext},
 };
 use monitor_common::{
     counters::{
         RESETS_SENT_WITHOUT_SOCKET, RETRANSMIT_ATTEMPTS_FAILED, RETRANSMITS_BASE,
-        RETRANSMITTED_SEGMENTS, RetransmitOwnerKey, SOCKETS_REMOVED,
+        RETRANSMITTED_SEGMENTS, SOCKETS_REMOVED, UnwatchedRetransmits,
     },
     event::{
         EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
@@ -18,25 +24,21 @@ use monitor_common::{
     },
     retransmit::{RETRANSMIT_TIMEOUT, classify_retransmit},
     socket::{
-        OWNER_SOURCE_CONNECT, OWNER_SOURCE_NONE, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, ROLE_CLIENT,
-        ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_RETRANSMITTING,
+        OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, Owner, ROLE_CLIENT,
+        ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_REPORTED, SOCKET_FLAG_RETRANSMITTING, SocketState,
     },
     tcp::{TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
 };
 
 use crate::{
     emit::{WAKE_LATER, WAKE_NOW, emit},
-    kernel::{is_inet_tcp, load_btf, off, read, setting},
-    maps::{RETRANSMITS_BY_OWNER, SOCKETS, count},
-    socket::{cookie, current_owner, entry_or_insert, is_watched, net_of, note_activity},
+    kernel::{is_inet_tcp, load_btf, off, setting},
+    maps::{UNWATCHED_RETRANSMITS, count},
+    socket::{
+        INSERT_ONLY, cookie, create_storage, current_owner, existing_storage, first_sight,
+        last_receive, net_of, now_ticks, ports_watched, socket_cgroup_id, storage, tcp_sock, tuple,
+    },
 };
-
-/// CLOCK_MONOTONIC nanoseconds.
-#[inline(always)]
-fn now_ns() -> u64 {
-    // SAFETY: a helper without arguments, valid in every program type.
-    unsafe { bpf_ktime_get_ns() }
-}
 
 #[inline(always)]
 fn sock_arg(ctx: &BtfTracePointContext) -> *const u8 {
@@ -81,43 +83,38 @@ pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
     0
 }
 
-/// The hot path: runs on every send and receive of every socket. Look up
-/// first; write only when the owner changed or the activity time is older
-/// than the granularity.
+/// The hot path: runs on every send and receive of every socket. An
+/// unwatched socket leaves after the protocol and port checks; a watched
+/// one costs a storage lookup and a compare, and a write only when the
+/// owner changed or its activity time is a granule old.
 #[inline(always)]
 fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
-    if bytes <= 0 || !is_inet_tcp(sk) {
+    if bytes <= 0 || !is_inet_tcp(sk) || !ports_watched(sk) {
         return;
     }
-    let cookie = cookie(sk);
-    let now = now_ns();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let now = now_ticks();
     let source = if is_send {
         OWNER_SOURCE_SEND
     } else {
         OWNER_SOURCE_RECV
     };
-
-    let Some(state) = SOCKETS.get_ptr_mut(cookie) else {
-        let Some(state) = entry_or_insert(cookie, now, current_owner(source, ROLE_UNKNOWN)) else {
+    let Some(state) = storage(sk) else {
+        // First seen mid-life: the socket predates connmon (or its storage
+        // was refused earlier).
+        let Some(state) = first_sight(sk, current_owner(source, ROLE_UNKNOWN), now) else {
             return;
         };
-        // SAFETY: pointer from a socket-map lookup in this run.
-        let activity = unsafe { &mut (*state).activity };
-        // First seen mid-life (older than connmon, or evicted from the map
-        // while idle): the kernel's own receive timestamps say how long it
-        // has been quiet, so the idle gap before this send is not lost.
-        if is_send && activity.last_recv_ns == 0 && activity.last_send_ns == 0 {
-            activity.last_recv_ns = last_receive_ns(sk, now);
-        }
-        note_activity(activity, now, is_send);
+        let idle_threshold = setting!(idle_threshold_ticks);
+        // SAFETY: pointer to this socket's storage, from this run.
+        unsafe { (*state).activity.note(now, is_send, idle_threshold) };
         return;
     };
-    // SAFETY: pointer from a socket-map lookup in this run. Concurrent
+    // SAFETY: pointer to this socket's storage, from this run. Concurrent
     // writers on other CPUs can at worst interleave timestamps.
     let state = unsafe { &mut *state };
 
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // The writer names the thread; a reader only takes over a socket that
     // another process (or nobody) owned.
     let owner_changed = if is_send {
@@ -126,11 +123,11 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
         state.owner.tgid != tgid
     };
     let last = if is_send {
-        state.activity.last_send_ns
+        state.activity.last_send
     } else {
-        state.activity.last_recv_ns
+        state.activity.last_recv
     };
-    let stale = now.saturating_sub(last) >= setting!(activity_granularity_ns);
+    let stale = now.wrapping_sub(last) >= setting!(activity_granularity_ticks);
     let progress = !is_send && state.flags & SOCKET_FLAG_RETRANSMITTING != 0;
     if !owner_changed && !stale && !progress {
         return;
@@ -143,47 +140,24 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
             .process_changes
             .saturating_add(u8::from(another_process));
     }
-    note_activity(&mut state.activity, now, is_send);
+    if state.activity.last_send == 0 && state.activity.last_recv == 0 {
+        // The first payload since connect or accept: the handshake was the
+        // flow's last packet, so the idle gap runs from the kernel's own
+        // receive timestamp.
+        state.activity.last_recv = last_receive(sk, now);
+    }
+    state.activity.note(now, is_send, setting!(idle_threshold_ticks));
     if progress {
         state.flags &= !SOCKET_FLAG_RETRANSMITTING;
         emit(
             EVENT_PROGRESS,
             PROGRESS_DATA_RECEIVED,
             sk,
-            cookie,
-            now,
             Some(state),
             TcpSnapshot::default(),
             WAKE_LATER,
         );
     }
-}
-
-/// When `sk` last received anything (data or an ACK), from the socket's
-/// jiffies timestamps, in `now`'s clock; 0 when unknown.
-#[inline(always)]
-fn last_receive_ns(sk: *const u8, now: u64) -> u64 {
-    let ns_per_jiffy = setting!(ns_per_jiffy);
-    let ack = read::<u32>(sk, off!(tcp_rcv_tstamp));
-    let data = read::<u32>(sk, off!(icsk_ack_lrcvtime));
-    // Both zero: unreadable (or the jiffies counter's own zero, harmless).
-    if ns_per_jiffy == 0 || (ack == 0 && data == 0) {
-        return 0;
-    }
-    // SAFETY: a helper without arguments.
-    let jiffies = unsafe { bpf_jiffies64() } as u32;
-    // The more recent of the two, on wrapping 32-bit jiffies.
-    let since_ack = jiffies.wrapping_sub(ack);
-    let since_data = jiffies.wrapping_sub(data);
-    let quiet = if since_ack < since_data {
-        since_ack
-    } else {
-        since_data
-    };
-    if quiet > u32::MAX / 2 {
-        return 0;
-    }
-    now.saturating_sub(u64::from(quiet) * ns_per_jiffy)
 }
 
 /// `sock:inet_sock_set_state(sk, oldstate, newstate)`.
@@ -195,52 +169,74 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     }
     let old_state = ctx.arg::<i32>(1) as u8;
     let new_state = ctx.arg::<i32>(2) as u8;
-    let cookie = cookie(sk);
-    let now = now_ns();
-
-    let state = if new_state == TCP_SYN_SENT {
-        // connect(): the one state change that runs in the owner's context.
-        let owner = current_owner(OWNER_SOURCE_CONNECT, ROLE_CLIENT);
-        entry_or_insert(cookie, now, owner).inspect(|&state| {
-            // SAFETY: pointer from a socket-map lookup in this run.
-            unsafe { (*state).owner = owner };
-        })
-    } else if old_state == TCP_SYN_RECV && new_state == TCP_ESTABLISHED {
-        // An accepted connection, completed in softirq: the role is known,
-        // the owner is whoever first sends or receives on it.
-        let mut owner = monitor_common::socket::Owner::default();
-        owner.source = OWNER_SOURCE_NONE;
-        owner.role = ROLE_SERVER;
-        entry_or_insert(cookie, now, owner)
-    } else {
-        SOCKETS.get_ptr_mut(cookie)
-    };
-    let wanted =
-        setting!(every_state_change) != 0 || new_state == TCP_ESTABLISHED || new_state == TCP_CLOSE;
-    if wanted && is_watched(sk, state) {
-        // The kernel sets sk_err before it closes a socket on error
-        // (ETIMEDOUT, ECONNRESET): the CLOSE event says why.
-        let errno = if new_state == TCP_CLOSE {
-            load_btf::<i32>(sk, off!(sk_err))
+    let every_state_change = setting!(every_state_change) != 0;
+    let state = if ports_watched(sk) {
+        if new_state == TCP_SYN_SENT {
+            // connect(): the one state change that runs in the owner's
+            // context. A socket reconnecting keeps its storage.
+            let owner = current_owner(OWNER_SOURCE_CONNECT, ROLE_CLIENT);
+            match storage(sk) {
+                Some(state) => {
+                    // SAFETY: pointer to this socket's storage, from this run.
+                    unsafe { (*state).owner = owner };
+                    Some(state)
+                }
+                None => create_storage(
+                    sk,
+                    &SocketState {
+                        owner,
+                        ..SocketState::default()
+                    },
+                ),
+            }
+        } else if old_state == TCP_SYN_RECV && new_state == TCP_ESTABLISHED {
+            // An accepted connection, completed in softirq: the role is
+            // known, the owner is whoever first sends or receives on it.
+            let mut initial = SocketState::default();
+            initial.owner.role = ROLE_SERVER;
+            create_storage(sk, &initial)
+        } else if every_state_change || new_state == TCP_CLOSE {
+            storage(sk)
         } else {
-            0
-        };
-        let detail = (errno as u32 & 0xffff) << 16 | (old_state as u32) << 8 | new_state as u32;
-        emit(
-            EVENT_STATE_CHANGE,
-            detail,
-            sk,
-            cookie,
-            now,
-            state.map(|s| s as *const _),
-            TcpSnapshot::default(),
-            WAKE_LATER,
-        );
+            return 0;
+        }
+    } else if new_state == TCP_CLOSE {
+        // The kernel clears a closing socket's local port before this
+        // runs: a watched server socket is known by its storage.
+        match existing_storage(sk) {
+            Some(state) => Some(state),
+            None => return 0,
+        }
+    } else {
+        return 0;
+    };
+    // `connmon run` hears only a reported socket's end; `trace` every move.
+    let wanted = every_state_change
+        || (new_state == TCP_CLOSE
+            // SAFETY: pointer to this socket's storage, from this run.
+            && state.is_some_and(|state| (unsafe { (*state).flags }) & SOCKET_FLAG_REPORTED != 0));
+    if !wanted {
+        return 0;
     }
+    // The kernel sets sk_err before it closes a socket on error
+    // (ETIMEDOUT, ECONNRESET): the CLOSE event says why.
+    let errno = if new_state == TCP_CLOSE {
+        load_btf::<i32>(sk, off!(sk_err))
+    } else {
+        0
+    };
+    emit(
+        EVENT_STATE_CHANGE,
+        monitor_common::event::state_change_detail(old_state, new_state, errno),
+        sk,
+        state,
+        TcpSnapshot::default(),
+        WAKE_LATER,
+    );
     0
 }
 
-// ---- softirq / timer context: the socket's owner comes from the map ----
+// ---- softirq / timer context: the socket's owner comes from its storage ----
 
 /// `tcp:tcp_retransmit_skb(sk, skb[, err])`.
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
@@ -252,10 +248,8 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     } else {
         0
     };
-    let cookie = cookie(sk);
-    let now = now_ns();
-
-    let ca_state = ca_state(sk);
+    let tcp = tcp_sock(sk);
+    let ca_state = ca_state(tcp);
     let kind = classify_retransmit(ca_state);
     count(RETRANSMITS_BASE + kind as u32, 1);
     let segments = if err == 0 {
@@ -270,30 +264,36 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         0
     };
 
-    let state = entry_or_insert(cookie, now, Default::default());
+    let state = if ports_watched(sk) {
+        storage(sk).or_else(|| first_sight(sk, Owner::default(), now_ticks()))
+    } else {
+        match existing_storage(sk) {
+            Some(state) => Some(state),
+            None => {
+                count_unwatched_retransmit(sk, kind);
+                return 0;
+            }
+        }
+    };
     if let Some(state) = state {
-        // SAFETY: pointer from a socket-map lookup in this run.
-        unsafe { (*state).retransmits = (*state).retransmits.wrapping_add(1) };
+        // SAFETY: pointer to this socket's storage, from this run.
+        let state = unsafe { &mut *state };
+        state.retransmits = state.retransmits.wrapping_add(1);
+        state.flags |= SOCKET_FLAG_RETRANSMITTING;
     }
-    if !is_watched(sk, state) {
-        count_unwatched_retransmit(state, kind);
-        return 0;
-    }
-    if let Some(state) = state {
-        // SAFETY: as above.
-        unsafe { (*state).flags |= SOCKET_FLAG_RETRANSMITTING };
-    }
-    let tcp = TcpSnapshot {
-        snd_una: read::<u32>(sk, off!(tcp_snd_una)),
-        user_timeout_ms: read::<u32>(sk, off!(icsk_user_timeout)),
-        rto_retransmits: read::<u8>(sk, off!(icsk_retransmits)),
-        backoff: read::<u8>(sk, off!(icsk_backoff)),
+    let mut snapshot = TcpSnapshot {
         ca_state,
-        tcp_retries2: tcp_retries2(sk),
+        tcp_retries2: load_btf::<u8>(net_of(sk), off!(net_tcp_retries2)),
         segments,
         retransmit_kind: kind,
-        _pad: 0,
+        ..TcpSnapshot::default()
     };
+    if !tcp.is_null() {
+        snapshot.snd_una = load_btf::<u32>(tcp, off!(tcp_snd_una));
+        snapshot.user_timeout_ms = load_btf::<u32>(tcp, off!(icsk_user_timeout));
+        snapshot.rto_retransmits = load_btf::<u8>(tcp, off!(icsk_retransmits));
+        snapshot.backoff = load_btf::<u8>(tcp, off!(icsk_backoff));
+    }
     // Only a timeout retransmit can confirm a storm: wake the reader for it
     // (`emit` also checks the socket's activity allows one).
     let wake = if kind == RETRANSMIT_TIMEOUT {
@@ -301,16 +301,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     } else {
         WAKE_LATER
     };
-    emit(
-        EVENT_RETRANSMIT,
-        err as u32,
-        sk,
-        cookie,
-        now,
-        state.map(|s| s as *const _),
-        tcp,
-        wake,
-    );
+    emit(EVENT_RETRANSMIT, err as u32, sk, state, snapshot, wake);
     0
 }
 
@@ -323,11 +314,10 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let sk = sock_arg(&ctx);
-    let cookie = cookie(sk);
-    let Some(state) = SOCKETS.get_ptr_mut(cookie) else {
+    let Some(state) = existing_storage(sk) else {
         return 0;
     };
-    // SAFETY: pointer from a socket-map lookup in this run.
+    // SAFETY: pointer to this socket's storage, from this run.
     let state = unsafe { &mut *state };
     if state.flags & SOCKET_FLAG_RETRANSMITTING == 0 {
         return 0;
@@ -337,8 +327,6 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
         EVENT_PROGRESS,
         PROGRESS_ACKNOWLEDGED,
         sk,
-        cookie,
-        now_ns(),
         Some(state),
         TcpSnapshot::default(),
         WAKE_LATER,
@@ -378,72 +366,87 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// `tcp:tcp_destroy_sock(sk)`: the socket's last event; its entry goes.
+/// `tcp:tcp_destroy_sock(sk)`: the socket's last event. Its storage goes
+/// with the socket; a record only for a socket userspace heard of.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk = sock_arg(&ctx);
-    emit_for_watched(sk, EVENT_DESTROY, 0, WAKE_LATER);
-    let cookie = cookie(sk);
-    if SOCKETS.remove(cookie).is_ok() {
-        count(SOCKETS_REMOVED, 1);
+    let state = existing_storage(sk);
+    let every_state_change = setting!(every_state_change) != 0;
+    let reported = match state {
+        Some(state) => {
+            count(SOCKETS_REMOVED, 1);
+            // SAFETY: pointer to this socket's storage, from this run.
+            let flags = unsafe { (*state).flags };
+            flags & SOCKET_FLAG_REPORTED != 0
+        }
+        None => false,
+    };
+    if reported || (every_state_change && (state.is_some() || ports_watched(sk))) {
+        emit(
+            EVENT_DESTROY,
+            0,
+            sk,
+            state,
+            TcpSnapshot::default(),
+            WAKE_LATER,
+        );
     }
     0
 }
 
+/// Resets and errors: rare, so every one of a watched socket is emitted.
 /// `sk`: a non-NULL socket argument (see `load_btf`).
 #[inline(always)]
 fn emit_for_watched(sk: *const u8, kind: u32, detail: u32, wake: bool) {
-    let cookie = cookie(sk);
-    let state = SOCKETS.get_ptr_mut(cookie);
-    if !is_watched(sk, state) {
+    let state = existing_storage(sk);
+    if state.is_none() && !ports_watched(sk) {
         return;
     }
-    emit(
-        kind,
-        detail,
-        sk,
-        cookie,
-        now_ns(),
-        state.map(|s| s as *const _),
-        TcpSnapshot::default(),
-        wake,
-    );
+    emit(kind, detail, sk, state, TcpSnapshot::default(), wake);
 }
 
-/// Aggregates a retransmit of an unwatched socket by its owner, in the
-/// kernel: per-process totals without an event each.
+/// Counts a retransmit of an unwatched socket under its cookie, in the
+/// kernel: per-socket totals without an event each; userspace names the
+/// owner. Not atomic: one socket's retransmits run under its lock.
 #[inline(always)]
-fn count_unwatched_retransmit(state: Option<*mut monitor_common::socket::SocketState>, kind: u8) {
-    let mut key = RetransmitOwnerKey {
-        kind,
-        ..RetransmitOwnerKey::default()
-    };
-    if let Some(state) = state {
-        // SAFETY: pointer from a socket-map lookup in this run.
-        let owner = unsafe { &(*state).owner };
-        key.cgroup_id = owner.cgroup_id;
-        key.comm = owner.comm;
-        key.role = owner.role;
-    }
-    match RETRANSMITS_BY_OWNER.get_ptr_mut(&key) {
-        // SAFETY: pointer to this CPU's slot from a lookup in this run;
-        // per-CPU, so no other writer.
-        Some(count) => unsafe { *count += 1 },
+fn count_unwatched_retransmit(sk: *const u8, kind: u8) {
+    let cookie = cookie(sk);
+    // One per kind, at constant offsets: the verifier refuses a store at a
+    // variable offset into the stack.
+    let one = [
+        u32::from(kind == 0),
+        u32::from(kind == 1),
+        u32::from(kind == 2),
+        u32::from(kind == 3),
+    ];
+    match UNWATCHED_RETRANSMITS.get_ptr_mut(&cookie) {
+        Some(counts) => {
+            // SAFETY: pointer from a lookup in this run.
+            let counts = unsafe { &mut (*counts).by_kind };
+            for (count, add) in counts.iter_mut().zip(one) {
+                *count = count.wrapping_add(add);
+            }
+        }
         None => {
-            let _ = RETRANSMITS_BY_OWNER.insert(&key, &1, 0);
+            let counts = UnwatchedRetransmits {
+                by_kind: one,
+                cgroup_id: socket_cgroup_id(sk),
+                tuple: tuple(sk),
+            };
+            let _ = UNWATCHED_RETRANSMITS.insert(&cookie, &counts, INSERT_ONLY);
         }
     }
 }
 
+/// `icsk_ca_state` of a `tcp_sock` (NULL: 0, Open).
 #[inline(always)]
-fn ca_state(sk: *const u8) -> u8 {
-    let byte = read::<u8>(sk, off!(icsk_ca_state_byte));
+fn ca_state(tcp: *const u8) -> u8 {
+    if tcp.is_null() {
+        return 0;
+    }
+    let byte = load_btf::<u8>(tcp, off!(icsk_ca_state_byte));
     let bits = off!(icsk_ca_state_bits);
     let mask = if bits >= 8 { 0xff } else { (1u32 << bits) - 1 };
     ((byte as u32 >> (off!(icsk_ca_state_shift) & 7)) & mask) as u8
-}
-
-#[inline(always)]
-fn tcp_retries2(sk: *const u8) -> u8 {
-    load_btf::<u8>(net_of(sk), off!(net_tcp_retries2))
 }

@@ -1,34 +1,199 @@
-//! Socket identity, ownership and the socket map.
+//! Socket identity, ownership, the watch filter and per-socket storage.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie,
+            bpf_jiffies64, bpf_sk_storage_get, bpf_skc_to_tcp_sock,
+        },
     },
 };
 use monitor_common::{
     counters::{LOST_SOCKET_MAP_FULL, SOCKETS_ADDED},
-    socket::{Activity, Owner, SOCKET_FLAG_WATCHED, SocketState, Tuple},
+    globals::OFFSET_ABSENT,
+    socket::{ClockPair, Owner, SocketState, TickActivity, Tuple},
     tcp::AF_INET6,
 };
 
 use crate::{
     kernel::{load_btf, load_btf_16, off, ports, read, read_bytes, setting},
-    maps::{SOCKETS, WATCHED_PORTS, count},
+    maps::{PRIMED_SOCKETS, SOCKET_STATE, WATCHED_PORTS, count},
 };
 
 /// The kernel's cookie for `sk`: never reused, and what sock_diag reports.
+/// A helper call: taken only when a record is written or a socket is
+/// first seen, never on the hot path.
 #[inline(always)]
 pub fn cookie(sk: *const u8) -> u64 {
-    // SAFETY: `sk` is the `struct sock *` argument of a BTF tracepoint, the
-    // pointer type this helper takes for tracing programs.
+    // SAFETY: `sk` is the `struct sock *` argument of a BTF tracepoint or
+    // fexit program, the pointer type this helper takes for tracing programs.
     unsafe { bpf_get_socket_cookie(sk as *mut _) }
+}
+
+/// Jiffies now: the verifier inlines this helper into one load, which
+/// makes it the hot path's clock (socket activity is kept in jiffies).
+#[inline(always)]
+pub fn now_ticks() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_jiffies64() }
+}
+
+/// The clocks for converting jiffies to the records' nanoseconds.
+#[inline(always)]
+pub fn clocks(now_ns: u64) -> ClockPair {
+    ClockPair {
+        now_ns,
+        now_ticks: now_ticks(),
+        ns_per_tick: setting!(ns_per_jiffy),
+    }
+}
+
+/// Whether a TCP port of `sk`, local or remote, is watched (or every port
+/// is). Two inlined array lookups: all an unwatched socket pays on the
+/// send, receive and state-change hooks after the protocol check. `sk` as
+/// for `load_btf`.
+#[inline(always)]
+pub fn ports_watched(sk: *const u8) -> bool {
+    if setting!(watch_all_ports) != 0 {
+        return true;
+    }
+    let (local, remote) = ports(sk);
+    let watched = |port: u16| {
+        WATCHED_PORTS
+            .get(port as u32)
+            .is_some_and(|flag| *flag != 0)
+    };
+    watched(local) || watched(remote)
+}
+
+/// The storage of a socket that has one (a watched socket), without
+/// creating it.
+#[inline(always)]
+pub fn storage(sk: *const u8) -> Option<*mut SocketState> {
+    // SAFETY: `SOCKET_STATE` is an sk-storage map (the loader relocates its
+    // address to the map); `sk` is a BTF-typed `struct sock *`, which the
+    // helper takes in tracing programs; NULL value and flags 0 only look up.
+    let state = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::addr_of!(SOCKET_STATE).cast_mut().cast(),
+            sk as *mut _,
+            core::ptr::null_mut(),
+            0,
+        )
+    } as *mut SocketState;
+    (!state.is_null()).then_some(state)
+}
+
+/// `storage`, but first one direct load: a socket that no BPF program keeps
+/// storage on has `sk_bpf_storage == NULL`, and most sockets are such. For
+/// the paths where the ports no longer tell (a closing socket has lost its
+/// local port) and for events of any socket.
+#[inline(always)]
+pub fn existing_storage(sk: *const u8) -> Option<*mut SocketState> {
+    let field = off!(sk_bpf_storage);
+    if field != OFFSET_ABSENT && load_btf::<u64>(sk, field) == 0 {
+        return None;
+    }
+    storage(sk)
+}
+
+/// Gives `sk` its storage, starting as `initial`; `None` when the kernel
+/// refused (out of memory: counted). Used only after `storage` missed.
+#[inline(always)]
+pub fn create_storage(sk: *const u8, initial: &SocketState) -> Option<*mut SocketState> {
+    // SAFETY: as in `storage`; `initial` is a whole value on the stack that
+    // the helper copies into the new storage.
+    let state = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::addr_of!(SOCKET_STATE).cast_mut().cast(),
+            sk as *mut _,
+            (initial as *const SocketState).cast_mut().cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    } as *mut SocketState;
+    if state.is_null() {
+        count(LOST_SOCKET_MAP_FULL, 1);
+        return None;
+    }
+    count(SOCKETS_ADDED, 1);
+    Some(state)
+}
+
+/// A watched socket seen for the first time mid-life (it predates the
+/// daemon): its storage starts from what userspace learned at start-up
+/// when it did (owner, role, activity), else from `owner` and the
+/// socket's own receive timestamps, so the idle gap before this moment is
+/// not lost.
+#[inline(always)]
+pub fn first_sight(sk: *const u8, owner: Owner, now: u64) -> Option<*mut SocketState> {
+    let mut initial = SocketState {
+        owner,
+        ..SocketState::default()
+    };
+    let cookie = cookie(sk);
+    if let Some(primed) = PRIMED_SOCKETS.get_ptr(&cookie) {
+        // SAFETY: pointer from a lookup in this run; copied before the
+        // entry is deleted.
+        let primed = unsafe { *primed };
+        if initial.owner.tgid == 0 {
+            initial.owner = primed.owner;
+        } else {
+            initial.owner.role = primed.owner.role;
+            initial.owner.process_changes = primed.owner.process_changes;
+        }
+        // SAFETY: a helper without arguments.
+        let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        initial.activity = TickActivity::from_wire(&primed.activity, &clocks(now_ns));
+        let _ = PRIMED_SOCKETS.remove(&cookie);
+    } else {
+        initial.activity.last_recv = last_receive(sk, now);
+    }
+    create_storage(sk, &initial)
+}
+
+/// When `sk` last received anything (data or an ACK), in jiffies, from the
+/// socket's own 32-bit jiffies timestamps; 0 when unknown.
+#[inline(always)]
+pub fn last_receive(sk: *const u8, now: u64) -> u64 {
+    let tcp = tcp_sock(sk);
+    if tcp.is_null() {
+        return 0;
+    }
+    let ack = load_btf::<u32>(tcp, off!(tcp_rcv_tstamp));
+    let data = load_btf::<u32>(tcp, off!(icsk_ack_lrcvtime));
+    // Both zero: unreadable (or the jiffies counter's own zero, harmless).
+    if ack == 0 && data == 0 {
+        return 0;
+    }
+    // The more recent of the two, on wrapping 32-bit jiffies.
+    let since_ack = (now as u32).wrapping_sub(ack);
+    let since_data = (now as u32).wrapping_sub(data);
+    let quiet = if since_ack < since_data {
+        since_ack
+    } else {
+        since_data
+    };
+    if quiet > u32::MAX / 2 {
+        return 0;
+    }
+    now.saturating_sub(u64::from(quiet))
+}
+
+/// `sk` as a `struct tcp_sock *` the verifier lets programs load fields
+/// of directly (they lie beyond `struct sock`); NULL when it is not a full
+/// TCP socket.
+#[inline(always)]
+pub fn tcp_sock(sk: *const u8) -> *const u8 {
+    // SAFETY: `sk` as in `cookie`; the helper checks the socket's type and
+    // returns NULL when it is no `tcp_sock`.
+    unsafe { bpf_skc_to_tcp_sock(sk as *mut _) as *const u8 }
 }
 
 /// The current task as the socket's owner. Only called in process context
 /// (connect, send, receive), where the current task is the one using the
-/// socket.
+/// socket, and only when the owner changed or the socket is new.
 #[inline(always)]
 pub fn current_owner(source: u8, role: u8) -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -49,6 +214,22 @@ pub fn current_owner(source: u8, role: u8) -> Owner {
     // The process name is the thread group leader's comm, not the thread's.
     read_bytes(leader, off!(task_comm), &mut owner.comm);
     owner
+}
+
+/// The cgroup v2 id of `sk` (its creator's cgroup), from the socket itself:
+/// retransmits run in softirq, where the current task says nothing. 0 when
+/// this kernel's layout is unknown.
+#[inline(always)]
+pub fn socket_cgroup_id(sk: *const u8) -> u64 {
+    let cgroup = load_btf::<u64>(sk, off!(sk_cgroup)) as *const u8;
+    if cgroup.is_null() {
+        return 0;
+    }
+    let node = load_btf::<u64>(cgroup, off!(cgroup_kn)) as *const u8;
+    if node.is_null() {
+        return 0;
+    }
+    load_btf::<u64>(node, off!(kernfs_node_id))
 }
 
 /// Addresses, ports, state and network namespace of `sk` (as for
@@ -87,83 +268,5 @@ pub fn net_of(sk: *const u8) -> *const u8 {
     load_btf::<u64>(sk, off!(skc_net)) as *const u8
 }
 
-/// Whether events for `sk` go to userspace: its local or remote port is
-/// watched (or every port is), now or earlier in its life (remembered in
-/// its map entry, see `SOCKET_FLAG_WATCHED`).
-#[inline(always)]
-pub fn is_watched(sk: *const u8, state: Option<*mut SocketState>) -> bool {
-    if setting!(watch_all_ports) != 0 {
-        return true;
-    }
-    if let Some(state) = state {
-        // SAFETY: pointer from a socket-map lookup in this run.
-        if unsafe { (*state).flags } & SOCKET_FLAG_WATCHED != 0 {
-            return true;
-        }
-    }
-    let (local, remote) = ports(sk);
-    let watched_port = |port: u16| {
-        WATCHED_PORTS
-            .get(port as u32)
-            .is_some_and(|flag| *flag != 0)
-    };
-    let watched = watched_port(local) || watched_port(remote);
-    if watched && let Some(state) = state {
-        // SAFETY: as above.
-        unsafe { (*state).flags |= SOCKET_FLAG_WATCHED };
-    }
-    watched
-}
-
-/// The map entry for `cookie`, created with `owner` when missing. `None`
-/// only when the map refused the insert (counted).
-#[inline(always)]
-pub fn entry_or_insert(cookie: u64, now: u64, owner: Owner) -> Option<*mut SocketState> {
-    if let Some(state) = SOCKETS.get_ptr_mut(cookie) {
-        return Some(state);
-    }
-    let state = SocketState {
-        owner,
-        activity: Activity::default(),
-        first_seen_ns: now,
-        retransmits: 0,
-        flags: 0,
-    };
-    if SOCKETS.insert(cookie, state, BPF_NOEXIST as u64).is_err() {
-        // Lost a race with another CPU inserting the same socket: use theirs.
-        if let Some(state) = SOCKETS.get_ptr_mut(cookie) {
-            return Some(state);
-        }
-        // Counted, not logged: a log call is a BPF subprogram, and kernels
-        // before 6.3 lose most of their state pruning across those.
-        count(LOST_SOCKET_MAP_FULL, 1);
-        return None;
-    }
-    count(SOCKETS_ADDED, 1);
-    SOCKETS.get_ptr_mut(cookie)
-}
-
-/// Records payload activity at `now`: a gap of at least the idle threshold
-/// since the last payload either way starts a new burst.
-#[inline(always)]
-pub fn note_activity(activity: &mut Activity, now: u64, is_send: bool) {
-    let last_active = if activity.last_send_ns > activity.last_recv_ns {
-        activity.last_send_ns
-    } else {
-        activity.last_recv_ns
-    };
-    if last_active != 0 {
-        let gap = now.saturating_sub(last_active);
-        if gap >= setting!(idle_threshold_ns) {
-            activity.idle_before_burst_ns = gap;
-            activity.burst_start_ns = now;
-        }
-    } else if activity.burst_start_ns == 0 {
-        activity.burst_start_ns = now;
-    }
-    if is_send {
-        activity.last_send_ns = now;
-    } else {
-        activity.last_recv_ns = now;
-    }
-}
+/// `BPF_NOEXIST` as the map helpers' flag.
+pub const INSERT_ONLY: u64 = BPF_NOEXIST as u64;

@@ -138,8 +138,10 @@ pub struct RunArgs {
     #[arg(long, env = "CONNMON_ALERT_CA_FILE", value_name = "FILE")]
     pub alert_ca_file: Option<PathBuf>,
     /// Turn on the kernel's BPF run-time accounting for
-    /// connmon_bpf_program_run_seconds_total. It costs every BPF program on
-    /// the host two clock reads per run [default: true].
+    /// connmon_bpf_program_run_seconds_total while connmon runs. It costs
+    /// every BPF program on the host two clock reads per run, so it is off
+    /// unless asked for (or the node sets kernel.bpf_stats_enabled=1)
+    /// [default: false].
     #[arg(long, env = "CONNMON_BPF_RUN_TIME_STATS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub bpf_run_time_stats: Option<bool>,
 }

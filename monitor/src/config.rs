@@ -83,7 +83,8 @@ pub struct Settings {
     /// instead of the bundled Mozilla roots.
     pub alert_ca_certs: Option<Vec<Vec<u8>>>,
     /// Turn on the kernel's BPF run-time accounting (host-wide) for
-    /// `connmon_bpf_program_run_seconds_total`.
+    /// `connmon_bpf_program_run_seconds_total`. Off by default: it costs
+    /// every BPF program on the host, not only connmon's.
     pub bpf_run_time_stats: bool,
 }
 
@@ -114,7 +115,7 @@ impl Default for Settings {
             at_risk_interval: Duration::from_secs(60),
             web_config: WebConfig::default(),
             alert_ca_certs: None,
-            bpf_run_time_stats: true,
+            bpf_run_time_stats: false,
         }
     }
 }

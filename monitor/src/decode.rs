@@ -5,7 +5,7 @@ use monitor_common::{
     event::{
         EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
         EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED, PROGRESS_DATA_RECEIVED,
-        SocketEvent as RawEvent,
+        SocketEvent as RawEvent, split_state_change_detail,
     },
     retransmit::{
         RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
@@ -61,9 +61,9 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
             tcp_retries2: raw.tcp.tcp_retries2,
         }),
         EVENT_STATE_CHANGE => EventKind::StateChange {
-            old: TcpState((raw.detail >> 8) as u8),
-            new: TcpState(raw.detail as u8),
-            errno: (raw.detail >> 16) as i32,
+            old: TcpState(split_state_change_detail(raw.detail).0),
+            new: TcpState(split_state_change_detail(raw.detail).1),
+            errno: i32::from(split_state_change_detail(raw.detail).2),
         },
         EVENT_RESET_RECEIVED => EventKind::ResetReceived,
         EVENT_RESET_SENT => EventKind::ResetSent,

@@ -16,7 +16,7 @@ use prometheus::{
 };
 
 use crate::{
-    attribution::{container, procfs},
+    attribution::{container, procfs, unwatched::OwnerIncrement},
     capture::{counters::CounterSnapshot, stats::ProgramStats},
     detect::{Finding, Storm},
     event::{Connection, EventKind, ProcessRef, Role, SocketEvent},
@@ -49,7 +49,6 @@ pub struct Metrics {
     series_capped: IntCounterVec,
     fail_fast: IntCounterVec,
     at_risk: IntGaugeVec,
-    socket_map_evictions: prometheus::IntCounter,
     inferred_timeout: prometheus::GaugeVec,
     state: Mutex<State>,
 }
@@ -63,11 +62,6 @@ struct State {
     active_storm_labels: HashMap<u64, Vec<String>>,
     /// Last cumulative kernel values, to export deltas.
     kernel_seen: HashMap<String, u64>,
-    /// Live entries of the kernel socket map, when last counted.
-    kernel_live_sockets: Option<u64>,
-    /// Entries userspace inserted (start-up inventory): not in the
-    /// kernel's insert counter.
-    primed_sockets: u64,
     /// cgroup id -> container label.
     containers: HashMap<u64, String>,
     /// Retransmit counters already resolved, by what their labels are made
@@ -207,21 +201,21 @@ impl Metrics {
         let tracked_sockets = IntGaugeVec::new(
             Opts::new(
                 "connmon_tracked_sockets",
-                "Sockets connmon tracks: table=kernel (socket map), userspace.",
+                "Sockets connmon tracks: table=kernel (watched sockets with kernel state), userspace (sockets a record was seen for).",
             ),
             &["table"],
         )?;
         let program_run_seconds = prometheus::CounterVec::new(
             Opts::new(
                 "connmon_bpf_program_run_seconds_total",
-                "Time spent in each BPF program.",
+                "Time spent in each BPF program, as the kernel accounts it: it accounts only while BPF run-time statistics are on (sysctl kernel.bpf_stats_enabled=1 on the node, or connmon --bpf-run-time-stats, both costing every BPF program on the host two clock reads per run); otherwise this stays 0.",
             ),
             &["program"],
         )?;
         let program_runs = IntCounterVec::new(
             Opts::new(
                 "connmon_bpf_program_runs_total",
-                "Runs of each BPF program.",
+                "Runs of each BPF program, counted by the kernel only while BPF run-time statistics are on (see connmon_bpf_program_run_seconds_total).",
             ),
             &["program"],
         )?;
@@ -280,11 +274,6 @@ impl Metrics {
             &["process", "container", "destination"],
         )?;
         registry.register(Box::new(at_risk.clone()))?;
-        let socket_map_evictions = prometheus::IntCounter::new(
-            "connmon_socket_map_evictions_total",
-            "Sockets the kernel's LRU socket map dropped while still open (more live sockets than --socket-map-entries): inserts - removals - live entries.",
-        )?;
-        registry.register(Box::new(socket_map_evictions.clone()))?;
         let inferred_timeout = prometheus::GaugeVec::new(
             Opts::new(
                 "connmon_inferred_path_idle_timeout_seconds",
@@ -337,7 +326,6 @@ impl Metrics {
             series_capped,
             fail_fast,
             at_risk,
-            socket_map_evictions,
             inferred_timeout,
             state: Mutex::new(State::default()),
         })
@@ -574,49 +562,41 @@ impl Metrics {
         let emitted =
             Self::kernel_delta(&mut state, "emitted".into(), counters.get(EVENTS_EMITTED));
         self.kernel_events_emitted.inc_by(emitted);
-        let live = state.kernel_live_sockets.unwrap_or_else(|| {
-            (counters.get(SOCKETS_ADDED) + state.primed_sockets)
-                .saturating_sub(counters.get(SOCKETS_REMOVED))
-        });
+        // Storage is freed with its socket; every socket with storage ends
+        // in tcp_destroy_sock, which counts the removal.
+        let live = counters
+            .get(SOCKETS_ADDED)
+            .saturating_sub(counters.get(SOCKETS_REMOVED));
         self.tracked_sockets
             .with_label_values(&["kernel"])
             .set(i64::try_from(live).unwrap_or(i64::MAX));
     }
 
-    /// Retransmits of unwatched sockets, aggregated in the kernel by owner.
-    pub fn observe_unwatched_retransmits(&self, totals: &[(u64, String, u8, Role, u64)]) {
+    /// Retransmits of unwatched sockets, counted in the kernel per socket
+    /// and handed out per owner (`attribution::unwatched`).
+    pub fn observe_unwatched_retransmits(&self, increments: &[OwnerIncrement]) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        for (cgroup_id, comm, kind, role, total) in totals {
-            let key = format!("owner/{cgroup_id}/{comm}/{kind}/{}", role_label(*role));
-            let delta = Self::kernel_delta(&mut state, key, *total);
-            if delta == 0 {
-                continue;
-            }
-            let container = Self::container_of(&mut state, *cgroup_id);
-            let kind = match *kind {
+        for increment in increments {
+            let container = Self::container_of(&mut state, increment.cgroup_id);
+            let kind = match increment.kind {
                 monitor_common::retransmit::RETRANSMIT_TIMEOUT => "timeout",
                 monitor_common::retransmit::RETRANSMIT_FAST => "fast",
                 monitor_common::retransmit::RETRANSMIT_TAIL_LOSS_PROBE => "tail_loss_probe",
                 _ => "unknown",
             };
-            let process = if comm.is_empty() {
-                "unknown".to_string()
-            } else {
-                comm.clone()
-            };
             let labels = vec![
-                process,
+                increment.comm.clone(),
                 container,
                 OTHER.to_string(),
                 kind.to_string(),
-                role_label(*role).to_string(),
+                role_label(increment.role).to_string(),
             ];
             let labels = self.capped(&mut state, "connmon_retransmits_total", labels, 3);
             self.retransmits
                 .with_label_values(&labels.iter().map(String::as_str).collect::<Vec<_>>())
-                .inc_by(delta);
+                .inc_by(increment.count);
         }
     }
 
@@ -657,33 +637,6 @@ impl Metrics {
 
     pub fn observe_fail_fast(&self, result: &str) {
         self.fail_fast.with_label_values(&[result]).inc();
-    }
-
-    /// Entries the start-up inventory put into the kernel socket map.
-    pub fn note_primed_sockets(&self, count: u64) {
-        if let Ok(mut state) = self.state.lock() {
-            state.primed_sockets += count;
-        }
-    }
-
-    /// The kernel socket map's live entries, counted by iterating it, with
-    /// the insert counter read before and the removal counter read after the
-    /// count: `added - removed - live` is then a lower bound of the LRU's
-    /// evictions (never a false alarm from sockets that came and went
-    /// while counting).
-    pub fn observe_socket_map(&self, added_before: u64, removed_after: u64, live: u64) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        state.kernel_live_sockets = Some(live);
-        let evicted = (added_before + state.primed_sockets)
-            .saturating_sub(removed_after)
-            .saturating_sub(live);
-        let seen = state.kernel_seen.entry("evictions".into()).or_insert(0);
-        if evicted > *seen {
-            self.socket_map_evictions.inc_by(evicted - *seen);
-            *seen = evicted;
-        }
     }
 
     pub fn set_userspace_sockets(&self, count: usize) {
@@ -848,8 +801,16 @@ mod tests {
     #[test]
     fn unwatched_retransmits_go_to_destination_other() {
         let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
-        metrics.observe_unwatched_retransmits(&[(0, "curl".into(), 2, Role::Client, 4)]);
-        metrics.observe_unwatched_retransmits(&[(0, "curl".into(), 2, Role::Client, 6)]);
+        let increment = |count| OwnerIncrement {
+            comm: "curl".into(),
+            cgroup_id: 0,
+            kind: 2,
+            role: Role::Client,
+            count,
+        };
+        // Increments add up (the per-socket deltas are taken upstream).
+        metrics.observe_unwatched_retransmits(&[increment(4)]);
+        metrics.observe_unwatched_retransmits(&[increment(2)]);
         assert!(metrics.render().contains(
             r#"connmon_retransmits_total{container="",destination="other",kind="fast",process="curl",role="client"} 6"#
         ));

@@ -233,6 +233,32 @@ impl Daemon {
             .unwrap_or(0.0))
     }
 
+    /// The sum of every series of `family` in one scrape (0 when it has
+    /// none yet: a labelled family appears with its first series).
+    pub fn metric_sum(&self, family: &str) -> Result<f64> {
+        let body = self.http_get("/metrics")?;
+        Ok(body
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(family)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Waits until every record the kernel programs wrote so far has been
+    /// processed or counted lost: what connmon will say about the past is
+    /// said.
+    pub fn drained(&self, timeout: Duration) -> Result<()> {
+        let emitted = self.metric_sum("connmon_kernel_events_emitted_total")?;
+        crate::poll::until("connmon to process every record", timeout, || {
+            let done = self.metric_sum("connmon_events_total")?
+                + self.metric_sum("connmon_lost_records_total")?;
+            Ok((done >= emitted).then_some(()))
+        })
+    }
+
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }

@@ -166,7 +166,7 @@ pub fn run(plan: &SoakPlan) -> Result<SoakReport> {
             "resident memory grew: {warm} KiB after warm-up, {late} KiB at the end (allowed {allowed} KiB)"
         ));
     }
-    let evictions = connmon.metric("connmon_socket_map_evictions_total")?;
+    let refused = connmon.metric("connmon_lost_records_total{reason=\"socket_map_full\"}")?;
     let events = connmon.metric("connmon_kernel_events_emitted_total")?;
 
     let mut lines = vec![
@@ -175,7 +175,7 @@ pub fn run(plan: &SoakPlan) -> Result<SoakReport> {
             plan.duration.as_secs(),
             plan.churn_per_second
         ),
-        format!("kernel records emitted {events}, lost {lost}, socket map evictions {evictions}"),
+        format!("kernel records emitted {events}, lost {lost}, sockets refused kernel state {refused}"),
         format!(
             "connmon CPU {cpu_seconds:.1} s ({:.1} % of one core)",
             100.0 * cpu_seconds / plan.duration.as_secs_f64()

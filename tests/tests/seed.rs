@@ -179,16 +179,22 @@ fn redis_server_retransmitting_to_a_dead_subscriber_is_a_server_storm() -> Resul
 
 /// Closes the client's connection and waits until connmon has processed
 /// its destruction: every event before it (and any finding) is out by then.
+/// Closes the client and waits until connmon has processed everything
+/// the kernel said about it: the kernel has dropped the socket's state
+/// (a quiet socket's end is no record) and every record written is
+/// processed.
 fn close_and_sync(connmon: &Daemon, client: &mut Process) -> Result<()> {
-    let destroyed = "connmon_events_total{event=\"destroyed\"}";
-    let before = connmon.metric(destroyed)?;
+    let tracked = "connmon_tracked_sockets{table=\"kernel\"}";
+    let before = connmon.metric(tracked)?;
+    ensure!(before >= 1.0, "connmon tracks the client's socket");
     client.send_line("quit")?;
     client.stdout.wait_for("closed", Duration::from_secs(20))?;
     poll::until(
         "connmon to see the socket destroyed",
         Duration::from_secs(20),
-        || Ok((connmon.metric(destroyed)? > before).then_some(())),
-    )
+        || Ok((connmon.metric(tracked)? < before).then_some(())),
+    )?;
+    connmon.drained(Duration::from_secs(10))
 }
 
 #[test]

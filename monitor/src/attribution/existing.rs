@@ -14,8 +14,7 @@ use std::{
 };
 
 use monitor_common::socket::{
-    Activity, OWNER_SOURCE_PROC, Owner, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
-    SOCKET_FLAG_WATCHED, SocketState,
+    Activity, OWNER_SOURCE_PROC, Owner, PrimedSocket, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
 };
 use tracing::debug;
 
@@ -42,7 +41,7 @@ fn processes_by_netns(proc_root: &Path) -> BTreeMap<u32, Vec<u32>> {
 pub struct KnownSocket {
     pub cookie: u64,
     pub netns: u32,
-    pub state: SocketState,
+    pub state: PrimedSocket,
     /// How many processes hold the socket (fork, fd passing).
     pub holders: usize,
 }
@@ -121,8 +120,8 @@ pub fn scan(proc_root: &Path, watched: &dyn Fn(u16, u16) -> bool) -> Vec<Namespa
 }
 
 /// The watched sockets of every namespace, with owners and last activity,
-/// ready for the kernel map. `now_ns` is CLOCK_MONOTONIC, the kernel
-/// programs' time base.
+/// ready for the kernel. `now_ns` is CLOCK_MONOTONIC, the records' time
+/// base.
 pub fn inventory(
     proc_root: &Path,
     watched: &dyn Fn(u16, u16) -> bool,
@@ -154,7 +153,7 @@ pub fn inventory(
             cookie: socket.cookie,
             netns: scanned.netns,
             holders: pids.len(),
-            state: SocketState {
+            state: PrimedSocket {
                 owner,
                 activity: Activity {
                     last_send_ns,
@@ -162,9 +161,6 @@ pub fn inventory(
                     burst_start_ns: last_send_ns.max(last_recv_ns),
                     idle_before_burst_ns: 0,
                 },
-                first_seen_ns: now_ns,
-                retransmits: 0,
-                flags: SOCKET_FLAG_WATCHED,
             },
         });
     }

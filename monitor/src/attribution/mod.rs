@@ -7,6 +7,7 @@ pub mod container;
 pub mod existing;
 pub mod pods;
 pub mod procfs;
+pub mod unwatched;
 
 use std::{
     collections::HashMap,

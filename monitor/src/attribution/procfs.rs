@@ -97,6 +97,13 @@ pub fn parse_tcp_line(line: &str) -> Option<(std::net::SocketAddr, std::net::Soc
     ))
 }
 
+/// A process's name (`/proc/PID/comm`).
+pub fn comm(proc_root: &Path, pid: u32) -> Option<String> {
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
+        .ok()
+        .map(|comm| comm.trim_end().to_string())
+}
+
 /// `socket:[12345]` -> 12345.
 pub fn parse_socket_link(link: &str) -> Option<u32> {
     link.strip_prefix("socket:[")?

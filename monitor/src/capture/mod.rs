@@ -14,14 +14,19 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FExit, ProgramError},
 };
-use monitor_common::globals::ProbeSettings;
+use monitor_common::{
+    counters::UnwatchedRetransmits, globals::ProbeSettings, socket::PrimedSocket,
+};
 use tracing::{info, warn};
 
 pub use self::hooks::{HOOKS, Hook};
 use self::offsets::KernelBtf;
 
-/// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if absent.
-const BPF_NOEXIST: u64 = 1;
+/// Names of the kernel object's maps, in one place.
+pub mod map_names {
+    pub const PRIMED_SOCKETS: &str = "PRIMED_SOCKETS";
+    pub const UNWATCHED_RETRANSMITS: &str = "UNWATCHED_RETRANSMITS";
+}
 
 /// Where the kernel publishes its own BTF.
 pub const KERNEL_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -58,6 +63,10 @@ pub enum CaptureError {
     Load(String),
     #[error("attaching {hook} failed: {reason}")]
     Attach { hook: &'static str, reason: String },
+    #[error(
+        "cannot tell the kernel's tick length (clock_getres(CLOCK_MONOTONIC_COARSE) failed or is not a tick)"
+    )]
+    Clock,
     #[error("kernel map {name}: {reason}")]
     Map { name: &'static str, reason: String },
 }
@@ -139,16 +148,22 @@ impl Capture {
             "hooks chosen for this kernel"
         );
 
+        let ns_per_jiffy = ns_per_jiffy().ok_or(CaptureError::Clock)?;
+        let idle_threshold_ticks = config.idle_threshold_ns.div_ceil(ns_per_jiffy);
         let settings = ProbeSettings {
             // Refresh activity times at a quarter of the idle threshold, at
-            // most once a second: precise enough, and rare writes.
-            activity_granularity_ns: (config.idle_threshold_ns / 4).clamp(1_000_000, 1_000_000_000),
+            // most once a second and at least once a jiffy: precise enough,
+            // and rare writes.
+            activity_granularity_ticks: (config.idle_threshold_ns / 4)
+                .clamp(1, 1_000_000_000)
+                .div_ceil(ns_per_jiffy),
+            idle_threshold_ticks,
             idle_threshold_ns: config.idle_threshold_ns,
             watch_all_ports: u32::from(config.watch_all_ports),
             retransmit_has_err: u32::from(
                 kernel_btf.tracepoint_args("tcp_retransmit_skb") == Some(3),
             ),
-            ns_per_jiffy: ns_per_jiffy(),
+            ns_per_jiffy,
             every_state_change: u32::from(config.every_state_change),
             _pad: 0,
         };
@@ -163,7 +178,7 @@ impl Capture {
             .btf(Some(&aya_btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("SETTINGS", &settings, true)
-            .map_max_entries("SOCKETS", config.socket_map_entries)
+            .map_max_entries(map_names::PRIMED_SOCKETS, config.socket_map_entries.max(1))
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(PROGRAMS_OBJECT)
             .map_err(load_error)?;
@@ -227,32 +242,26 @@ impl Capture {
         &self.degraded
     }
 
-    /// Writes sockets found at start-up (they predate the programs) into the
-    /// socket map. Entries the programs created meanwhile are newer and
-    /// win. Returns how many were added.
+    /// Hands sockets found at start-up (they predate the programs) to the
+    /// kernel, which moves each into the socket's storage when it first
+    /// sees the socket. Returns how many were accepted.
     pub fn prime_sockets(
         &mut self,
         known: &[crate::attribution::existing::KnownSocket],
     ) -> Result<usize, CaptureError> {
-        let map = self.ebpf.map_mut("SOCKETS").ok_or(CaptureError::Map {
-            name: "SOCKETS",
+        let name = map_names::PRIMED_SOCKETS;
+        let map = self.ebpf.map_mut(name).ok_or(CaptureError::Map {
+            name,
             reason: "missing from the object".into(),
         })?;
-        let mut sockets: aya::maps::HashMap<
-            &mut MapData,
-            u64,
-            monitor_common::socket::SocketState,
-        > = aya::maps::HashMap::try_from(map).map_err(|error| CaptureError::Map {
-            name: "SOCKETS",
-            reason: error.to_string(),
-        })?;
+        let mut primed: aya::maps::HashMap<&mut MapData, u64, PrimedSocket> =
+            aya::maps::HashMap::try_from(map).map_err(|error| CaptureError::Map {
+                name,
+                reason: error.to_string(),
+            })?;
         let mut added = 0;
         for socket in known {
-            // An entry the programs made meanwhile is fresher: don't replace it.
-            if sockets
-                .insert(socket.cookie, socket.state, BPF_NOEXIST)
-                .is_ok()
-            {
+            if primed.insert(socket.cookie, socket.state, 0).is_ok() {
                 added += 1;
             }
         }
@@ -277,39 +286,17 @@ impl Capture {
         stats::ProgramStatsReader::new(std::mem::take(&mut self.program_fds), enabled)
     }
 
-    /// Takes the per-owner retransmit counts of unwatched sockets (once).
-    pub fn take_retransmits_by_owner(
+    /// Takes the per-socket retransmit counts of unwatched sockets (once).
+    pub fn take_unwatched_retransmits(
         &mut self,
-    ) -> Result<
-        aya::maps::PerCpuHashMap<MapData, monitor_common::counters::RetransmitOwnerKey, u64>,
-        CaptureError,
-    > {
-        let map = self
-            .ebpf
-            .take_map("RETRANSMITS_BY_OWNER")
-            .ok_or(CaptureError::Map {
-                name: "RETRANSMITS_BY_OWNER",
-                reason: "already taken".into(),
-            })?;
-        aya::maps::PerCpuHashMap::try_from(map).map_err(|error| CaptureError::Map {
-            name: "RETRANSMITS_BY_OWNER",
-            reason: error.to_string(),
-        })
-    }
-
-    /// Takes the socket map (once, after `prime_sockets`), to count its live
-    /// entries: with the insert and delete counters that gives the LRU's
-    /// evictions.
-    pub fn take_socket_map(
-        &mut self,
-    ) -> Result<aya::maps::HashMap<MapData, u64, monitor_common::socket::SocketState>, CaptureError>
-    {
-        let map = self.ebpf.take_map("SOCKETS").ok_or(CaptureError::Map {
-            name: "SOCKETS",
+    ) -> Result<aya::maps::HashMap<MapData, u64, UnwatchedRetransmits>, CaptureError> {
+        let name = map_names::UNWATCHED_RETRANSMITS;
+        let map = self.ebpf.take_map(name).ok_or(CaptureError::Map {
+            name,
             reason: "already taken".into(),
         })?;
         aya::maps::HashMap::try_from(map).map_err(|error| CaptureError::Map {
-            name: "SOCKETS",
+            name,
             reason: error.to_string(),
         })
     }
@@ -341,8 +328,8 @@ impl Capture {
 }
 
 /// The kernel tick: the coarse clocks advance once per jiffy, so their
-/// resolution is 1e9 / CONFIG_HZ. 0 (unknown) switches the estimate off.
-fn ns_per_jiffy() -> u64 {
+/// resolution is 1e9 / CONFIG_HZ (the socket activity's time base).
+fn ns_per_jiffy() -> Option<u64> {
     let mut resolution = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -350,9 +337,12 @@ fn ns_per_jiffy() -> u64 {
     // SAFETY: `resolution` is a valid, writable timespec for the call.
     let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut resolution) };
     if rc != 0 || resolution.tv_sec != 0 {
-        return 0;
+        return None;
     }
-    u64::try_from(resolution.tv_nsec).unwrap_or(0)
+    // CONFIG_HZ is 100 to 1000: a tick of 1 to 10 ms.
+    u64::try_from(resolution.tv_nsec)
+        .ok()
+        .filter(|ns| (1_000_000..=10_000_000).contains(ns))
 }
 
 fn fill_watched_ports(ebpf: &mut Ebpf, ports: &BTreeSet<u16>) -> Result<(), CaptureError> {

@@ -247,6 +247,10 @@ pub fn resolve(btf: &KernelBtf) -> Result<(KernelOffsets, Vec<String>), CaptureE
         opt("inet_connection_sock", "icsk_ack.lrcvtime"),
         &mut offsets.icsk_ack_lrcvtime,
     )?;
+    take(opt("sock", "sk_bpf_storage"), &mut offsets.sk_bpf_storage)?;
+    take(opt("sock", "sk_cgrp_data.cgroup"), &mut offsets.sk_cgroup)?;
+    take(opt("cgroup", "kn"), &mut offsets.cgroup_kn)?;
+    take(opt("kernfs_node", "id"), &mut offsets.kernfs_node_id)?;
     Ok((offsets, warnings))
 }
 
@@ -269,6 +273,11 @@ mod tests {
         assert!(offsets.tcp_snd_una > offsets.icsk_retransmits);
         assert!(offsets.icsk_ca_state_bits >= 1 && offsets.icsk_ca_state_bits <= 8);
         assert_ne!(offsets.task_comm, OFFSET_ABSENT);
+        // Socket-local storage and the socket's cgroup, found through the
+        // embedded `sk_cgrp_data`.
+        assert!(offsets.sk_bpf_storage > offsets.sk_protocol.min(offsets.skc_net));
+        assert_ne!(offsets.sk_cgroup, OFFSET_ABSENT);
+        assert_ne!(offsets.kernfs_node_id, OFFSET_ABSENT);
     }
 
     #[test]

@@ -8,7 +8,12 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::{
-    attribution::{Attributor, existing::OwnerResolver, pods::PodDirectory},
+    attribution::{
+        Attributor,
+        existing::OwnerResolver,
+        pods::PodDirectory,
+        unwatched::{UnwatchedRetransmitters, resolve_from_proc},
+    },
     capture::{Capture, reader},
     clock::{WallClock, monotonic_now_ns},
     commands::audit,
@@ -40,16 +45,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Capture::start(&settings.capture_config()).context("starting kernel capture")?;
     let ring = capture.take_events()?;
 
-    let primed = prime_existing_sockets(&mut capture, &settings.capture_config());
-    status.metrics.note_primed_sockets(primed as u64);
+    prime_existing_sockets(&mut capture, &settings.capture_config());
     crate::memory::release_freed_memory();
-    let socket_count = spawn_socket_map_counter(capture.take_socket_map()?, status.clone());
+    let loss_log = spawn_loss_log(status.clone());
+    let unwatched = spawn_unwatched_retransmits(capture.take_unwatched_retransmits()?, status.clone());
     let stats = Arc::new(reader::ReaderStats::default());
     let (tx, mut rx) = reader::channel();
     status.set_kernel_sources(KernelSources {
         counters: capture.take_counters()?,
         programs: capture.program_stats(settings.bpf_run_time_stats),
-        retransmits_by_owner: capture.take_retransmits_by_owner()?,
         reader: stats.clone(),
     });
     let reader = reader::spawn(ring, tx, stats).context("polling the event ring buffer")?;
@@ -148,7 +152,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     reader.abort();
     at_risk.abort();
-    socket_count.abort();
+    loss_log.abort();
+    unwatched.abort();
     drop(capture);
     server.abort();
     info!("kernel programs detached");
@@ -196,29 +201,21 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
     })
 }
 
-/// How often the kernel socket map's live entries are counted.
-const SOCKET_MAP_COUNT_INTERVAL: Duration = Duration::from_secs(10);
+/// How often kernel-side losses are checked for the log.
+const LOSS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Counts the socket map's live entries periodically, off the async
-/// threads (one syscall per entry); the metrics derive evictions from it.
-fn spawn_socket_map_counter(
-    map: aya::maps::HashMap<aya::maps::MapData, u64, monitor_common::socket::SocketState>,
-    status: Arc<Status>,
-) -> tokio::task::JoinHandle<()> {
-    let map = Arc::new(map);
+/// Logs records the kernel lost, at most once per interval (they are
+/// counted and exported at every scrape).
+fn spawn_loss_log(status: Arc<Status>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SOCKET_MAP_COUNT_INTERVAL);
+        let mut tick = tokio::time::interval(LOSS_LOG_INTERVAL);
         let mut last_lost = [0u64; 2];
         loop {
             tick.tick().await;
-            use monitor_common::counters::{
-                LOST_RINGBUF_FULL, LOST_SOCKET_MAP_FULL, SOCKETS_ADDED, SOCKETS_REMOVED,
-            };
-            let Some(before) = status.kernel_counters() else {
+            use monitor_common::counters::{LOST_RINGBUF_FULL, LOST_SOCKET_MAP_FULL};
+            let Some(counters) = status.kernel_counters() else {
                 continue;
             };
-            // Losses are counted in the kernel and exported; say so in the
-            // log too, at most once per interval.
             for (slot, (index, reason)) in [
                 (LOST_RINGBUF_FULL, "ring_buffer_full"),
                 (LOST_SOCKET_MAP_FULL, "socket_map_full"),
@@ -226,9 +223,9 @@ fn spawn_socket_map_counter(
             .into_iter()
             .enumerate()
             {
-                let total = before.get(index);
+                let total = counters.get(index);
                 if total > last_lost[slot] {
-                    tracing::warn!(
+                    warn!(
                         reason,
                         lost = total - last_lost[slot],
                         total,
@@ -237,20 +234,42 @@ fn spawn_socket_map_counter(
                     last_lost[slot] = total;
                 }
             }
-            let map = map.clone();
-            let Ok(live) =
-                tokio::task::spawn_blocking(move || map.keys().filter(Result::is_ok).count()).await
+        }
+    })
+}
+
+/// How often the kernel's per-socket retransmit counts of unwatched sockets
+/// are read and handed out per owner.
+const UNWATCHED_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Reads the unwatched sockets' retransmit counts periodically, off the
+/// async threads (one syscall per entry, and /proc reads to name owners,
+/// rate-bounded in `UnwatchedRetransmitters`).
+fn spawn_unwatched_retransmits(
+    map: aya::maps::HashMap<aya::maps::MapData, u64, monitor_common::counters::UnwatchedRetransmits>,
+    status: Arc<Status>,
+) -> tokio::task::JoinHandle<()> {
+    let shared = Arc::new(std::sync::Mutex::new((map, UnwatchedRetransmitters::default())));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UNWATCHED_INTERVAL);
+        loop {
+            tick.tick().await;
+            let shared = shared.clone();
+            let Ok(increments) = tokio::task::spawn_blocking(move || {
+                let Ok(mut guard) = shared.lock() else {
+                    return Vec::new();
+                };
+                let (map, table) = &mut *guard;
+                let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+                table.account(std::time::Instant::now(), &entries, |pending| {
+                    resolve_from_proc(std::path::Path::new("/proc"), pending)
+                })
+            })
+            .await
             else {
                 continue;
             };
-            let Some(after) = status.kernel_counters() else {
-                continue;
-            };
-            status.metrics.observe_socket_map(
-                before.get(SOCKETS_ADDED),
-                after.get(SOCKETS_REMOVED),
-                live as u64,
-            );
+            status.metrics.observe_unwatched_retransmits(&increments);
         }
     })
 }
@@ -263,11 +282,8 @@ fn hostname() -> String {
 }
 
 /// Learns the watched connections that predate the daemon (owners from
-/// /proc, last activity from tcp_info) and hands them to the kernel map.
-pub fn prime_existing_sockets(
-    capture: &mut Capture,
-    config: &crate::capture::CaptureConfig,
-) -> usize {
+/// /proc, last activity from tcp_info) and hands them to the kernel.
+pub fn prime_existing_sockets(capture: &mut Capture, config: &crate::capture::CaptureConfig) {
     let ports = config.watched_ports.clone();
     let all_ports = config.watch_all_ports;
     let watched = move |local: u16, remote: u16| {
@@ -289,11 +305,9 @@ pub fn prime_existing_sockets(
                 found = known.len(),
                 added, unowned, shared, "learned existing watched connections"
             );
-            added
         }
         Err(error) => {
             warn!(%error, "cannot record existing connections; they get owners when next used");
-            0
         }
     }
 }

@@ -19,12 +19,8 @@ use std::{
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde::Serialize;
 
-use aya::maps::{MapData, PerCpuHashMap};
-use monitor_common::counters::RetransmitOwnerKey;
-
 use crate::{
     capture::{counters::KernelCounters, reader::ReaderStats, stats::ProgramStatsReader},
-    event::Role,
     metrics::Metrics,
     output::report::FindingRecord,
 };
@@ -44,7 +40,6 @@ pub struct Status {
 pub struct KernelSources {
     pub counters: KernelCounters,
     pub programs: ProgramStatsReader,
-    pub retransmits_by_owner: PerCpuHashMap<MapData, RetransmitOwnerKey, u64>,
     pub reader: Arc<ReaderStats>,
 }
 
@@ -57,31 +52,6 @@ impl KernelSources {
             Err(error) => tracing::warn!(%error, "cannot read kernel counters"),
         }
         metrics.observe_programs(&self.programs.read());
-        let mut totals = Vec::new();
-        for entry in self.retransmits_by_owner.iter() {
-            let Ok((key, per_cpu)) = entry else { continue };
-            let total = per_cpu
-                .iter()
-                .fold(0u64, |sum, value| sum.wrapping_add(*value));
-            let comm_len = key
-                .comm
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(key.comm.len());
-            let role = match key.role {
-                monitor_common::socket::ROLE_CLIENT => Role::Client,
-                monitor_common::socket::ROLE_SERVER => Role::Server,
-                _ => Role::Unknown,
-            };
-            totals.push((
-                key.cgroup_id,
-                String::from_utf8_lossy(&key.comm[..comm_len]).into_owned(),
-                key.kind,
-                role,
-                total,
-            ));
-        }
-        metrics.observe_unwatched_retransmits(&totals);
     }
 }
 

@@ -101,7 +101,8 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     let Some(state) = storage(sk) else {
         // First seen mid-life: the socket predates connmon (or its storage
         // was refused earlier).
-        let Some(state) = first_sight(sk, current_owner(source, ROLE_UNKNOWN), now) else {
+        let Some(state) = first_sight(sk, current_owner(source, ROLE_UNKNOWN), now, is_send)
+        else {
             return;
         };
         let idle_threshold = setting!(idle_threshold_ticks);
@@ -265,7 +266,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     };
 
     let state = if ports_watched(sk) {
-        storage(sk).or_else(|| first_sight(sk, Owner::default(), now_ticks()))
+        storage(sk).or_else(|| first_sight(sk, Owner::default(), now_ticks(), false))
     } else {
         match existing_storage(sk) {
             Some(state) => Some(state),

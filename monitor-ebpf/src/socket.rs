@@ -125,9 +125,15 @@ pub fn create_storage(sk: *const u8, initial: &SocketState) -> Option<*mut Socke
 /// daemon): its storage starts from what userspace learned at start-up
 /// when it did (owner, role, activity), else from `owner` and the
 /// socket's own receive timestamps, so the idle gap before this moment is
-/// not lost.
+/// not lost. `owner` is the current task in process context (`is_send`
+/// says which hook), or no one (tgid 0) in softirq.
 #[inline(always)]
-pub fn first_sight(sk: *const u8, owner: Owner, now: u64) -> Option<*mut SocketState> {
+pub fn first_sight(
+    sk: *const u8,
+    owner: Owner,
+    now: u64,
+    is_send: bool,
+) -> Option<*mut SocketState> {
     let mut initial = SocketState {
         owner,
         ..SocketState::default()
@@ -137,11 +143,19 @@ pub fn first_sight(sk: *const u8, owner: Owner, now: u64) -> Option<*mut SocketS
         // SAFETY: pointer from a lookup in this run; copied before the
         // entry is deleted.
         let primed = unsafe { *primed };
-        if initial.owner.tgid == 0 {
-            initial.owner = primed.owner;
+        let previous = primed.owner;
+        // The same rule as a known socket's: the writer names the thread,
+        // a reader takes over only from another process.
+        let changed = owner.tgid != 0
+            && (previous.tgid != owner.tgid || (is_send && previous.tid != owner.tid));
+        if changed {
+            initial.owner.role = previous.role;
+            let another_process = previous.tgid != 0 && previous.tgid != owner.tgid;
+            initial.owner.process_changes = previous
+                .process_changes
+                .saturating_add(u8::from(another_process));
         } else {
-            initial.owner.role = primed.owner.role;
-            initial.owner.process_changes = primed.owner.process_changes;
+            initial.owner = previous;
         }
         // SAFETY: a helper without arguments.
         let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };

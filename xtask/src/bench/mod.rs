@@ -8,6 +8,7 @@
 //! on a number, the report states each target as met or missed.
 
 mod env;
+mod floor;
 mod peers;
 mod probe;
 mod report;

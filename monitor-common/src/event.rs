@@ -90,6 +90,9 @@ mod tests {
         assert_eq!(detail, (110 << 16) | (1 << 8) | 7);
         assert_eq!(split_state_change_detail(detail), (1, 7, 110));
         // An errno wider than 16 bits keeps its low bits only.
-        assert_eq!(split_state_change_detail(state_change_detail(4, 5, 0x1_0006)).2, 6);
+        assert_eq!(
+            split_state_change_detail(state_change_detail(4, 5, 0x1_0006)).2,
+            6
+        );
     }
 }

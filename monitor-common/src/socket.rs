@@ -303,6 +303,9 @@ mod tests {
             last_recv_ns: 60,
             ..idle
         };
-        assert!(!may_confirm_storm(&answered, 30), "received since the burst");
+        assert!(
+            !may_confirm_storm(&answered, 30),
+            "received since the burst"
+        );
     }
 }

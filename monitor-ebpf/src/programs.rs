@@ -101,8 +101,7 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     let Some(state) = storage(sk) else {
         // First seen mid-life: the socket predates connmon (or its storage
         // was refused earlier).
-        let Some(state) = first_sight(sk, current_owner(source, ROLE_UNKNOWN), now, is_send)
-        else {
+        let Some(state) = first_sight(sk, current_owner(source, ROLE_UNKNOWN), now, is_send) else {
             return;
         };
         let idle_threshold = setting!(idle_threshold_ticks);
@@ -147,7 +146,9 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
         // receive timestamp.
         state.activity.last_recv = last_receive(sk, now);
     }
-    state.activity.note(now, is_send, setting!(idle_threshold_ticks));
+    state
+        .activity
+        .note(now, is_send, setting!(idle_threshold_ticks));
     if progress {
         state.flags &= !SOCKET_FLAG_RETRANSMITTING;
         emit(

@@ -5,8 +5,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie,
-            bpf_jiffies64, bpf_sk_storage_get, bpf_skc_to_tcp_sock,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie, bpf_jiffies64,
+            bpf_sk_storage_get, bpf_skc_to_tcp_sock,
         },
     },
 };

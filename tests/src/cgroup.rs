@@ -34,6 +34,38 @@ impl Cgroup {
         Ok(Self { created, path })
     }
 
+    /// Makes `command`'s process join the cgroup before it runs, so the
+    /// sockets it creates belong to the cgroup from the start (the kernel
+    /// records a socket's cgroup when the socket is created).
+    pub fn spawn_inside(&self, command: &mut std::process::Command) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(
+            self.path
+                .join("cgroup.procs")
+                .to_string_lossy()
+                .into_owned(),
+        )?;
+        // SAFETY: between fork and exec the closure only makes
+        // async-signal-safe calls (open, write, close) on memory prepared
+        // before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writing process itself.
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
     /// Moves a process into the cgroup.
     pub fn add(&self, pid: u32) -> Result<()> {
         std::fs::write(self.path.join("cgroup.procs"), pid.to_string())

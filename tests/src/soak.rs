@@ -175,7 +175,9 @@ pub fn run(plan: &SoakPlan) -> Result<SoakReport> {
             plan.duration.as_secs(),
             plan.churn_per_second
         ),
-        format!("kernel records emitted {events}, lost {lost}, sockets refused kernel state {refused}"),
+        format!(
+            "kernel records emitted {events}, lost {lost}, sockets refused kernel state {refused}"
+        ),
         format!(
             "connmon CPU {cpu_seconds:.1} s ({:.1} % of one core)",
             100.0 * cpu_seconds / plan.duration.as_secs_f64()

@@ -177,3 +177,66 @@ fn without_cap_sys_admin_an_old_connection_is_still_caught() -> Result<()> {
     );
     Ok(())
 }
+
+/// A port connmon does not watch: the kernel keeps no state for its
+/// sockets and counts a retransmit under the socket's cookie, with the
+/// socket's own cgroup; connmon names the process lazily. The stuck
+/// connection shows up as timeout retransmits of its process and
+/// container, destination `other`, role client.
+#[test]
+fn retransmits_on_an_unwatched_port_count_under_their_process_and_container() -> Result<()> {
+    const ID: &str = "c0ffee0123456789c0ffee0123456789c0ffee0123456789c0ffee0123456789";
+    let ns = connmon_tests::netns::NetNs::create("unwatched")?;
+    ns.sysctl("net.ipv4.tcp_retries2", "4")?;
+    let connmon = Daemon::start(&["--ports", "7301"])?;
+    let cgroup = Cgroup::create(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
+        POD_UID.replace('-', "_")
+    ))?;
+    let peer = env!("CARGO_BIN_EXE_tcp-peer");
+    let mut server = ns.command(peer);
+    server.args(["server", "127.0.0.1:7302"]);
+    let server = connmon_tests::process::Process::spawn("tcp-peer server", server)?;
+    server
+        .stdout
+        .wait_for("listening", Duration::from_secs(10))?;
+    let mut client = ns.command(peer);
+    client.args(["client", "127.0.0.1:7302"]);
+    cgroup.spawn_inside(&mut client)?;
+    let mut client = connmon_tests::process::Process::spawn("tcp-peer client", client)?;
+    client
+        .stdout
+        .wait_for("connected", Duration::from_secs(10))?;
+    ns.blackhole_tcp_port(7302)?;
+    client.send_line("into the void")?;
+    let series = format!(
+        "connmon_retransmits_total{{container=\"{}\",destination=\"other\",kind=\"timeout\",process=\"tcp-peer\",role=\"client\"}}",
+        &ID[..12]
+    );
+    // With tcp_retries2 = 4 the kernel makes 4 RTO retransmits, then gives up.
+    let counted = connmon_tests::poll::until(
+        "the retransmits to be counted under their owner",
+        Duration::from_secs(40),
+        || {
+            let counted = connmon.metric(&series)?;
+            Ok((counted >= 4.0).then_some(counted))
+        },
+    )
+    .map_err(|error| {
+        let metrics = connmon.http_get("/metrics").unwrap_or_default();
+        let retransmits: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("connmon_retransmits_total"))
+            .collect();
+        error.context(format!("connmon_retransmits_total: {retransmits:?}"))
+    })?;
+    assert!(counted >= 4.0, "{counted}");
+    // Nothing about it reached the event stream: the port is not watched.
+    assert!(
+        connmon.findings("storm_started", ns.inode()).is_empty(),
+        "an unwatched port gave a storm"
+    );
+    drop(client);
+    drop(server);
+    Ok(())
+}

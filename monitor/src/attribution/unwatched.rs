@@ -246,9 +246,10 @@ pub fn resolve_from_proc(
         };
         for (cookie, counts) in sockets {
             let (local, remote) = endpoints(&counts.tuple);
-            let inode = inodes.get(cookie).copied().or_else(|| {
-                procfs::tcp_socket_inode(proc_root, representative, local, remote)
-            });
+            let inode = inodes
+                .get(cookie)
+                .copied()
+                .or_else(|| procfs::tcp_socket_inode(proc_root, representative, local, remote));
             let Some(inode) = inode.filter(|&inode| inode != 0) else {
                 continue;
             };
@@ -288,9 +289,7 @@ fn cgroup_members(id: u64) -> Vec<u32> {
     let Some(path) = procfs::cgroup_path_by_id(id) else {
         return Vec::new();
     };
-    let procs: PathBuf = root
-        .join(path.trim_start_matches('/'))
-        .join("cgroup.procs");
+    let procs: PathBuf = root.join(path.trim_start_matches('/')).join("cgroup.procs");
     std::fs::read_to_string(procs)
         .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
         .unwrap_or_default()
@@ -379,7 +378,11 @@ mod tests {
     fn lookups_are_rate_bounded_and_counts_wait_for_a_name() {
         let mut table = UnwatchedRetransmitters::default();
         let t0 = Instant::now();
-        assert!(table.account(t0, &[(1, counts(1, 0))], |_| HashMap::new()).is_empty());
+        assert!(
+            table
+                .account(t0, &[(1, counts(1, 0))], |_| HashMap::new())
+                .is_empty()
+        );
         // Within the interval: no lookup, nothing handed out yet.
         let soon = t0 + SCAN_INTERVAL / 2;
         assert!(
@@ -388,9 +391,7 @@ mod tests {
                 .is_empty()
         );
         let later = t0 + SCAN_INTERVAL;
-        let named = table.account(later, &[(1, counts(4, 0))], |_| {
-            HashMap::from([(1, app())])
-        });
+        let named = table.account(later, &[(1, counts(4, 0))], |_| HashMap::from([(1, app())]));
         assert_eq!(named.iter().map(|i| i.count).sum::<u64>(), 4, "{named:?}");
     }
 
@@ -400,11 +401,11 @@ mod tests {
         let t0 = Instant::now();
         let mut handed = Vec::new();
         for round in 0..u32::from(ATTEMPTS) {
-            handed.extend(table.account(
-                t0 + SCAN_INTERVAL * round,
-                &[(9, counts(3, 0))],
-                |_| HashMap::new(),
-            ));
+            handed.extend(
+                table.account(t0 + SCAN_INTERVAL * round, &[(9, counts(3, 0))], |_| {
+                    HashMap::new()
+                }),
+            );
         }
         assert_eq!(handed.len(), 1, "{handed:?}");
         assert_eq!(handed[0].comm, "unknown");
@@ -415,10 +416,17 @@ mod tests {
     fn an_unnamed_socket_that_vanishes_is_counted_as_unknown() {
         let mut table = UnwatchedRetransmitters::default();
         let t0 = Instant::now();
-        assert!(table.account(t0, &[(4, counts(0, 2))], |_| HashMap::new()).is_empty());
+        assert!(
+            table
+                .account(t0, &[(4, counts(0, 2))], |_| HashMap::new())
+                .is_empty()
+        );
         let gone = table.account(t0 + SCAN_INTERVAL, &[], |_| panic!("nothing pending"));
         assert_eq!(gone.len(), 1);
-        assert_eq!((gone[0].comm.as_str(), gone[0].count, gone[0].kind), ("unknown", 2, 2));
+        assert_eq!(
+            (gone[0].comm.as_str(), gone[0].count, gone[0].kind),
+            ("unknown", 2, 2)
+        );
         assert!(table.is_empty());
     }
 

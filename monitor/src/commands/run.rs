@@ -48,7 +48,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     prime_existing_sockets(&mut capture, &settings.capture_config());
     crate::memory::release_freed_memory();
     let loss_log = spawn_loss_log(status.clone());
-    let unwatched = spawn_unwatched_retransmits(capture.take_unwatched_retransmits()?, status.clone());
+    let unwatched =
+        spawn_unwatched_retransmits(capture.take_unwatched_retransmits()?, status.clone());
     let stats = Arc::new(reader::ReaderStats::default());
     let (tx, mut rx) = reader::channel();
     status.set_kernel_sources(KernelSources {
@@ -246,10 +247,17 @@ const UNWATCHED_INTERVAL: Duration = Duration::from_secs(5);
 /// async threads (one syscall per entry, and /proc reads to name owners,
 /// rate-bounded in `UnwatchedRetransmitters`).
 fn spawn_unwatched_retransmits(
-    map: aya::maps::HashMap<aya::maps::MapData, u64, monitor_common::counters::UnwatchedRetransmits>,
+    map: aya::maps::HashMap<
+        aya::maps::MapData,
+        u64,
+        monitor_common::counters::UnwatchedRetransmits,
+    >,
     status: Arc<Status>,
 ) -> tokio::task::JoinHandle<()> {
-    let shared = Arc::new(std::sync::Mutex::new((map, UnwatchedRetransmitters::default())));
+    let shared = Arc::new(std::sync::Mutex::new((
+        map,
+        UnwatchedRetransmitters::default(),
+    )));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(UNWATCHED_INTERVAL);
         loop {

@@ -15,6 +15,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use super::probe::ProgramWindow;
+
 /// connmon's hooks on 6.3+ kernels (all BTF tracepoints).
 pub const HOOKS: &[&str] = &[
     "sock_send_length",
@@ -89,7 +91,8 @@ impl Floor {
                 continue;
             };
             let program = load_empty(hook, btf_id)?;
-            let link = attach(&program).with_context(|| format!("attaching the floor to {hook}"))?;
+            let link =
+                attach(&program).with_context(|| format!("attaching the floor to {hook}"))?;
             programs.push((hook, program, link));
         }
         if programs.is_empty() {
@@ -98,17 +101,31 @@ impl Floor {
         Ok(Self { programs })
     }
 
+    /// Each hook's runs since `before` (an earlier `stats`), named by hook.
+    pub fn windows(&self, before: &BTreeMap<&'static str, (u64, u64)>) -> Vec<ProgramWindow> {
+        self.stats()
+            .into_iter()
+            .map(|(hook, (runs, time))| {
+                let (runs_before, time_before) = before.get(hook).copied().unwrap_or_default();
+                ProgramWindow {
+                    name: hook.to_string(),
+                    runs: runs.saturating_sub(runs_before),
+                    run_time_ns: time.saturating_sub(time_before),
+                    recursion_misses: 0,
+                }
+            })
+            .collect()
+    }
+
     /// Cumulative (runs, run time ns) per hook, from the kernel's statistics
     /// (`kernel.bpf_stats_enabled=1`).
     pub fn stats(&self) -> BTreeMap<&'static str, (u64, u64)> {
         self.programs
             .iter()
             .map(|(hook, program, _)| {
-                let info = std::fs::read_to_string(format!(
-                    "/proc/self/fdinfo/{}",
-                    program.as_raw_fd()
-                ))
-                .unwrap_or_default();
+                let info =
+                    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", program.as_raw_fd()))
+                        .unwrap_or_default();
                 let field = |key: &str| {
                     info.lines()
                         .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
@@ -128,7 +145,11 @@ fn load_empty(hook: &str, btf_id: u32) -> Result<OwnedFd> {
     let mut name = [0u8; 16];
     let short = format!("floor_{}", hook.trim_start_matches("tcp_"));
     for (slot, byte) in name.iter_mut().zip(short.bytes().take(15)) {
-        *slot = if byte.is_ascii_alphanumeric() { byte } else { b'_' };
+        *slot = if byte.is_ascii_alphanumeric() {
+            byte
+        } else {
+            b'_'
+        };
     }
     let mut log = vec![0u8; 4096];
     let attr = ProgLoadAttr {

@@ -12,6 +12,7 @@ mod floor;
 mod peers;
 mod probe;
 mod report;
+mod stats_check;
 mod workloads;
 
 use std::{path::PathBuf, time::Instant};
@@ -70,6 +71,14 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
     unsafe { std::env::set_var("CONNMON_BIN", &connmon) };
     let scratch = env::Scratch::create()?;
     let _tracefs = env::Tracefs::ensure()?;
+    eprintln!("bench: BPF statistics with connmon's defaults");
+    let stats_untouched = match stats_check::run() {
+        Ok(verdict) => Some(verdict),
+        Err(error) => {
+            eprintln!("bench: the statistics check failed: {error:#}");
+            None
+        }
+    };
     // The kernel's per-program run-time accounting, on for this run only.
     let _stats = env::Sysctl::set("kernel.bpf_stats_enabled", "1")?;
 
@@ -77,6 +86,7 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
         repetitions: options.repetitions(),
         seconds: options.seconds(),
         load_before,
+        stats_untouched,
         ..report::Results::default()
     };
     // A section that fails is reported as such; the others still run.

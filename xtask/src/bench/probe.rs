@@ -155,6 +155,32 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// Busy CPU time of the whole machine so far (all CPUs: user, nice,
+/// system, irq, softirq and steal time from the first line of /proc/stat),
+/// in ns.
+pub fn machine_busy_ns() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|line| line.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|value| value.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&index| fields.get(index))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    Ok(busy * (1_000_000_000 / ticks))
+}
+
 /// Resident memory of `pid`, KiB.
 pub fn resident_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -112,8 +112,9 @@ pub fn run() -> Result<Results> {
             || {
                 interrupt::check()?;
                 let text = daemon.http_get("/metrics")?;
-                let now =
-                    probe::metric_sum(&text, "connmon_tracked_sockets", "table=\"userspace\"");
+                // Kernel state of each watched socket (the userspace table
+                // holds only sockets a record was written for).
+                let now = probe::metric_sum(&text, "connmon_tracked_sockets", "table=\"kernel\"");
                 unchanged = if now > 0.0 && now == tracked {
                     unchanged + 1
                 } else {

@@ -1,8 +1,12 @@
 //! The hot path: redis-benchmark against a real redis-server on the
-//! loopback of a namespace of its own, with connmon attached (watching
-//! 6379, its default) and without. Keep-alive connections exercise the
-//! send/receive hooks; a new connection per request adds the state-change,
-//! destroy and socket-map paths and an event per state change.
+//! loopback of a namespace of its own. Keep-alive connections exercise the
+//! send/receive hooks; a new connection per request adds the state-change
+//! and destroy hooks. Each round runs every setup in a rotating order:
+//! without connmon (the baseline of the machine's CPU per request), with
+//! connmon as it ships (6379 watched), and twice more with an empty
+//! program on each of connmon's hooks next to it (the floor), once with
+//! 6379 watched and once with it unwatched, for connmon's ns per run as a
+//! ratio to the floor in the same window.
 
 use std::time::Duration;
 
@@ -12,17 +16,79 @@ use connmon_tests::{connmon::Daemon, netns::NetNs, poll, process::Process};
 use crate::bench::{
     Options,
     env::interrupt,
+    floor::{self, Floor},
     probe::{self, ProgramWindow},
 };
 
 pub const CLIENTS: u32 = 50;
 
+/// What runs next to the workload in a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    /// Nothing attached: the machine's own CPU per request.
+    Without,
+    /// connmon with its defaults (6379 watched), nothing else.
+    Connmon,
+    /// connmon watching 6379, and the empty programs.
+    WatchedWithFloor,
+    /// connmon watching another port, and the empty programs.
+    UnwatchedWithFloor,
+}
+
+impl Setup {
+    pub const ALL: [Setup; 4] = [
+        Setup::Without,
+        Setup::Connmon,
+        Setup::WatchedWithFloor,
+        Setup::UnwatchedWithFloor,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Setup::Without => "without connmon",
+            Setup::Connmon => "connmon",
+            Setup::WatchedWithFloor => "connmon (6379 watched) + empty programs",
+            Setup::UnwatchedWithFloor => "connmon (6379 unwatched) + empty programs",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Sample {
+    pub round: u32,
     pub keepalive: bool,
-    pub attached: bool,
+    pub setup: Setup,
+    pub requests: u32,
     pub requests_per_second: f64,
+    /// Busy CPU time of the whole machine in the window (every CPU, every
+    /// process and the kernel), from /proc/stat.
+    pub machine_busy_ns: u64,
+    /// connmon's programs in the window.
     pub programs: Vec<ProgramWindow>,
+    /// The empty programs in the window, named by hook.
+    pub floor: Vec<ProgramWindow>,
+}
+
+impl Sample {
+    /// Busy CPU of the whole machine per request, in µs.
+    pub fn cpu_us_per_request(&self) -> f64 {
+        self.machine_busy_ns as f64 / 1e3 / f64::from(self.requests.max(1))
+    }
+
+    /// connmon's ns per run on `hook` over the floor's in this window.
+    pub fn ratio_to_floor(&self, hook: &str) -> Option<f64> {
+        let connmon = self
+            .programs
+            .iter()
+            .find(|p| hook.starts_with(&p.name) || p.name.starts_with(hook))
+            .and_then(ProgramWindow::ns_per_run)?;
+        let floor = self
+            .floor
+            .iter()
+            .find(|p| p.name == hook)
+            .and_then(ProgramWindow::ns_per_run)?;
+        (floor > 0.0).then(|| connmon / floor)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -94,38 +160,54 @@ pub fn run(options: &Options) -> Result<Results> {
         ..Results::default()
     };
     for round in 0..options.repetitions() {
-        // Alternate which goes first, so drift does not favour one side.
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for attached in order {
+        // Rotate which setup goes first, so drift favours none.
+        for index in 0..Setup::ALL.len() {
+            let setup = Setup::ALL[(index + round as usize) % Setup::ALL.len()];
             interrupt::check()?;
             eprintln!(
-                "bench: redis round {}/{}: connmon {}",
+                "bench: redis round {}/{}: {}",
                 round + 1,
                 options.repetitions(),
-                if attached { "attached" } else { "not attached" }
+                setup.label()
             );
-            let daemon = attached.then(|| Daemon::start(&[])).transpose()?;
+            let daemon = match setup {
+                Setup::Without => None,
+                Setup::Connmon | Setup::WatchedWithFloor => Some(Daemon::start(&[])?),
+                // A port nothing uses: every redis socket is unwatched.
+                Setup::UnwatchedWithFloor => Some(Daemon::start(&["--ports", "1"])?),
+            };
+            let floor = matches!(setup, Setup::WatchedWithFloor | Setup::UnwatchedWithFloor)
+                .then(|| Floor::attach(floor::HOOKS))
+                .transpose()?;
             for keepalive in [true, false] {
+                let requests = requests(options, keepalive);
                 let before = daemon
                     .as_ref()
                     .map(|d| probe::programs_of(d.pid()))
                     .transpose()?;
-                let requests_per_second = benchmark(&ns, keepalive, requests(options, keepalive))?;
+                let floor_before = floor.as_ref().map(Floor::stats);
+                let busy_before = probe::machine_busy_ns()?;
+                let requests_per_second = benchmark(&ns, keepalive, requests)?;
+                let machine_busy_ns = probe::machine_busy_ns()?.saturating_sub(busy_before);
                 let programs = match (&daemon, before) {
                     (Some(daemon), Some(before)) => {
                         probe::program_windows(&before, &probe::programs_of(daemon.pid())?)
                     }
                     _ => Vec::new(),
                 };
+                let floor = match (&floor, floor_before) {
+                    (Some(floor), Some(before)) => floor.windows(&before),
+                    _ => Vec::new(),
+                };
                 results.samples.push(Sample {
+                    round,
                     keepalive,
-                    attached,
+                    setup,
+                    requests,
                     requests_per_second,
+                    machine_busy_ns,
                     programs,
+                    floor,
                 });
             }
         }

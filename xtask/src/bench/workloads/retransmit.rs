@@ -11,6 +11,7 @@ use connmon_tests::{netns::NetNs, poll, process::Process};
 use crate::bench::{
     Options,
     env::{Scratch, interrupt},
+    floor::Floor,
     peers::{self, Tool, WORKLOAD_PORT},
     probe::{self, Cpu, ProgramWindow},
 };
@@ -54,6 +55,9 @@ pub struct Sample {
     /// `TcpRetransSegs` of the workload's namespaces.
     pub nstat_segments: u64,
     pub connmon: Option<ConnmonWindow>,
+    /// An empty program on `tcp_retransmit_skb` in the same window (connmon
+    /// windows only): the hook's own cost, connmon's floor.
+    pub floor: Option<ProgramWindow>,
 }
 
 impl Sample {
@@ -220,6 +224,11 @@ fn measure(
     kernel_source: &Path,
 ) -> Result<Sample> {
     let attached = peers::attach(tool, scratch, kernel_source)?;
+    let floor = tool
+        .is_connmon()
+        .then(|| Floor::attach(&["tcp_retransmit_skb"]))
+        .transpose()?;
+    let floor_before = floor.as_ref().map(Floor::stats);
     let pid = attached.pid();
     let programs_before = pid.map(probe::programs_of).transpose()?;
     let cpu_before = pid.map(probe::cpu).transpose()?;
@@ -267,8 +276,13 @@ fn measure(
         }
         _ => None,
     };
+    let floor = match (floor, floor_before) {
+        (Some(floor), Some(before)) => floor.windows(&before).into_iter().next(),
+        _ => None,
+    };
     drop(attached);
     Ok(Sample {
+        floor,
         tool,
         throughput_bps,
         programs,

@@ -265,3 +265,75 @@ fn socket_map_overflow_is_counted_and_exported() -> Result<()> {
     drop(server);
     Ok(())
 }
+
+/// A process may name itself anything (prctl PR_SET_NAME): this one's name
+/// would end a JSON-looking line, start a forged record on the next line
+/// and turn the terminal red. connmon's text findings, its logs and its
+/// Prometheus label values show the name with its control characters
+/// escaped; nothing it prints carries the raw newline or escape byte.
+#[test]
+fn a_hostile_process_name_cannot_forge_output() -> Result<()> {
+    const HOSTILE: &str = "x\"}\n{\"ev\":1\x1b[31";
+    const ESCAPED: &str = "x\"}\\x0a{\"ev\":1\\x1b[31";
+    let ns = connmon_tests::netns::NetNs::create("hostile")?;
+    // The storm gives up in seconds.
+    ns.sysctl("net.ipv4.tcp_retries2", "4")?;
+    let connmon = connmon_tests::connmon::Daemon::start_text(&[
+        "--ports",
+        "7302",
+        "--idle-threshold",
+        "2s",
+    ])?;
+    let peer = env!("CARGO_BIN_EXE_tcp-peer");
+    let mut server = ns.command(peer);
+    server.args(["server", "127.0.0.1:7302"]);
+    let server = connmon_tests::process::Process::spawn("tcp-peer server", server)?;
+    server
+        .stdout
+        .wait_for("listening", Duration::from_secs(10))?;
+    let mut client = ns.command(peer);
+    client
+        .args(["client", "127.0.0.1:7302"])
+        .env("TCP_PEER_COMM", HOSTILE);
+    let mut client = connmon_tests::process::Process::spawn("hostile client", client)?;
+    client
+        .stdout
+        .wait_for("connected", Duration::from_secs(10))?;
+    let comm = std::fs::read(format!("/proc/{}/comm", client.pid()))?;
+    assert_eq!(comm, format!("{HOSTILE}\n").as_bytes(), "the name took");
+    // The idle gap the storm needs (idle threshold 2 s), then a send into
+    // a black hole.
+    std::thread::sleep(Duration::from_millis(2500));
+    ns.blackhole_tcp_port(7302)?;
+    client.send_line("after the idle gap")?;
+
+    let line = connmon_tests::poll::until(
+        "the storm's text line",
+        Duration::from_secs(30),
+        || {
+            Ok(connmon
+                .stdout()
+                .into_iter()
+                .find(|l| l.contains("STORM_STARTED") && l.contains(ESCAPED)))
+        },
+    )
+    .with_context(|| format!("stdout: {:?}", connmon.stdout()))?;
+    assert!(line.contains(&format!("{ESCAPED}[{}]", client.pid())), "{line}");
+    let body = connmon.http_get("/metrics")?;
+    let label = format!("process=\"{}\"", ESCAPED.replace('\\', "\\\\").replace('"', "\\\""));
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("connmon_storms_started_total{") && l.contains(&label)),
+        "no storm counted under {label}:\n{body}"
+    );
+    let mut printed = connmon.stdout();
+    printed.extend(connmon.stderr());
+    printed.extend(body.lines().map(str::to_string));
+    for line in &printed {
+        assert!(!line.contains('\x1b'), "a raw escape byte: {line:?}");
+        assert!(!line.starts_with("{\"ev\":1"), "a forged line: {line:?}");
+    }
+    drop(client);
+    drop(server);
+    Ok(())
+}

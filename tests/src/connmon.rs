@@ -225,6 +225,13 @@ impl Daemon {
         self.process.stderr.snapshot()
     }
 
+    /// Waits up to 10 s for a log line containing `needle`.
+    pub fn process_stderr_wait(&self, needle: &str) -> Result<String> {
+        self.process
+            .stderr
+            .wait_for_containing(needle, Duration::from_secs(10))
+    }
+
     /// Every line printed on stdout so far, JSON or not.
     pub fn stdout(&self) -> Vec<String> {
         self.process.stdout.snapshot()

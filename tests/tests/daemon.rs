@@ -337,3 +337,73 @@ fn a_hostile_process_name_cannot_forge_output() -> Result<()> {
     drop(server);
     Ok(())
 }
+
+/// Capability sets of every thread of `pid`: (tid, CapEff, CapPrm, CapInh).
+fn thread_capabilities(pid: u32) -> Result<Vec<(String, u64, u64, u64)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status"))?;
+        let field = |name: &str| -> Result<u64> {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .with_context(|| format!("{name} missing"))?;
+            Ok(u64::from_str_radix(hex.trim(), 16)?)
+        };
+        threads.push((
+            task.file_name().to_string_lossy().into_owned(),
+            field("CapEff:")?,
+            field("CapPrm:")?,
+            field("CapInh:")?,
+        ));
+    }
+    Ok(threads)
+}
+
+/// Once attached, the daemon holds only what its steady state uses, in
+/// every thread: CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH for /proc,
+/// CAP_SYS_ADMIN for sock_diag in other namespaces, CAP_NET_ADMIN only with
+/// `--fail-fast on`; no CAP_BPF, no CAP_PERFMON, none of root's others.
+/// It still reads its maps: the kernel numbers in /metrics move.
+#[test]
+fn after_attaching_the_daemon_keeps_only_the_capabilities_it_uses() -> Result<()> {
+    const DAC_READ_SEARCH: u64 = 1 << 2;
+    const NET_ADMIN: u64 = 1 << 12;
+    const SYS_PTRACE: u64 = 1 << 19;
+    const SYS_ADMIN: u64 = 1 << 21;
+    let steady = DAC_READ_SEARCH | SYS_PTRACE | SYS_ADMIN;
+    for (args, expected) in [
+        (vec![], steady),
+        (vec!["--fail-fast", "on"], steady | NET_ADMIN),
+    ] {
+        let connmon = connmon_tests::connmon::Daemon::start(&args)?;
+        connmon
+            .process_stderr_wait("capabilities not needed after attaching dropped")
+            .with_context(|| format!("{args:?}: {:?}", connmon.stderr()))?;
+        let threads = thread_capabilities(connmon.pid())?;
+        assert!(threads.len() > 1, "the runtime's threads: {threads:?}");
+        for (tid, effective, permitted, inheritable) in &threads {
+            assert_eq!(
+                *effective, expected,
+                "{args:?}: thread {tid} CapEff {effective:x}, want {expected:x}"
+            );
+            assert_eq!(*permitted, expected, "{args:?}: thread {tid} CapPrm");
+            assert_eq!(*inheritable, 0, "{args:?}: thread {tid} CapInh");
+        }
+        // Map reads after the drop: the kernel socket map is counted every
+        // 10 s, and the counters are read at each scrape.
+        let body = connmon.http_get("/metrics")?;
+        assert!(
+            body.contains("connmon_kernel_events_emitted_total"),
+            "{body}"
+        );
+        let errors: Vec<_> = connmon
+            .stderr()
+            .into_iter()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .filter(|l| l.contains("kernel") || l.contains("map") || l.contains("capabilit"))
+            .collect();
+        assert!(errors.is_empty(), "{args:?}: {errors:?}");
+    }
+    Ok(())
+}

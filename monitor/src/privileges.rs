@@ -299,7 +299,10 @@ fn threads_holding_more_than(keep: u64) -> Vec<libc::pid_t> {
 }
 
 fn parse_cap(status: &str, field: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|line| line.strip_prefix(field))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 

@@ -278,12 +278,8 @@ fn a_hostile_process_name_cannot_forge_output() -> Result<()> {
     let ns = connmon_tests::netns::NetNs::create("hostile")?;
     // The storm gives up in seconds.
     ns.sysctl("net.ipv4.tcp_retries2", "4")?;
-    let connmon = connmon_tests::connmon::Daemon::start_text(&[
-        "--ports",
-        "7302",
-        "--idle-threshold",
-        "2s",
-    ])?;
+    let connmon =
+        connmon_tests::connmon::Daemon::start_text(&["--ports", "7302", "--idle-threshold", "2s"])?;
     let peer = env!("CARGO_BIN_EXE_tcp-peer");
     let mut server = ns.command(peer);
     server.args(["server", "127.0.0.1:7302"]);
@@ -307,20 +303,22 @@ fn a_hostile_process_name_cannot_forge_output() -> Result<()> {
     ns.blackhole_tcp_port(7302)?;
     client.send_line("after the idle gap")?;
 
-    let line = connmon_tests::poll::until(
-        "the storm's text line",
-        Duration::from_secs(30),
-        || {
-            Ok(connmon
-                .stdout()
-                .into_iter()
-                .find(|l| l.contains("STORM_STARTED") && l.contains(ESCAPED)))
-        },
-    )
+    let line = connmon_tests::poll::until("the storm's text line", Duration::from_secs(30), || {
+        Ok(connmon
+            .stdout()
+            .into_iter()
+            .find(|l| l.contains("STORM_STARTED") && l.contains(ESCAPED)))
+    })
     .with_context(|| format!("stdout: {:?}", connmon.stdout()))?;
-    assert!(line.contains(&format!("{ESCAPED}[{}]", client.pid())), "{line}");
+    assert!(
+        line.contains(&format!("{ESCAPED}[{}]", client.pid())),
+        "{line}"
+    );
     let body = connmon.http_get("/metrics")?;
-    let label = format!("process=\"{}\"", ESCAPED.replace('\\', "\\\\").replace('"', "\\\""));
+    let label = format!(
+        "process=\"{}\"",
+        ESCAPED.replace('\\', "\\\\").replace('"', "\\\"")
+    );
     assert!(
         body.lines()
             .any(|l| l.starts_with("connmon_storms_started_total{") && l.contains(&label)),

@@ -277,12 +277,15 @@ fn alerts_reach_an_https_alertmanager_through_the_given_ca() -> Result<()> {
 
 /// `Basic` credentials for an `Authorization` header (RFC 4648 base64).
 fn basic(user: &str, password: &str) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let input = format!("{user}:{password}").into_bytes();
     let mut out = String::from("Basic ");
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -330,7 +333,10 @@ fn authed_metric(addr: SocketAddr, auth: &str, series: &str) -> Result<f64> {
     anyhow::ensure!(response.starts_with("HTTP/1.0 200"), "{response}");
     Ok(response
         .lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0.0))
 }
 
@@ -449,7 +455,10 @@ fn basic_auth_tells_no_user_names_and_a_burst_of_wrong_passwords_costs_one_core(
     // The burst did make connmon check passwords, so the bound measures
     // something (one check at cost 10 is tens of milliseconds).
     assert!(rejected >= 10.0, "only {rejected} checks in the burst");
-    assert!(cores <= 1.3, "a burst of wrong passwords used {cores:.2} cores");
+    assert!(
+        cores <= 1.3,
+        "a burst of wrong passwords used {cores:.2} cores"
+    );
     Ok(())
 }
 
@@ -514,9 +523,13 @@ fn half_open_requests_are_closed_and_metrics_still_answers() -> Result<()> {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .context("connmon_http_connections_refused_total missing")?;
     assert!(refused >= 1000.0, "refusals counted: {refused}");
-    poll::until("connmon's fds to go back down", Duration::from_secs(10), || {
-        let now = fds()?;
-        Ok((now <= fds_before + 5).then_some(now))
-    })?;
+    poll::until(
+        "connmon's fds to go back down",
+        Duration::from_secs(10),
+        || {
+            let now = fds()?;
+            Ok((now <= fds_before + 5).then_some(now))
+        },
+    )?;
     Ok(())
 }

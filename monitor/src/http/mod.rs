@@ -361,10 +361,10 @@ async fn serve_connections(
         tokio::spawn(async move {
             let _slot = slot;
             match acceptor {
-                None => serve_connection(stream, app, peer).await,
+                None => serve_connection(stream, app, peer, false).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, app, peer).await,
+                        Ok(Ok(stream)) => serve_connection(stream, app, peer, false).await,
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -374,9 +374,39 @@ async fn serve_connections(
     }
 }
 
+/// Answers `request` (what a client sent, then the end of its stream) on
+/// one in-memory connection served like a socket's, and returns what the
+/// server wrote back: the whole request path, from parsing through auth to
+/// the handlers, without a socket. For the fuzz target and tests.
+pub async fn answer_raw(app: Router, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client, server) = tokio::io::duplex(16 * 1024);
+    let serving = tokio::spawn(serve_connection(
+        server,
+        app,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        // The request ends with the end of the stream: answer it anyway.
+        true,
+    ));
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    // Written and read at once: a server that answers (or gives up) before
+    // reading everything must not leave the writer stuck.
+    let write = async {
+        // The server may close first (a bad request): not an error here.
+        let _ = to_server.write_all(request).await;
+        let _ = to_server.shutdown().await;
+    };
+    let mut response = Vec::new();
+    let (_, read) = tokio::join!(write, from_server.read_to_end(&mut response));
+    read?;
+    let _ = serving.await;
+    Ok(response)
+}
+
 /// One HTTP/1.1 connection, closed when its headers take longer than
 /// `HEADER_READ_TIMEOUT` (also between keep-alive requests).
-async fn serve_connection<S>(stream: S, app: Router, peer: SocketAddr)
+/// `half_close`: a client that ends its stream still gets its answer.
+async fn serve_connection<S>(stream: S, app: Router, peer: SocketAddr, half_close: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -385,9 +415,72 @@ where
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_REQUEST_BUFFER)
+        .half_close(half_close)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
         .await
     {
         tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(users: &[(&str, &str)]) -> Router {
+        let metrics = Metrics::new(crate::metrics::DEFAULT_SERIES_CAP).expect("metrics");
+        let web = webconfig::WebConfig {
+            basic_auth_users: users
+                .iter()
+                .map(|(user, password)| {
+                    (user.to_string(), bcrypt::hash(password, 4).expect("hash"))
+                })
+                .collect(),
+            ..Default::default()
+        };
+        router(Arc::new(Status::new(metrics)), &web)
+    }
+
+    fn status_of(response: &[u8]) -> String {
+        String::from_utf8_lossy(response)
+            .get(..12)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn raw_requests_get_answers_and_guarded_paths_need_the_password() {
+        let app = app(&[("prometheus", "s3cret")]);
+        let answer = |request: &'static [u8]| {
+            let app = app.clone();
+            async move { answer_raw(app, request).await.expect("answer") }
+        };
+        let healthz = answer(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status_of(&healthz), "HTTP/1.1 200", "{healthz:?}");
+        let metrics = answer(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status_of(&metrics), "HTTP/1.1 401");
+        // prometheus:s3cret
+        let authed = answer(
+            b"GET /metrics HTTP/1.1\r\nAuthorization: Basic cHJvbWV0aGV1czpzM2NyZXQ=\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&authed), "HTTP/1.1 200");
+        assert!(String::from_utf8_lossy(&authed).contains("# HELP connmon_"));
+        let garbage = answer(b"\x00\xff GET / HTTP/9\r\n\r\n").await;
+        assert_eq!(status_of(&garbage), "HTTP/1.1 400", "{garbage:?}");
+        let huge = answer(Box::leak(
+            format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000))
+                .into_bytes()
+                .into_boxed_slice(),
+        ))
+        .await;
+        assert_eq!(
+            status_of(&huge),
+            "HTTP/1.1 431",
+            "{:?}",
+            String::from_utf8_lossy(&huge)
+        );
+        // Half a head, then the end of the stream: closed without an answer.
+        assert!(answer(b"GET /metrics HTTP/1.1\r\nHo").await.is_empty());
     }
 }

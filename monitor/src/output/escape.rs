@@ -96,7 +96,9 @@ mod tests {
     fn a_log_write_stays_one_line() {
         use std::io::Write;
         let mut out = EscapingWriter(Vec::new());
-        write!(out, "INFO comm={HOSTILE} done\n").unwrap();
+        // One buffer per event, as tracing-subscriber writes it.
+        out.write_all(format!("INFO comm={HOSTILE} done\n").as_bytes())
+            .unwrap();
         let text = String::from_utf8(out.0).unwrap();
         assert_eq!(text.lines().count(), 1, "{text:?}");
         assert!(text.ends_with('\n'));

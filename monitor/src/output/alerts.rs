@@ -340,6 +340,37 @@ mod tests {
         assert_eq!(alert["endsAt"], "2026-11-25T09:37:45.000Z");
     }
 
+    /// Names chosen by whoever runs the process reach the pager with their
+    /// control characters escaped, in labels and annotations alike.
+    #[test]
+    fn hostile_names_are_escaped_in_labels_and_annotations() {
+        let mut hostile = record();
+        hostile.comm = Some("x\"}\n{\"ev\":1\x1b[31".into());
+        hostile.pod_name = Some("pod\u{202e}gpj.exe".into());
+        hostile.hint = format!("Likely cause ... {}", hostile.comm.clone().expect("comm"));
+        let now = humantime::parse_rfc3339("2026-11-25T09:32:45Z").expect("time");
+        let alert = alertmanager_alert(&hostile, &config(), now, None);
+        assert_eq!(alert["labels"]["process"], "x\"}\\x0a{\"ev\":1\\x1b[31");
+        for text in [
+            &alert["labels"]["process"],
+            &alert["annotations"]["summary"],
+            &alert["annotations"]["description"],
+            &alert["annotations"]["hint"],
+        ] {
+            let text = text.as_str().expect("a string");
+            assert!(
+                !text.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{text:?}"
+            );
+        }
+        assert!(
+            alert["annotations"]["summary"]
+                .as_str()
+                .expect("summary")
+                .contains("pod\\u{202e}gpj.exe")
+        );
+    }
+
     #[test]
     fn an_ended_storm_resolves_at_its_end() {
         let mut ended = record();

@@ -84,12 +84,15 @@ enum Failure {
 }
 
 /// Logs go to stderr (stdout carries events); `RUST_LOG` filters them.
+/// Logged fields can hold process names, which any process chooses: every
+/// line is escaped (one event stays one line, no terminal sequences), and
+/// therefore carries no colours of its own.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(|| connmon::output::escape::EscapingWriter(std::io::stderr()))
+        .with_ansi(false)
         .init();
 }

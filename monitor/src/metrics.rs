@@ -375,7 +375,11 @@ impl Metrics {
         connection: &Connection,
         role: Role,
     ) -> Vec<String> {
-        let process = owner.map_or_else(|| "unknown".to_string(), |o| o.comm.clone());
+        // The process names itself: no control characters in a label value.
+        let process = owner.map_or_else(
+            || "unknown".to_string(),
+            |o| crate::output::escape::control(&o.comm).into_owned(),
+        );
         let container = owner
             .map(|o| Self::container_of(state, o.cgroup_id))
             .unwrap_or_default();
@@ -587,7 +591,8 @@ impl Metrics {
                 _ => "unknown",
             };
             let labels = vec![
-                increment.comm.clone(),
+                // The process names itself: no control characters in a label.
+                crate::output::escape::control(&increment.comm).into_owned(),
                 container,
                 OTHER.to_string(),
                 kind.to_string(),
@@ -646,6 +651,14 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// Adds a collector owned elsewhere (the HTTP server's own counters).
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         if TextEncoder::new()

@@ -179,11 +179,21 @@ impl Daemon {
         Ok(daemon)
     }
 
-    fn start_with(mut command: Command, args: &[&str]) -> Result<Self> {
+    /// Starts the daemon with findings as text lines for people
+    /// (`--log-format text`); read them with `stdout`.
+    pub fn start_text(args: &[&str]) -> Result<Self> {
+        Self::start_in_format(Command::new(binary()), "text", args)
+    }
+
+    fn start_with(command: Command, args: &[&str]) -> Result<Self> {
+        Self::start_in_format(command, "json", args)
+    }
+
+    fn start_in_format(mut command: Command, format: &str, args: &[&str]) -> Result<Self> {
         let listen = free_loopback_port()?;
         command
             .arg("run")
-            .args(["--listen", &listen.to_string(), "--log-format", "json"])
+            .args(["--listen", &listen.to_string(), "--log-format", format])
             .args(args);
         command.env("RUST_LOG", "info");
         let process = Process::spawn("connmon run", command)?;
@@ -213,6 +223,18 @@ impl Daemon {
 
     pub fn stderr(&self) -> Vec<String> {
         self.process.stderr.snapshot()
+    }
+
+    /// Waits up to 10 s for a log line containing `needle`.
+    pub fn process_stderr_wait(&self, needle: &str) -> Result<String> {
+        self.process
+            .stderr
+            .wait_for_containing(needle, Duration::from_secs(10))
+    }
+
+    /// Every line printed on stdout so far, JSON or not.
+    pub fn stdout(&self) -> Vec<String> {
+        self.process.stdout.snapshot()
     }
 
     /// GET `path` from the daemon's HTTP server; returns the body.

@@ -274,3 +274,143 @@ fn more_sockets_than_the_map_size_are_all_tracked() -> Result<()> {
     drop(server);
     Ok(())
 }
+
+/// A process may name itself anything (prctl PR_SET_NAME): this one's name
+/// would end a JSON-looking line, start a forged record on the next line
+/// and turn the terminal red. connmon's text findings, its logs and its
+/// Prometheus label values show the name with its control characters
+/// escaped; nothing it prints carries the raw newline or escape byte.
+#[test]
+fn a_hostile_process_name_cannot_forge_output() -> Result<()> {
+    const HOSTILE: &str = "x\"}\n{\"ev\":1\x1b[31";
+    const ESCAPED: &str = "x\"}\\x0a{\"ev\":1\\x1b[31";
+    let ns = connmon_tests::netns::NetNs::create("hostile")?;
+    // The storm gives up in seconds.
+    ns.sysctl("net.ipv4.tcp_retries2", "4")?;
+    let connmon =
+        connmon_tests::connmon::Daemon::start_text(&["--ports", "7302", "--idle-threshold", "2s"])?;
+    let peer = env!("CARGO_BIN_EXE_tcp-peer");
+    let mut server = ns.command(peer);
+    server.args(["server", "127.0.0.1:7302"]);
+    let server = connmon_tests::process::Process::spawn("tcp-peer server", server)?;
+    server
+        .stdout
+        .wait_for("listening", Duration::from_secs(10))?;
+    let mut client = ns.command(peer);
+    client
+        .args(["client", "127.0.0.1:7302"])
+        .env("TCP_PEER_COMM", HOSTILE);
+    let mut client = connmon_tests::process::Process::spawn("hostile client", client)?;
+    client
+        .stdout
+        .wait_for("connected", Duration::from_secs(10))?;
+    let comm = std::fs::read(format!("/proc/{}/comm", client.pid()))?;
+    assert_eq!(comm, format!("{HOSTILE}\n").as_bytes(), "the name took");
+    // The idle gap the storm needs (idle threshold 2 s), then a send into
+    // a black hole.
+    std::thread::sleep(Duration::from_millis(2500));
+    ns.blackhole_tcp_port(7302)?;
+    client.send_line("after the idle gap")?;
+
+    let line = connmon_tests::poll::until("the storm's text line", Duration::from_secs(30), || {
+        Ok(connmon
+            .stdout()
+            .into_iter()
+            .find(|l| l.contains("STORM_STARTED") && l.contains(ESCAPED)))
+    })
+    .with_context(|| format!("stdout: {:?}", connmon.stdout()))?;
+    assert!(
+        line.contains(&format!("{ESCAPED}[{}]", client.pid())),
+        "{line}"
+    );
+    let body = connmon.http_get("/metrics")?;
+    let label = format!(
+        "process=\"{}\"",
+        ESCAPED.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("connmon_storms_started_total{") && l.contains(&label)),
+        "no storm counted under {label}:\n{body}"
+    );
+    let mut printed = connmon.stdout();
+    printed.extend(connmon.stderr());
+    printed.extend(body.lines().map(str::to_string));
+    for line in &printed {
+        assert!(!line.contains('\x1b'), "a raw escape byte: {line:?}");
+        assert!(!line.starts_with("{\"ev\":1"), "a forged line: {line:?}");
+    }
+    drop(client);
+    drop(server);
+    Ok(())
+}
+
+/// Capability sets of every thread of `pid`: (tid, CapEff, CapPrm, CapInh).
+fn thread_capabilities(pid: u32) -> Result<Vec<(String, u64, u64, u64)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status"))?;
+        let field = |name: &str| -> Result<u64> {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .with_context(|| format!("{name} missing"))?;
+            Ok(u64::from_str_radix(hex.trim(), 16)?)
+        };
+        threads.push((
+            task.file_name().to_string_lossy().into_owned(),
+            field("CapEff:")?,
+            field("CapPrm:")?,
+            field("CapInh:")?,
+        ));
+    }
+    Ok(threads)
+}
+
+/// Once attached, the daemon holds only what its steady state uses, in
+/// every thread: CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH for /proc,
+/// CAP_SYS_ADMIN for sock_diag in other namespaces, CAP_NET_ADMIN only with
+/// `--fail-fast on`; no CAP_BPF, no CAP_PERFMON, none of root's others.
+/// It still reads its maps: the kernel numbers in /metrics move.
+#[test]
+fn after_attaching_the_daemon_keeps_only_the_capabilities_it_uses() -> Result<()> {
+    const DAC_READ_SEARCH: u64 = 1 << 2;
+    const NET_ADMIN: u64 = 1 << 12;
+    const SYS_PTRACE: u64 = 1 << 19;
+    const SYS_ADMIN: u64 = 1 << 21;
+    let steady = DAC_READ_SEARCH | SYS_PTRACE | SYS_ADMIN;
+    for (args, expected) in [
+        (vec![], steady),
+        (vec!["--fail-fast", "on"], steady | NET_ADMIN),
+    ] {
+        let connmon = connmon_tests::connmon::Daemon::start(&args)?;
+        connmon
+            .process_stderr_wait("capabilities not needed after attaching dropped")
+            .with_context(|| format!("{args:?}: {:?}", connmon.stderr()))?;
+        let threads = thread_capabilities(connmon.pid())?;
+        assert!(threads.len() > 1, "the runtime's threads: {threads:?}");
+        for (tid, effective, permitted, inheritable) in &threads {
+            assert_eq!(
+                *effective, expected,
+                "{args:?}: thread {tid} CapEff {effective:x}, want {expected:x}"
+            );
+            assert_eq!(*permitted, expected, "{args:?}: thread {tid} CapPrm");
+            assert_eq!(*inheritable, 0, "{args:?}: thread {tid} CapInh");
+        }
+        // Map reads after the drop: the kernel socket map is counted every
+        // 10 s, and the counters are read at each scrape.
+        let body = connmon.http_get("/metrics")?;
+        assert!(
+            body.contains("connmon_kernel_events_emitted_total"),
+            "{body}"
+        );
+        let errors: Vec<_> = connmon
+            .stderr()
+            .into_iter()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .filter(|l| l.contains("kernel") || l.contains("map") || l.contains("capabilit"))
+            .collect();
+        assert!(errors.is_empty(), "{args:?}: {errors:?}");
+    }
+    Ok(())
+}

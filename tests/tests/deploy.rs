@@ -123,6 +123,39 @@ fn the_kustomization_is_plain_and_lists_every_manifest() -> Result<()> {
     Ok(())
 }
 
+/// Only the monitoring namespace reaches connmon's pods, and only on the
+/// port the DaemonSet names `metrics`: the API shows every process of the
+/// node to whoever gets in.
+#[test]
+fn the_network_policy_lets_only_the_monitoring_namespace_reach_the_port() -> Result<()> {
+    let policy = object("NetworkPolicy")?;
+    let daemonset = object("DaemonSet")?;
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"], daemonset["spec"]["selector"]["matchLabels"],
+        "the policy selects connmon's pods"
+    );
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let ingress = policy["spec"]["ingress"].as_array().context("ingress")?;
+    assert_eq!(ingress.len(), 1, "{policy}");
+    let from = ingress[0]["from"].as_array().context("from")?;
+    assert_eq!(from.len(), 1, "one peer: {policy}");
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"],
+        serde_json::json!({"kubernetes.io/metadata.name": "monitoring"})
+    );
+    assert!(from[0].get("ipBlock").is_none(), "{policy}");
+    let container_ports = &daemonset["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert_eq!(container_ports[0]["name"], "metrics", "{daemonset}");
+    assert_eq!(
+        ingress[0]["ports"],
+        serde_json::json!([{"port": "metrics", "protocol": "TCP"}])
+    );
+    Ok(())
+}
+
 #[test]
 fn built_in_kinds_are_valid_kubernetes_objects_strictly() -> Result<()> {
     let mut checked = 0;
@@ -142,8 +175,8 @@ fn built_in_kinds_are_valid_kubernetes_objects_strictly() -> Result<()> {
         checked += 1;
     }
     assert_eq!(
-        checked, 4,
-        "Namespace, ServiceAccount, ConfigMap, DaemonSet"
+        checked, 5,
+        "Namespace, ServiceAccount, ConfigMap, DaemonSet, NetworkPolicy"
     );
 
     // Strict means strict: an unknown field fails.

@@ -161,7 +161,7 @@ pub fn fuzz(project: &Project, seconds: u32) -> Result<()> {
             .arg(project.cache().join("tools"));
         run_checked(&mut install, "cargo install cargo-fuzz")?;
     }
-    for target in ["decode", "config"] {
+    for target in ["decode", "config", "http"] {
         let corpus = project.root.join("fuzz/corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         // libFuzzer's sanitizer flags need nightly; rustup picks it.

@@ -256,7 +256,10 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
         )?;
         for c in &report.connections {
             let who = match (&c.comm, c.pid) {
-                (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+                // The name is the process's own choice: no control characters.
+                (Some(comm), Some(pid)) => {
+                    format!("{}[{pid}]", crate::output::escape::control(comm))
+                }
                 _ => "?".into(),
             };
             let keepalive = c
@@ -273,7 +276,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 c.assessment.quiet_seconds,
                 keepalive,
                 c.assessment.path_timeout_seconds,
-                c.fix.as_deref().unwrap_or("")
+                crate::output::escape::control(c.fix.as_deref().unwrap_or(""))
             )?;
         }
     }

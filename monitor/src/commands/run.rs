@@ -32,6 +32,30 @@ use crate::{
     sockets::SocketTable,
 };
 
+/// Programs attached, maps open: the capabilities that did it go (see
+/// `privileges::steady_state`). A failure is logged and connmon runs on
+/// with what it has: it is no worse than before.
+fn drop_capabilities(settings: &Settings) {
+    use crate::privileges;
+    let Some(held) = privileges::effective() else {
+        warn!("cannot read the effective capabilities; none dropped");
+        return;
+    };
+    let keep = privileges::steady_state(
+        held,
+        settings.fail_fast == crate::failfast::FailFastMode::On,
+        privileges::kernel_before_5_19(),
+    );
+    match privileges::drop_all_threads_to(keep) {
+        Ok(()) => info!(
+            kept = ?privileges::names(keep),
+            dropped = privileges::names(held & !keep).len(),
+            "capabilities not needed after attaching dropped"
+        ),
+        Err(error) => warn!(%error, "cannot drop capabilities after attaching"),
+    }
+}
+
 /// How often silent episodes are expired.
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -58,6 +82,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         reader: stats.clone(),
     });
     let reader = reader::spawn(ring, tx, stats).context("polling the event ring buffer")?;
+    drop_capabilities(&settings);
     status.set_ready(true);
     info!(
         ports = ?settings.ports,

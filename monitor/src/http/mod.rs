@@ -130,16 +130,62 @@ impl Status {
     }
 }
 
+/// The HTTP server's own counters, next to the daemon's metrics.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    refused: prometheus::IntCounter,
+    auth_rejected: prometheus::IntCounterVec,
+}
+
+impl HttpMetrics {
+    fn new(metrics: &Metrics) -> prometheus::Result<Self> {
+        let refused = prometheus::IntCounter::new(
+            "connmon_http_connections_refused_total",
+            "HTTP connections closed unanswered because the connection cap was reached.",
+        )?;
+        let auth_rejected = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "connmon_http_auth_rejected_total",
+                "Requests refused by basic auth: bad_credentials, no_credentials, busy (too many password checks waiting).",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["bad_credentials", "no_credentials", "busy"] {
+            auth_rejected.with_label_values(&[reason]);
+        }
+        metrics.register(Box::new(refused.clone()))?;
+        metrics.register(Box::new(auth_rejected.clone()))?;
+        Ok(Self {
+            refused,
+            auth_rejected,
+        })
+    }
+}
+
 pub fn router(status: Arc<Status>, web: &webconfig::WebConfig) -> Router {
+    router_with(status, web, None)
+}
+
+fn router_with(
+    status: Arc<Status>,
+    web: &webconfig::WebConfig,
+    metrics: Option<&HttpMetrics>,
+) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_handler))
         .route("/api/v1/storms", get(storms))
         .with_state(status);
     if !web.basic_auth_users.is_empty() {
-        let users = Arc::new(auth::BasicAuth::new(web.basic_auth_users.clone()));
-        router = router.layer(axum::middleware::from_fn_with_state(users, auth::require));
+        let mut users = auth::BasicAuth::new(web.basic_auth_users.clone());
+        if let Some(metrics) = metrics {
+            users = users.with_rejections(metrics.auth_rejected.clone());
+        }
+        router = router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(users),
+            auth::require,
+        ));
     }
     if !web.headers.is_empty() {
         let headers: axum::http::HeaderMap = web
@@ -171,7 +217,7 @@ async fn readyz(State(status): State<Arc<Status>>) -> (StatusCode, &'static str)
     }
 }
 
-async fn metrics(
+async fn metrics_handler(
     State(status): State<Arc<Status>>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
@@ -200,6 +246,23 @@ async fn storms(State(status): State<Arc<Status>>) -> Json<StormsResponse> {
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send a request's headers, and how long
+/// an idle keep-alive connection is kept: a client that opens connections
+/// and says nothing holds them no longer than this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once. A scraper needs one or two; past the cap a
+/// new connection is closed at once and counted, so a flood cannot take
+/// connmon's file descriptors or memory.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Largest request head read (hyper's minimum buffer): the endpoints take
+/// no body and a handful of headers.
+const MAX_REQUEST_BUFFER: usize = 8192;
+
+/// At most one warning about refused connections per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Binds `listen` (so a taken port fails at start-up, with its address) and
 /// serves in the background, over TLS when the web config says so.
 pub async fn serve(
@@ -210,26 +273,31 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {listen}: {error}"))?;
-    let app = router(status, web);
-    let Some(tls) = &web.tls else {
-        if !web.basic_auth_users.is_empty() {
-            tracing::warn!("basic auth without TLS: passwords cross the network in clear");
-        }
-        return Ok(tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!(%error, "HTTP server stopped");
+    let metrics = HttpMetrics::new(&status.metrics)
+        .map_err(|error| anyhow::anyhow!("registering HTTP metrics: {error}"))?;
+    let app = router_with(status, web, Some(&metrics));
+    let acceptor = match &web.tls {
+        Some(tls) => Some(tls::acceptor(tls)?),
+        None => {
+            if !web.basic_auth_users.is_empty() {
+                tracing::warn!("basic auth without TLS: passwords cross the network in clear");
             }
-        }));
+            None
+        }
     };
-    let acceptor = tls::acceptor(tls)?;
-    Ok(tokio::spawn(serve_tls(listener, app, acceptor)))
+    Ok(tokio::spawn(serve_connections(
+        listener, app, acceptor, metrics,
+    )))
 }
 
-async fn serve_tls(
+async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: Router,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    metrics: HttpMetrics,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut last_refusal_log: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -241,28 +309,145 @@ async fn serve_tls(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.refused.inc();
+            if last_refusal_log.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                last_refusal_log = Some(std::time::Instant::now());
+                tracing::warn!(
+                    %peer,
+                    max_connections = MAX_CONNECTIONS,
+                    "HTTP connection cap reached: closing new connections \
+                     (connmon_http_connections_refused_total counts them)"
+                );
+            }
+            drop(stream);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        return;
+            let _slot = slot;
+            match acceptor {
+                None => serve_connection(stream, app, peer, false).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, app, peer, false).await,
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
+                }
             }
         });
+    }
+}
+
+/// Answers `request` (what a client sent, then the end of its stream) on
+/// one in-memory connection served like a socket's, and returns what the
+/// server wrote back: the whole request path, from parsing through auth to
+/// the handlers, without a socket. For the fuzz target and tests.
+pub async fn answer_raw(app: Router, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client, server) = tokio::io::duplex(16 * 1024);
+    let serving = tokio::spawn(serve_connection(
+        server,
+        app,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        // The request ends with the end of the stream: answer it anyway.
+        true,
+    ));
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    // Written and read at once: a server that answers (or gives up) before
+    // reading everything must not leave the writer stuck.
+    let write = async {
+        // The server may close first (a bad request): not an error here.
+        let _ = to_server.write_all(request).await;
+        let _ = to_server.shutdown().await;
+    };
+    let mut response = Vec::new();
+    let (_, read) = tokio::join!(write, from_server.read_to_end(&mut response));
+    read?;
+    let _ = serving.await;
+    Ok(response)
+}
+
+/// One HTTP/1.1 connection, closed when its headers take longer than
+/// `HEADER_READ_TIMEOUT` (also between keep-alive requests).
+/// `half_close`: a client that ends its stream still gets its answer.
+async fn serve_connection<S>(stream: S, app: Router, peer: SocketAddr, half_close: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    if let Err(error) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_BUFFER)
+        .half_close(half_close)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(users: &[(&str, &str)]) -> Router {
+        let metrics = Metrics::new(crate::metrics::DEFAULT_SERIES_CAP).expect("metrics");
+        let web = webconfig::WebConfig {
+            basic_auth_users: users
+                .iter()
+                .map(|(user, password)| {
+                    (user.to_string(), bcrypt::hash(password, 4).expect("hash"))
+                })
+                .collect(),
+            ..Default::default()
+        };
+        router(Arc::new(Status::new(metrics)), &web)
+    }
+
+    fn status_of(response: &[u8]) -> String {
+        String::from_utf8_lossy(response)
+            .get(..12)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn raw_requests_get_answers_and_guarded_paths_need_the_password() {
+        let app = app(&[("prometheus", "s3cret")]);
+        let answer = |request: &'static [u8]| {
+            let app = app.clone();
+            async move { answer_raw(app, request).await.expect("answer") }
+        };
+        let healthz = answer(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status_of(&healthz), "HTTP/1.1 200", "{healthz:?}");
+        let metrics = answer(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status_of(&metrics), "HTTP/1.1 401");
+        // prometheus:s3cret
+        let authed = answer(
+            b"GET /metrics HTTP/1.1\r\nAuthorization: Basic cHJvbWV0aGV1czpzM2NyZXQ=\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&authed), "HTTP/1.1 200");
+        assert!(String::from_utf8_lossy(&authed).contains("# HELP connmon_"));
+        let garbage = answer(b"\x00\xff GET / HTTP/9\r\n\r\n").await;
+        assert_eq!(status_of(&garbage), "HTTP/1.1 400", "{garbage:?}");
+        let huge = answer(Box::leak(
+            format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000))
+                .into_bytes()
+                .into_boxed_slice(),
+        ))
+        .await;
+        assert_eq!(
+            status_of(&huge),
+            "HTTP/1.1 431",
+            "{:?}",
+            String::from_utf8_lossy(&huge)
+        );
+        // Half a head, then the end of the stream: closed without an answer.
+        assert!(answer(b"GET /metrics HTTP/1.1\r\nHo").await.is_empty());
     }
 }

@@ -56,7 +56,13 @@ pub fn alertmanager_alert(
     now: SystemTime,
     ends_at: Option<SystemTime>,
 ) -> Value {
-    let process = record.comm.clone().unwrap_or_else(|| "unknown".into());
+    // Process and pod names are chosen by whoever runs the process: no
+    // control characters reach a label, an annotation or a pager.
+    let escape = |text: &str| crate::output::escape::control(text).into_owned();
+    let process = record
+        .comm
+        .as_deref()
+        .map_or_else(|| "unknown".into(), escape);
     let destination = match record.role {
         crate::event::Role::Server => record.local.clone(),
         _ => record.remote.clone(),
@@ -72,7 +78,7 @@ pub fn alertmanager_alert(
     let container = record
         .container_id
         .as_deref()
-        .map(|id| id.chars().take(12).collect::<String>())
+        .map(|id| escape(&id.chars().take(12).collect::<String>()))
         .unwrap_or_default();
     let mut labels = json!({
         "alertname": alertname,
@@ -92,8 +98,10 @@ pub fn alertmanager_alert(
         &record.pod_name,
         &record.container_id,
     ) {
-        (Some(namespace), Some(pod), _) => format!(" in pod {namespace}/{pod}"),
-        (_, _, Some(id)) => format!(" in container {}", &id[..id.len().min(12)]),
+        (Some(namespace), Some(pod), _) => {
+            format!(" in pod {}/{}", escape(namespace), escape(pod))
+        }
+        (_, _, Some(_)) => format!(" in container {container}"),
         _ => String::new(),
     };
     let summary = if alertname == "ConnmonResetAfterIdle" {
@@ -134,7 +142,7 @@ pub fn alertmanager_alert(
         "annotations": {
             "summary": summary,
             "description": description,
-            "hint": record.hint,
+            "hint": escape(&record.hint),
             "runbook_url": format!("{}#{}", config.runbook_url, alertname.to_lowercase()),
         },
         "startsAt": record.started_at,
@@ -330,6 +338,37 @@ mod tests {
         );
         assert_eq!(alert["startsAt"], "2026-11-25T09:32:43.004Z");
         assert_eq!(alert["endsAt"], "2026-11-25T09:37:45.000Z");
+    }
+
+    /// Names chosen by whoever runs the process reach the pager with their
+    /// control characters escaped, in labels and annotations alike.
+    #[test]
+    fn hostile_names_are_escaped_in_labels_and_annotations() {
+        let mut hostile = record();
+        hostile.comm = Some("x\"}\n{\"ev\":1\x1b[31".into());
+        hostile.pod_name = Some("pod\u{202e}gpj.exe".into());
+        hostile.hint = format!("Likely cause ... {}", hostile.comm.clone().expect("comm"));
+        let now = humantime::parse_rfc3339("2026-11-25T09:32:45Z").expect("time");
+        let alert = alertmanager_alert(&hostile, &config(), now, None);
+        assert_eq!(alert["labels"]["process"], "x\"}\\x0a{\"ev\":1\\x1b[31");
+        for text in [
+            &alert["labels"]["process"],
+            &alert["annotations"]["summary"],
+            &alert["annotations"]["description"],
+            &alert["annotations"]["hint"],
+        ] {
+            let text = text.as_str().expect("a string");
+            assert!(
+                !text.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{text:?}"
+            );
+        }
+        assert!(
+            alert["annotations"]["summary"]
+                .as_str()
+                .expect("summary")
+                .contains("pod\\u{202e}gpj.exe")
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! lines).
 
 pub mod alerts;
+pub mod escape;
 pub mod hint;
 pub mod report;
 pub mod trace;

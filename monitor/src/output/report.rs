@@ -272,8 +272,15 @@ fn round(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0
 }
 
-/// A record as one line of text, for people.
+/// A record as one line of text, for people. Process names, paths and
+/// the hint (which quotes the process name) come from whoever runs the
+/// process: the line is escaped as a whole, it has no control characters
+/// of its own.
 pub fn text_line(record: &FindingRecord) -> String {
+    crate::output::escape::control_owned(unescaped_text_line(record))
+}
+
+fn unescaped_text_line(record: &FindingRecord) -> String {
     let who = match (&record.pid, &record.comm) {
         (Some(pid), Some(comm)) => format!("{comm}[{pid}] tid={}", record.tid.unwrap_or(*pid)),
         _ => "unknown process".into(),

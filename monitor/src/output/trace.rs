@@ -58,7 +58,12 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
 /// One event as a line for people.
 pub fn text_line(event: &SocketEvent, clock: &WallClock) -> String {
     let who = match &event.owner {
-        Some(owner) => format!("pid={} tid={} comm={}", owner.pid, owner.tid, owner.comm),
+        Some(owner) => format!(
+            "pid={} tid={} comm={}",
+            owner.pid,
+            owner.tid,
+            crate::output::escape::control(&owner.comm)
+        ),
         None => "pid=? comm=?".to_string(),
     };
     let what = match &event.kind {

@@ -9,6 +9,9 @@
 //! `tcp-peer blast ADDR CONNECTIONS SECONDS`: echo bulk data for a while.
 //! `tcp-peer churn ADDR PER_SECOND SECONDS`: open, use and close that many
 //! short connections per second for a while; prints `churned DONE FAILED`.
+//!
+//! With `TCP_PEER_COMM` set, the peer first renames itself to it (any
+//! bytes, at most 15, as prctl(PR_SET_NAME) allows any process to do).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -17,6 +20,16 @@ use std::{
 };
 
 fn main() {
+    if let Some(name) = std::env::var_os("TCP_PEER_COMM") {
+        use std::os::unix::ffi::OsStrExt;
+        let mut comm = [0u8; 16];
+        let bytes = name.as_bytes();
+        let len = bytes.len().min(15);
+        comm[..len].copy_from_slice(&bytes[..len]);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+        // bytes; `comm` is 16 bytes and ends in NUL.
+        unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+    }
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("usage: tcp-peer server|client ADDR");

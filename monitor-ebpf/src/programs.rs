@@ -32,7 +32,7 @@ use monitor_common::{
 
 use crate::{
     emit::{WAKE_LATER, WAKE_NOW, emit},
-    kernel::{is_inet_tcp, load_btf, off, setting},
+    kernel::{is_inet, is_inet_tcp, is_tcp, load_btf, off, setting},
     maps::{UNWATCHED_RETRANSMITS, count},
     socket::{
         INSERT_ONLY, cookie, create_storage, current_owner, existing_storage, first_sight,
@@ -89,7 +89,8 @@ pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
 /// owner changed or its activity time is a granule old.
 #[inline(always)]
 fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
-    if bytes <= 0 || !is_inet_tcp(sk) || !ports_watched(sk) {
+    // Cheapest first: what most sockets fail leaves soonest.
+    if bytes <= 0 || !is_tcp(sk) || !ports_watched(sk) || !is_inet(sk) {
         return;
     }
     let now = now_ticks();
@@ -166,13 +167,13 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk = sock_arg(&ctx);
-    if !is_inet_tcp(sk) {
+    if !is_tcp(sk) {
         return 0;
     }
     let old_state = ctx.arg::<i32>(1) as u8;
     let new_state = ctx.arg::<i32>(2) as u8;
     let every_state_change = setting!(every_state_change) != 0;
-    let state = if ports_watched(sk) {
+    let state = if ports_watched(sk) && is_inet(sk) {
         if new_state == TCP_SYN_SENT {
             // connect(): the one state change that runs in the owner's
             // context. A socket reconnecting keeps its storage.

@@ -178,9 +178,14 @@ pub struct ProbeSettings {
     /// ESTABLISHED, to CLOSE); the rest would cost a record each on every
     /// connection's setup and teardown for nothing.
     pub every_state_change: u32,
-    pub _pad: u32,
+    /// Non-zero: a watched socket's retransmits that cannot start a storm
+    /// are counted and handed over at most every `retransmit_counts_ticks`
+    /// (`EVENT_RETRANSMIT_COUNTS`), not a record each (`connmon run`).
+    /// Zero: a record each (`connmon trace` shows every retransmit).
+    pub count_busy_retransmits: u32,
+    pub retransmit_counts_ticks: u64,
 }
-const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 48);
+const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 56);
 
 impl ProbeSettings {
     pub const DEFAULT: Self = Self {
@@ -191,6 +196,7 @@ impl ProbeSettings {
         retransmit_has_err: 0,
         ns_per_jiffy: 4_000_000,
         every_state_change: 1,
-        _pad: 0,
+        count_busy_retransmits: 0,
+        retransmit_counts_ticks: 250,
     };
 }

@@ -167,7 +167,10 @@ impl Capture {
             ),
             ns_per_jiffy,
             every_state_change: u32::from(config.every_state_change),
-            _pad: 0,
+            // `run` (which does not trace every move) counts busy
+            // connections' retransmits instead of a record each.
+            count_busy_retransmits: u32::from(!config.every_state_change),
+            retransmit_counts_ticks: 1_000_000_000u64.div_ceil(ns_per_jiffy),
         };
 
         let watched_port_bits = watched_port_bits(config.watched_ports.iter().copied());

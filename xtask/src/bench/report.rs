@@ -604,7 +604,7 @@ fn gaps(
         let floor = median(r.retransmit_floor_ns(Tool::ConnmonEvents)).unwrap_or(f64::NAN);
         let ns = median(r.retransmit_ns(Tool::ConnmonEvents)).unwrap_or(f64::NAN);
         lines.push(format!(
-            "**`tcp_retransmit_skb`, port watched: {ratio:.2}× against {RETRANSMIT_WATCHED:.0}×** ({ns:.0} ns against the empty program's {floor:.0} ns). Every watched retransmit is a record: `bpf_skc_to_tcp_sock` (for the congestion state and the `tcp_sock` fields, all direct loads now), the storage lookup, the socket cookie, two clock reads (the record's time and the jiffies that convert the socket's activity), a ring-buffer reserve and submit, and the tuple (addresses, ports, namespace: direct loads). The record is the cost: next step, emit only the retransmits detection needs (the RTO ones, and a per-socket count for the rest, read at the end of an episode)."
+            "**`tcp_retransmit_skb`, port watched: {ratio:.2}× against {RETRANSMIT_WATCHED:.0}×** ({ns:.0} ns against the empty program's {floor:.0} ns). On the workload's busy connections a retransmit cannot start a storm, so it is only counted in the socket's storage and handed over as one record per socket per second at most; what remains per run is `bpf_skc_to_tcp_sock` (the congestion state, for the kind), two per-CPU counters (attempts, segments from the skb's GSO count), the port test, the storage lookup and the idle check. A retransmit that can confirm a storm (after an idle gap, nothing received since) is still a full record with a wakeup."
         ));
     }
     for (name, delta, bound, per_request_hook) in [
@@ -840,7 +840,7 @@ fn userspace(md: &mut String, r: &Results) {
     let cpu_counted = r.cpu_per_1000(Tool::ConnmonCounted, true);
     let _ = writeln!(
         md,
-        "\n**User CPU under load**: connmon's user CPU time (`/proc/PID/stat`, all threads) in the retransmit windows of section 1, per 1,000 kernel retransmit events: {} ms with the port watched (an event each; {} ms per 1,000 records processed, every kind), {} ms with the port not watched (no events; the scrapes and periodic work only).\n",
+        "\n**User CPU under load**: connmon's user CPU time (`/proc/PID/stat`, all threads) in the retransmit windows of section 1, per 1,000 kernel retransmit events: {} ms with the port watched (a busy connection's retransmits arrive as counts, at most one record per socket per second; {} ms per 1,000 records processed, every kind), {} ms with the port not watched (no events; the scrapes and periodic work only).\n",
         spread(&cpu, 3),
         spread(&cpu_records, 3),
         spread(&cpu_counted, 3),

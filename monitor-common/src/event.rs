@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn retransmit_counts_round_trip_per_kind() {
         let counts = [0, 255, 3, 1];
-        assert_eq!(unpack_retransmit_counts(pack_retransmit_counts(counts)), counts);
+        assert_eq!(
+            unpack_retransmit_counts(pack_retransmit_counts(counts)),
+            counts
+        );
         assert_eq!(pack_retransmit_counts([1, 0, 0, 0]), 1);
     }
 }

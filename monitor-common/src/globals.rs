@@ -70,8 +70,10 @@ pub struct KernelOffsets {
     pub sk_cgroup: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// `sock.__sk_common.skc_hash` (u32): the established-table hash.
+    pub skc_hash: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
 
 /// Words of the watched-port bitmap (`WATCHED_PORT_BITS`): one bit per
 /// TCP port, in a read-only global the loader fills, so the programs test
@@ -150,6 +152,7 @@ impl KernelOffsets {
         sk_cgroup: OFFSET_ABSENT,
         cgroup_kn: OFFSET_ABSENT,
         kernfs_node_id: OFFSET_ABSENT,
+        skc_hash: OFFSET_ABSENT,
     };
 }
 

@@ -173,6 +173,66 @@ impl ClockPair {
     }
 }
 
+/// Slots per CPU of the kernel's recently-written-sockets cache.
+pub const RECENT_SLOTS: u32 = 256;
+
+/// A per-CPU note that a watched socket's activity was written recently:
+/// until `*_fresh_until` (jiffies) another send or receive on it needs no
+/// write, so the hot path can skip even the storage lookup. Keyed by what
+/// identifies a connected socket as scalars (the verifier allows no
+/// arithmetic on the socket pointer): its address pair and its
+/// established-table hash (which mixes in the network namespace) with its
+/// ports. `epoch` is the retransmit epoch when noted (a socket starting to
+/// retransmit must see its next receive).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentSocket {
+    pub addrs: u64,
+    pub hash_ports: u64,
+    pub send_fresh_until: u64,
+    pub recv_fresh_until: u64,
+    pub epoch: u64,
+}
+const _: () = assert!(core::mem::size_of::<RecentSocket>() == 40);
+
+impl RecentSocket {
+    /// `hash_ports` of a socket: `skc_hash` and both ports.
+    #[inline(always)]
+    pub const fn hash_ports(hash: u32, local_port: u16, remote_port: u16) -> u64 {
+        (hash as u64) << 32 | (local_port as u64) << 16 | remote_port as u64
+    }
+
+    /// The slot of a socket.
+    #[inline(always)]
+    pub const fn slot(hash_ports: u64) -> u32 {
+        let mixed = (hash_ports >> 32) as u32 ^ hash_ports as u32;
+        (mixed ^ (mixed >> 8) ^ (mixed >> 16) ^ (mixed >> 24)) & (RECENT_SLOTS - 1)
+    }
+
+    /// Whether a payload on the socket (`addrs`, `hash_ports`) at tick
+    /// `now` needs no write.
+    #[inline(always)]
+    pub fn is_fresh(
+        &self,
+        addrs: u64,
+        hash_ports: u64,
+        now: u64,
+        is_send: bool,
+        epoch: u64,
+    ) -> bool {
+        let until = if is_send {
+            self.send_fresh_until
+        } else {
+            self.recv_fresh_until
+        };
+        self.addrs == addrs
+            && self.hash_ports == hash_ports
+            && hash_ports != 0
+            && self.epoch == epoch
+            && now < until
+    }
+}
+
 /// A watched socket's retransmits that cannot start a storm are counted,
 /// not each written as a record: `pending` per kind, handed over when one
 /// count is full or `interval` ticks passed since the last hand-over
@@ -284,7 +344,12 @@ pub fn may_confirm_storm(activity: &Activity, idle_threshold_ns: u64) -> bool {
 
 /// The rule itself, in any one time unit.
 #[inline(always)]
-const fn may_confirm(last_recv: u64, burst_start: u64, idle_before_burst: u64, threshold: u64) -> bool {
+const fn may_confirm(
+    last_recv: u64,
+    burst_start: u64,
+    idle_before_burst: u64,
+    threshold: u64,
+) -> bool {
     let received_since = last_recv != 0 && last_recv >= burst_start;
     idle_before_burst >= threshold && !received_since
 }
@@ -344,6 +409,51 @@ mod tests {
     }
 
     #[test]
+    fn a_recent_write_is_fresh_only_for_the_same_socket_and_epoch() {
+        let hash_ports = RecentSocket::hash_ports(0x9e37_79b9, 40_000, 6379);
+        let recent = RecentSocket {
+            addrs: 0x0100_007f_0200_007f,
+            hash_ports,
+            send_fresh_until: 1_100,
+            recv_fresh_until: 1_050,
+            epoch: 7,
+        };
+        let addrs = recent.addrs;
+        assert!(recent.is_fresh(addrs, hash_ports, 1_099, true, 7));
+        assert!(
+            !recent.is_fresh(addrs, hash_ports, 1_100, true, 7),
+            "a granule old"
+        );
+        assert!(
+            !recent.is_fresh(addrs, hash_ports, 1_060, false, 7),
+            "receive granule passed"
+        );
+        let other = RecentSocket::hash_ports(0x9e37_79b9, 40_001, 6379);
+        assert!(
+            !recent.is_fresh(addrs, other, 1_000, true, 7),
+            "another socket"
+        );
+        assert!(
+            !recent.is_fresh(addrs + 1, hash_ports, 1_000, true, 7),
+            "other addresses"
+        );
+        assert!(
+            !recent.is_fresh(addrs, hash_ports, 1_000, true, 8),
+            "a retransmit since"
+        );
+        assert!(
+            !RecentSocket::default().is_fresh(0, 0, 0, true, 0),
+            "an empty slot"
+        );
+        assert!(RecentSocket::slot(u64::MAX) < RECENT_SLOTS);
+        assert_ne!(
+            RecentSocket::slot(hash_ports),
+            RecentSocket::slot(other),
+            "neighbours spread"
+        );
+    }
+
+    #[test]
     fn busy_retransmit_counts_are_handed_over_when_full_or_old() {
         let mut pending = [0u8; 4];
         count_retransmit(&mut pending, 2);
@@ -351,8 +461,14 @@ mod tests {
         count_retransmit(&mut pending, 3);
         assert_eq!(pending, [0, 0, 2, 1]);
         assert!(!retransmit_counts_due(&pending, 1_000, 1_100, 250));
-        assert!(retransmit_counts_due(&pending, 1_000, 1_250, 250), "a second old");
-        assert!(retransmit_counts_due(&pending, u32::MAX - 10, 240, 250), "across the wrap");
+        assert!(
+            retransmit_counts_due(&pending, 1_000, 1_250, 250),
+            "a second old"
+        );
+        assert!(
+            retransmit_counts_due(&pending, u32::MAX - 10, 240, 250),
+            "across the wrap"
+        );
         pending[1] = u8::MAX;
         assert!(retransmit_counts_due(&pending, 1_000, 1_001, 250), "full");
         count_retransmit(&mut pending, 1);

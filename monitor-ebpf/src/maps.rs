@@ -10,7 +10,7 @@ use monitor_common::{
     counters::{COUNTER_SLOTS, UnwatchedRetransmits},
     event::SocketEvent,
     globals::{KernelOffsets, ProbeSettings, WATCHED_PORT_WORDS},
-    socket::{PrimedSocket, SocketState},
+    socket::{PrimedSocket, RECENT_SLOTS, RecentSocket, SocketState},
 };
 
 /// Kernel struct offsets, resolved from BTF by the loader.
@@ -41,6 +41,18 @@ pub static PRIMED_SOCKETS: HashMap<u64, PrimedSocket> =
 #[map]
 pub static UNWATCHED_RETRANSMITS: LruHashMap<u64, UnwatchedRetransmits> =
     LruHashMap::with_max_entries(16_384, 0);
+
+/// Watched sockets written to recently, per CPU (`RecentSocket`): a send
+/// or receive on one within its granule skips the storage lookup. An
+/// inlined per-CPU array lookup on kernels that inline them (6.10+).
+#[map]
+pub static RECENT_SOCKETS: PerCpuArray<RecentSocket> =
+    PerCpuArray::with_max_entries(RECENT_SLOTS, 0);
+
+/// Bumped whenever a watched socket starts retransmitting: recent-socket
+/// notes from before it are void (that socket's next receive is progress).
+#[unsafe(no_mangle)]
+pub static mut RETRANSMIT_EPOCH: u64 = 0;
 
 /// Events for watched sockets. The loader sizes it.
 #[map]

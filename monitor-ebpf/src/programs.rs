@@ -25,19 +25,20 @@ use monitor_common::{
     retransmit::{RETRANSMIT_TIMEOUT, classify_retransmit},
     socket::{
         OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, Owner, ROLE_CLIENT,
-        ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_REPORTED, SOCKET_FLAG_RETRANSMITTING, SocketState,
-        count_retransmit, retransmit_counts_due,
+        ROLE_SERVER, ROLE_UNKNOWN, RecentSocket, SOCKET_FLAG_REPORTED, SOCKET_FLAG_RETRANSMITTING,
+        SocketState, count_retransmit, retransmit_counts_due,
     },
     tcp::{TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
 };
 
 use crate::{
     emit::{WAKE_LATER, WAKE_NOW, emit},
-    kernel::{is_inet, is_inet_tcp, is_tcp, load_btf, off, setting},
-    maps::{UNWATCHED_RETRANSMITS, count},
+    kernel::{is_inet, is_inet_tcp, is_tcp, load_btf, off, ports, setting},
+    maps::{RECENT_SOCKETS, UNWATCHED_RETRANSMITS, count},
     socket::{
-        INSERT_ONLY, cookie, create_storage, current_owner, existing_storage, first_sight,
-        last_receive, net_of, now_ticks, ports_watched, socket_cgroup_id, storage, tcp_sock, tuple,
+        INSERT_ONLY, bump_retransmit_epoch, cookie, create_storage, current_owner,
+        either_port_watched, existing_storage, first_sight, last_receive, net_of, now_ticks,
+        ports_watched, recent_key, retransmit_epoch, socket_cgroup_id, storage, tcp_sock, tuple,
     },
 };
 
@@ -91,10 +92,24 @@ pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
 #[inline(always)]
 fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     // Cheapest first: what most sockets fail leaves soonest.
-    if bytes <= 0 || !is_tcp(sk) || !ports_watched(sk) || !is_inet(sk) {
+    if bytes <= 0 || !is_tcp(sk) {
+        return;
+    }
+    let (local_port, remote_port) = ports(sk);
+    if !either_port_watched(local_port, remote_port) || !is_inet(sk) {
         return;
     }
     let now = now_ticks();
+    let (addrs, hash_ports) = recent_key(sk, local_port, remote_port);
+    let epoch = retransmit_epoch();
+    let recent = RECENT_SOCKETS.get_ptr_mut(RecentSocket::slot(hash_ports));
+    if let Some(recent) = recent {
+        // SAFETY: this CPU's slot, from a lookup in this run; per-CPU, so
+        // no other writer while this program runs.
+        if unsafe { (*recent).is_fresh(addrs, hash_ports, now, is_send, epoch) } {
+            return;
+        }
+    }
     let source = if is_send {
         OWNER_SOURCE_SEND
     } else {
@@ -115,6 +130,21 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     // writers on other CPUs can at worst interleave timestamps.
     let state = unsafe { &mut *state };
 
+    let granularity = setting!(activity_granularity_ticks);
+    let last = if is_send {
+        state.activity.last_send
+    } else {
+        state.activity.last_recv
+    };
+    let stale = now.wrapping_sub(last) >= granularity;
+    let progress = !is_send && state.flags & SOCKET_FLAG_RETRANSMITTING != 0;
+    if !stale && !progress {
+        note_recent(recent, (addrs, hash_ports), state, granularity, epoch);
+        return;
+    }
+    // The owner is refreshed with the activity, at most once a granule:
+    // the send that ends an idle gap is always stale, so a storm names the
+    // thread that sent the stuck request.
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // The writer names the thread; a reader only takes over a socket that
@@ -124,16 +154,6 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     } else {
         state.owner.tgid != tgid
     };
-    let last = if is_send {
-        state.activity.last_send
-    } else {
-        state.activity.last_recv
-    };
-    let stale = now.wrapping_sub(last) >= setting!(activity_granularity_ticks);
-    let progress = !is_send && state.flags & SOCKET_FLAG_RETRANSMITTING != 0;
-    if !owner_changed && !stale && !progress {
-        return;
-    }
     if owner_changed {
         let previous = state.owner;
         state.owner = current_owner(source, previous.role);
@@ -151,6 +171,7 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     state
         .activity
         .note(now, is_send, setting!(idle_threshold_ticks));
+    note_recent(recent, (addrs, hash_ports), state, granularity, epoch);
     if progress {
         state.flags &= !SOCKET_FLAG_RETRANSMITTING;
         emit(
@@ -162,6 +183,36 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
             WAKE_LATER,
         );
     }
+}
+
+/// Notes in this CPU's recent-socket slot until when `state`'s activity
+/// needs no write. A retransmitting socket's receives are never skipped
+/// (the next one is progress).
+#[inline(always)]
+fn note_recent(
+    recent: Option<*mut RecentSocket>,
+    (addrs, hash_ports): (u64, u64),
+    state: &SocketState,
+    granularity: u64,
+    epoch: u64,
+) {
+    let Some(recent) = recent else {
+        return;
+    };
+    let retransmitting = state.flags & SOCKET_FLAG_RETRANSMITTING != 0;
+    let note = RecentSocket {
+        addrs,
+        hash_ports,
+        send_fresh_until: state.activity.last_send.wrapping_add(granularity),
+        recv_fresh_until: if retransmitting {
+            0
+        } else {
+            state.activity.last_recv.wrapping_add(granularity)
+        },
+        epoch,
+    };
+    // SAFETY: this CPU's slot, from a lookup in this run.
+    unsafe { *recent = note };
 }
 
 /// `sock:inet_sock_set_state(sk, oldstate, newstate)`.
@@ -302,7 +353,12 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
             }
             return 0;
         }
-        state.flags |= SOCKET_FLAG_RETRANSMITTING;
+        if state.flags & SOCKET_FLAG_RETRANSMITTING == 0 {
+            state.flags |= SOCKET_FLAG_RETRANSMITTING;
+            // Recent-socket notes from before may skip this socket's next
+            // receive, which is progress now: void them all.
+            bump_retransmit_epoch();
+        }
     }
     let mut snapshot = TcpSnapshot {
         ca_state,

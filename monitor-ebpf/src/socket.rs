@@ -13,13 +13,13 @@ use aya_ebpf::{
 use monitor_common::{
     counters::{LOST_SOCKET_MAP_FULL, SOCKETS_ADDED},
     globals::OFFSET_ABSENT,
-    socket::{ClockPair, Owner, SocketState, TickActivity, Tuple},
+    socket::{ClockPair, Owner, RecentSocket, SocketState, TickActivity, Tuple},
     tcp::AF_INET6,
 };
 
 use crate::{
     kernel::{load_btf, load_btf_16, off, ports, read, read_bytes, setting},
-    maps::{PRIMED_SOCKETS, SOCKET_STATE, WATCHED_PORT_BITS, count},
+    maps::{PRIMED_SOCKETS, RETRANSMIT_EPOCH, SOCKET_STATE, WATCHED_PORT_BITS, count},
 };
 
 /// The kernel's cookie for `sk`: never reused, and what sock_diag reports.
@@ -56,11 +56,14 @@ pub fn clocks(now_ns: u64) -> ClockPair {
 /// `sk` as for `load_btf`.
 #[inline(always)]
 pub fn ports_watched(sk: *const u8) -> bool {
-    if setting!(watch_all_ports) != 0 {
-        return true;
-    }
     let (local, remote) = ports(sk);
-    port_watched(local) || port_watched(remote)
+    either_port_watched(local, remote)
+}
+
+/// `ports_watched` for ports already loaded.
+#[inline(always)]
+pub fn either_port_watched(local: u16, remote: u16) -> bool {
+    setting!(watch_all_ports) != 0 || port_watched(local) || port_watched(remote)
 }
 
 #[inline(always)]
@@ -69,9 +72,8 @@ fn port_watched(port: u16) -> bool {
     // SAFETY: `word` is a u16 shifted right by 6, below WATCHED_PORT_WORDS,
     // so the load stays inside the static; volatile, because the loader
     // sets the values, not the compile-time zeros.
-    let bits = unsafe {
-        core::ptr::read_volatile((&raw const WATCHED_PORT_BITS).cast::<u64>().add(word))
-    };
+    let bits =
+        unsafe { core::ptr::read_volatile((&raw const WATCHED_PORT_BITS).cast::<u64>().add(word)) };
     bits & bit != 0
 }
 
@@ -91,6 +93,38 @@ pub fn storage(sk: *const u8) -> Option<*mut SocketState> {
         )
     } as *mut SocketState;
     (!state.is_null()).then_some(state)
+}
+
+/// The recent-socket key of `sk` (`RecentSocket`): its address pair and
+/// its hash with the ports, all scalars.
+#[inline(always)]
+pub fn recent_key(sk: *const u8, local_port: u16, remote_port: u16) -> (u64, u64) {
+    // `skc_addrpair`: the remote and local IPv4 address, one u64.
+    let addrs = load_btf::<u64>(sk, off!(skc_daddr));
+    let hash = load_btf::<u32>(sk, off!(skc_hash));
+    (
+        addrs,
+        RecentSocket::hash_ports(hash, local_port, remote_port),
+    )
+}
+
+/// The current retransmit epoch (see `RETRANSMIT_EPOCH`).
+#[inline(always)]
+pub fn retransmit_epoch() -> u64 {
+    // SAFETY: a plain load of a live static; a racing increment only makes
+    // a recent-socket note miss, which is safe.
+    unsafe { core::ptr::read_volatile(&raw const RETRANSMIT_EPOCH) }
+}
+
+/// Voids every CPU's recent-socket notes.
+#[inline(always)]
+pub fn bump_retransmit_epoch() {
+    // SAFETY: as in `retransmit_epoch`; a lost increment between two CPUs
+    // still changes the value, which is all readers compare.
+    unsafe {
+        let epoch = core::ptr::read_volatile(&raw const RETRANSMIT_EPOCH);
+        core::ptr::write_volatile(&raw mut RETRANSMIT_EPOCH, epoch.wrapping_add(1));
+    }
 }
 
 /// `storage`, but first one direct load: a socket that no BPF program keeps

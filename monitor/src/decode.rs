@@ -4,8 +4,8 @@
 use monitor_common::{
     event::{
         EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
-        EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED, PROGRESS_DATA_RECEIVED,
-        EVENT_RETRANSMIT_COUNTS, SocketEvent as RawEvent, split_state_change_detail,
+        EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED,
+        PROGRESS_DATA_RECEIVED, SocketEvent as RawEvent, split_state_change_detail,
         unpack_retransmit_counts,
     },
     retransmit::{

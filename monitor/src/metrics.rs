@@ -447,12 +447,7 @@ impl Metrics {
             }
             return;
         }
-        let owner = Self::owner_labels(
-            state,
-            event.owner.as_ref(),
-            &event.connection,
-            event.role,
-        );
+        let owner = Self::owner_labels(state, event.owner.as_ref(), &event.connection, event.role);
         let labels = vec![
             owner[0].clone(),
             owner[1].clone(),

@@ -190,7 +190,6 @@ impl Capture {
             .load(PROGRAMS_OBJECT)
             .map_err(load_error)?;
 
-
         let mut attached = Vec::new();
         let mut programs = Vec::new();
         let mut program_fds = Vec::new();

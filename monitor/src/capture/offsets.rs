@@ -251,6 +251,7 @@ pub fn resolve(btf: &KernelBtf) -> Result<(KernelOffsets, Vec<String>), CaptureE
     take(opt("sock", "sk_cgrp_data.cgroup"), &mut offsets.sk_cgroup)?;
     take(opt("cgroup", "kn"), &mut offsets.cgroup_kn)?;
     take(opt("kernfs_node", "id"), &mut offsets.kernfs_node_id)?;
+    take(opt("sock", "__sk_common.skc_hash"), &mut offsets.skc_hash)?;
     Ok((offsets, warnings))
 }
 

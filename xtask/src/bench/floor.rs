@@ -136,8 +136,8 @@ impl Floor {
             // call helper
             insns.push(((id as u32 as u64) << 32) | 0x85);
             insns.extend([0x0000_0000_0000_00b7, 0x0000_0000_0000_0095]);
-            let loaded = load(helper, btf_id, &insns)
-                .and_then(|program| Ok((attach(&program)?, program)));
+            let loaded =
+                load(helper, btf_id, &insns).and_then(|program| Ok((attach(&program)?, program)));
             match loaded {
                 Ok((link, program)) => self.programs.push((helper, program, link)),
                 Err(error) => eprintln!("bench: helper probe {helper} not loaded: {error:#}"),

@@ -828,7 +828,10 @@ fn hot_path(md: &mut String, r: &Results) {
         floor::PROBE_HOOK,
         floor::HELPER_PROBES
             .iter()
-            .map(|(helper, _, _)| format!("`bpf_{helper}` {} ns", spread(&r.helper_cost(helper), 1)))
+            .map(|(helper, _, _)| format!(
+                "`bpf_{helper}` {} ns",
+                spread(&r.helper_cost(helper), 1)
+            ))
             .collect::<Vec<_>>()
             .join(", "),
     );

@@ -573,10 +573,10 @@ fn signed_spread(values: &[f64]) -> String {
 fn hook_work(hook: &str, watched: bool) -> &'static str {
     match (hook, watched) {
         ("sock_send_length" | "sock_recv_length", false) => {
-            "two direct loads for the TCP check and two for the ports, two inlined array lookups for the watch list, then return"
+            "a direct load for the TCP check and two for the ports, two tests in the read-only port bitmap, then return"
         }
         ("sock_send_length" | "sock_recv_length", true) => {
-            "the same checks, then `bpf_sk_storage_get` (an indexed load from the socket's storage cache, but a helper call), the inlined jiffies clock, `bpf_get_current_pid_tgid` and a compare; a write only when the owner changed or the activity is a granule old"
+            "the same checks, the family, the inlined jiffies clock, and this CPU's note of recently written sockets (a per-CPU array slot keyed by the address pair, hash and ports: three more loads); only when the note is missing or a granule old, `bpf_sk_storage_get`, and with a write due `bpf_get_current_pid_tgid` for the owner"
         }
         ("inet_sock_set_state", false) => {
             "the TCP check, the port check, and on a move to CLOSE one load of `sk_bpf_storage`"
@@ -617,8 +617,8 @@ fn gaps(
                 - median(r.hook_ns(keepalive, false, hook, true)).unwrap_or(f64::NAN);
             let pid = median(r.helper_cost("get_current_pid_tgid")).unwrap_or(f64::NAN);
             format!(
-                " Of its {own:.0} ns, {unwatched:.0} ns are the filter an unwatched socket pays too (same hook, same rounds), about {pid:.0} ns the `bpf_get_current_pid_tgid` call (measured by a probe program, section 2), and the remaining {:.0} ns the `bpf_sk_storage_get` lookup and the compare: the storage lookup is a helper call, not an inlined load, and is the next thing to remove (a per-CPU cache of the last sockets seen would skip it for a socket written to again within the granule).",
-                own - unwatched - pid
+                " Of its {own:.0} ns, {unwatched:.0} ns are the filter an unwatched socket pays too (same hook, same rounds); the other {:.0} ns are the recent-socket note (its key loads and the per-CPU slot) on every run, and on a miss (a socket not written to on this CPU within the granule: redis-benchmark's 50 connections are served by threads that move between the two CPUs) a `bpf_sk_storage_get` call and, with a write due, `bpf_get_current_pid_tgid` (about {pid:.0} ns per call here, section 2).",
+                own - unwatched
             )
         } else {
             String::new()

@@ -48,6 +48,7 @@ pub struct Metrics {
     program_verified_instructions: IntGaugeVec,
     series_capped: IntCounterVec,
     fail_fast: IntCounterVec,
+    alert_deliveries: IntCounterVec,
     at_risk: IntGaugeVec,
     inferred_timeout: prometheus::GaugeVec,
     state: Mutex<State>,
@@ -266,6 +267,14 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(fail_fast.clone()))?;
+        let alert_deliveries = IntCounterVec::new(
+            Opts::new(
+                "connmon_alert_deliveries_total",
+                "Alert deliveries per receiver (alertmanager-N, webhook-N: the Nth URL of its kind), by result: sent, failed (after retries), dropped (the receiver's queue was full).",
+            ),
+            &["receiver", "result"],
+        )?;
+        registry.register(Box::new(alert_deliveries.clone()))?;
         let at_risk = IntGaugeVec::new(
             Opts::new(
                 "connmon_idle_connections_at_risk",
@@ -325,6 +334,7 @@ impl Metrics {
             program_verified_instructions,
             series_capped,
             fail_fast,
+            alert_deliveries,
             at_risk,
             inferred_timeout,
             state: Mutex::new(State::default()),
@@ -642,6 +652,12 @@ impl Metrics {
 
     pub fn observe_fail_fast(&self, result: &str) {
         self.fail_fast.with_label_values(&[result]).inc();
+    }
+
+    /// The alert delivery counter, handed to the alert senders. Its label
+    /// values are bounded: one per configured receiver and result.
+    pub fn alert_deliveries(&self) -> IntCounterVec {
+        self.alert_deliveries.clone()
     }
 
     pub fn set_userspace_sockets(&self, count: usize) {

@@ -231,3 +231,77 @@ impl Prometheus {
         Ok(body.contains("\"value\":[") && body.contains("\"1\"]"))
     }
 }
+
+/// A receiver that accepts connections and never answers: the TCP handshake
+/// succeeds (the kernel's backlog), the request is never read, nothing is
+/// written. Connections are held until drop.
+pub struct HungReceiver {
+    pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HungReceiver {
+    pub fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            // Runs until drop sets `stop`; polls so that it notices.
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        held.push(stream);
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            accepted,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connections accepted (and left unanswered) so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for HungReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A loopback URL on which nothing listens: connections are refused.
+pub fn refusing_url(path: &str) -> Result<String> {
+    Ok(format!("http://{}{path}", free_port()?))
+}
+
+/// The value of one exact series (`name{labels}`) in a /metrics body;
+/// `None` when the series is absent, which callers treat as a failure.
+pub fn series(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    })
+}

@@ -4,13 +4,19 @@
 //! the test, and so do connmon's own pushed alert and its JSON webhook. Each
 //! says which process, which destination, and what to change.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use connmon_tests::{
-    alerting::{Alertmanager, Prometheus, WebhookReceiver},
+    alerting::{
+        Alertmanager, HungReceiver, Prometheus, WebhookReceiver, refusing_url, series,
+    },
     connmon::Daemon,
     poll,
+    scenario::SeedScenario,
     topology::{CACHE_V4, Options, REDIS_PORT, Topology},
 };
 use serde_json::Value;
@@ -187,3 +193,151 @@ fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
 
 const SECRET_ARGUMENT: &str = "argument-hunter2";
 const SECRET_ENVIRONMENT: &str = "environment-hunter2";
+
+/// A receiver that accepts and never answers, and one that refuses
+/// connections, hold up nothing: findings reach stdout, /metrics and the
+/// healthy receivers on time, every delivery is counted per receiver, and
+/// SIGTERM during a storm still exits 0 within 2 s with the storm ended as
+/// `monitor_stopped` (on stdout and at the healthy receivers).
+#[test]
+fn hung_and_refusing_receivers_hold_up_nothing() -> Result<()> {
+    let hung = HungReceiver::start()?;
+    let good = WebhookReceiver::start()?;
+    let refusing = refusing_url("/hook")?;
+    // A storm that lasts (the kernel would give up after 15 minutes).
+    let options = Options {
+        tcp_retries2: 15,
+        ..Options::default()
+    };
+    // The bad receivers come first: served one after another, they would
+    // hold the healthy ones up by their timeouts and retries.
+    let (hung_am, good_am) = (hung.url(""), good.url("/am"));
+    let (hung_hook, good_hook) = (hung.url("/hook"), good.url("/hook"));
+    let mut scenario = SeedScenario::start(
+        "hungrecv",
+        &options,
+        &[
+            "--alertmanager-url",
+            &hung_am,
+            "--alertmanager-url",
+            &good_am,
+            "--webhook-url",
+            &hung_hook,
+            "--webhook-url",
+            &refusing,
+            "--webhook-url",
+            &good_hook,
+        ],
+    )?;
+    scenario.resume_after_forgotten("set")?;
+    let started = scenario.finding("storm_started", Duration::from_secs(30))?;
+    let storm_id = started["storm_id"].clone();
+    let storm_label = storm_id.to_string();
+    // Within 3 s of being printed (as seen here, which is later).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let left = || deadline.saturating_duration_since(Instant::now());
+
+    // The healthy receivers get the storm within a few seconds of stdout.
+    poll::until(
+        "the healthy webhook's storm_started",
+        left(),
+        || {
+            Ok(good
+                .bodies("/hook")
+                .iter()
+                .any(|r| r["event"] == "storm_started" && r["storm_id"] == storm_id)
+                .then_some(()))
+        },
+    )?;
+    poll::until(
+        "the healthy Alertmanager's firing alert",
+        left(),
+        || {
+            Ok(good
+                .bodies("/am/api/v2/alerts")
+                .iter()
+                .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+                .any(|a| a["labels"]["storm_id"] == storm_label.as_str())
+                .then_some(()))
+        },
+    )?;
+    // Both bad receivers were really tried.
+    poll::until(
+        "the hung receiver to be connected to twice",
+        Duration::from_secs(5),
+        || Ok((hung.accepted() >= 2).then_some(())),
+    )?;
+
+    // /metrics answers at once, and counts each receiver's deliveries; the
+    // refusing one fails after its retries.
+    let metrics = poll::until(
+        "the refusing webhook's failure to be counted",
+        Duration::from_secs(10),
+        || {
+            let asked = Instant::now();
+            let body = scenario.connmon.http_get("/metrics")?;
+            anyhow::ensure!(
+                asked.elapsed() < Duration::from_secs(1),
+                "/metrics took {:?}",
+                asked.elapsed()
+            );
+            Ok(
+                (series(&body, r#"connmon_alert_deliveries_total{receiver="webhook-1",result="failed"}"#)
+                    .unwrap_or(0.0)
+                    >= 1.0)
+                    .then_some(body),
+            )
+        },
+    )?;
+    let count = |receiver: &str, result: &str| {
+        let name =
+            format!(r#"connmon_alert_deliveries_total{{receiver="{receiver}",result="{result}"}}"#);
+        series(&metrics, &name).with_context(|| format!("{name} missing:\n{metrics}"))
+    };
+    assert!(count("alertmanager-1", "sent")? >= 1.0, "{metrics}");
+    assert!(count("webhook-2", "sent")? >= 1.0, "{metrics}");
+    assert_eq!(count("alertmanager-0", "sent")?, 0.0, "{metrics}");
+    assert_eq!(count("webhook-0", "sent")?, 0.0, "{metrics}");
+    assert_eq!(count("webhook-1", "sent")?, 0.0, "{metrics}");
+    assert_eq!(count("webhook-2", "failed")?, 0.0, "{metrics}");
+    // No URL (which can carry a token) is a label value.
+    assert!(!metrics.contains(&hung.addr.to_string()), "{metrics}");
+
+    // SIGTERM while the hung receivers still hold their requests.
+    let exit = scenario
+        .connmon
+        .signal(libc::SIGTERM, Duration::from_secs(2))?;
+    assert_eq!(exit, Some(0), "connmon exits 0 within 2 s of SIGTERM");
+    let netns = scenario.topology.app.inode();
+    assert!(
+        scenario
+            .connmon
+            .findings("storm_ended", netns)
+            .iter()
+            .any(|r| r["outcome"] == "monitor_stopped" && r["storm_id"] == storm_id),
+        "no monitor_stopped on stdout: {:?}",
+        scenario.connmon.records()
+    );
+    // The healthy receivers got the end before connmon exited (the receiver
+    // records a body before it answers).
+    assert!(
+        good.bodies("/hook")
+            .iter()
+            .any(|r| r["event"] == "storm_ended"
+                && r["outcome"] == "monitor_stopped"
+                && r["storm_id"] == storm_id),
+        "{:?}",
+        good.bodies("/hook")
+    );
+    assert!(
+        good.bodies("/am/api/v2/alerts")
+            .iter()
+            .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+            .any(|a| a["annotations"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("monitor_stopped"))),
+        "{:?}",
+        good.bodies("/am/api/v2/alerts")
+    );
+    Ok(())
+}

@@ -56,6 +56,9 @@ fn drop_capabilities(settings: &Settings) {
     }
 }
 
+/// How long receivers get at exit to deliver the last alerts.
+const ALERT_FLUSH_DEADLINE: Duration = Duration::from_secs(1);
+
 /// How often silent episodes are expired.
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -108,9 +111,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         instance: settings.node_name.clone().unwrap_or_else(hostname),
         runbook_url: settings.runbook_url.clone(),
     };
-    let (alerts, alert_task) = if alert_config.is_enabled() {
-        let (queue, task) = alerts::spawn(alert_config);
-        (Some(queue), Some(task))
+    let (alerts, alert_senders) = if alert_config.is_enabled() {
+        let (queue, senders) = alerts::spawn(alert_config, status.metrics.alert_deliveries());
+        (Some(queue), Some(senders))
     } else {
         (None, None)
     };
@@ -171,10 +174,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let findings = pipeline.detector.stop(monotonic_now_ns());
     pipeline.report(&findings);
     status.set_ready(false);
-    // Let the alert task deliver the final storm_ended alerts (bounded).
+    // Let the receivers deliver the final storm_ended alerts, within a
+    // bound that leaves the exit well inside Kubernetes' grace period
+    // whatever a receiver does (dropping the pipeline drops the queue).
     drop(pipeline);
-    if let Some(task) = alert_task {
-        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    if let Some(senders) = alert_senders {
+        senders.shutdown(ALERT_FLUSH_DEADLINE).await;
     }
     reader.abort();
     at_risk.abort();

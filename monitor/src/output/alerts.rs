@@ -24,6 +24,10 @@ use crate::output::{hint::human_duration, report::FindingRecord};
 const REPEAT_INTERVAL: Duration = Duration::from_secs(60);
 /// How far ahead `endsAt` is set for an alert still firing.
 const FIRING_HORIZON: Duration = Duration::from_secs(300);
+/// Alert names, shared with the rules of deploy/prometheus/connmon-rules.yml.
+pub const IDLE_CONNECTION_STORM: &str = "ConnmonIdleConnectionStorm";
+pub const RESETS_AFTER_IDLE: &str = "ConnmonResetsAfterIdle";
+
 /// Attempts per delivery.
 const ATTEMPTS: u32 = 3;
 
@@ -70,10 +74,13 @@ pub fn alertmanager_alert(
         crate::event::Role::Server => record.local.clone(),
         _ => record.remote.clone(),
     };
+    // The names of the shipped rules that say the same (checked against
+    // deploy/prometheus/connmon-rules.yml by a test): one runbook section,
+    // one route, whichever of the two fired.
     let alertname = if record.event == "reset_after_idle" {
-        "ConnmonResetAfterIdle"
+        RESETS_AFTER_IDLE
     } else {
-        "ConnmonIdleConnectionStorm"
+        IDLE_CONNECTION_STORM
     };
     let pid = record
         .pid
@@ -85,7 +92,7 @@ pub fn alertmanager_alert(
         .unwrap_or_default();
     let mut labels = json!({
         "alertname": alertname,
-        "severity": if alertname == "ConnmonResetAfterIdle" { "ticket" } else { "page" },
+        "severity": if alertname == RESETS_AFTER_IDLE { "ticket" } else { "page" },
         "instance": config.instance,
         "process": process,
         "container": container,
@@ -107,7 +114,7 @@ pub fn alertmanager_alert(
         (_, _, Some(_)) => format!(" in container {container}"),
         _ => String::new(),
     };
-    let summary = if alertname == "ConnmonResetAfterIdle" {
+    let summary = if alertname == RESETS_AFTER_IDLE {
         format!(
             "{process} (pid {pid}){where_}: connection to {destination} reset after {} idle",
             human_duration(record.idle_seconds)
@@ -592,5 +599,138 @@ mod tests {
             received += 1;
         }
         assert_eq!(received, 3);
+    }
+
+    /// A shipped rule: its name, the labels its expression keeps, its own
+    /// labels and its runbook link.
+    struct Rule {
+        alert: String,
+        by: Vec<String>,
+        labels: serde_yaml_ng::Mapping,
+        runbook_url: String,
+    }
+
+    fn repository_file(path: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn shipped_rules() -> Vec<Rule> {
+        let file: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&repository_file("deploy/prometheus/connmon-rules.yml"))
+                .expect("the rules file is YAML");
+        let mut rules = Vec::new();
+        for group in file["groups"].as_sequence().expect("groups") {
+            for rule in group["rules"].as_sequence().expect("rules") {
+                let expr = rule["expr"].as_str().expect("expr");
+                let by = expr
+                    .split_once("by (")
+                    .and_then(|(_, rest)| rest.split_once(')'))
+                    .map(|(labels, _)| labels.split(',').map(|l| l.trim().to_string()).collect())
+                    .unwrap_or_default();
+                rules.push(Rule {
+                    alert: rule["alert"].as_str().expect("alert").to_string(),
+                    by,
+                    labels: rule["labels"].as_mapping().cloned().unwrap_or_default(),
+                    runbook_url: rule["annotations"]["runbook_url"]
+                        .as_str()
+                        .expect("every rule has a runbook_url")
+                        .to_string(),
+                });
+            }
+        }
+        assert!(rules.len() >= 7, "rules file read wrong: {} rules", rules.len());
+        rules
+    }
+
+    /// Anchors of docs/runbook.md's sections, as GitHub renders them.
+    fn runbook_anchors() -> Vec<String> {
+        repository_file("docs/runbook.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("## "))
+            .map(|heading| {
+                heading
+                    .trim()
+                    .to_lowercase()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+                    .map(|c| if c == ' ' { '-' } else { c })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// connmon's pushed alerts, one per kind of finding it pushes.
+    fn pushed_alerts() -> Vec<Value> {
+        let now = humantime::parse_rfc3339("2026-11-25T09:32:45Z").expect("time");
+        let mut reset = record();
+        reset.event = "reset_after_idle";
+        reset.storm_id = None;
+        [record(), reset]
+            .iter()
+            .map(|record| alertmanager_alert(record, &config(), now, None))
+            .collect()
+    }
+
+    /// A pushed alert and the rule that says the same share the name, the
+    /// severity, every label the rule keeps, and the runbook section: one
+    /// route and one runbook, whichever fired.
+    #[test]
+    fn pushed_alerts_share_name_labels_and_runbook_with_the_rules() {
+        let rules = shipped_rules();
+        for alert in pushed_alerts() {
+            let name = alert["labels"]["alertname"].as_str().expect("alertname");
+            let rule = rules
+                .iter()
+                .find(|rule| rule.alert == name)
+                .unwrap_or_else(|| panic!("no shipped rule is named {name}"));
+            for label in &rule.by {
+                assert!(
+                    alert["labels"][label.as_str()].is_string(),
+                    "{name}: the rule keeps `{label}`, the pushed alert has none: {alert}"
+                );
+            }
+            for (key, value) in &rule.labels {
+                assert_eq!(
+                    alert["labels"][key.as_str().expect("label name")].as_str(),
+                    value.as_str(),
+                    "{name}: label {key:?}"
+                );
+            }
+            let anchor = |url: &str| url.rsplit_once('#').map(|(_, a)| a.to_string());
+            assert_eq!(
+                anchor(alert["annotations"]["runbook_url"].as_str().expect("runbook_url")),
+                anchor(&rule.runbook_url),
+                "{name}"
+            );
+        }
+    }
+
+    /// Every runbook link, in the rules and in pushed alerts, lands on a
+    /// section of docs/runbook.md.
+    #[test]
+    fn every_runbook_anchor_has_a_section() {
+        let anchors = runbook_anchors();
+        let links = shipped_rules()
+            .into_iter()
+            .map(|rule| (rule.alert, rule.runbook_url))
+            .chain(pushed_alerts().into_iter().map(|alert| {
+                (
+                    format!("pushed {}", alert["labels"]["alertname"]),
+                    alert["annotations"]["runbook_url"]
+                        .as_str()
+                        .expect("runbook_url")
+                        .to_string(),
+                )
+            }));
+        for (name, url) in links {
+            let (_, anchor) = url
+                .rsplit_once('#')
+                .unwrap_or_else(|| panic!("{name}: {url} has no anchor"));
+            assert!(
+                anchors.iter().any(|a| a == anchor),
+                "{name}: {url}: docs/runbook.md has no section #{anchor} (sections: {anchors:?})"
+            );
+        }
     }
 }

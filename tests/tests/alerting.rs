@@ -12,8 +12,10 @@ use std::{
 use anyhow::{Context, Result};
 use connmon_tests::{
     alerting::{
-        Alertmanager, HungReceiver, Prometheus, WebhookReceiver, refusing_url, series,
+        Alertmanager, HungReceiver, PodMeta, Prometheus, WebhookReceiver, operator_scrape_job,
+        refusing_url, series,
     },
+    cgroup::Cgroup,
     connmon::Daemon,
     poll,
     scenario::SeedScenario,
@@ -339,5 +341,129 @@ fn hung_and_refusing_receivers_hold_up_nothing() -> Result<()> {
         "{:?}",
         good.bodies("/am/api/v2/alerts")
     );
+    Ok(())
+}
+
+/// The shipped PodMonitor, scraped the way prometheus-operator's generated
+/// configuration scrapes it (`operator_scrape_job`), gives the labels the
+/// shipped rules select and group by: `up{job="connmon"}` (ConnmonDown's
+/// selector) exists, `instance` is the node as in connmon's pushed alerts,
+/// and the storm rule's `container` is the watched process's container, not
+/// connmon's own (no `exported_container`).
+#[test]
+fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
+    const CONTAINER_ID: &str = "6a1f0c2e4b8d9a7c5e3f1b0d2c4a6e8f0b1d3c5a7e9f1b3d5c7a9e0f2b4d6c8a";
+    let mut topology = Topology::build("opmon", &Options::default())?;
+    topology.start_redis()?;
+    let cgroup = Cgroup::create(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod4b7e2a10_9c3d_4e5f_8a6b_1c2d3e4f5a6b.slice/cri-containerd-{CONTAINER_ID}.scope"
+    ))?;
+    let connmon = Daemon::start(&[
+        "--idle-threshold",
+        "2s",
+        "--ports",
+        &REDIS_PORT.to_string(),
+        "--node-name",
+        "node-7",
+    ])?;
+    let kubernetes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let podmonitor: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(kubernetes.join("podmonitor.yaml"))?)?;
+    let daemonset: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(kubernetes.join("daemonset.yaml"))?)?;
+    let pod_labels: Vec<(String, String)> = daemonset["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .context("the DaemonSet's pod labels")?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect();
+    let pod_labels: Vec<(&str, &str)> = pod_labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let container_name = daemonset["spec"]["template"]["spec"]["containers"][0]["name"]
+        .as_str()
+        .context("the DaemonSet's container name")?;
+    let job = operator_scrape_job(
+        &podmonitor,
+        connmon.listen,
+        &PodMeta {
+            namespace: "connmon",
+            pod: "connmon-x7k2q",
+            container: container_name,
+            node: "node-7",
+            pod_labels: &pod_labels,
+        },
+        "1s",
+    )?;
+    let rules_file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/prometheus/connmon-rules.yml")
+        .canonicalize()?;
+    let prometheus = Prometheus::start_with_job(&job, &rules_file)?;
+
+    // ConnmonDown's selector matches the scraped target.
+    let rules = std::fs::read_to_string(&rules_file)?;
+    let down_selector = rules
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("expr: up{"))
+        .and_then(|rest| rest.split_once(" =="))
+        .map(|(selector, _)| format!("up{{{selector}"))
+        .context("ConnmonDown's expression")?;
+    let up = poll::until(
+        &format!("{down_selector} to select the scraped connmon"),
+        Duration::from_secs(30),
+        || {
+            let result = prometheus.query(&down_selector)?;
+            Ok((!result.is_empty()).then_some(result))
+        },
+    )
+    .with_context(|| format!("{:?}", prometheus.query("up")))?;
+    let target = &up[0]["metric"];
+    assert_eq!(target["instance"], "node-7", "{target}");
+    assert_eq!(target["namespace"], "connmon", "{target}");
+    assert_eq!(target["pod"], "connmon-x7k2q", "{target}");
+    assert_eq!(target["endpoint"], "metrics", "{target}");
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+
+    // A storm in a container: the rule's alert carries the workload's
+    // container and the node as instance, as the pushed alert does.
+    // In the cgroup from the start: the kernel records a socket's cgroup,
+    // which names the metrics' container, when the socket is created.
+    let mut command = topology
+        .app_command(&connmon_tests::connmon::built_binary("cmt-redis-client").to_string_lossy());
+    command.arg(format!("redis://{CACHE_V4}:{REDIS_PORT}"));
+    cgroup.spawn_inside(&mut command)?;
+    let mut client = connmon_tests::process::Process::spawn("cmt-redis-client", command)?;
+    client
+        .stdout
+        .wait_for("connected", Duration::from_secs(20))?;
+    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    client.send_line("set")?;
+    let storm = connmon_tests::connmon::first_finding(
+        &connmon,
+        "storm_started",
+        topology.app.inode(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(storm["container_id"], CONTAINER_ID, "{storm}");
+    let alert = poll::until(
+        "ConnmonIdleConnectionStorm to fire in Prometheus",
+        Duration::from_secs(30),
+        || {
+            Ok(prometheus.alerts()?.into_iter().find(|a| {
+                a["labels"]["alertname"] == "ConnmonIdleConnectionStorm" && a["state"] == "firing"
+            }))
+        },
+    )?;
+    let labels = &alert["labels"];
+    assert_eq!(labels["container"], &CONTAINER_ID[..12], "{alert}");
+    assert_eq!(labels["instance"], "node-7", "{alert}");
+    assert_eq!(
+        labels["destination"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{alert}"
+    );
+    let renamed = prometheus.query(r#"{exported_container!=""}"#)?;
+    assert!(renamed.is_empty(), "connmon's label was renamed: {renamed:?}");
     Ok(())
 }

@@ -162,6 +162,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 // memory follows what is tracked now.
                 crate::memory::release_freed_memory();
                 pipeline.status.metrics.set_userspace_sockets(pipeline.sockets.len());
+                let expired = pipeline
+                    .status
+                    .metrics
+                    .expire_quiet_series(std::time::Instant::now(), pipeline.settings.series_expiry);
+                if expired > 0 {
+                    debug!(expired, "metric label sets quiet past the series expiry removed");
+                }
                 pipeline.report(&findings);
             }
             signal = &mut stop => {

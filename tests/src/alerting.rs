@@ -41,7 +41,8 @@ impl Drop for TempDir {
 /// Collects the JSON bodies POSTed to it, by path.
 pub struct WebhookReceiver {
     pub addr: SocketAddr,
-    received: Arc<Mutex<Vec<(String, Value)>>>,
+    /// Path, body and when the body had arrived.
+    received: Arc<Mutex<Vec<(String, Value, std::time::Instant)>>>,
 }
 
 impl WebhookReceiver {
@@ -58,7 +59,7 @@ impl WebhookReceiver {
                     && let Ok(value) = serde_json::from_slice::<Value>(&body)
                     && let Ok(mut sink) = sink.lock()
                 {
-                    sink.push((path, value));
+                    sink.push((path, value, std::time::Instant::now()));
                 }
                 let mut stream = stream;
                 let _ = stream.write_all(
@@ -75,11 +76,25 @@ impl WebhookReceiver {
             .lock()
             .map(|r| {
                 r.iter()
-                    .filter(|(p, _)| p == path)
-                    .map(|(_, v)| v.clone())
+                    .filter(|(p, _, _)| p == path)
+                    .map(|(_, v, _)| v.clone())
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The first body received on `path` that satisfies `filter`, with
+    /// when it arrived.
+    pub fn first(
+        &self,
+        path: &str,
+        filter: impl Fn(&Value) -> bool,
+    ) -> Option<(Value, std::time::Instant)> {
+        self.received.lock().ok().and_then(|r| {
+            r.iter()
+                .find(|(p, v, _)| p == path && filter(v))
+                .map(|(_, v, at)| (v.clone(), *at))
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -150,12 +165,21 @@ impl Alertmanager {
         Self::launch(webhook_url, Some(web_config))
     }
 
+    /// Alertmanager with `config` as its alertmanager.yml.
+    pub fn start_with_config(config: &str) -> Result<Self> {
+        Self::launch_config(config, None)
+    }
+
     fn launch(webhook_url: &str, web_config: Option<&Path>) -> Result<Self> {
-        let dir = TempDir::new("alertmanager")?;
-        let addr = free_port()?;
         let config = format!(
             "route:\n  receiver: test\n  group_by: ['alertname', 'instance', 'process', 'destination', 'storm_id']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: test\n    webhook_configs:\n      - url: {webhook_url}\n        send_resolved: true\n"
         );
+        Self::launch_config(&config, web_config)
+    }
+
+    fn launch_config(config: &str, web_config: Option<&Path>) -> Result<Self> {
+        let dir = TempDir::new("alertmanager")?;
+        let addr = free_port()?;
         std::fs::write(dir.0.join("alertmanager.yml"), config)?;
         let mut command = Command::new("prometheus-alertmanager");
         command

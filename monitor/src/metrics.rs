@@ -699,7 +699,9 @@ impl Metrics {
             for labels in sets {
                 let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                 let value = match *family {
-                    "connmon_retransmits_total" => self.retransmits.with_label_values(&refs).get() as f64,
+                    "connmon_retransmits_total" => {
+                        self.retransmits.with_label_values(&refs).get() as f64
+                    }
                     "connmon_resets_after_idle_total" => {
                         self.resets_after_idle.with_label_values(&refs).get() as f64
                     }
@@ -899,11 +901,16 @@ mod tests {
         let series = retransmit_series(&text);
         assert!(!text.contains("gone-"), "{text}");
         assert!(
-            series.iter().any(|l| l.contains(r#"process="keeps-busy""#) && l.ends_with(" 2")),
+            series
+                .iter()
+                .any(|l| l.contains(r#"process="keeps-busy""#) && l.ends_with(" 2")),
             "{text}"
         );
         // The folded series is bounded already and stays.
-        assert!(series.iter().any(|l| l.contains(r#"process="other""#)), "{text}");
+        assert!(
+            series.iter().any(|l| l.contains(r#"process="other""#)),
+            "{text}"
+        );
         // New names get series of their own again, and count.
         for _ in 0..2 {
             metrics.observe_event(&retransmit("new-1", "10.0.1.5:6379"));
@@ -912,11 +919,15 @@ mod tests {
         let text = metrics.render();
         let series = retransmit_series(&text);
         assert!(
-            series.iter().any(|l| l.contains(r#"process="new-1""#) && l.ends_with(" 2")),
+            series
+                .iter()
+                .any(|l| l.contains(r#"process="new-1""#) && l.ends_with(" 2")),
             "{text}"
         );
         assert!(
-            series.iter().any(|l| l.contains(r#"process="gone-1""#) && l.ends_with(" 1")),
+            series
+                .iter()
+                .any(|l| l.contains(r#"process="gone-1""#) && l.ends_with(" 1")),
             "{text}"
         );
         assert_eq!(series.len(), 4, "{text}");
@@ -940,7 +951,10 @@ mod tests {
         // This round's 50 and the last round's (seen, not yet quiet for a
         // whole expiry at the last sweep).
         assert!(series <= 100, "{series} series:\n{text}");
-        assert!(!text.contains(r#"process="other""#), "nothing folded:\n{text}");
+        assert!(
+            !text.contains(r#"process="other""#),
+            "nothing folded:\n{text}"
+        );
         assert!(!text.contains(r#"job-0-"#), "{text}");
     }
 
@@ -951,7 +965,12 @@ mod tests {
     fn at_risk_connections_are_under_the_series_cap() {
         let metrics = Metrics::new(3).expect("metrics");
         let counts: HashMap<(String, String, String), i64> = (1..=5)
-            .map(|i| ((format!("p{i}"), String::new(), "10.0.1.5:6379".to_string()), i))
+            .map(|i| {
+                (
+                    (format!("p{i}"), String::new(), "10.0.1.5:6379".to_string()),
+                    i,
+                )
+            })
             .collect();
         metrics.set_at_risk(&counts);
         let text = metrics.render();
@@ -960,10 +979,7 @@ mod tests {
             .filter(|l| l.starts_with("connmon_idle_connections_at_risk{"))
             .collect();
         assert_eq!(series.len(), 3, "{text}");
-        for expected in [
-            r#"process="p5""#,
-            r#"process="p4""#,
-        ] {
+        for expected in [r#"process="p5""#, r#"process="p4""#] {
             assert!(series.iter().any(|l| l.contains(expected)), "{text}");
         }
         assert!(
@@ -973,7 +989,9 @@ mod tests {
             "p1..p3 summed: {text}"
         );
         assert!(
-            text.contains(r#"connmon_series_capped_total{metric="connmon_idle_connections_at_risk"} 3"#),
+            text.contains(
+                r#"connmon_series_capped_total{metric="connmon_idle_connections_at_risk"} 3"#
+            ),
             "{text}"
         );
     }

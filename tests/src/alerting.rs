@@ -430,12 +430,18 @@ pub fn operator_scrape_job(
     };
     set("__meta_kubernetes_namespace".into(), meta.namespace);
     set("__meta_kubernetes_pod_name".into(), meta.pod);
-    set("__meta_kubernetes_pod_container_name".into(), meta.container);
+    set(
+        "__meta_kubernetes_pod_container_name".into(),
+        meta.container,
+    );
     set("__meta_kubernetes_pod_container_port_name".into(), port);
     set("__meta_kubernetes_pod_node_name".into(), meta.node);
     set("__meta_kubernetes_pod_phase".into(), "Running");
     for (key, value) in meta.pod_labels {
-        set(format!("__meta_kubernetes_pod_label_{}", sanitize(key)), value);
+        set(
+            format!("__meta_kubernetes_pod_label_{}", sanitize(key)),
+            value,
+        );
         set(
             format!("__meta_kubernetes_pod_labelpresent_{}", sanitize(key)),
             "true",
@@ -462,7 +468,9 @@ pub fn operator_scrape_job(
         }));
     }
     relabel.push(json!({"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": port}));
-    relabel.push(json!({"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"}));
+    relabel.push(
+        json!({"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"}),
+    );
     relabel.push(json!({"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"}));
     relabel.push(json!({"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}));
     relabel.push(json!({"target_label": "job", "replacement": format!("{namespace}/{name}")}));

@@ -240,29 +240,21 @@ fn hung_and_refusing_receivers_hold_up_nothing() -> Result<()> {
     let left = || deadline.saturating_duration_since(Instant::now());
 
     // The healthy receivers get the storm within a few seconds of stdout.
-    poll::until(
-        "the healthy webhook's storm_started",
-        left(),
-        || {
-            Ok(good
-                .bodies("/hook")
-                .iter()
-                .any(|r| r["event"] == "storm_started" && r["storm_id"] == storm_id)
-                .then_some(()))
-        },
-    )?;
-    poll::until(
-        "the healthy Alertmanager's firing alert",
-        left(),
-        || {
-            Ok(good
-                .bodies("/am/api/v2/alerts")
-                .iter()
-                .flat_map(|b| b.as_array().cloned().unwrap_or_default())
-                .any(|a| a["labels"]["storm_id"] == storm_label.as_str())
-                .then_some(()))
-        },
-    )?;
+    poll::until("the healthy webhook's storm_started", left(), || {
+        Ok(good
+            .bodies("/hook")
+            .iter()
+            .any(|r| r["event"] == "storm_started" && r["storm_id"] == storm_id)
+            .then_some(()))
+    })?;
+    poll::until("the healthy Alertmanager's firing alert", left(), || {
+        Ok(good
+            .bodies("/am/api/v2/alerts")
+            .iter()
+            .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+            .any(|a| a["labels"]["storm_id"] == storm_label.as_str())
+            .then_some(()))
+    })?;
     // Both bad receivers were really tried.
     poll::until(
         "the hung receiver to be connected to twice",
@@ -283,12 +275,13 @@ fn hung_and_refusing_receivers_hold_up_nothing() -> Result<()> {
                 "/metrics took {:?}",
                 asked.elapsed()
             );
-            Ok(
-                (series(&body, r#"connmon_alert_deliveries_total{receiver="webhook-1",result="failed"}"#)
-                    .unwrap_or(0.0)
-                    >= 1.0)
-                    .then_some(body),
+            Ok((series(
+                &body,
+                r#"connmon_alert_deliveries_total{receiver="webhook-1",result="failed"}"#,
             )
+            .unwrap_or(0.0)
+                >= 1.0)
+                .then_some(body))
         },
     )?;
     let count = |receiver: &str, result: &str| {
@@ -367,8 +360,9 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         "node-7",
     ])?;
     let kubernetes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
-    let podmonitor: Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(kubernetes.join("podmonitor.yaml"))?)?;
+    let podmonitor: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
+        kubernetes.join("podmonitor.yaml"),
+    )?)?;
     let daemonset: Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(kubernetes.join("daemonset.yaml"))?)?;
     let pod_labels: Vec<(String, String)> = daemonset["spec"]["template"]["metadata"]["labels"]
@@ -464,7 +458,10 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         "{alert}"
     );
     let renamed = prometheus.query(r#"{exported_container!=""}"#)?;
-    assert!(renamed.is_empty(), "connmon's label was renamed: {renamed:?}");
+    assert!(
+        renamed.is_empty(),
+        "connmon's label was renamed: {renamed:?}"
+    );
     Ok(())
 }
 
@@ -477,8 +474,8 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
 fn a_storm_pages_through_the_example_route_within_3_s() -> Result<()> {
     const PAGE_BUDGET: Duration = Duration::from_secs(3);
     let webhook = WebhookReceiver::start()?;
-    let routes_file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/alertmanager/connmon-routes.yml");
+    let routes_file =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/alertmanager/connmon-routes.yml");
     let shipped = std::fs::read_to_string(&routes_file)?;
     let mut routes = shipped.clone();
     for (placeholder, path) in [
@@ -536,7 +533,11 @@ fn a_storm_pages_through_the_example_route_within_3_s() -> Result<()> {
         .as_array()
         .and_then(|alerts| alerts.iter().find(|a| a["labels"]["source"] == "connmon"))
         .context("the pushed alert")?;
-    assert_eq!(alert["labels"]["storm_id"], storm["storm_id"].to_string(), "{alert}");
+    assert_eq!(
+        alert["labels"]["storm_id"],
+        storm["storm_id"].to_string(),
+        "{alert}"
+    );
     assert_eq!(alert["labels"]["destination"], storm["remote"], "{alert}");
     Ok(())
 }

@@ -436,7 +436,9 @@ fn short_lived_process_names_leave_metrics_bounded() -> Result<()> {
     let short_series = |metrics: &str| -> Vec<String> {
         metrics
             .lines()
-            .filter(|l| l.starts_with("connmon_retransmits_total{") && l.contains("process=\"short-"))
+            .filter(|l| {
+                l.starts_with("connmon_retransmits_total{") && l.contains("process=\"short-")
+            })
             .map(str::to_string)
             .collect()
     };
@@ -479,7 +481,11 @@ fn short_lived_process_names_leave_metrics_bounded() -> Result<()> {
                 anyhow::ensure!(series.len() <= WAVE * 2, "{series:#?}");
                 Ok(names
                     .iter()
-                    .all(|n| series.iter().any(|s| s.contains(&format!("process=\"{n}\""))))
+                    .all(|n| {
+                        series
+                            .iter()
+                            .any(|s| s.contains(&format!("process=\"{n}\"")))
+                    })
                     .then_some(()))
             },
         )?;

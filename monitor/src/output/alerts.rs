@@ -564,11 +564,9 @@ mod tests {
     /// own label; the others still get it.
     #[test]
     fn a_full_queue_drops_for_that_receiver_only() {
-        let deliveries = IntCounterVec::new(
-            prometheus::Opts::new("d", "d"),
-            &["receiver", "result"],
-        )
-        .expect("counter");
+        let deliveries =
+            IntCounterVec::new(prometheus::Opts::new("d", "d"), &["receiver", "result"])
+                .expect("counter");
         let (slow_tx, _slow_rx) = mpsc::channel(1);
         let (fast_tx, mut fast_rx) = mpsc::channel(8);
         let queue = AlertQueue {
@@ -587,11 +585,7 @@ mod tests {
         for _ in 0..3 {
             queue.push(&record());
         }
-        let count = |receiver: &str| {
-            deliveries
-                .with_label_values(&[receiver, "dropped"])
-                .get()
-        };
+        let count = |receiver: &str| deliveries.with_label_values(&[receiver, "dropped"]).get();
         assert_eq!(count("webhook-0"), 2);
         assert_eq!(count("webhook-1"), 0);
         let mut received = 0;
@@ -611,7 +605,9 @@ mod tests {
     }
 
     fn repository_file(path: &str) -> String {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
@@ -639,7 +635,11 @@ mod tests {
                 });
             }
         }
-        assert!(rules.len() >= 7, "rules file read wrong: {} rules", rules.len());
+        assert!(
+            rules.len() >= 7,
+            "rules file read wrong: {} rules",
+            rules.len()
+        );
         rules
     }
 
@@ -699,7 +699,11 @@ mod tests {
             }
             let anchor = |url: &str| url.rsplit_once('#').map(|(_, a)| a.to_string());
             assert_eq!(
-                anchor(alert["annotations"]["runbook_url"].as_str().expect("runbook_url")),
+                anchor(
+                    alert["annotations"]["runbook_url"]
+                        .as_str()
+                        .expect("runbook_url")
+                ),
                 anchor(&rule.runbook_url),
                 "{name}"
             );

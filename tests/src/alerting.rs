@@ -229,12 +229,14 @@ impl Prometheus {
         ))
     }
 
-    /// Prometheus evaluating `rules` every second and scraping with `job`
-    /// (a `scrape_configs` entry, e.g. from `operator_scrape_job`).
-    pub fn start_with_job(job: &Value, rules: &Path) -> Result<Self> {
+    /// Prometheus evaluating `rules` every second, scraping with `job` (a
+    /// `scrape_configs` entry, e.g. from `operator_scrape_job`) and sending
+    /// alerts to `alertmanager`.
+    pub fn start_with_job(job: &Value, rules: &Path, alertmanager: SocketAddr) -> Result<Self> {
         let config = serde_json::json!({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [rules.display().to_string()],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager.to_string()]}]}]},
             "scrape_configs": [job],
         });
         Self::launch(&config.to_string())

@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context, Result};
 use connmon_tests::{
     alerting::{
-        Alertmanager, HungReceiver, PodMeta, Prometheus, WebhookReceiver, operator_scrape_job,
-        refusing_url, series,
+        Alertmanager, HungReceiver, PodMeta, Prometheus, TempDir, WebhookReceiver,
+        operator_scrape_job, refusing_url, series,
     },
     cgroup::Cgroup,
     connmon::Daemon,
@@ -393,7 +393,28 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
     let rules_file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/prometheus/connmon-rules.yml")
         .canonicalize()?;
-    let prometheus = Prometheus::start_with_job(&job, &rules_file)?;
+    // The shipped rules with their `for:` shortened to 1 s (ConnmonDown
+    // waits 5 minutes otherwise); expressions, labels and annotations as
+    // shipped.
+    let shipped_rules = std::fs::read_to_string(&rules_file)?;
+    let mut shortened = 0;
+    let quick_rules: String = shipped_rules
+        .lines()
+        .map(|line| match line.trim().strip_prefix("for: ") {
+            Some(_) => {
+                shortened += 1;
+                format!("{}for: 1s\n", &line[..line.len() - line.trim_start().len()])
+            }
+            None => format!("{line}\n"),
+        })
+        .collect();
+    anyhow::ensure!(shortened >= 3, "only {shortened} `for:` found");
+    let rules_dir = TempDir::new("opmon-rules")?;
+    let quick_rules_file = rules_dir.0.join("connmon-rules.yml");
+    std::fs::write(&quick_rules_file, quick_rules)?;
+    let webhook = WebhookReceiver::start()?;
+    let alertmanager = Alertmanager::start(&webhook.url("/alertmanager"))?;
+    let prometheus = Prometheus::start_with_job(&job, &quick_rules_file, alertmanager.addr)?;
 
     // ConnmonDown's selector matches the scraped target.
     let rules = std::fs::read_to_string(&rules_file)?;
@@ -461,6 +482,55 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
     assert!(
         renamed.is_empty(),
         "connmon's label was renamed: {renamed:?}"
+    );
+
+    // Through Alertmanager to a receiver, with the labels and the runbook
+    // section the runbook documents.
+    let paged = poll::until(
+        "the storm rule's notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(
+                &webhook,
+                "ConnmonIdleConnectionStorm",
+                |_| true,
+            ))
+        },
+    )?;
+    assert_eq!(paged["labels"]["container"], &CONTAINER_ID[..12], "{paged}");
+    assert_eq!(paged["labels"]["instance"], "node-7", "{paged}");
+    assert_eq!(paged["labels"]["severity"], "page", "{paged}");
+    assert!(
+        paged["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("runbook.md#connmonidleconnectionstorm")),
+        "{paged}"
+    );
+
+    // ConnmonDown fires when connmon stops, named by its node.
+    assert_eq!(connmon.stop()?, Some(0));
+    let down = poll::until(
+        "ConnmonDown's notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(&webhook, "ConnmonDown", |a| {
+                a["status"] == "firing"
+            }))
+        },
+    )
+    .with_context(|| format!("{:?}", prometheus.alerts()))?;
+    assert_eq!(down["labels"]["instance"], "node-7", "{down}");
+    assert_eq!(down["labels"]["job"], "connmon", "{down}");
+    assert_eq!(down["labels"]["pod"], "connmon-x7k2q", "{down}");
+    assert_eq!(
+        down["annotations"]["summary"], "connmon on node-7 is not being scraped",
+        "{down}"
+    );
+    assert!(
+        down["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("runbook.md#connmondown")),
+        "{down}"
     );
     Ok(())
 }

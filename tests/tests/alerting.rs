@@ -19,7 +19,7 @@ use connmon_tests::{
     connmon::Daemon,
     poll,
     scenario::SeedScenario,
-    topology::{CACHE_V4, Options, REDIS_PORT, Topology},
+    topology::{CACHE_V4, Options, REDIS_PORT, StaleFlow, Topology},
 };
 use serde_json::Value;
 
@@ -609,5 +609,145 @@ fn a_storm_pages_through_the_example_route_within_3_s() -> Result<()> {
         "{alert}"
     );
     assert_eq!(alert["labels"]["destination"], storm["remote"], "{alert}");
+    Ok(())
+}
+
+/// Prometheus with the shipped rules scraping a connmon started with
+/// `connmon_args`, Alertmanager, and a webhook behind it; the topology with
+/// redis-server and `clients` connected clients.
+struct RuleRig {
+    webhook: WebhookReceiver,
+    prometheus: Prometheus,
+    _alertmanager: Alertmanager,
+    clients: Vec<connmon_tests::process::Process>,
+    connmon: Daemon,
+    topology: Topology,
+}
+
+impl RuleRig {
+    fn start(tag: &str, options: &Options, clients: usize) -> Result<Self> {
+        let mut topology = Topology::build(tag, options)?;
+        topology.start_redis()?;
+        let connmon =
+            Daemon::start(&["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()])?;
+        let webhook = WebhookReceiver::start()?;
+        let alertmanager = Alertmanager::start(&webhook.url("/alertmanager"))?;
+        let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/prometheus/connmon-rules.yml")
+            .canonicalize()?;
+        let prometheus = Prometheus::start(connmon.listen, alertmanager.addr, &rules)?;
+        let clients = (0..clients)
+            .map(|_| topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            webhook,
+            prometheus,
+            _alertmanager: alertmanager,
+            clients,
+            connmon,
+            topology,
+        })
+    }
+
+    /// After the path forgot every idle connection, resumes them one at a
+    /// time, each once Prometheus has scraped the one before it counted in
+    /// `family` (a counter's first sample is its first count, which
+    /// `increase()` cannot see: the rules' thresholds count from the second).
+    fn resume_one_by_one(&mut self, family: &str) -> Result<()> {
+        self.topology
+            .wait_until_forgotten(Duration::from_secs(30))?;
+        for (i, client) in self.clients.iter_mut().enumerate() {
+            client.send_line("set")?;
+            let query = format!("sum({family})");
+            poll::until(
+                &format!("Prometheus to see {family} at {}", i + 1),
+                Duration::from_secs(20),
+                || {
+                    let seen = self.prometheus.query(&query)?;
+                    let value: f64 = seen
+                        .first()
+                        .and_then(|r| r["value"][1].as_str())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0.0);
+                    Ok((value >= (i + 1) as f64).then_some(()))
+                },
+            )
+            .with_context(|| format!("connmon said {:?}", self.connmon.records()))?;
+        }
+        Ok(())
+    }
+}
+
+/// ConnmonIdleConnectionStormsRecurring from real storms: the same process
+/// and destination stuck again and again, through Alertmanager.
+#[test]
+fn recurring_storms_fire_their_rule_from_real_metrics() -> Result<()> {
+    let mut rig = RuleRig::start("recur", &Options::default(), 4)?;
+    rig.resume_one_by_one("connmon_storms_started_total")?;
+    let alert = poll::until(
+        "ConnmonIdleConnectionStormsRecurring's notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(
+                &rig.webhook,
+                "ConnmonIdleConnectionStormsRecurring",
+                |a| a["status"] == "firing",
+            ))
+        },
+    )
+    .with_context(|| format!("{:?}", rig.prometheus.alerts()))?;
+    assert_eq!(alert["labels"]["process"], "cmt-redis-clien", "{alert}");
+    assert_eq!(
+        alert["labels"]["destination"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{alert}"
+    );
+    assert_eq!(alert["labels"]["role"], "client", "{alert}");
+    assert_eq!(alert["labels"]["severity"], "ticket", "{alert}");
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("#connmonidleconnectionstormsrecurring")),
+        "{alert}"
+    );
+    Ok(())
+}
+
+/// ConnmonResetsAfterIdle from real resets: a middlebox that answers
+/// forgotten flows with a reset, more than five times in an hour.
+#[test]
+fn resets_after_idle_fire_their_rule_from_real_metrics() -> Result<()> {
+    let options = Options {
+        stale_flow: StaleFlow::Reset,
+        ..Options::default()
+    };
+    let mut rig = RuleRig::start("resets", &options, 7)?;
+    rig.resume_one_by_one("connmon_resets_after_idle_total")?;
+    let alert = poll::until(
+        "ConnmonResetsAfterIdle's notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(
+                &rig.webhook,
+                "ConnmonResetsAfterIdle",
+                |a| a["status"] == "firing",
+            ))
+        },
+    )
+    .with_context(|| format!("{:?}", rig.prometheus.alerts()))?;
+    assert_eq!(alert["labels"]["process"], "cmt-redis-clien", "{alert}");
+    assert_eq!(
+        alert["labels"]["destination"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{alert}"
+    );
+    assert_eq!(alert["labels"]["role"], "client", "{alert}");
+    assert_eq!(alert["labels"]["severity"], "ticket", "{alert}");
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("#connmonresetsafteridle")),
+        "{alert}"
+    );
     Ok(())
 }

@@ -358,6 +358,12 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         &REDIS_PORT.to_string(),
         "--node-name",
         "node-7",
+        // Idle connections are at risk after 2 s (the middlebox forgets
+        // after 3 s), looked for every second.
+        "--default-path-timeout",
+        "2s",
+        "--at-risk-interval",
+        "1s",
     ])?;
     let kubernetes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
     let podmonitor: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
@@ -453,6 +459,55 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         .stdout
         .wait_for("connected", Duration::from_secs(20))?;
     topology.wait_until_forgotten(Duration::from_secs(30))?;
+    // Before it is used again, the idle connection is at risk: the rule
+    // fires with the workload's container and the node.
+    let at_risk = poll::until(
+        "ConnmonIdleConnectionsAtRisk's notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(
+                &webhook,
+                "ConnmonIdleConnectionsAtRisk",
+                |a| a["status"] == "firing" && a["labels"]["process"] == "cmt-redis-clien",
+            ))
+        },
+    )
+    .with_context(|| format!("{:?}", prometheus.alerts()))?;
+    assert_eq!(
+        at_risk["labels"]["container"],
+        &CONTAINER_ID[..12],
+        "{at_risk}"
+    );
+    assert_eq!(at_risk["labels"]["instance"], "node-7", "{at_risk}");
+    assert_eq!(
+        at_risk["labels"]["destination"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{at_risk}"
+    );
+    // redis-server's end is at risk too, under its own watched endpoint,
+    // not the client's ephemeral port.
+    let server_side = poll::until(
+        "the server side's at-risk notification",
+        Duration::from_secs(10),
+        || {
+            Ok(notified_alert(
+                &webhook,
+                "ConnmonIdleConnectionsAtRisk",
+                |a| a["labels"]["process"] == "redis-server",
+            ))
+        },
+    )?;
+    assert_eq!(
+        server_side["labels"]["destination"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{server_side}"
+    );
+    assert!(
+        at_risk["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("#connmonidleconnectionsatrisk")),
+        "{at_risk}"
+    );
     client.send_line("set")?;
     let storm = connmon_tests::connmon::first_finding(
         &connmon,

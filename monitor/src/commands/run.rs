@@ -210,9 +210,9 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
     tokio::spawn(async move {
         loop {
             tick.tick().await;
-            let (ports, paths) = (ports.clone(), paths.clone());
+            let (audited_ports, paths) = (ports.clone(), paths.clone());
             let Ok(report) = tokio::task::spawn_blocking(move || {
-                audit::audit(&ports, all_ports, &paths, Default::default())
+                audit::audit(&audited_ports, all_ports, &paths, Default::default())
             })
             .await
             else {
@@ -230,13 +230,37 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
                 let key = (
                     connection.comm.clone().unwrap_or_else(|| "unknown".into()),
                     container,
-                    connection.remote.clone(),
+                    watched_endpoint(&connection.local, &connection.remote, &ports, all_ports),
                 );
                 *counts.entry(key).or_default() += 1;
             }
             status.metrics.set_at_risk(&counts);
         }
     })
+}
+
+/// The watched endpoint of a connection, as the other metrics' `destination`:
+/// our side for a server (its local port is watched), the far side for a
+/// client. Never a client's ephemeral port, which would make a label set per
+/// connection. With every port watched, the lower port is taken for the
+/// service's.
+fn watched_endpoint(
+    local: &str,
+    remote: &str,
+    ports: &std::collections::BTreeSet<u16>,
+    all_ports: bool,
+) -> String {
+    let port = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+    };
+    let local_is_service = match (port(local), port(remote)) {
+        (Some(l), Some(r)) if all_ports => l < r,
+        (Some(l), _) => ports.contains(&l),
+        _ => false,
+    };
+    if local_is_service { local } else { remote }.to_string()
 }
 
 /// How often kernel-side losses are checked for the log.
@@ -424,5 +448,30 @@ impl Pipeline {
         if !follow_ups.is_empty() {
             self.report(&follow_ups);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watched_endpoint;
+
+    #[test]
+    fn at_risk_destinations_are_the_watched_endpoint_never_an_ephemeral_port() {
+        let ports = [6379].into_iter().collect();
+        // A client: the far side.
+        assert_eq!(
+            watched_endpoint("10.0.0.2:41000", "10.0.1.5:6379", &ports, false),
+            "10.0.1.5:6379"
+        );
+        // redis-server's end of the same connection: its own side.
+        assert_eq!(
+            watched_endpoint("10.0.1.5:6379", "10.0.0.2:41000", &ports, false),
+            "10.0.1.5:6379"
+        );
+        let none = Default::default();
+        assert_eq!(
+            watched_endpoint("[fd00::5]:5432", "[fd00::2]:50000", &none, true),
+            "[fd00::5]:5432"
+        );
     }
 }

@@ -11,6 +11,23 @@ pub const EVENT_SOCKET_ERROR: u32 = 5;
 pub const EVENT_DESTROY: u32 = 6;
 /// A retransmitting socket made progress (data received or acknowledged).
 pub const EVENT_PROGRESS: u32 = 7;
+/// Retransmits of a watched socket that could not start a storm (a busy
+/// connection's), counted in its storage and handed over at most once a
+/// second: `detail` packs the counts per kind (`pack_retransmit_counts`).
+pub const EVENT_RETRANSMIT_COUNTS: u32 = 8;
+
+/// `detail` of a retransmit-counts record: one byte per `RETRANSMIT_*`
+/// kind, kind 0 lowest.
+#[inline(always)]
+pub const fn pack_retransmit_counts(counts: [u8; 4]) -> u32 {
+    u32::from_le_bytes(counts)
+}
+
+/// The counts per kind of a retransmit-counts record's `detail`.
+#[inline(always)]
+pub const fn unpack_retransmit_counts(detail: u32) -> [u8; 4] {
+    detail.to_le_bytes()
+}
 
 /// `SocketEvent::detail` for `EVENT_PROGRESS`.
 pub const PROGRESS_DATA_RECEIVED: u32 = 1;
@@ -94,5 +111,12 @@ mod tests {
             split_state_change_detail(state_change_detail(4, 5, 0x1_0006)).2,
             6
         );
+    }
+
+    #[test]
+    fn retransmit_counts_round_trip_per_kind() {
+        let counts = [0, 255, 3, 1];
+        assert_eq!(unpack_retransmit_counts(pack_retransmit_counts(counts)), counts);
+        assert_eq!(pack_retransmit_counts([1, 0, 0, 0]), 1);
     }
 }

@@ -73,6 +73,46 @@ pub struct KernelOffsets {
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
 
+/// Words of the watched-port bitmap (`WATCHED_PORT_BITS`): one bit per
+/// TCP port, in a read-only global the loader fills, so the programs test
+/// a port with one load and a mask.
+pub const WATCHED_PORT_WORDS: usize = 1024;
+
+/// The word and the bit of `port` in the watched-port bitmap.
+#[inline(always)]
+pub const fn port_bit(port: u16) -> (usize, u64) {
+    ((port >> 6) as usize, 1u64 << (port & 63))
+}
+
+/// The watched-port bitmap for `ports`.
+pub fn watched_port_bits(ports: impl IntoIterator<Item = u16>) -> [u64; WATCHED_PORT_WORDS] {
+    let mut bits = [0u64; WATCHED_PORT_WORDS];
+    for port in ports {
+        let (word, bit) = port_bit(port);
+        bits[word] |= bit;
+    }
+    bits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_port_has_its_own_bit() {
+        let bits = watched_port_bits([0, 63, 64, 6379, 65535]);
+        for port in [0u16, 63, 64, 6379, 65535] {
+            let (word, bit) = port_bit(port);
+            assert!(word < WATCHED_PORT_WORDS);
+            assert_ne!(bits[word] & bit, 0, "port {port}");
+        }
+        for port in [1u16, 62, 65, 6378, 6380, 65534] {
+            let (word, bit) = port_bit(port);
+            assert_eq!(bits[word] & bit, 0, "port {port}");
+        }
+    }
+}
+
 /// Marks an offset the running kernel does not have.
 pub const OFFSET_ABSENT: u32 = u32::MAX;
 
@@ -138,9 +178,14 @@ pub struct ProbeSettings {
     /// ESTABLISHED, to CLOSE); the rest would cost a record each on every
     /// connection's setup and teardown for nothing.
     pub every_state_change: u32,
-    pub _pad: u32,
+    /// Non-zero: a watched socket's retransmits that cannot start a storm
+    /// are counted and handed over at most every `retransmit_counts_ticks`
+    /// (`EVENT_RETRANSMIT_COUNTS`), not a record each (`connmon run`).
+    /// Zero: a record each (`connmon trace` shows every retransmit).
+    pub count_busy_retransmits: u32,
+    pub retransmit_counts_ticks: u64,
 }
-const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 48);
+const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 56);
 
 impl ProbeSettings {
     pub const DEFAULT: Self = Self {
@@ -151,6 +196,7 @@ impl ProbeSettings {
         retransmit_has_err: 0,
         ns_per_jiffy: 4_000_000,
         every_state_change: 1,
-        _pad: 0,
+        count_busy_retransmits: 0,
+        retransmit_counts_ticks: 250,
     };
 }

@@ -92,8 +92,13 @@ pub struct SocketState {
     pub retransmits: u32,
     /// `SOCKET_FLAG_*` bits.
     pub flags: u32,
+    /// Retransmits per kind not yet handed to userspace (a busy
+    /// connection's, see `retransmit_counts_due`).
+    pub pending_retransmits: [u8; 4],
+    /// When (jiffies, 32 bits) counts were last handed over.
+    pub counts_sent_at: u32,
 }
-const _: () = assert!(core::mem::size_of::<SocketState>() == 88);
+const _: () = assert!(core::mem::size_of::<SocketState>() == 96);
 
 /// A watched socket has retransmitted and has not made progress since; the
 /// next receive or return to congestion state Open is reported.
@@ -168,7 +173,46 @@ impl ClockPair {
     }
 }
 
+/// A watched socket's retransmits that cannot start a storm are counted,
+/// not each written as a record: `pending` per kind, handed over when one
+/// count is full or `interval` ticks passed since the last hand-over
+/// (`sent_at`, wrapping 32-bit jiffies).
+#[inline(always)]
+pub fn retransmit_counts_due(pending: &[u8; 4], sent_at: u32, now: u32, interval: u32) -> bool {
+    let full = pending[0] == u8::MAX
+        || pending[1] == u8::MAX
+        || pending[2] == u8::MAX
+        || pending[3] == u8::MAX;
+    full || now.wrapping_sub(sent_at) >= interval
+}
+
+/// Adds one retransmit of `kind` (`RETRANSMIT_*`) to `pending`, with stores
+/// at constant offsets (the verifier refuses variable-offset stack stores).
+#[inline(always)]
+pub fn count_retransmit(pending: &mut [u8; 4], kind: u8) {
+    let one = [
+        u8::from(kind == 0),
+        u8::from(kind == 1),
+        u8::from(kind == 2),
+        u8::from(kind == 3),
+    ];
+    for (count, add) in pending.iter_mut().zip(one) {
+        *count = count.saturating_add(add);
+    }
+}
+
 impl TickActivity {
+    /// `may_confirm_storm` on the socket storage's ticks.
+    #[inline(always)]
+    pub fn may_confirm_storm(&self, idle_threshold: u64) -> bool {
+        may_confirm(
+            self.last_recv,
+            self.burst_start,
+            self.idle_before_burst,
+            idle_threshold,
+        )
+    }
+
     /// Records payload at tick `now`: a gap of at least `idle_threshold`
     /// ticks since the last payload either way starts a new burst. The one
     /// definition of a burst, used by the kernel's send/receive hooks.
@@ -230,9 +274,19 @@ impl TickActivity {
 /// reader only for such retransmits; the detector requires the same.
 #[inline(always)]
 pub fn may_confirm_storm(activity: &Activity, idle_threshold_ns: u64) -> bool {
-    let received_since =
-        activity.last_recv_ns != 0 && activity.last_recv_ns >= activity.burst_start_ns;
-    activity.idle_before_burst_ns >= idle_threshold_ns && !received_since
+    may_confirm(
+        activity.last_recv_ns,
+        activity.burst_start_ns,
+        activity.idle_before_burst_ns,
+        idle_threshold_ns,
+    )
+}
+
+/// The rule itself, in any one time unit.
+#[inline(always)]
+const fn may_confirm(last_recv: u64, burst_start: u64, idle_before_burst: u64, threshold: u64) -> bool {
+    let received_since = last_recv != 0 && last_recv >= burst_start;
+    idle_before_burst >= threshold && !received_since
 }
 
 #[cfg(test)]
@@ -287,6 +341,41 @@ mod tests {
         assert_eq!(wire.last_recv_ns, 6_000_000_000);
         assert_eq!(wire.idle_before_burst_ns, 3_000_000_000);
         assert_eq!(TickActivity::from_wire(&wire, &clocks), activity);
+    }
+
+    #[test]
+    fn busy_retransmit_counts_are_handed_over_when_full_or_old() {
+        let mut pending = [0u8; 4];
+        count_retransmit(&mut pending, 2);
+        count_retransmit(&mut pending, 2);
+        count_retransmit(&mut pending, 3);
+        assert_eq!(pending, [0, 0, 2, 1]);
+        assert!(!retransmit_counts_due(&pending, 1_000, 1_100, 250));
+        assert!(retransmit_counts_due(&pending, 1_000, 1_250, 250), "a second old");
+        assert!(retransmit_counts_due(&pending, u32::MAX - 10, 240, 250), "across the wrap");
+        pending[1] = u8::MAX;
+        assert!(retransmit_counts_due(&pending, 1_000, 1_001, 250), "full");
+        count_retransmit(&mut pending, 1);
+        assert_eq!(pending[1], u8::MAX, "saturates rather than wraps");
+    }
+
+    #[test]
+    fn the_rule_is_the_same_in_ticks_and_nanoseconds() {
+        let ticks = TickActivity {
+            last_send: 50,
+            last_recv: 10,
+            burst_start: 50,
+            idle_before_burst: 40,
+        };
+        assert!(ticks.may_confirm_storm(30));
+        assert!(!ticks.may_confirm_storm(41));
+        let clocks = ClockPair {
+            now_ns: 1_000_000,
+            now_ticks: 100,
+            ns_per_tick: 1_000,
+        };
+        assert!(may_confirm_storm(&ticks.to_wire(&clocks), 30_000));
+        assert!(!may_confirm_storm(&ticks.to_wire(&clocks), 41_000));
     }
 
     #[test]

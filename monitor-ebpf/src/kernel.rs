@@ -91,13 +91,24 @@ pub fn load_btf<T>(base: *const u8, off: u32) -> T {
     unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize).cast::<T>()) }
 }
 
+/// The socket's protocol is TCP: one load, the first thing every hot hook
+/// tests. `sk` as for `load_btf`.
+#[inline(always)]
+pub fn is_tcp(sk: *const u8) -> bool {
+    load_btf::<u16>(sk, off!(sk_protocol)) == IPPROTO_TCP
+}
+
+/// The socket is IPv4 or IPv6 (a TCP socket always is; checked after the
+/// cheaper tests, for a socket that passed them).
+#[inline(always)]
+pub fn is_inet(sk: *const u8) -> bool {
+    matches!(load_btf::<u16>(sk, off!(skc_family)), AF_INET | AF_INET6)
+}
+
 /// The socket's protocol is TCP over IPv4 or IPv6. `sk` as for `load_btf`.
 #[inline(always)]
 pub fn is_inet_tcp(sk: *const u8) -> bool {
-    if load_btf::<u16>(sk, off!(sk_protocol)) != IPPROTO_TCP {
-        return false;
-    }
-    matches!(load_btf::<u16>(sk, off!(skc_family)), AF_INET | AF_INET6)
+    is_tcp(sk) && is_inet(sk)
 }
 
 /// Sixteen bytes at `base + off` (an IPv6 address), as `load_btf` does:

@@ -4,12 +4,12 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
     counters::{COUNTER_SLOTS, UnwatchedRetransmits},
     event::SocketEvent,
-    globals::{KernelOffsets, ProbeSettings},
+    globals::{KernelOffsets, ProbeSettings, WATCHED_PORT_WORDS},
     socket::{PrimedSocket, SocketState},
 };
 
@@ -50,10 +50,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Non-zero at index `port` when that TCP port (local or remote) is watched.
-/// An array lookup is inlined by the verifier: a bounds check and a load.
-#[map]
-pub static WATCHED_PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
+/// One bit per TCP port (local or remote) that is watched
+/// (`monitor_common::globals::port_bit`), set by the loader: a port test is
+/// one load from read-only memory and a mask.
+#[unsafe(no_mangle)]
+pub static WATCHED_PORT_BITS: [u64; WATCHED_PORT_WORDS] = [0; WATCHED_PORT_WORDS];
 
 const _: () = assert!(core::mem::size_of::<SocketEvent>() % 8 == 0);
 

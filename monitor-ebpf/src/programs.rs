@@ -19,20 +19,21 @@ use monitor_common::{
     },
     event::{
         EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
-        EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED, PROGRESS_DATA_RECEIVED,
-        TcpSnapshot,
+        EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED,
+        PROGRESS_DATA_RECEIVED, TcpSnapshot, pack_retransmit_counts,
     },
     retransmit::{RETRANSMIT_TIMEOUT, classify_retransmit},
     socket::{
         OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, Owner, ROLE_CLIENT,
         ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_REPORTED, SOCKET_FLAG_RETRANSMITTING, SocketState,
+        count_retransmit, retransmit_counts_due,
     },
     tcp::{TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
 };
 
 use crate::{
     emit::{WAKE_LATER, WAKE_NOW, emit},
-    kernel::{is_inet_tcp, load_btf, off, setting},
+    kernel::{is_inet, is_inet_tcp, is_tcp, load_btf, off, setting},
     maps::{UNWATCHED_RETRANSMITS, count},
     socket::{
         INSERT_ONLY, cookie, create_storage, current_owner, existing_storage, first_sight,
@@ -89,7 +90,8 @@ pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
 /// owner changed or its activity time is a granule old.
 #[inline(always)]
 fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
-    if bytes <= 0 || !is_inet_tcp(sk) || !ports_watched(sk) {
+    // Cheapest first: what most sockets fail leaves soonest.
+    if bytes <= 0 || !is_tcp(sk) || !ports_watched(sk) || !is_inet(sk) {
         return;
     }
     let now = now_ticks();
@@ -166,13 +168,13 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk = sock_arg(&ctx);
-    if !is_inet_tcp(sk) {
+    if !is_tcp(sk) {
         return 0;
     }
     let old_state = ctx.arg::<i32>(1) as u8;
     let new_state = ctx.arg::<i32>(2) as u8;
     let every_state_change = setting!(every_state_change) != 0;
-    let state = if ports_watched(sk) {
+    let state = if ports_watched(sk) && is_inet(sk) {
         if new_state == TCP_SYN_SENT {
             // connect(): the one state change that runs in the owner's
             // context. A socket reconnecting keeps its storage.
@@ -281,6 +283,25 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: pointer to this socket's storage, from this run.
         let state = unsafe { &mut *state };
         state.retransmits = state.retransmits.wrapping_add(1);
+        if setting!(count_busy_retransmits) != 0
+            && !state
+                .activity
+                .may_confirm_storm(setting!(idle_threshold_ticks))
+        {
+            // A busy connection's retransmit cannot start a storm: count
+            // it, and hand the counts over at most once a second.
+            count_retransmit(&mut state.pending_retransmits, kind);
+            let now = now_ticks() as u32;
+            if retransmit_counts_due(
+                &state.pending_retransmits,
+                state.counts_sent_at,
+                now,
+                setting!(retransmit_counts_ticks) as u32,
+            ) {
+                hand_over_retransmit_counts(sk, state, now);
+            }
+            return 0;
+        }
         state.flags |= SOCKET_FLAG_RETRANSMITTING;
     }
     let mut snapshot = TcpSnapshot {
@@ -379,8 +400,11 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         Some(state) => {
             count(SOCKETS_REMOVED, 1);
             // SAFETY: pointer to this socket's storage, from this run.
-            let flags = unsafe { (*state).flags };
-            flags & SOCKET_FLAG_REPORTED != 0
+            let state = unsafe { &mut *state };
+            if state.pending_retransmits != [0; 4] {
+                hand_over_retransmit_counts(sk, state, now_ticks() as u32);
+            }
+            state.flags & SOCKET_FLAG_REPORTED != 0
         }
         None => false,
     };
@@ -395,6 +419,22 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         );
     }
     0
+}
+
+/// Writes the socket's pending retransmit counts as one record.
+#[inline(always)]
+fn hand_over_retransmit_counts(sk: *const u8, state: &mut SocketState, now: u32) {
+    let counts = pack_retransmit_counts(state.pending_retransmits);
+    state.pending_retransmits = [0; 4];
+    state.counts_sent_at = now;
+    emit(
+        EVENT_RETRANSMIT_COUNTS,
+        counts,
+        sk,
+        Some(state),
+        TcpSnapshot::default(),
+        WAKE_LATER,
+    );
 }
 
 /// Resets and errors: rare, so every one of a watched socket is emitted.

@@ -19,7 +19,7 @@ use monitor_common::{
 
 use crate::{
     kernel::{load_btf, load_btf_16, off, ports, read, read_bytes, setting},
-    maps::{PRIMED_SOCKETS, SOCKET_STATE, WATCHED_PORTS, count},
+    maps::{PRIMED_SOCKETS, SOCKET_STATE, WATCHED_PORT_BITS, count},
 };
 
 /// The kernel's cookie for `sk`: never reused, and what sock_diag reports.
@@ -51,21 +51,28 @@ pub fn clocks(now_ns: u64) -> ClockPair {
 }
 
 /// Whether a TCP port of `sk`, local or remote, is watched (or every port
-/// is). Two inlined array lookups: all an unwatched socket pays on the
-/// send, receive and state-change hooks after the protocol check. `sk` as
-/// for `load_btf`.
+/// is): two direct loads and two bitmap tests, all an unwatched socket pays
+/// on the send, receive and state-change hooks after the protocol check.
+/// `sk` as for `load_btf`.
 #[inline(always)]
 pub fn ports_watched(sk: *const u8) -> bool {
     if setting!(watch_all_ports) != 0 {
         return true;
     }
     let (local, remote) = ports(sk);
-    let watched = |port: u16| {
-        WATCHED_PORTS
-            .get(port as u32)
-            .is_some_and(|flag| *flag != 0)
+    port_watched(local) || port_watched(remote)
+}
+
+#[inline(always)]
+fn port_watched(port: u16) -> bool {
+    let (word, bit) = monitor_common::globals::port_bit(port);
+    // SAFETY: `word` is a u16 shifted right by 6, below WATCHED_PORT_WORDS,
+    // so the load stays inside the static; volatile, because the loader
+    // sets the values, not the compile-time zeros.
+    let bits = unsafe {
+        core::ptr::read_volatile((&raw const WATCHED_PORT_BITS).cast::<u64>().add(word))
     };
-    watched(local) || watched(remote)
+    bits & bit != 0
 }
 
 /// The storage of a socket that has one (a watched socket), without

@@ -5,7 +5,8 @@ use monitor_common::{
     event::{
         EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
         EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED, PROGRESS_DATA_RECEIVED,
-        SocketEvent as RawEvent, split_state_change_detail,
+        EVENT_RETRANSMIT_COUNTS, SocketEvent as RawEvent, split_state_change_detail,
+        unpack_retransmit_counts,
     },
     retransmit::{
         RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
@@ -71,6 +72,14 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
             errno: raw.detail as i32,
         },
         EVENT_DESTROY => EventKind::Destroyed,
+        EVENT_RETRANSMIT_COUNTS => EventKind::RetransmitCounts {
+            counts: unpack_retransmit_counts(raw.detail)
+                .into_iter()
+                .enumerate()
+                .filter(|(_, count)| *count != 0)
+                .map(|(kind, count)| Ok((retransmit_kind(kind as u8)?, u32::from(count))))
+                .collect::<Result<_, DecodeError>>()?,
+        },
         EVENT_PROGRESS => EventKind::Progress {
             progress: match raw.detail {
                 PROGRESS_DATA_RECEIVED => Progress::DataReceived,
@@ -296,6 +305,23 @@ mod tests {
         assert_eq!(
             event.connection.remote.to_string(),
             "[::ffff:10.0.1.3]:6379"
+        );
+    }
+
+    #[test]
+    fn decodes_retransmit_counts_per_kind() {
+        let mut raw = RawEvent {
+            kind: EVENT_RETRANSMIT_COUNTS,
+            detail: monitor_common::event::pack_retransmit_counts([0, 3, 255, 0]),
+            ..RawEvent::default()
+        };
+        raw.tuple.family = monitor_common::tcp::AF_INET;
+        let event = decode(&encode(&raw)).expect("valid");
+        assert_eq!(
+            event.kind,
+            EventKind::RetransmitCounts {
+                counts: vec![(RetransmitKind::Timeout, 3), (RetransmitKind::Fast, 255)],
+            }
         );
     }
 

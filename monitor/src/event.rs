@@ -157,6 +157,11 @@ pub enum EventKind {
     Progress {
         progress: Progress,
     },
+    /// Retransmits of a busy connection (none could start a storm),
+    /// counted in the kernel: how many of each kind since the last count.
+    RetransmitCounts {
+        counts: Vec<(RetransmitKind, u32)>,
+    },
 }
 
 impl EventKind {
@@ -169,6 +174,7 @@ impl EventKind {
             Self::SocketError { .. } => "socket_error",
             Self::Destroyed => "destroyed",
             Self::Progress { .. } => "progress",
+            Self::RetransmitCounts { .. } => "retransmit_counts",
         }
     }
 }

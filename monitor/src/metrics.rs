@@ -21,7 +21,7 @@ use crate::{
     attribution::{container, procfs, unwatched::OwnerIncrement},
     capture::{counters::CounterSnapshot, stats::ProgramStats},
     detect::{Finding, Storm},
-    event::{Connection, EventKind, ProcessRef, Role, SocketEvent},
+    event::{Connection, EventKind, ProcessRef, RetransmitKind, Role, SocketEvent},
 };
 
 /// Default cap on label sets per metric family.
@@ -422,13 +422,32 @@ impl Metrics {
                 state.event_counters.push((name, counter));
             }
         }
-        let EventKind::Retransmit(info) = &event.kind else {
-            return;
+        let counts: Vec<(RetransmitKind, u64)> = match &event.kind {
+            EventKind::Retransmit(info) => vec![(info.kind, 1)],
+            EventKind::RetransmitCounts { counts } => counts
+                .iter()
+                .map(|(kind, count)| (*kind, u64::from(*count)))
+                .collect(),
+            _ => return,
         };
+        for (kind, count) in counts {
+            self.count_retransmits(&mut state, event, kind, count);
+        }
+    }
+
+    /// Adds `count` retransmits of `kind` on `event`'s socket to its
+    /// owner's series.
+    fn count_retransmits(
+        &self,
+        state: &mut State,
+        event: &SocketEvent,
+        kind: RetransmitKind,
+        count: u64,
+    ) {
         let key = RetransmitSeriesKey {
             cgroup_id: event.owner.as_ref().map_or(0, |o| o.cgroup_id),
             destination: destination_addr(&event.connection, event.role),
-            kind: info.kind,
+            kind,
             role: event.role,
         };
         let process = event.owner.as_ref().map_or("unknown", |o| o.comm.as_str());
@@ -437,16 +456,16 @@ impl Metrics {
             .get(&key)
             .and_then(|known| known.iter().find(|s| s.process == process))
         {
-            series.counter.inc();
+            series.counter.inc_by(count);
             if series.capped {
                 self.series_capped
                     .with_label_values(&["connmon_retransmits_total"])
-                    .inc();
+                    .inc_by(count);
             }
             return;
         }
         let owner = Self::owner_labels(
-            &mut state,
+            state,
             event.owner.as_ref(),
             &event.connection,
             event.role,
@@ -455,14 +474,21 @@ impl Metrics {
             owner[0].clone(),
             owner[1].clone(),
             owner[2].clone(),
-            info.kind.as_str().to_string(),
+            kind.as_str().to_string(),
             owner[3].clone(),
         ];
-        let capped_labels = self.capped(&mut state, "connmon_retransmits_total", labels.clone(), 3);
+        let capped_labels = self.capped(state, "connmon_retransmits_total", labels.clone(), 3);
+        let folded = capped_labels != labels;
+        if folded && count > 1 {
+            // `capped` counted one sample; these are `count`.
+            self.series_capped
+                .with_label_values(&["connmon_retransmits_total"])
+                .inc_by(count - 1);
+        }
         let counter = self
             .retransmits
             .with_label_values(&capped_labels.iter().map(String::as_str).collect::<Vec<_>>());
-        counter.inc();
+        counter.inc_by(count);
         if state.retransmit_series_count >= RETRANSMIT_CACHE_FACTOR * self.series_cap.max(1) {
             state.retransmit_series.clear();
             state.retransmit_series_count = 0;
@@ -475,7 +501,7 @@ impl Metrics {
             .push(CachedSeries {
                 process: process.to_string(),
                 counter,
-                capped: capped_labels != labels,
+                capped: folded,
             });
     }
 
@@ -616,7 +642,14 @@ impl Metrics {
                 kind.to_string(),
                 role_label(increment.role).to_string(),
             ];
+            let folded_from = labels.clone();
             let labels = self.capped(&mut state, "connmon_retransmits_total", labels, 3);
+            if labels != folded_from && increment.count > 1 {
+                // `capped` counted one sample; these are `count`.
+                self.series_capped
+                    .with_label_values(&["connmon_retransmits_total"])
+                    .inc_by(increment.count - 1);
+            }
             self.retransmits
                 .with_label_values(&labels.iter().map(String::as_str).collect::<Vec<_>>())
                 .inc_by(increment.count);
@@ -1068,6 +1101,26 @@ mod tests {
             text.contains("connmon_lost_records_total{reason=\"decode_error\"} 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn counted_retransmits_of_a_busy_watched_socket_add_to_its_series() {
+        let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
+        let one = retransmit("app", "10.0.0.2:6379");
+        metrics.observe_event(&one);
+        let mut counted = one.clone();
+        counted.kind = EventKind::RetransmitCounts {
+            counts: vec![(RetransmitKind::Timeout, 4), (RetransmitKind::Fast, 250)],
+        };
+        metrics.observe_event(&counted);
+        let text = metrics.render();
+        for series in [
+            r#"connmon_retransmits_total{container="",destination="10.0.0.2:6379",kind="timeout",process="app",role="client"} 5"#,
+            r#"connmon_retransmits_total{container="",destination="10.0.0.2:6379",kind="fast",process="app",role="client"} 250"#,
+            r#"connmon_events_total{event="retransmit_counts"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 
     #[test]

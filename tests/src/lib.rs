@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod cmd;
 pub mod connmon;
 pub mod netns;
+pub mod peer;
 pub mod poll;
 pub mod process;
 pub mod scenario;

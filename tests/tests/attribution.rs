@@ -193,20 +193,12 @@ fn retransmits_on_an_unwatched_port_count_under_their_process_and_container() ->
         "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
         POD_UID.replace('-', "_")
     ))?;
-    let peer = env!("CARGO_BIN_EXE_tcp-peer");
-    let mut server = ns.command(peer);
-    server.args(["server", "127.0.0.1:7302"]);
-    let server = connmon_tests::process::Process::spawn("tcp-peer server", server)?;
-    server
-        .stdout
-        .wait_for("listening", Duration::from_secs(10))?;
-    let mut client = ns.command(peer);
-    client.args(["client", "127.0.0.1:7302"]);
-    cgroup.spawn_inside(&mut client)?;
-    let mut client = connmon_tests::process::Process::spawn("tcp-peer client", client)?;
-    client
-        .stdout
-        .wait_for("connected", Duration::from_secs(10))?;
+    let server = connmon_tests::peer::server(&ns, "127.0.0.1:7302")?;
+    // In the container's cgroup from the start: the kernel records a
+    // socket's cgroup when the socket is created.
+    let mut client = connmon_tests::peer::client(&ns, "127.0.0.1:7302", |command| {
+        cgroup.spawn_inside(command)
+    })?;
     ns.blackhole_tcp_port(7302)?;
     client.send_line("into the void")?;
     let series = format!(

@@ -218,24 +218,13 @@ fn more_sockets_than_the_map_size_are_all_tracked() -> Result<()> {
     ])?;
     let tracked = "connmon_tracked_sockets{table=\"kernel\"}";
     let baseline = connmon.metric(tracked)?;
-    let peer = env!("CARGO_BIN_EXE_tcp-peer");
-    let mut server = ns.command(peer);
-    server.args(["server", "127.0.0.1:7301"]);
-    let server = connmon_tests::process::Process::spawn("tcp-peer server", server)?;
-    server
-        .stdout
-        .wait_for("listening", Duration::from_secs(10))?;
-    let mut victim = ns.command(peer);
-    victim.args(["client", "127.0.0.1:7301"]);
-    let mut victim = connmon_tests::process::Process::spawn("tcp-peer client", victim)?;
-    victim
-        .stdout
-        .wait_for("connected", Duration::from_secs(10))?;
+    let server = connmon_tests::peer::server(&ns, "127.0.0.1:7301")?;
+    let mut victim = connmon_tests::peer::client(&ns, "127.0.0.1:7301", |_| Ok(()))?;
     // The victim's last exchange was before "connected": from here it is
     // idle, and must be past the threshold when it sends again.
     let idle_since = std::time::Instant::now();
     // 900 client and 900 accepted sockets, each used in process context.
-    let mut clients = ns.command(peer);
+    let mut clients = ns.command(env!("CARGO_BIN_EXE_tcp-peer"));
     clients.args(["many", "127.0.0.1:7301", "900"]);
     let clients = connmon_tests::process::Process::spawn("tcp-peer many", clients)?;
     clients.stdout.wait_for("opened", Duration::from_secs(60))?;

@@ -11,11 +11,13 @@ use std::{collections::BTreeSet, io, path::PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FExit, ProgramError},
 };
 use monitor_common::{
-    counters::UnwatchedRetransmits, globals::ProbeSettings, socket::PrimedSocket,
+    counters::UnwatchedRetransmits,
+    globals::{ProbeSettings, watched_port_bits},
+    socket::PrimedSocket,
 };
 use tracing::{info, warn};
 
@@ -165,9 +167,13 @@ impl Capture {
             ),
             ns_per_jiffy,
             every_state_change: u32::from(config.every_state_change),
-            _pad: 0,
+            // `run` (which does not trace every move) counts busy
+            // connections' retransmits instead of a record each.
+            count_busy_retransmits: u32::from(!config.every_state_change),
+            retransmit_counts_ticks: 1_000_000_000u64.div_ceil(ns_per_jiffy),
         };
 
+        let watched_port_bits = watched_port_bits(config.watched_ports.iter().copied());
         // One parsed copy of the kernel's BTF at a time: it is large.
         drop(kernel_btf);
         let aya_btf = Btf::from_sys_fs().map_err(|source| CaptureError::Btf {
@@ -178,12 +184,12 @@ impl Capture {
             .btf(Some(&aya_btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("SETTINGS", &settings, true)
+            .override_global("WATCHED_PORT_BITS", &watched_port_bits, true)
             .map_max_entries(map_names::PRIMED_SOCKETS, config.socket_map_entries.max(1))
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(PROGRAMS_OBJECT)
             .map_err(load_error)?;
 
-        fill_watched_ports(&mut ebpf, &config.watched_ports)?;
 
         let mut attached = Vec::new();
         let mut programs = Vec::new();
@@ -343,27 +349,6 @@ fn ns_per_jiffy() -> Option<u64> {
     u64::try_from(resolution.tv_nsec)
         .ok()
         .filter(|ns| (1_000_000..=10_000_000).contains(ns))
-}
-
-fn fill_watched_ports(ebpf: &mut Ebpf, ports: &BTreeSet<u16>) -> Result<(), CaptureError> {
-    let map = ebpf.map_mut("WATCHED_PORTS").ok_or(CaptureError::Map {
-        name: "WATCHED_PORTS",
-        reason: "missing from the object".into(),
-    })?;
-    let mut array: Array<&mut MapData, u8> =
-        Array::try_from(map).map_err(|error| CaptureError::Map {
-            name: "WATCHED_PORTS",
-            reason: error.to_string(),
-        })?;
-    for &port in ports {
-        array
-            .set(u32::from(port), 1, 0)
-            .map_err(|error| CaptureError::Map {
-                name: "WATCHED_PORTS",
-                reason: error.to_string(),
-            })?;
-    }
-    Ok(())
 }
 
 fn load_error(error: aya::EbpfError) -> CaptureError {

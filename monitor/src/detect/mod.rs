@@ -334,7 +334,8 @@ impl Detector {
                 None,
                 &mut findings,
             ),
-            EventKind::StateChange { .. } => {}
+            // Busy connections' retransmits: counted, never a storm.
+            EventKind::StateChange { .. } | EventKind::RetransmitCounts { .. } => {}
         }
         findings
     }

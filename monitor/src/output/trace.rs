@@ -50,6 +50,13 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
         EventKind::Progress { progress } => {
             record.insert("progress".into(), json!(progress));
         }
+        EventKind::RetransmitCounts { counts } => {
+            let counts: serde_json::Map<String, Value> = counts
+                .iter()
+                .map(|(kind, count)| (kind.as_str().to_string(), json!(count)))
+                .collect();
+            record.insert("retransmits".into(), Value::Object(counts));
+        }
         EventKind::ResetReceived | EventKind::ResetSent | EventKind::Destroyed => {}
     }
     Value::Object(record)

@@ -71,6 +71,21 @@ struct RawTracepointAttr {
     rest: [u8; 128],
 }
 
+/// Programs of one helper call each (then `r0 = 0; exit`), attached next
+/// to the empty one on `sock_send_length`: what one call costs on this
+/// machine, to say where a program's nanoseconds go. The socket argument
+/// (`r1 = *(u64 *)(r1 + 0)`) is loaded for the helpers that take it.
+pub const HELPER_PROBES: &[(&str, i32, bool)] = &[
+    ("get_current_pid_tgid", 14, false),
+    ("ktime_get_ns", 5, false),
+    ("jiffies64", 118, false),
+    ("get_socket_cookie", 46, true),
+    ("skc_to_tcp_sock", 137, true),
+];
+
+/// The hook the helper probes run on.
+pub const PROBE_HOOK: &str = "sock_send_length";
+
 /// Empty programs attached to hooks; detached when dropped.
 pub struct Floor {
     programs: Vec<(&'static str, OwnedFd, OwnedFd)>,
@@ -99,6 +114,36 @@ impl Floor {
             bail!("no hook of connmon's exists on this kernel");
         }
         Ok(Self { programs })
+    }
+
+    /// Adds the helper probes on `PROBE_HOOK`, named by helper. A probe
+    /// the kernel refuses is left out (said on stderr), never fatal.
+    pub fn with_helper_probes(mut self) -> Result<Self> {
+        let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").context("kernel BTF")?;
+        let Some(btf_id) = btf
+            .resolve_ids_by_name(&format!("btf_trace_{PROBE_HOOK}"))
+            .ok()
+            .and_then(|ids| ids.first().copied())
+        else {
+            return Ok(self);
+        };
+        for &(helper, id, takes_socket) in HELPER_PROBES {
+            let mut insns = Vec::new();
+            if takes_socket {
+                // r1 = *(u64 *)(r1 + 0): the tracepoint's `struct sock *`.
+                insns.push(0x0000_0000_0000_1179u64);
+            }
+            // call helper
+            insns.push(((id as u32 as u64) << 32) | 0x85);
+            insns.extend([0x0000_0000_0000_00b7, 0x0000_0000_0000_0095]);
+            let loaded = load(helper, btf_id, &insns)
+                .and_then(|program| Ok((attach(&program)?, program)));
+            match loaded {
+                Ok((link, program)) => self.programs.push((helper, program, link)),
+                Err(error) => eprintln!("bench: helper probe {helper} not loaded: {error:#}"),
+            }
+        }
+        Ok(self)
     }
 
     /// Each hook's runs since `before` (an earlier `stats`), named by hook.
@@ -140,10 +185,20 @@ impl Floor {
 
 fn load_empty(hook: &str, btf_id: u32) -> Result<OwnedFd> {
     // r0 = 0; exit
-    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    load(
+        &format!("floor_{}", hook.trim_start_matches("tcp_")),
+        btf_id,
+        &[0x0000_0000_0000_00b7, 0x0000_0000_0000_0095],
+    )
+}
+
+/// Loads `insns` (raw 8-byte BPF instructions) as a BTF tracepoint
+/// program typed by `btf_id`.
+fn load(label: &str, btf_id: u32, insns: &[u64]) -> Result<OwnedFd> {
+    let hook = label;
     let license = c"GPL";
     let mut name = [0u8; 16];
-    let short = format!("floor_{}", hook.trim_start_matches("tcp_"));
+    let short = label;
     for (slot, byte) in name.iter_mut().zip(short.bytes().take(15)) {
         *slot = if byte.is_ascii_alphanumeric() {
             byte

@@ -94,7 +94,7 @@ impl Tool {
         match self {
             Tool::None => "none",
             Tool::ConnmonCounted => "connmon (port not watched: counted per owner)",
-            Tool::ConnmonEvents => "connmon (port watched: event per retransmit)",
+            Tool::ConnmonEvents => "connmon (port watched: busy connections' retransmits counted)",
             Tool::Bcc => "bcc tcpretrans",
             Tool::BccCount => "bcc tcpretrans -c",
             Tool::BpftracePrint => "bpftrace tcpretrans (tracepoint, printing)",

@@ -246,6 +246,22 @@ impl Results {
             .collect()
     }
 
+    /// ns per run of a one-helper-call probe over the empty program on the
+    /// same hook, per keep-alive round.
+    fn helper_cost(&self, helper: &str) -> Vec<f64> {
+        self.redis_samples(true, Setup::WatchedWithFloor)
+            .filter_map(|s| {
+                let probe = s.floor.iter().find(|p| p.name == helper)?.ns_per_run()?;
+                let empty = s
+                    .floor
+                    .iter()
+                    .find(|p| p.name == floor::PROBE_HOOK)?
+                    .ns_per_run()?;
+                Some(probe - empty)
+            })
+            .collect()
+    }
+
     /// Share of the machine's CPU time spent in connmon's programs during
     /// the redis windows with connmon (and the floor, which does not count
     /// here) attached.
@@ -593,18 +609,32 @@ fn gaps(
         let ratio = median(r.hook_ratio(keepalive, watched, hook)).unwrap_or(f64::NAN);
         let ns = median(r.hook_ns(keepalive, watched, hook, false)).unwrap_or(f64::NAN);
         let floor = median(r.hook_ns(keepalive, watched, hook, true)).unwrap_or(f64::NAN);
+        let own = ns - floor;
+        // Where a watched send/receive's own time goes: the filter it
+        // shares with an unwatched socket, then what only watched ones do.
+        let breakdown = if watched && keepalive {
+            let unwatched = median(r.hook_ns(keepalive, false, hook, false)).unwrap_or(f64::NAN)
+                - median(r.hook_ns(keepalive, false, hook, true)).unwrap_or(f64::NAN);
+            let pid = median(r.helper_cost("get_current_pid_tgid")).unwrap_or(f64::NAN);
+            format!(
+                " Of its {own:.0} ns, {unwatched:.0} ns are the filter an unwatched socket pays too (same hook, same rounds), about {pid:.0} ns the `bpf_get_current_pid_tgid` call (measured by a probe program, section 2), and the remaining {:.0} ns the `bpf_sk_storage_get` lookup and the compare: the storage lookup is a helper call, not an inlined load, and is the next thing to remove (a per-CPU cache of the last sockets seen would skip it for a socket written to again within the granule).",
+                own - unwatched - pid
+            )
+        } else {
+            String::new()
+        };
         lines.push(format!(
-            "**`{hook}`, port {}: {ratio:.2}× against {bound:.2}×** ({ns:.0} ns against the empty program's {floor:.0} ns: {:.0} ns of connmon's own). Per run it does {}. The empty program's time is mostly the hook's own (the trampoline and, while statistics are on, the two clock reads that measure it), so a ratio near the bound is a handful of nanoseconds; rerun on an idle machine before reading a small miss as cost.",
+            "**`{hook}`, port {}: {ratio:.2}× against {bound:.2}×** ({ns:.0} ns against the empty program's {floor:.0} ns: {own:.0} ns of connmon's own). Per run it does {}.{breakdown} The empty program's time is mostly the hook's own (the trampoline and, while statistics are on, the two clock reads that measure it), so the bound leaves connmon {:.0} ns here.",
             if watched { "watched" } else { "not watched" },
-            ns - floor,
             hook_work(hook, watched),
+            floor * (bound - 1.0),
         ));
     }
     if let Some(ratio) = retransmit {
         let floor = median(r.retransmit_floor_ns(Tool::ConnmonEvents)).unwrap_or(f64::NAN);
         let ns = median(r.retransmit_ns(Tool::ConnmonEvents)).unwrap_or(f64::NAN);
         lines.push(format!(
-            "**`tcp_retransmit_skb`, port watched: {ratio:.2}× against {RETRANSMIT_WATCHED:.0}×** ({ns:.0} ns against the empty program's {floor:.0} ns). Every watched retransmit is a record: `bpf_skc_to_tcp_sock` (for the congestion state and the `tcp_sock` fields, all direct loads now), the storage lookup, the socket cookie, two clock reads (the record's time and the jiffies that convert the socket's activity), a ring-buffer reserve and submit, and the tuple (addresses, ports, namespace: direct loads). The record is the cost: next step, emit only the retransmits detection needs (the RTO ones, and a per-socket count for the rest, read at the end of an episode)."
+            "**`tcp_retransmit_skb`, port watched: {ratio:.2}× against {RETRANSMIT_WATCHED:.0}×** ({ns:.0} ns against the empty program's {floor:.0} ns). On the workload's busy connections a retransmit cannot start a storm, so it is only counted in the socket's storage and handed over as one record per socket per second at most; what remains per run is `bpf_skc_to_tcp_sock` (the congestion state, for the kind), two per-CPU counters (attempts, segments from the skb's GSO count), the port test, the storage lookup and the idle check. A retransmit that can confirm a storm (after an idle gap, nothing received since) is still a full record with a wakeup."
         ));
     }
     for (name, delta, bound, per_request_hook) in [
@@ -794,6 +824,16 @@ fn hot_path(md: &mut String, r: &Results) {
     }
     let _ = writeln!(
         md,
+        "\nWhat one helper call costs here: programs that make one call and return, attached to `{}` next to the empty program in the keep-alive windows with 6379 watched (ns per run over the empty program's, median (min–max)): {}. `bpf_jiffies64` is inlined by the verifier (a load), which is why it is the hot path's clock.\n",
+        floor::PROBE_HOOK,
+        floor::HELPER_PROBES
+            .iter()
+            .map(|(helper, _, _)| format!("`bpf_{helper}` {} ns", spread(&r.helper_cost(helper), 1)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let _ = writeln!(
+        md,
         "\nconnmon's programs took {} % of the machine's CPU time in the keep-alive windows and {} % with a new connection per request (6379 watched; the kernel's run time of its programs over CPUs × window). A difference within the rounds' own spread is noise, not cost.\n",
         spread(&r.redis_kernel_share(true), 2),
         spread(&r.redis_kernel_share(false), 2),
@@ -840,7 +880,7 @@ fn userspace(md: &mut String, r: &Results) {
     let cpu_counted = r.cpu_per_1000(Tool::ConnmonCounted, true);
     let _ = writeln!(
         md,
-        "\n**User CPU under load**: connmon's user CPU time (`/proc/PID/stat`, all threads) in the retransmit windows of section 1, per 1,000 kernel retransmit events: {} ms with the port watched (an event each; {} ms per 1,000 records processed, every kind), {} ms with the port not watched (no events; the scrapes and periodic work only).\n",
+        "\n**User CPU under load**: connmon's user CPU time (`/proc/PID/stat`, all threads) in the retransmit windows of section 1, per 1,000 kernel retransmit events: {} ms with the port watched (a busy connection's retransmits arrive as counts, at most one record per socket per second; {} ms per 1,000 records processed, every kind), {} ms with the port not watched (no events; the scrapes and periodic work only).\n",
         spread(&cpu, 3),
         spread(&cpu_records, 3),
         spread(&cpu_counted, 3),

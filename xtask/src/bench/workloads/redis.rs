@@ -176,9 +176,13 @@ pub fn run(options: &Options) -> Result<Results> {
                 // A port nothing uses: every redis socket is unwatched.
                 Setup::UnwatchedWithFloor => Some(Daemon::start(&["--ports", "1"])?),
             };
-            let floor = matches!(setup, Setup::WatchedWithFloor | Setup::UnwatchedWithFloor)
-                .then(|| Floor::attach(floor::HOOKS))
-                .transpose()?;
+            let floor = match setup {
+                // One helper call each, next to the empty program: what a
+                // call costs here (section 2).
+                Setup::WatchedWithFloor => Some(Floor::attach(floor::HOOKS)?.with_helper_probes()?),
+                Setup::UnwatchedWithFloor => Some(Floor::attach(floor::HOOKS)?),
+                _ => None,
+            };
             for keepalive in [true, false] {
                 let requests = requests(options, keepalive);
                 let before = daemon

@@ -129,6 +129,10 @@ pub struct RunArgs {
     /// How often to look for idle connections at risk [default: 60s].
     #[arg(long, env = "CONNMON_AT_RISK_INTERVAL", value_name = "DURATION")]
     pub at_risk_interval: Option<String>,
+    /// Remove metric label sets (process, container, destination) that
+    /// have not changed for this long [default: 24h].
+    #[arg(long, env = "CONNMON_SERIES_EXPIRY", value_name = "DURATION")]
+    pub series_expiry: Option<String>,
     /// TLS and basic auth for the HTTP endpoints: a Prometheus exporter
     /// web-config file (as node_exporter's --web.config.file).
     #[arg(long, env = "CONNMON_WEB_CONFIG_FILE", value_name = "FILE")]
@@ -186,6 +190,7 @@ impl RunArgs {
             fail_fast: self.fail_fast,
             path_timeouts: self.path_timeout_layer(),
             at_risk_interval: self.at_risk_interval.clone(),
+            series_expiry: self.series_expiry.clone(),
             web_config_file: self.web_config_file.clone(),
             alert_ca_file: self.alert_ca_file.clone(),
             bpf_run_time_stats: self.bpf_run_time_stats,

@@ -21,6 +21,10 @@ use crate::{
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9878";
 
 /// Where the runbook is published; alerts link `#<alertname>` in it.
+/// Longer than the longest rule window (6 h, ConnmonIdleConnectionStormsRecurring):
+/// a label set that comes back after expiring restarts at its first increment,
+/// which `increase()` over a window it spans does not see.
+pub const DEFAULT_SERIES_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_RUNBOOK_URL: &str = "https://example.invalid/connmon/docs/runbook.md";
 
 /// Well-known services for ports users commonly watch, used in hints.
@@ -77,6 +81,8 @@ pub struct Settings {
     pub path_timeouts: PathTimeouts,
     /// How often the daemon looks for at-risk idle connections.
     pub at_risk_interval: Duration,
+    /// Metric label sets unchanged for this long are removed from /metrics.
+    pub series_expiry: Duration,
     /// TLS, basic auth and headers for the HTTP endpoints.
     pub web_config: WebConfig,
     /// CA certificates (DER) that https alert and webhook deliveries trust
@@ -113,6 +119,7 @@ impl Default for Settings {
             fail_fast: FailFastMode::Off,
             path_timeouts: PathTimeouts::default(),
             at_risk_interval: Duration::from_secs(60),
+            series_expiry: DEFAULT_SERIES_EXPIRY,
             web_config: WebConfig::default(),
             alert_ca_certs: None,
             bpf_run_time_stats: false,
@@ -143,6 +150,7 @@ pub struct Layer {
     /// `default = "350s"` and `"CIDR" = "DURATION|PRESET"` entries.
     pub path_timeouts: Option<BTreeMap<String, String>>,
     pub at_risk_interval: Option<String>,
+    pub series_expiry: Option<String>,
     /// A Prometheus exporter web-config file (TLS, basic auth).
     pub web_config_file: Option<PathBuf>,
     /// PEM CA bundle for https alert and webhook URLs.
@@ -310,6 +318,17 @@ impl Settings {
             }
             self.at_risk_interval = interval;
         }
+        if let Some(text) = &layer.series_expiry {
+            let expiry = humantime::parse_duration(text.trim())
+                .map_err(|error| invalid("series_expiry", format!("{text:?}: {error}")))?;
+            if expiry < Duration::from_secs(1) {
+                return Err(invalid(
+                    "series_expiry",
+                    format!("{text:?} is shorter than 1s"),
+                ));
+            }
+            self.series_expiry = expiry;
+        }
         if let Some(path) = &layer.web_config_file {
             let web = WebConfig::from_file(path).map_err(|reason| {
                 invalid("web_config_file", format!("{}: {reason}", path.display()))
@@ -423,6 +442,10 @@ mod tests {
         assert_eq!(settings.confirm_retransmits, 3);
         assert_eq!(settings.listen.port(), 9878);
         assert_eq!(settings.service(6379), Some("redis"));
+        assert_eq!(settings.series_expiry, Duration::from_secs(24 * 3600));
+        let file = Layer::from_toml("series_expiry = \"7h\"\n").expect("valid toml");
+        let settings = Settings::resolve(&[file]).expect("valid");
+        assert_eq!(settings.series_expiry, Duration::from_secs(7 * 3600));
     }
 
     #[test]
@@ -446,6 +469,20 @@ mod tests {
     #[test]
     fn every_bad_value_names_its_setting_in_one_line() {
         let cases: Vec<(Layer, &str)> = vec![
+            (
+                Layer {
+                    series_expiry: Some("500ms".into()),
+                    ..Layer::default()
+                },
+                "series_expiry",
+            ),
+            (
+                Layer {
+                    series_expiry: Some("a day".into()),
+                    ..Layer::default()
+                },
+                "series_expiry",
+            ),
             (
                 Layer {
                     ports: Some(vec![]),

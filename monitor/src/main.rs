@@ -64,6 +64,10 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Blocking work still under way (an alert POST to a receiver that never
+    // answers, an audit) must not hold the exit: dropping the runtime would
+    // wait for it without bound.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {

@@ -4,10 +4,12 @@
 //! events. Each labelled family has a hard series cap; past it, new label
 //! sets are folded into `process="other", container="other",
 //! destination="other"` and counted in `connmon_series_capped_total`.
+//! Label sets that stay unchanged for the series expiry are removed.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use prometheus::{
@@ -48,6 +50,7 @@ pub struct Metrics {
     program_verified_instructions: IntGaugeVec,
     series_capped: IntCounterVec,
     fail_fast: IntCounterVec,
+    alert_deliveries: IntCounterVec,
     at_risk: IntGaugeVec,
     inferred_timeout: prometheus::GaugeVec,
     state: Mutex<State>,
@@ -71,6 +74,11 @@ struct State {
     retransmit_series_count: usize,
     /// `connmon_events_total` per event kind, resolved once.
     event_counters: Vec<(&'static str, prometheus::IntCounter)>,
+    /// Per capped label set: its value at the last sweep and since when it
+    /// has not changed (see `expire_quiet_series`).
+    activity: HashMap<(&'static str, Vec<String>), (f64, Instant)>,
+    /// Destinations with an inferred path timeout.
+    inferred_destinations: HashSet<String>,
 }
 
 /// Everything but the process name that decides a retransmit's labels.
@@ -266,6 +274,14 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(fail_fast.clone()))?;
+        let alert_deliveries = IntCounterVec::new(
+            Opts::new(
+                "connmon_alert_deliveries_total",
+                "Alert deliveries per receiver (alertmanager-N, webhook-N: the Nth URL of its kind), by result: sent, failed (after retries), dropped (the receiver's queue was full).",
+            ),
+            &["receiver", "result"],
+        )?;
+        registry.register(Box::new(alert_deliveries.clone()))?;
         let at_risk = IntGaugeVec::new(
             Opts::new(
                 "connmon_idle_connections_at_risk",
@@ -325,6 +341,7 @@ impl Metrics {
             program_verified_instructions,
             series_capped,
             fail_fast,
+            alert_deliveries,
             at_risk,
             inferred_timeout,
             state: Mutex::new(State::default()),
@@ -503,6 +520,7 @@ impl Metrics {
                 if gauge.get() == 0.0 || idle < gauge.get() {
                     gauge.set(idle);
                 }
+                state.inferred_destinations.insert(labels[2].clone());
                 state.active_storm_labels.insert(storm.id, labels);
             }
             Finding::StormEnded {
@@ -658,18 +676,138 @@ impl Metrics {
         }
     }
 
-    /// Replaces the at-risk gauge with a fresh audit's counts.
+    /// Replaces the at-risk gauge with a fresh audit's counts, under the
+    /// series cap: the label sets with the most connections keep their own
+    /// series, the rest are summed under `other`.
     pub fn set_at_risk(&self, counts: &HashMap<(String, String, String), i64>) {
         self.at_risk.reset();
-        for ((process, container, destination), count) in counts {
+        let mut sets: Vec<_> = counts.iter().collect();
+        // Most connections first; names break ties so a scrape is stable.
+        sets.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let keep = self.series_cap.saturating_sub(1).max(1);
+        let folded: i64 = if sets.len() > self.series_cap {
+            let rest = sets.split_off(keep);
+            self.series_capped
+                .with_label_values(&["connmon_idle_connections_at_risk"])
+                .inc_by(rest.len() as u64);
+            rest.iter().map(|(_, count)| **count).sum()
+        } else {
+            0
+        };
+        for ((process, container, destination), count) in sets {
+            // The process names itself: no control characters in a label.
+            let process = crate::output::escape::control(process);
             self.at_risk
-                .with_label_values(&[process, container, destination])
+                .with_label_values(&[process.as_ref(), container.as_str(), destination.as_str()])
                 .set(*count);
         }
+        if folded > 0 {
+            self.at_risk
+                .with_label_values(&[OTHER, OTHER, OTHER])
+                .set(folded);
+        }
+    }
+
+    /// Removes the label sets of processes, containers and destinations
+    /// whose samples have not changed for `quiet_for` (no retransmit, storm
+    /// or reset since), so /metrics follows what exists now rather than
+    /// every name seen since start-up, and frees their places under the
+    /// cap. A set seen again starts over from 0, as a restarted target's
+    /// counters do. Call it periodically; a set is removed at the first
+    /// call `quiet_for` after the call that saw its last change. Returns how
+    /// many label sets were removed.
+    pub fn expire_quiet_series(&self, now: Instant, quiet_for: Duration) -> usize {
+        let Ok(mut state) = self.state.lock() else {
+            return 0;
+        };
+        let state = &mut *state;
+        let mut quiet: Vec<(&'static str, Vec<String>)> = Vec::new();
+        let mut alive = HashSet::new();
+        for (family, sets) in &state.series {
+            for labels in sets {
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let value = match *family {
+                    "connmon_retransmits_total" => {
+                        self.retransmits.with_label_values(&refs).get() as f64
+                    }
+                    "connmon_resets_after_idle_total" => {
+                        self.resets_after_idle.with_label_values(&refs).get() as f64
+                    }
+                    "connmon_storms_started_total" => {
+                        // An active storm keeps its labels, however long.
+                        if self.storms_active.with_label_values(&refs).get() > 0 {
+                            f64::NAN
+                        } else {
+                            self.storms_started.with_label_values(&refs).get() as f64
+                        }
+                    }
+                    _ => continue,
+                };
+                let key = (*family, labels.clone());
+                alive.insert(key.clone());
+                match state.activity.get_mut(&key) {
+                    // NaN never equals itself: an active storm is always news.
+                    Some((seen, since)) if *seen == value => {
+                        if now.saturating_duration_since(*since) >= quiet_for {
+                            quiet.push(key);
+                        }
+                    }
+                    Some(entry) => *entry = (value, now),
+                    None => {
+                        state.activity.insert(key, (value, now));
+                    }
+                }
+            }
+        }
+        state.activity.retain(|key, _| alive.contains(key));
+        for (family, labels) in &quiet {
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let removed = match *family {
+                "connmon_retransmits_total" => self.retransmits.remove_label_values(&refs),
+                "connmon_resets_after_idle_total" => {
+                    self.resets_after_idle.remove_label_values(&refs)
+                }
+                _ => {
+                    let _ = self.storms_active.remove_label_values(&refs);
+                    self.storms_started.remove_label_values(&refs)
+                }
+            };
+            if let Err(error) = removed {
+                tracing::debug!(%error, family, "expiring a label set");
+            }
+            if let Some(sets) = state.series.get_mut(family) {
+                sets.remove(labels);
+            }
+            state.activity.remove(&(*family, labels.clone()));
+        }
+        if !quiet.is_empty() {
+            // Cached counters of removed series would count into nothing.
+            state.retransmit_series.clear();
+            state.retransmit_series_count = 0;
+            // A path's inferred timeout goes with its last storm's labels.
+            let storms = state.series.get("connmon_storms_started_total");
+            let stale: Vec<String> = state
+                .inferred_destinations
+                .iter()
+                .filter(|d| !storms.is_some_and(|sets| sets.iter().any(|l| &l[2] == *d)))
+                .cloned()
+                .collect();
+            for destination in stale {
+                let _ = self.inferred_timeout.remove_label_values(&[&destination]);
+                state.inferred_destinations.remove(&destination);
+            }
+        }
+        quiet.len()
     }
 
     pub fn observe_fail_fast(&self, result: &str) {
         self.fail_fast.with_label_values(&[result]).inc();
+    }
+
+    /// The alert delivery counter, handed to the alert senders. Its label
+    /// values are bounded: one per configured receiver and result.
+    pub fn alert_deliveries(&self) -> IntCounterVec {
+        self.alert_deliveries.clone()
     }
 
     pub fn set_userspace_sockets(&self, count: usize) {
@@ -763,6 +901,127 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("pid="));
+    }
+
+    fn retransmit_series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("connmon_retransmits_total{"))
+            .collect()
+    }
+
+    /// Short-lived processes leave no series behind: label sets unchanged
+    /// for the expiry go, their places under the cap are free again, and a
+    /// name that comes back counts from 0 into a live series.
+    #[test]
+    fn quiet_label_sets_expire_and_free_their_place_under_the_cap() {
+        let metrics = Metrics::new(3).expect("metrics");
+        for name in ["keeps-busy", "gone-1", "gone-2", "past-cap"] {
+            metrics.observe_event(&retransmit(name, "10.0.1.5:6379"));
+        }
+        let quiet = Duration::from_secs(60);
+        let t0 = Instant::now();
+        assert_eq!(metrics.expire_quiet_series(t0, quiet), 0);
+        metrics.observe_event(&retransmit("keeps-busy", "10.0.1.5:6379"));
+        assert_eq!(metrics.expire_quiet_series(t0 + quiet / 2, quiet), 0);
+        let removed = metrics.expire_quiet_series(t0 + quiet, quiet);
+        assert_eq!(removed, 2, "gone-1 and gone-2");
+        let text = metrics.render();
+        let series = retransmit_series(&text);
+        assert!(!text.contains("gone-"), "{text}");
+        assert!(
+            series
+                .iter()
+                .any(|l| l.contains(r#"process="keeps-busy""#) && l.ends_with(" 2")),
+            "{text}"
+        );
+        // The folded series is bounded already and stays.
+        assert!(
+            series.iter().any(|l| l.contains(r#"process="other""#)),
+            "{text}"
+        );
+        // New names get series of their own again, and count.
+        for _ in 0..2 {
+            metrics.observe_event(&retransmit("new-1", "10.0.1.5:6379"));
+        }
+        metrics.observe_event(&retransmit("gone-1", "10.0.1.5:6379"));
+        let text = metrics.render();
+        let series = retransmit_series(&text);
+        assert!(
+            series
+                .iter()
+                .any(|l| l.contains(r#"process="new-1""#) && l.ends_with(" 2")),
+            "{text}"
+        );
+        assert!(
+            series
+                .iter()
+                .any(|l| l.contains(r#"process="gone-1""#) && l.ends_with(" 1")),
+            "{text}"
+        );
+        assert_eq!(series.len(), 4, "{text}");
+    }
+
+    /// Many short-lived names over time: /metrics holds what was active in
+    /// the last expiry, not everything ever seen.
+    #[test]
+    fn many_short_lived_process_names_leave_metrics_bounded() {
+        let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
+        let quiet = Duration::from_secs(60);
+        let start = Instant::now();
+        for round in 0..20u32 {
+            for i in 0..50 {
+                metrics.observe_event(&retransmit(&format!("job-{round}-{i}"), "10.0.1.5:6379"));
+            }
+            metrics.expire_quiet_series(start + quiet * round, quiet);
+        }
+        let text = metrics.render();
+        let series = retransmit_series(&text).len();
+        // This round's 50 and the last round's (seen, not yet quiet for a
+        // whole expiry at the last sweep).
+        assert!(series <= 100, "{series} series:\n{text}");
+        assert!(
+            !text.contains(r#"process="other""#),
+            "nothing folded:\n{text}"
+        );
+        assert!(!text.contains(r#"job-0-"#), "{text}");
+    }
+
+    /// The at-risk gauge is under the series cap like the counters: the
+    /// sets with the most connections keep their series, the rest are
+    /// summed under `other` and counted as capped.
+    #[test]
+    fn at_risk_connections_are_under_the_series_cap() {
+        let metrics = Metrics::new(3).expect("metrics");
+        let counts: HashMap<(String, String, String), i64> = (1..=5)
+            .map(|i| {
+                (
+                    (format!("p{i}"), String::new(), "10.0.1.5:6379".to_string()),
+                    i,
+                )
+            })
+            .collect();
+        metrics.set_at_risk(&counts);
+        let text = metrics.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("connmon_idle_connections_at_risk{"))
+            .collect();
+        assert_eq!(series.len(), 3, "{text}");
+        for expected in [r#"process="p5""#, r#"process="p4""#] {
+            assert!(series.iter().any(|l| l.contains(expected)), "{text}");
+        }
+        assert!(
+            series
+                .iter()
+                .any(|l| l.contains(r#"process="other""#) && l.ends_with(" 6")),
+            "p1..p3 summed: {text}"
+        );
+        assert!(
+            text.contains(
+                r#"connmon_series_capped_total{metric="connmon_idle_connections_at_risk"} 3"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

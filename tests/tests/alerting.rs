@@ -4,14 +4,22 @@
 //! the test, and so do connmon's own pushed alert and its JSON webhook. Each
 //! says which process, which destination, and what to change.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use connmon_tests::{
-    alerting::{Alertmanager, Prometheus, WebhookReceiver},
+    alerting::{
+        Alertmanager, HungReceiver, PodMeta, Prometheus, TempDir, WebhookReceiver,
+        operator_scrape_job, refusing_url, series,
+    },
+    cgroup::Cgroup,
     connmon::Daemon,
     poll,
-    topology::{CACHE_V4, Options, REDIS_PORT, Topology},
+    scenario::SeedScenario,
+    topology::{CACHE_V4, Options, REDIS_PORT, StaleFlow, Topology},
 };
 use serde_json::Value;
 
@@ -187,3 +195,614 @@ fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
 
 const SECRET_ARGUMENT: &str = "argument-hunter2";
 const SECRET_ENVIRONMENT: &str = "environment-hunter2";
+
+/// A receiver that accepts and never answers, and one that refuses
+/// connections, hold up nothing: findings reach stdout, /metrics and the
+/// healthy receivers on time, every delivery is counted per receiver, and
+/// SIGTERM during a storm still exits 0 within 2 s with the storm ended as
+/// `monitor_stopped` (on stdout and at the healthy receivers).
+#[test]
+fn hung_and_refusing_receivers_hold_up_nothing() -> Result<()> {
+    let hung = HungReceiver::start()?;
+    let good = WebhookReceiver::start()?;
+    let refusing = refusing_url("/hook")?;
+    // A storm that lasts (the kernel would give up after 15 minutes).
+    let options = Options {
+        tcp_retries2: 15,
+        ..Options::default()
+    };
+    // The bad receivers come first: served one after another, they would
+    // hold the healthy ones up by their timeouts and retries.
+    let (hung_am, good_am) = (hung.url(""), good.url("/am"));
+    let (hung_hook, good_hook) = (hung.url("/hook"), good.url("/hook"));
+    let mut scenario = SeedScenario::start(
+        "hungrecv",
+        &options,
+        &[
+            "--alertmanager-url",
+            &hung_am,
+            "--alertmanager-url",
+            &good_am,
+            "--webhook-url",
+            &hung_hook,
+            "--webhook-url",
+            &refusing,
+            "--webhook-url",
+            &good_hook,
+        ],
+    )?;
+    scenario.resume_after_forgotten("set")?;
+    let started = scenario.finding("storm_started", Duration::from_secs(30))?;
+    let storm_id = started["storm_id"].clone();
+    let storm_label = storm_id.to_string();
+    // Within 3 s of being printed (as seen here, which is later).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let left = || deadline.saturating_duration_since(Instant::now());
+
+    // The healthy receivers get the storm within a few seconds of stdout.
+    poll::until("the healthy webhook's storm_started", left(), || {
+        Ok(good
+            .bodies("/hook")
+            .iter()
+            .any(|r| r["event"] == "storm_started" && r["storm_id"] == storm_id)
+            .then_some(()))
+    })?;
+    poll::until("the healthy Alertmanager's firing alert", left(), || {
+        Ok(good
+            .bodies("/am/api/v2/alerts")
+            .iter()
+            .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+            .any(|a| a["labels"]["storm_id"] == storm_label.as_str())
+            .then_some(()))
+    })?;
+    // Both bad receivers were really tried.
+    poll::until(
+        "the hung receiver to be connected to twice",
+        Duration::from_secs(5),
+        || Ok((hung.accepted() >= 2).then_some(())),
+    )?;
+
+    // /metrics answers at once, and counts each receiver's deliveries; the
+    // refusing one fails after its retries.
+    let metrics = poll::until(
+        "the refusing webhook's failure to be counted",
+        Duration::from_secs(10),
+        || {
+            let asked = Instant::now();
+            let body = scenario.connmon.http_get("/metrics")?;
+            anyhow::ensure!(
+                asked.elapsed() < Duration::from_secs(1),
+                "/metrics took {:?}",
+                asked.elapsed()
+            );
+            Ok((series(
+                &body,
+                r#"connmon_alert_deliveries_total{receiver="webhook-1",result="failed"}"#,
+            )
+            .unwrap_or(0.0)
+                >= 1.0)
+                .then_some(body))
+        },
+    )?;
+    let count = |receiver: &str, result: &str| {
+        let name =
+            format!(r#"connmon_alert_deliveries_total{{receiver="{receiver}",result="{result}"}}"#);
+        series(&metrics, &name).with_context(|| format!("{name} missing:\n{metrics}"))
+    };
+    assert!(count("alertmanager-1", "sent")? >= 1.0, "{metrics}");
+    assert!(count("webhook-2", "sent")? >= 1.0, "{metrics}");
+    assert_eq!(count("alertmanager-0", "sent")?, 0.0, "{metrics}");
+    assert_eq!(count("webhook-0", "sent")?, 0.0, "{metrics}");
+    assert_eq!(count("webhook-1", "sent")?, 0.0, "{metrics}");
+    assert_eq!(count("webhook-2", "failed")?, 0.0, "{metrics}");
+    // No URL (which can carry a token) is a label value.
+    assert!(!metrics.contains(&hung.addr.to_string()), "{metrics}");
+
+    // SIGTERM while the hung receivers still hold their requests.
+    let exit = scenario
+        .connmon
+        .signal(libc::SIGTERM, Duration::from_secs(2))?;
+    assert_eq!(exit, Some(0), "connmon exits 0 within 2 s of SIGTERM");
+    let netns = scenario.topology.app.inode();
+    assert!(
+        scenario
+            .connmon
+            .findings("storm_ended", netns)
+            .iter()
+            .any(|r| r["outcome"] == "monitor_stopped" && r["storm_id"] == storm_id),
+        "no monitor_stopped on stdout: {:?}",
+        scenario.connmon.records()
+    );
+    // The healthy receivers got the end before connmon exited (the receiver
+    // records a body before it answers).
+    assert!(
+        good.bodies("/hook")
+            .iter()
+            .any(|r| r["event"] == "storm_ended"
+                && r["outcome"] == "monitor_stopped"
+                && r["storm_id"] == storm_id),
+        "{:?}",
+        good.bodies("/hook")
+    );
+    assert!(
+        good.bodies("/am/api/v2/alerts")
+            .iter()
+            .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+            .any(|a| a["annotations"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("monitor_stopped"))),
+        "{:?}",
+        good.bodies("/am/api/v2/alerts")
+    );
+    Ok(())
+}
+
+/// The shipped PodMonitor, scraped the way prometheus-operator's generated
+/// configuration scrapes it (`operator_scrape_job`), gives the labels the
+/// shipped rules select and group by: `up{job="connmon"}` (ConnmonDown's
+/// selector) exists, `instance` is the node as in connmon's pushed alerts,
+/// and the storm rule's `container` is the watched process's container, not
+/// connmon's own (no `exported_container`).
+#[test]
+fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
+    const CONTAINER_ID: &str = "6a1f0c2e4b8d9a7c5e3f1b0d2c4a6e8f0b1d3c5a7e9f1b3d5c7a9e0f2b4d6c8a";
+    let mut topology = Topology::build("opmon", &Options::default())?;
+    topology.start_redis()?;
+    let cgroup = Cgroup::create(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod4b7e2a10_9c3d_4e5f_8a6b_1c2d3e4f5a6b.slice/cri-containerd-{CONTAINER_ID}.scope"
+    ))?;
+    let connmon = Daemon::start(&[
+        "--idle-threshold",
+        "2s",
+        "--ports",
+        &REDIS_PORT.to_string(),
+        "--node-name",
+        "node-7",
+        // Idle connections are at risk after 2 s (the middlebox forgets
+        // after 3 s), looked for every second.
+        "--default-path-timeout",
+        "2s",
+        "--at-risk-interval",
+        "1s",
+    ])?;
+    let kubernetes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let podmonitor: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
+        kubernetes.join("podmonitor.yaml"),
+    )?)?;
+    let daemonset: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(kubernetes.join("daemonset.yaml"))?)?;
+    let pod_labels: Vec<(String, String)> = daemonset["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .context("the DaemonSet's pod labels")?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect();
+    let pod_labels: Vec<(&str, &str)> = pod_labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let container_name = daemonset["spec"]["template"]["spec"]["containers"][0]["name"]
+        .as_str()
+        .context("the DaemonSet's container name")?;
+    let job = operator_scrape_job(
+        &podmonitor,
+        connmon.listen,
+        &PodMeta {
+            namespace: "connmon",
+            pod: "connmon-x7k2q",
+            container: container_name,
+            node: "node-7",
+            pod_labels: &pod_labels,
+        },
+        "1s",
+    )?;
+    let rules_file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/prometheus/connmon-rules.yml")
+        .canonicalize()?;
+    // The shipped rules with their `for:` shortened to 1 s (ConnmonDown
+    // waits 5 minutes otherwise); expressions, labels and annotations as
+    // shipped.
+    let shipped_rules = std::fs::read_to_string(&rules_file)?;
+    let mut shortened = 0;
+    let quick_rules: String = shipped_rules
+        .lines()
+        .map(|line| match line.trim().strip_prefix("for: ") {
+            Some(_) => {
+                shortened += 1;
+                format!("{}for: 1s\n", &line[..line.len() - line.trim_start().len()])
+            }
+            None => format!("{line}\n"),
+        })
+        .collect();
+    anyhow::ensure!(shortened >= 3, "only {shortened} `for:` found");
+    let rules_dir = TempDir::new("opmon-rules")?;
+    let quick_rules_file = rules_dir.0.join("connmon-rules.yml");
+    std::fs::write(&quick_rules_file, quick_rules)?;
+    let webhook = WebhookReceiver::start()?;
+    let alertmanager = Alertmanager::start(&webhook.url("/alertmanager"))?;
+    let prometheus = Prometheus::start_with_job(&job, &quick_rules_file, alertmanager.addr)?;
+
+    // ConnmonDown's selector matches the scraped target.
+    let rules = std::fs::read_to_string(&rules_file)?;
+    let down_selector = rules
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("expr: up{"))
+        .and_then(|rest| rest.split_once(" =="))
+        .map(|(selector, _)| format!("up{{{selector}"))
+        .context("ConnmonDown's expression")?;
+    let up = poll::until(
+        &format!("{down_selector} to select the scraped connmon"),
+        Duration::from_secs(30),
+        || {
+            let result = prometheus.query(&down_selector)?;
+            Ok((!result.is_empty()).then_some(result))
+        },
+    )
+    .with_context(|| format!("{:?}", prometheus.query("up")))?;
+    let target = &up[0]["metric"];
+    assert_eq!(target["instance"], "node-7", "{target}");
+    assert_eq!(target["namespace"], "connmon", "{target}");
+    assert_eq!(target["pod"], "connmon-x7k2q", "{target}");
+    assert_eq!(target["endpoint"], "metrics", "{target}");
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+
+    // A storm in a container: the rule's alert carries the workload's
+    // container and the node as instance, as the pushed alert does.
+    // In the cgroup from the start: the kernel records a socket's cgroup,
+    // which names the metrics' container, when the socket is created.
+    let mut command = topology
+        .app_command(&connmon_tests::connmon::built_binary("cmt-redis-client").to_string_lossy());
+    command.arg(format!("redis://{CACHE_V4}:{REDIS_PORT}"));
+    cgroup.spawn_inside(&mut command)?;
+    let mut client = connmon_tests::process::Process::spawn("cmt-redis-client", command)?;
+    client
+        .stdout
+        .wait_for("connected", Duration::from_secs(20))?;
+    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    // Before it is used again, the idle connection is at risk: the rule
+    // fires with the workload's container and the node.
+    let at_risk = poll::until(
+        "ConnmonIdleConnectionsAtRisk's notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(
+                &webhook,
+                "ConnmonIdleConnectionsAtRisk",
+                |a| a["status"] == "firing" && a["labels"]["process"] == "cmt-redis-clien",
+            ))
+        },
+    )
+    .with_context(|| format!("{:?}", prometheus.alerts()))?;
+    assert_eq!(
+        at_risk["labels"]["container"],
+        &CONTAINER_ID[..12],
+        "{at_risk}"
+    );
+    assert_eq!(at_risk["labels"]["instance"], "node-7", "{at_risk}");
+    assert_eq!(
+        at_risk["labels"]["destination"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{at_risk}"
+    );
+    // redis-server's end is at risk too, under its own watched endpoint,
+    // not the client's ephemeral port.
+    let server_side = poll::until(
+        "the server side's at-risk notification",
+        Duration::from_secs(10),
+        || {
+            Ok(notified_alert(
+                &webhook,
+                "ConnmonIdleConnectionsAtRisk",
+                |a| a["labels"]["process"] == "redis-server",
+            ))
+        },
+    )?;
+    assert_eq!(
+        server_side["labels"]["destination"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{server_side}"
+    );
+    assert!(
+        at_risk["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("#connmonidleconnectionsatrisk")),
+        "{at_risk}"
+    );
+    client.send_line("set")?;
+    let storm = connmon_tests::connmon::first_finding(
+        &connmon,
+        "storm_started",
+        topology.app.inode(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(storm["container_id"], CONTAINER_ID, "{storm}");
+    let alert = poll::until(
+        "ConnmonIdleConnectionStorm to fire in Prometheus",
+        Duration::from_secs(30),
+        || {
+            Ok(prometheus.alerts()?.into_iter().find(|a| {
+                a["labels"]["alertname"] == "ConnmonIdleConnectionStorm" && a["state"] == "firing"
+            }))
+        },
+    )?;
+    let labels = &alert["labels"];
+    assert_eq!(labels["container"], &CONTAINER_ID[..12], "{alert}");
+    assert_eq!(labels["instance"], "node-7", "{alert}");
+    assert_eq!(
+        labels["destination"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{alert}"
+    );
+    let renamed = prometheus.query(r#"{exported_container!=""}"#)?;
+    assert!(
+        renamed.is_empty(),
+        "connmon's label was renamed: {renamed:?}"
+    );
+
+    // Through Alertmanager to a receiver, with the labels and the runbook
+    // section the runbook documents.
+    let paged = poll::until(
+        "the storm rule's notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(
+                &webhook,
+                "ConnmonIdleConnectionStorm",
+                |_| true,
+            ))
+        },
+    )?;
+    assert_eq!(paged["labels"]["container"], &CONTAINER_ID[..12], "{paged}");
+    assert_eq!(paged["labels"]["instance"], "node-7", "{paged}");
+    assert_eq!(paged["labels"]["severity"], "page", "{paged}");
+    assert!(
+        paged["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("runbook.md#connmonidleconnectionstorm")),
+        "{paged}"
+    );
+
+    // ConnmonDown fires when connmon stops, named by its node.
+    assert_eq!(connmon.stop()?, Some(0));
+    let down = poll::until(
+        "ConnmonDown's notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(&webhook, "ConnmonDown", |a| {
+                a["status"] == "firing"
+            }))
+        },
+    )
+    .with_context(|| format!("{:?}", prometheus.alerts()))?;
+    assert_eq!(down["labels"]["instance"], "node-7", "{down}");
+    assert_eq!(down["labels"]["job"], "connmon", "{down}");
+    assert_eq!(down["labels"]["pod"], "connmon-x7k2q", "{down}");
+    assert_eq!(
+        down["annotations"]["summary"], "connmon on node-7 is not being scraped",
+        "{down}"
+    );
+    assert!(
+        down["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("runbook.md#connmondown")),
+        "{down}"
+    );
+    Ok(())
+}
+
+/// The page, end to end through a real Alertmanager configured with the
+/// shipped example routes (deploy/alertmanager/connmon-routes.yml): from the
+/// stuck send to the on-call receiver in at most 3 s with the seed
+/// scenario's timings (RTO retransmits at about 0.4, 0.8 and 1.7 s confirm
+/// the storm; connmon pushes at once; the route has no group wait).
+#[test]
+fn a_storm_pages_through_the_example_route_within_3_s() -> Result<()> {
+    const PAGE_BUDGET: Duration = Duration::from_secs(3);
+    let webhook = WebhookReceiver::start()?;
+    let routes_file =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/alertmanager/connmon-routes.yml");
+    let shipped = std::fs::read_to_string(&routes_file)?;
+    let mut routes = shipped.clone();
+    for (placeholder, path) in [
+        ("https://on-call.example.invalid/connmon", "/on-call"),
+        ("https://tickets.example.invalid/connmon", "/tickets"),
+    ] {
+        anyhow::ensure!(
+            routes.contains(placeholder),
+            "{} lost {placeholder}",
+            routes_file.display()
+        );
+        routes = routes.replace(placeholder, &webhook.url(path));
+    }
+    let alertmanager = Alertmanager::start_with_config(&routes)?;
+    let mut scenario = SeedScenario::start(
+        "page",
+        &Options::default(),
+        &["--alertmanager-url", &alertmanager.url()],
+    )?;
+    scenario
+        .topology
+        .wait_until_forgotten(Duration::from_secs(30))?;
+    // Taken just before the request is written: the latency measured is
+    // if anything longer than the real one.
+    let sent = Instant::now();
+    scenario.client.send_line("set")?;
+    let is_page = |notification: &Value| {
+        notification["alerts"].as_array().is_some_and(|alerts| {
+            alerts.iter().any(|a| {
+                a["labels"]["alertname"] == "ConnmonIdleConnectionStorm"
+                    && a["labels"]["source"] == "connmon"
+                    && a["status"] == "firing"
+            })
+        })
+    };
+    let (page, received) = poll::until("the page", Duration::from_secs(15), || {
+        Ok(webhook.first("/on-call", is_page))
+    })
+    .with_context(|| {
+        format!(
+            "on-call got {:?}; connmon said {:?}",
+            webhook.bodies("/on-call"),
+            scenario.connmon.records()
+        )
+    })?;
+    let latency = received.duration_since(sent);
+    eprintln!("stuck send to page: {latency:?}");
+    assert!(
+        latency <= PAGE_BUDGET,
+        "the page took {latency:?} from the stuck send: {page}"
+    );
+    // The page names the process and the connection.
+    let storm = scenario.finding("storm_started", Duration::from_secs(1))?;
+    let alert = page["alerts"]
+        .as_array()
+        .and_then(|alerts| alerts.iter().find(|a| a["labels"]["source"] == "connmon"))
+        .context("the pushed alert")?;
+    assert_eq!(
+        alert["labels"]["storm_id"],
+        storm["storm_id"].to_string(),
+        "{alert}"
+    );
+    assert_eq!(alert["labels"]["destination"], storm["remote"], "{alert}");
+    Ok(())
+}
+
+/// Prometheus with the shipped rules scraping a connmon started with
+/// `connmon_args`, Alertmanager, and a webhook behind it; the topology with
+/// redis-server and `clients` connected clients.
+struct RuleRig {
+    webhook: WebhookReceiver,
+    prometheus: Prometheus,
+    _alertmanager: Alertmanager,
+    clients: Vec<connmon_tests::process::Process>,
+    connmon: Daemon,
+    topology: Topology,
+}
+
+impl RuleRig {
+    fn start(tag: &str, options: &Options, clients: usize) -> Result<Self> {
+        let mut topology = Topology::build(tag, options)?;
+        topology.start_redis()?;
+        let connmon =
+            Daemon::start(&["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()])?;
+        let webhook = WebhookReceiver::start()?;
+        let alertmanager = Alertmanager::start(&webhook.url("/alertmanager"))?;
+        let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/prometheus/connmon-rules.yml")
+            .canonicalize()?;
+        let prometheus = Prometheus::start(connmon.listen, alertmanager.addr, &rules)?;
+        let clients = (0..clients)
+            .map(|_| topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            webhook,
+            prometheus,
+            _alertmanager: alertmanager,
+            clients,
+            connmon,
+            topology,
+        })
+    }
+
+    /// After the path forgot every idle connection, resumes them one at a
+    /// time, each once Prometheus has scraped the one before it counted in
+    /// `family` (a counter's first sample is its first count, which
+    /// `increase()` cannot see: the rules' thresholds count from the second).
+    fn resume_one_by_one(&mut self, family: &str) -> Result<()> {
+        self.topology
+            .wait_until_forgotten(Duration::from_secs(30))?;
+        for (i, client) in self.clients.iter_mut().enumerate() {
+            client.send_line("set")?;
+            let query = format!("sum({family})");
+            poll::until(
+                &format!("Prometheus to see {family} at {}", i + 1),
+                Duration::from_secs(20),
+                || {
+                    let seen = self.prometheus.query(&query)?;
+                    let value: f64 = seen
+                        .first()
+                        .and_then(|r| r["value"][1].as_str())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0.0);
+                    Ok((value >= (i + 1) as f64).then_some(()))
+                },
+            )
+            .with_context(|| format!("connmon said {:?}", self.connmon.records()))?;
+        }
+        Ok(())
+    }
+}
+
+/// ConnmonIdleConnectionStormsRecurring from real storms: the same process
+/// and destination stuck again and again, through Alertmanager.
+#[test]
+fn recurring_storms_fire_their_rule_from_real_metrics() -> Result<()> {
+    let mut rig = RuleRig::start("recur", &Options::default(), 4)?;
+    rig.resume_one_by_one("connmon_storms_started_total")?;
+    let alert = poll::until(
+        "ConnmonIdleConnectionStormsRecurring's notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(
+                &rig.webhook,
+                "ConnmonIdleConnectionStormsRecurring",
+                |a| a["status"] == "firing",
+            ))
+        },
+    )
+    .with_context(|| format!("{:?}", rig.prometheus.alerts()))?;
+    assert_eq!(alert["labels"]["process"], "cmt-redis-clien", "{alert}");
+    assert_eq!(
+        alert["labels"]["destination"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{alert}"
+    );
+    assert_eq!(alert["labels"]["role"], "client", "{alert}");
+    assert_eq!(alert["labels"]["severity"], "ticket", "{alert}");
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("#connmonidleconnectionstormsrecurring")),
+        "{alert}"
+    );
+    Ok(())
+}
+
+/// ConnmonResetsAfterIdle from real resets: a middlebox that answers
+/// forgotten flows with a reset, more than five times in an hour.
+#[test]
+fn resets_after_idle_fire_their_rule_from_real_metrics() -> Result<()> {
+    let options = Options {
+        stale_flow: StaleFlow::Reset,
+        ..Options::default()
+    };
+    let mut rig = RuleRig::start("resets", &options, 7)?;
+    rig.resume_one_by_one("connmon_resets_after_idle_total")?;
+    let alert = poll::until(
+        "ConnmonResetsAfterIdle's notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(
+                &rig.webhook,
+                "ConnmonResetsAfterIdle",
+                |a| a["status"] == "firing",
+            ))
+        },
+    )
+    .with_context(|| format!("{:?}", rig.prometheus.alerts()))?;
+    assert_eq!(alert["labels"]["process"], "cmt-redis-clien", "{alert}");
+    assert_eq!(
+        alert["labels"]["destination"],
+        format!("{CACHE_V4}:{REDIS_PORT}"),
+        "{alert}"
+    );
+    assert_eq!(alert["labels"]["role"], "client", "{alert}");
+    assert_eq!(alert["labels"]["severity"], "ticket", "{alert}");
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("#connmonresetsafteridle")),
+        "{alert}"
+    );
+    Ok(())
+}

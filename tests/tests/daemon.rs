@@ -5,7 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result};
-use connmon_tests::{connmon::binary, scenario::SeedScenario, topology::Options};
+use connmon_tests::{connmon::binary, poll, scenario::SeedScenario, topology::Options};
 
 #[test]
 fn bad_settings_exit_2_with_one_line_naming_them() -> Result<()> {
@@ -401,5 +401,94 @@ fn after_attaching_the_daemon_keeps_only_the_capabilities_it_uses() -> Result<()
             .collect();
         assert!(errors.is_empty(), "{args:?}: {errors:?}");
     }
+    Ok(())
+}
+
+/// Processes come and go under new names (jobs, cron, `kubectl exec`): the
+/// metrics of each go once they have been quiet for the series expiry, so
+/// /metrics holds what is active now, not every name seen since start.
+#[test]
+fn short_lived_process_names_leave_metrics_bounded() -> Result<()> {
+    const WAVE: usize = 3;
+    let ns = connmon_tests::netns::NetNs::create("names")?;
+    // The kernel gives up after a few retransmits: the series then go quiet.
+    ns.sysctl("net.ipv4.tcp_retries2", "2")?;
+    let ports = [7311u16, 7312];
+    let connmon = connmon_tests::connmon::Daemon::start(&[
+        "--ports",
+        &format!("{},{}", ports[0], ports[1]),
+        "--series-expiry",
+        "2s",
+    ])?;
+    let names_dir = connmon_tests::alerting::TempDir::new("names")?;
+    let peer = env!("CARGO_BIN_EXE_tcp-peer");
+    let short_series = |metrics: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("connmon_retransmits_total{") && l.contains("process=\"short-")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    for (wave, port) in ports.iter().enumerate() {
+        let mut server = ns.command(peer);
+        server.args(["server", &format!("127.0.0.1:{port}")]);
+        let server = connmon_tests::process::Process::spawn("tcp-peer server", server)?;
+        server
+            .stdout
+            .wait_for("listening", Duration::from_secs(10))?;
+        // Each client runs under a name of its own (the command name is the
+        // name it was executed by).
+        let mut clients = Vec::new();
+        let mut names = Vec::new();
+        for i in 0..WAVE {
+            let name = format!("short-{wave}-{i}");
+            let link = names_dir.0.join(&name);
+            std::os::unix::fs::symlink(peer, &link)?;
+            let mut client = ns.command(&link.to_string_lossy());
+            client.args(["client", &format!("127.0.0.1:{port}")]);
+            let client = connmon_tests::process::Process::spawn(&name, client)?;
+            client
+                .stdout
+                .wait_for("connected", Duration::from_secs(10))?;
+            clients.push(client);
+            names.push(name);
+        }
+        ns.blackhole_tcp_port(*port)?;
+        for client in &mut clients {
+            client.send_line("into the void")?;
+        }
+        // Every name of this wave is counted, and nothing of earlier waves
+        // is left: at no point more than one wave's series (a name can have
+        // two, timeout and tail-loss-probe retransmits).
+        poll::until(
+            &format!("wave {wave}'s retransmits under their names"),
+            Duration::from_secs(20),
+            || {
+                let series = short_series(&connmon.http_get("/metrics")?);
+                anyhow::ensure!(series.len() <= WAVE * 2, "{series:#?}");
+                Ok(names
+                    .iter()
+                    .all(|n| {
+                        series
+                            .iter()
+                            .any(|s| s.contains(&format!("process=\"{n}\"")))
+                    })
+                    .then_some(()))
+            },
+        )?;
+        poll::until(
+            &format!("wave {wave}'s series to expire"),
+            Duration::from_secs(40),
+            || {
+                let series = short_series(&connmon.http_get("/metrics")?);
+                Ok(series.is_empty().then_some(()))
+            },
+        )?;
+        drop(clients);
+        drop(server);
+    }
+    assert_eq!(connmon.stop()?, Some(0));
     Ok(())
 }

@@ -56,6 +56,9 @@ fn drop_capabilities(settings: &Settings) {
     }
 }
 
+/// How long receivers get at exit to deliver the last alerts.
+const ALERT_FLUSH_DEADLINE: Duration = Duration::from_secs(1);
+
 /// How often silent episodes are expired.
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -108,9 +111,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         instance: settings.node_name.clone().unwrap_or_else(hostname),
         runbook_url: settings.runbook_url.clone(),
     };
-    let (alerts, alert_task) = if alert_config.is_enabled() {
-        let (queue, task) = alerts::spawn(alert_config);
-        (Some(queue), Some(task))
+    let (alerts, alert_senders) = if alert_config.is_enabled() {
+        let (queue, senders) = alerts::spawn(alert_config, status.metrics.alert_deliveries());
+        (Some(queue), Some(senders))
     } else {
         (None, None)
     };
@@ -159,6 +162,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 // memory follows what is tracked now.
                 crate::memory::release_freed_memory();
                 pipeline.status.metrics.set_userspace_sockets(pipeline.sockets.len());
+                let expired = pipeline
+                    .status
+                    .metrics
+                    .expire_quiet_series(std::time::Instant::now(), pipeline.settings.series_expiry);
+                if expired > 0 {
+                    debug!(expired, "metric label sets quiet past the series expiry removed");
+                }
                 pipeline.report(&findings);
             }
             signal = &mut stop => {
@@ -171,10 +181,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let findings = pipeline.detector.stop(monotonic_now_ns());
     pipeline.report(&findings);
     status.set_ready(false);
-    // Let the alert task deliver the final storm_ended alerts (bounded).
+    // Let the receivers deliver the final storm_ended alerts, within a
+    // bound that leaves the exit well inside Kubernetes' grace period
+    // whatever a receiver does (dropping the pipeline drops the queue).
     drop(pipeline);
-    if let Some(task) = alert_task {
-        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    if let Some(senders) = alert_senders {
+        senders.shutdown(ALERT_FLUSH_DEADLINE).await;
     }
     reader.abort();
     at_risk.abort();
@@ -198,9 +210,9 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
     tokio::spawn(async move {
         loop {
             tick.tick().await;
-            let (ports, paths) = (ports.clone(), paths.clone());
+            let (audited_ports, paths) = (ports.clone(), paths.clone());
             let Ok(report) = tokio::task::spawn_blocking(move || {
-                audit::audit(&ports, all_ports, &paths, Default::default())
+                audit::audit(&audited_ports, all_ports, &paths, Default::default())
             })
             .await
             else {
@@ -218,13 +230,37 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
                 let key = (
                     connection.comm.clone().unwrap_or_else(|| "unknown".into()),
                     container,
-                    connection.remote.clone(),
+                    watched_endpoint(&connection.local, &connection.remote, &ports, all_ports),
                 );
                 *counts.entry(key).or_default() += 1;
             }
             status.metrics.set_at_risk(&counts);
         }
     })
+}
+
+/// The watched endpoint of a connection, as the other metrics' `destination`:
+/// our side for a server (its local port is watched), the far side for a
+/// client. Never a client's ephemeral port, which would make a label set per
+/// connection. With every port watched, the lower port is taken for the
+/// service's.
+fn watched_endpoint(
+    local: &str,
+    remote: &str,
+    ports: &std::collections::BTreeSet<u16>,
+    all_ports: bool,
+) -> String {
+    let port = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+    };
+    let local_is_service = match (port(local), port(remote)) {
+        (Some(l), Some(r)) if all_ports => l < r,
+        (Some(l), _) => ports.contains(&l),
+        _ => false,
+    };
+    if local_is_service { local } else { remote }.to_string()
 }
 
 /// How often kernel-side losses are checked for the log.
@@ -412,5 +448,30 @@ impl Pipeline {
         if !follow_ups.is_empty() {
             self.report(&follow_ups);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watched_endpoint;
+
+    #[test]
+    fn at_risk_destinations_are_the_watched_endpoint_never_an_ephemeral_port() {
+        let ports = [6379].into_iter().collect();
+        // A client: the far side.
+        assert_eq!(
+            watched_endpoint("10.0.0.2:41000", "10.0.1.5:6379", &ports, false),
+            "10.0.1.5:6379"
+        );
+        // redis-server's end of the same connection: its own side.
+        assert_eq!(
+            watched_endpoint("10.0.1.5:6379", "10.0.0.2:41000", &ports, false),
+            "10.0.1.5:6379"
+        );
+        let none = Default::default();
+        assert_eq!(
+            watched_endpoint("[fd00::5]:5432", "[fd00::2]:50000", &none, true),
+            "[fd00::5]:5432"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Alerts pushed to Alertmanager's v2 API (`POST /api/v2/alerts`) and to
-//! generic JSON webhooks, from a task of their own: a slow or absent
-//! receiver never stalls detection.
+//! generic JSON webhooks. Each receiver has a task and a bounded queue of
+//! its own: a slow, hung or absent receiver never stalls detection, the
+//! HTTP server, another receiver or the daemon's exit.
 //!
 //! Alertmanager resolves an alert it has not heard about by its `endsAt`,
 //! so active storms are pushed again every minute with `endsAt` a few
@@ -8,12 +9,14 @@
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
+use prometheus::IntCounterVec;
 use serde_json::{Value, json};
 use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::output::{hint::human_duration, report::FindingRecord};
 
@@ -21,6 +24,10 @@ use crate::output::{hint::human_duration, report::FindingRecord};
 const REPEAT_INTERVAL: Duration = Duration::from_secs(60);
 /// How far ahead `endsAt` is set for an alert still firing.
 const FIRING_HORIZON: Duration = Duration::from_secs(300);
+/// Alert names, shared with the rules of deploy/prometheus/connmon-rules.yml.
+pub const IDLE_CONNECTION_STORM: &str = "ConnmonIdleConnectionStorm";
+pub const RESETS_AFTER_IDLE: &str = "ConnmonResetsAfterIdle";
+
 /// Attempts per delivery.
 const ATTEMPTS: u32 = 3;
 
@@ -67,10 +74,13 @@ pub fn alertmanager_alert(
         crate::event::Role::Server => record.local.clone(),
         _ => record.remote.clone(),
     };
+    // The names of the shipped rules that say the same (checked against
+    // deploy/prometheus/connmon-rules.yml by a test): one runbook section,
+    // one route, whichever of the two fired.
     let alertname = if record.event == "reset_after_idle" {
-        "ConnmonResetAfterIdle"
+        RESETS_AFTER_IDLE
     } else {
-        "ConnmonIdleConnectionStorm"
+        IDLE_CONNECTION_STORM
     };
     let pid = record
         .pid
@@ -82,7 +92,7 @@ pub fn alertmanager_alert(
         .unwrap_or_default();
     let mut labels = json!({
         "alertname": alertname,
-        "severity": if alertname == "ConnmonResetAfterIdle" { "ticket" } else { "page" },
+        "severity": if alertname == RESETS_AFTER_IDLE { "ticket" } else { "page" },
         "instance": config.instance,
         "process": process,
         "container": container,
@@ -104,7 +114,7 @@ pub fn alertmanager_alert(
         (_, _, Some(_)) => format!(" in container {container}"),
         _ => String::new(),
     };
-    let summary = if alertname == "ConnmonResetAfterIdle" {
+    let summary = if alertname == RESETS_AFTER_IDLE {
         format!(
             "{process} (pid {pid}){where_}: connection to {destination} reset after {} idle",
             human_duration(record.idle_seconds)
@@ -150,64 +160,211 @@ pub fn alertmanager_alert(
     })
 }
 
-/// Hands findings to the sender task; never blocks the caller.
+/// Findings a receiver's queue holds while it is slow; past that, new
+/// ones are dropped and counted (`result="dropped"`).
+const RECEIVER_QUEUE: usize = 256;
+/// Alertmanager: records taken from the queue into one push at most.
+const MAX_BATCH: usize = 64;
+/// One HTTP attempt, connect to response.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a receiver is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Alertmanager's v2 API: alerts, repeated while active, resolved.
+    Alertmanager,
+    /// Each finding record as JSON.
+    Webhook,
+}
+
+/// One receiver's end of the queue.
+struct ReceiverQueue {
+    /// `alertmanager-N` or `webhook-N`: a bounded label that names no URL
+    /// (URLs can carry tokens).
+    label: String,
+    tx: mpsc::Sender<FindingRecord>,
+}
+
+/// Hands findings to every receiver's own task; never blocks the caller,
+/// and a receiver that is slow or down holds up no other.
 #[derive(Clone)]
 pub struct AlertQueue {
-    tx: mpsc::Sender<FindingRecord>,
+    receivers: Arc<Vec<ReceiverQueue>>,
+    deliveries: IntCounterVec,
 }
 
 impl AlertQueue {
     pub fn push(&self, record: &FindingRecord) {
-        if self.tx.try_send(record.clone()).is_err() {
-            warn!(event = record.event, "alert queue full; alert dropped");
+        for receiver in self.receivers.iter() {
+            if receiver.tx.try_send(record.clone()).is_err() {
+                self.deliveries
+                    .with_label_values(&[receiver.label.as_str(), "dropped"])
+                    .inc();
+                warn!(
+                    receiver = receiver.label,
+                    event = record.event,
+                    "alert receiver's queue full (receiver slow or down); finding dropped for it"
+                );
+            }
         }
     }
 }
 
-/// Starts the sender task.
-pub fn spawn(config: AlertConfig) -> (AlertQueue, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<FindingRecord>(1024);
-    let handle = tokio::spawn(async move {
-        let roots = match &config.ca_certs {
-            Some(certs) => ureq::tls::RootCerts::new_with_certs(
-                &certs
-                    .iter()
-                    .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
-                    .collect::<Vec<_>>(),
-            ),
-            None => ureq::tls::RootCerts::WebPki,
+/// The receivers' tasks; see `shutdown`.
+pub struct AlertSenders {
+    tasks: Vec<(String, JoinHandle<()>)>,
+}
+
+impl AlertSenders {
+    /// Waits up to `deadline` for the receivers to deliver what is queued
+    /// (the final `storm_ended` alerts), then abandons the rest: a hung
+    /// receiver must not hold the daemon's exit. Every `AlertQueue` must be
+    /// dropped first, or the tasks wait for more.
+    pub async fn shutdown(self, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        for (label, mut task) in self.tasks {
+            if tokio::time::timeout_at(until, &mut task).await.is_err() {
+                task.abort();
+                warn!(
+                    receiver = label,
+                    "alert receiver still busy at exit; its undelivered alerts are abandoned"
+                );
+            }
+        }
+    }
+}
+
+/// `scheme://host[:port]` of a URL, for logs: paths, queries and user info
+/// can carry secrets.
+fn host_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    format!("{scheme}://{host}")
+}
+
+/// Starts one task per receiver. `deliveries` counts each delivery by
+/// receiver and result.
+pub fn spawn(config: AlertConfig, deliveries: IntCounterVec) -> (AlertQueue, AlertSenders) {
+    let roots = match &config.ca_certs {
+        Some(certs) => ureq::tls::RootCerts::new_with_certs(
+            &certs
+                .iter()
+                .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+                .collect::<Vec<_>>(),
+        ),
+        None => ureq::tls::RootCerts::WebPki,
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(ATTEMPT_TIMEOUT))
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+        .build()
+        .into();
+    let config = Arc::new(config);
+    let targets = config
+        .alertmanager_urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| (Kind::Alertmanager, format!("alertmanager-{i}"), url.clone()))
+        .chain(
+            config
+                .webhook_urls
+                .iter()
+                .enumerate()
+                .map(|(i, url)| (Kind::Webhook, format!("webhook-{i}"), url.clone())),
+        );
+    let mut queues = Vec::new();
+    let mut tasks = Vec::new();
+    for (kind, label, url) in targets {
+        // Present from the start: a rule or a test sees 0, not nothing.
+        for result in ["sent", "failed", "dropped"] {
+            deliveries.with_label_values(&[label.as_str(), result]);
+        }
+        info!(receiver = label, url = host_of(&url), "alert receiver");
+        let (tx, rx) = mpsc::channel(RECEIVER_QUEUE);
+        let sender = Sender {
+            label: label.clone(),
+            url,
+            agent: agent.clone(),
+            deliveries: deliveries.clone(),
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
-            .build()
-            .into();
+        let task = match kind {
+            Kind::Alertmanager => tokio::spawn(sender.alertmanager(rx, config.clone())),
+            Kind::Webhook => tokio::spawn(sender.webhook(rx)),
+        };
+        queues.push(ReceiverQueue {
+            label: label.clone(),
+            tx,
+        });
+        tasks.push((label, task));
+    }
+    (
+        AlertQueue {
+            receivers: Arc::new(queues),
+            deliveries,
+        },
+        AlertSenders { tasks },
+    )
+}
+
+/// One receiver: delivers one request at a time, so a slow receiver only
+/// fills its own queue.
+struct Sender {
+    label: String,
+    url: String,
+    agent: ureq::Agent,
+    deliveries: IntCounterVec,
+}
+
+impl Sender {
+    async fn webhook(self, mut rx: mpsc::Receiver<FindingRecord>) {
+        while let Some(record) = rx.recv().await {
+            self.deliver(self.url.clone(), json!(record)).await;
+        }
+    }
+
+    /// Alertmanager forgets an alert at its `endsAt`: active storms are
+    /// pushed again every `REPEAT_INTERVAL`, ended ones with their end.
+    async fn alertmanager(self, mut rx: mpsc::Receiver<FindingRecord>, config: Arc<AlertConfig>) {
+        let url = format!("{}/api/v2/alerts", self.url.trim_end_matches('/'));
         let mut active: BTreeMap<u64, FindingRecord> = BTreeMap::new();
         let mut repeat = tokio::time::interval(REPEAT_INTERVAL);
+        repeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         repeat.tick().await;
         loop {
             let batch: Vec<(FindingRecord, Option<SystemTime>)> = tokio::select! {
                 record = rx.recv() => {
                     let Some(record) = record else { break };
-                    for url in &config.webhook_urls {
-                        deliver(&agent, url.clone(), json!(record)).await;
+                    // What queued up while the last push was under way goes
+                    // in one request.
+                    let mut records = vec![record];
+                    while records.len() < MAX_BATCH
+                        && let Ok(record) = rx.try_recv()
+                    {
+                        records.push(record);
                     }
-                    match (record.event, record.storm_id) {
-                        ("storm_started", Some(id)) => {
-                            active.insert(id, record.clone());
-                            vec![(record, None)]
-                        }
-                        ("storm_ended", id) => {
-                            if let Some(id) = id { active.remove(&id); }
-                            let ended = humantime::parse_rfc3339(&record.time).unwrap_or_else(|_| SystemTime::now());
-                            vec![(record, Some(ended))]
-                        }
-                        _ => vec![(record, Some(SystemTime::now() + FIRING_HORIZON))],
-                    }
+                    records
+                        .into_iter()
+                        .map(|record| match (record.event, record.storm_id) {
+                            ("storm_started", Some(id)) => {
+                                active.insert(id, record.clone());
+                                (record, None)
+                            }
+                            ("storm_ended", id) => {
+                                if let Some(id) = id {
+                                    active.remove(&id);
+                                }
+                                let ended = humantime::parse_rfc3339(&record.time)
+                                    .unwrap_or_else(|_| SystemTime::now());
+                                (record, Some(ended))
+                            }
+                            _ => (record, Some(SystemTime::now() + FIRING_HORIZON)),
+                        })
+                        .collect()
                 }
                 _ = repeat.tick() => active.values().cloned().map(|record| (record, None)).collect(),
             };
-            if batch.is_empty() || config.alertmanager_urls.is_empty() {
+            if batch.is_empty() {
                 continue;
             }
             let now = SystemTime::now();
@@ -215,38 +372,44 @@ pub fn spawn(config: AlertConfig) -> (AlertQueue, JoinHandle<()>) {
                 .iter()
                 .map(|(record, ends)| alertmanager_alert(record, &config, now, *ends))
                 .collect();
-            for url in &config.alertmanager_urls {
-                deliver(
-                    &agent,
-                    format!("{}/api/v2/alerts", url.trim_end_matches('/')),
-                    json!(alerts),
-                )
-                .await;
-            }
+            self.deliver(url.clone(), json!(alerts)).await;
         }
-    });
-    (AlertQueue { tx }, handle)
-}
+    }
 
-/// POSTs `body` with a few retries, off the async threads.
-async fn deliver(agent: &ureq::Agent, url: String, body: Value) {
-    let agent = agent.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    /// POSTs `body` with a few retries and counts the result. Each attempt
+    /// runs off the async threads; the waits between them are async, so
+    /// the task can be abandoned at any point.
+    async fn deliver(&self, url: String, body: Value) {
         let mut last_error = String::new();
         for attempt in 0..ATTEMPTS {
-            match agent.post(&url).send_json(&body) {
-                Ok(_) => return Ok(()),
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            let (agent, url, body) = (self.agent.clone(), url.clone(), body.clone());
+            let result =
+                tokio::task::spawn_blocking(move || agent.post(&url).send_json(&body).map(drop))
+                    .await;
+            match result {
+                Ok(Ok(())) => {
+                    self.deliveries
+                        .with_label_values(&[self.label.as_str(), "sent"])
+                        .inc();
+                    return;
+                }
+                Ok(Err(error)) => last_error = error.to_string(),
                 Err(error) => last_error = error.to_string(),
             }
-            std::thread::sleep(Duration::from_millis(200 << attempt));
         }
-        Err(format!("{url}: {last_error}"))
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => warn!(%error, "alert delivery failed"),
-        Err(error) => warn!(%error, "alert delivery task failed"),
+        self.deliveries
+            .with_label_values(&[self.label.as_str(), "failed"])
+            .inc();
+        warn!(
+            receiver = self.label,
+            url = host_of(&url),
+            error = last_error,
+            attempts = ATTEMPTS,
+            "alert delivery failed (connmon_alert_deliveries_total)"
+        );
     }
 }
 
@@ -386,5 +549,192 @@ mod tests {
                 .expect("description")
                 .contains("timed_out after 15m 25s")
         );
+    }
+
+    #[test]
+    fn logged_urls_keep_only_scheme_and_host() {
+        assert_eq!(
+            host_of("https://user:token@hooks.example.com:8443/services/T0/B1?key=s3cret"),
+            "https://hooks.example.com:8443"
+        );
+        assert_eq!(host_of("http://am:9093"), "http://am:9093");
+    }
+
+    /// A receiver whose queue is full loses the finding, counted under its
+    /// own label; the others still get it.
+    #[test]
+    fn a_full_queue_drops_for_that_receiver_only() {
+        let deliveries =
+            IntCounterVec::new(prometheus::Opts::new("d", "d"), &["receiver", "result"])
+                .expect("counter");
+        let (slow_tx, _slow_rx) = mpsc::channel(1);
+        let (fast_tx, mut fast_rx) = mpsc::channel(8);
+        let queue = AlertQueue {
+            receivers: Arc::new(vec![
+                ReceiverQueue {
+                    label: "webhook-0".into(),
+                    tx: slow_tx,
+                },
+                ReceiverQueue {
+                    label: "webhook-1".into(),
+                    tx: fast_tx,
+                },
+            ]),
+            deliveries: deliveries.clone(),
+        };
+        for _ in 0..3 {
+            queue.push(&record());
+        }
+        let count = |receiver: &str| deliveries.with_label_values(&[receiver, "dropped"]).get();
+        assert_eq!(count("webhook-0"), 2);
+        assert_eq!(count("webhook-1"), 0);
+        let mut received = 0;
+        while fast_rx.try_recv().is_ok() {
+            received += 1;
+        }
+        assert_eq!(received, 3);
+    }
+
+    /// A shipped rule: its name, the labels its expression keeps, its own
+    /// labels and its runbook link.
+    struct Rule {
+        alert: String,
+        by: Vec<String>,
+        labels: serde_yaml_ng::Mapping,
+        runbook_url: String,
+    }
+
+    fn repository_file(path: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn shipped_rules() -> Vec<Rule> {
+        let file: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&repository_file("deploy/prometheus/connmon-rules.yml"))
+                .expect("the rules file is YAML");
+        let mut rules = Vec::new();
+        for group in file["groups"].as_sequence().expect("groups") {
+            for rule in group["rules"].as_sequence().expect("rules") {
+                let expr = rule["expr"].as_str().expect("expr");
+                let by = expr
+                    .split_once("by (")
+                    .and_then(|(_, rest)| rest.split_once(')'))
+                    .map(|(labels, _)| labels.split(',').map(|l| l.trim().to_string()).collect())
+                    .unwrap_or_default();
+                rules.push(Rule {
+                    alert: rule["alert"].as_str().expect("alert").to_string(),
+                    by,
+                    labels: rule["labels"].as_mapping().cloned().unwrap_or_default(),
+                    runbook_url: rule["annotations"]["runbook_url"]
+                        .as_str()
+                        .expect("every rule has a runbook_url")
+                        .to_string(),
+                });
+            }
+        }
+        assert!(
+            rules.len() >= 7,
+            "rules file read wrong: {} rules",
+            rules.len()
+        );
+        rules
+    }
+
+    /// Anchors of docs/runbook.md's sections, as GitHub renders them.
+    fn runbook_anchors() -> Vec<String> {
+        repository_file("docs/runbook.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("## "))
+            .map(|heading| {
+                heading
+                    .trim()
+                    .to_lowercase()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+                    .map(|c| if c == ' ' { '-' } else { c })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// connmon's pushed alerts, one per kind of finding it pushes.
+    fn pushed_alerts() -> Vec<Value> {
+        let now = humantime::parse_rfc3339("2026-11-25T09:32:45Z").expect("time");
+        let mut reset = record();
+        reset.event = "reset_after_idle";
+        reset.storm_id = None;
+        [record(), reset]
+            .iter()
+            .map(|record| alertmanager_alert(record, &config(), now, None))
+            .collect()
+    }
+
+    /// A pushed alert and the rule that says the same share the name, the
+    /// severity, every label the rule keeps, and the runbook section: one
+    /// route and one runbook, whichever fired.
+    #[test]
+    fn pushed_alerts_share_name_labels_and_runbook_with_the_rules() {
+        let rules = shipped_rules();
+        for alert in pushed_alerts() {
+            let name = alert["labels"]["alertname"].as_str().expect("alertname");
+            let rule = rules
+                .iter()
+                .find(|rule| rule.alert == name)
+                .unwrap_or_else(|| panic!("no shipped rule is named {name}"));
+            for label in &rule.by {
+                assert!(
+                    alert["labels"][label.as_str()].is_string(),
+                    "{name}: the rule keeps `{label}`, the pushed alert has none: {alert}"
+                );
+            }
+            for (key, value) in &rule.labels {
+                assert_eq!(
+                    alert["labels"][key.as_str().expect("label name")].as_str(),
+                    value.as_str(),
+                    "{name}: label {key:?}"
+                );
+            }
+            let anchor = |url: &str| url.rsplit_once('#').map(|(_, a)| a.to_string());
+            assert_eq!(
+                anchor(
+                    alert["annotations"]["runbook_url"]
+                        .as_str()
+                        .expect("runbook_url")
+                ),
+                anchor(&rule.runbook_url),
+                "{name}"
+            );
+        }
+    }
+
+    /// Every runbook link, in the rules and in pushed alerts, lands on a
+    /// section of docs/runbook.md.
+    #[test]
+    fn every_runbook_anchor_has_a_section() {
+        let anchors = runbook_anchors();
+        let links = shipped_rules()
+            .into_iter()
+            .map(|rule| (rule.alert, rule.runbook_url))
+            .chain(pushed_alerts().into_iter().map(|alert| {
+                (
+                    format!("pushed {}", alert["labels"]["alertname"]),
+                    alert["annotations"]["runbook_url"]
+                        .as_str()
+                        .expect("runbook_url")
+                        .to_string(),
+                )
+            }));
+        for (name, url) in links {
+            let (_, anchor) = url
+                .rsplit_once('#')
+                .unwrap_or_else(|| panic!("{name}: {url} has no anchor"));
+            assert!(
+                anchors.iter().any(|a| a == anchor),
+                "{name}: {url}: docs/runbook.md has no section #{anchor} (sections: {anchors:?})"
+            );
+        }
     }
 }

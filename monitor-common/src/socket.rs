@@ -246,17 +246,23 @@ pub fn retransmit_counts_due(pending: &[u8; 4], sent_at: u32, now: u32, interval
     full || now.wrapping_sub(sent_at) >= interval
 }
 
-/// Adds one retransmit of `kind` (`RETRANSMIT_*`) to `pending`, with stores
-/// at constant offsets (the verifier refuses variable-offset stack stores).
+/// One for `kind` (`RETRANSMIT_*`), zero for the others: per-kind counts
+/// are added with stores at constant offsets (the verifier refuses a store
+/// at a variable offset into the stack).
 #[inline(always)]
-pub fn count_retransmit(pending: &mut [u8; 4], kind: u8) {
-    let one = [
+pub fn one_of_kind(kind: u8) -> [u8; 4] {
+    [
         u8::from(kind == 0),
         u8::from(kind == 1),
         u8::from(kind == 2),
         u8::from(kind == 3),
-    ];
-    for (count, add) in pending.iter_mut().zip(one) {
+    ]
+}
+
+/// Adds one retransmit of `kind` (`RETRANSMIT_*`) to `pending`.
+#[inline(always)]
+pub fn count_retransmit(pending: &mut [u8; 4], kind: u8) {
+    for (count, add) in pending.iter_mut().zip(one_of_kind(kind)) {
         *count = count.saturating_add(add);
     }
 }

@@ -26,7 +26,7 @@ use monitor_common::{
     socket::{
         OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, Owner, ROLE_CLIENT,
         ROLE_SERVER, ROLE_UNKNOWN, RecentSocket, SOCKET_FLAG_REPORTED, SOCKET_FLAG_RETRANSMITTING,
-        SocketState, count_retransmit, retransmit_counts_due,
+        SocketState, count_retransmit, one_of_kind, retransmit_counts_due,
     },
     tcp::{TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
 };
@@ -510,14 +510,7 @@ fn emit_for_watched(sk: *const u8, kind: u32, detail: u32, wake: bool) {
 #[inline(always)]
 fn count_unwatched_retransmit(sk: *const u8, kind: u8) {
     let cookie = cookie(sk);
-    // One per kind, at constant offsets: the verifier refuses a store at a
-    // variable offset into the stack.
-    let one = [
-        u32::from(kind == 0),
-        u32::from(kind == 1),
-        u32::from(kind == 2),
-        u32::from(kind == 3),
-    ];
+    let one = one_of_kind(kind).map(u32::from);
     match UNWATCHED_RETRANSMITS.get_ptr_mut(&cookie) {
         Some(counts) => {
             // SAFETY: pointer from a lookup in this run.

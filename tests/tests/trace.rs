@@ -43,6 +43,19 @@ fn is_retransmit_of(record: &Value, netns: u32, local: &str) -> bool {
     record["event"] == "retransmit" && record["netns"] == netns && record["local"] == local
 }
 
+/// Runs of the retransmit program the kernel skipped, as trace reports them.
+fn skipped_retransmit_runs(records: &[Value]) -> u64 {
+    records
+        .iter()
+        .filter(|r| {
+            r["event"] == "lost"
+                && r["reason"] == "program_busy"
+                && r["program"] == "tcp_retransmit_skb"
+        })
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
 #[test]
 fn every_retransmit_is_reported_with_the_owning_process() -> Result<()> {
     let ns_a = NetNs::create("trace-a")?;
@@ -76,33 +89,55 @@ fn every_retransmit_is_reported_with_the_owning_process() -> Result<()> {
     );
 
     let (pid_a, pid_b) = (a.client.pid(), b.client.pid());
+    let segments_of_a = |records: &[Value]| -> u64 {
+        records
+            .iter()
+            .filter(|r| is_retransmit_of(r, ns_a.inode(), &a.client_local) && r["result"] == 0)
+            .map(|r| r["segments"].as_u64().unwrap_or(0))
+            .sum()
+    };
     let records = poll::until(
-        "connmon to report every retransmit of A",
+        "connmon to report every retransmit of A (or the gap)",
         Duration::from_secs(10),
         || {
             let records = trace.records();
-            let seen: u64 = records
-                .iter()
-                .filter(|r| is_retransmit_of(r, ns_a.inode(), &a.client_local) && r["result"] == 0)
-                .map(|r| r["segments"].as_u64().unwrap_or(0))
-                .sum();
-            Ok((seen >= kernel_segments).then_some(records))
+            let accounted = segments_of_a(&records) + skipped_retransmit_runs(&records);
+            Ok((accounted >= kernel_segments).then_some(records))
         },
     )
-    .with_context(|| format!("connmon stderr: {:?}", trace.stderr()))?;
+    .with_context(|| {
+        let records = trace.records();
+        format!(
+            "the kernel retransmitted {kernel_segments} segments, connmon reported {} for A \
+             and {} skipped runs; A's records: {:?}; lost records: {:?}; connmon stderr: {:?}",
+            segments_of_a(&records),
+            skipped_retransmit_runs(&records),
+            records
+                .iter()
+                .filter(|r| r["netns"] == ns_a.inode())
+                .collect::<Vec<_>>(),
+            records
+                .iter()
+                .filter(|r| r["event"] == "lost")
+                .collect::<Vec<_>>(),
+            trace.stderr()
+        )
+    })?;
 
     let retransmits_a: Vec<&Value> = records
         .iter()
         .filter(|r| is_retransmit_of(r, ns_a.inode(), &a.client_local))
         .collect();
-    // Exactly the kernel's count: nothing missed, nothing doubled.
-    let segments_a: u64 = retransmits_a
-        .iter()
-        .map(|r| r["segments"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(
-        segments_a, kernel_segments,
-        "connmon segments vs the namespace's TcpRetransSegs"
+    // Exactly the kernel's count: nothing missed, nothing doubled. The one
+    // gap allowed is one connmon reported: the kernel skips a program's run
+    // while the same program runs on that CPU (a retransmit from another
+    // socket of the host), and trace reports each skipped run.
+    let segments_a = segments_of_a(&records);
+    let skipped = skipped_retransmit_runs(&records);
+    assert!(
+        segments_a <= kernel_segments && kernel_segments - segments_a <= skipped,
+        "connmon reported {segments_a} segments and {skipped} skipped runs; the namespace's \
+         TcpRetransSegs says {kernel_segments}"
     );
     for record in &retransmits_a {
         assert_eq!(record["result"], 0, "{record}");

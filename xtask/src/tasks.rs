@@ -54,7 +54,14 @@ pub fn test(project: &Project, args: &[String]) -> Result<()> {
     // The kernel tests share the machine's tracepoints and namespaces:
     // run them one at a time.
     cargo
-        .args(["test", "--workspace", "--exclude", "monitor-ebpf"])
+        // Every test binary runs even after one fails: CI shows every failure.
+        .args([
+            "test",
+            "--no-fail-fast",
+            "--workspace",
+            "--exclude",
+            "monitor-ebpf",
+        ])
         .args(args)
         .env("CONNMON_BIN", &binary)
         .env("RUST_TEST_THREADS", "1")

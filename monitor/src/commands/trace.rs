@@ -12,6 +12,7 @@ use crate::{
         Capture,
         counters::{CounterSnapshot, KernelCounters},
         reader,
+        stats::ProgramStatsReader,
     },
     cli::{TraceArgs, resolve_netns},
     clock::WallClock,
@@ -39,6 +40,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut capture = Capture::start(&config).context("starting kernel capture")?;
     let counters = capture.take_counters()?;
     let ring = capture.take_events()?;
+    let programs = capture.program_stats(false);
     super::run::prime_existing_sockets(&mut capture, &config);
     crate::memory::release_freed_memory();
     let mut owners = OwnerResolver::new("/proc");
@@ -78,7 +80,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            _ = loss_tick.tick() => losses.report(&counters, format, &mut out),
+            _ = loss_tick.tick() => losses.report(&counters, &programs, format, &mut out),
             signal = &mut stop => {
                 info!(signal = signal.as_str(), "stopping");
                 break;
@@ -86,42 +88,77 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         }
     }
     reader.abort();
-    losses.report(&counters, format, &mut out);
+    losses.report(&counters, &programs, format, &mut out);
     drop(capture);
     info!("kernel programs detached");
     Ok(())
 }
 
 /// Reports records the kernel could not deliver, as they happen: in the
-/// stream itself (so a consumer knows it has a gap) and in the log.
+/// stream itself (so a consumer knows it has a gap) and in the log. Besides
+/// a full ring buffer, the kernel skips a program run (and so its record)
+/// when the same program is already running on that CPU: its recursion
+/// misses.
 #[derive(Default)]
 struct LossReporter {
     last: CounterSnapshot,
+    last_misses: std::collections::HashMap<&'static str, u64>,
 }
 
 impl LossReporter {
-    fn report(&mut self, counters: &KernelCounters, format: Format, out: &mut impl Write) {
-        let now = match counters.snapshot() {
-            Ok(now) => now,
-            Err(error) => {
-                warn!(%error, "cannot read kernel counters");
-                return;
+    fn report(
+        &mut self,
+        counters: &KernelCounters,
+        programs: &ProgramStatsReader,
+        format: Format,
+        out: &mut impl Write,
+    ) {
+        match counters.snapshot() {
+            Ok(now) => {
+                for (index, reason) in [
+                    (LOST_RINGBUF_FULL, "ring_buffer_full"),
+                    (LOST_SOCKET_MAP_FULL, "socket_map_full"),
+                ] {
+                    let lost = now.get(index).saturating_sub(self.last.get(index));
+                    report_loss(reason, None, lost, now.get(index), format, out);
+                }
+                self.last = now;
             }
-        };
-        for (index, reason) in [
-            (LOST_RINGBUF_FULL, "ring_buffer_full"),
-            (LOST_SOCKET_MAP_FULL, "socket_map_full"),
-        ] {
-            let lost = now.get(index).saturating_sub(self.last.get(index));
-            if lost == 0 {
-                continue;
-            }
-            warn!(reason, lost, total = now.get(index), "kernel records lost");
-            if format == Format::Json {
-                let record = serde_json::json!({"event": "lost", "reason": reason, "count": lost, "total": now.get(index)});
-                let _ = writeln!(out, "{record}");
-            }
+            Err(error) => warn!(%error, "cannot read kernel counters"),
         }
-        self.last = now;
+        for (program, stats) in programs.read() {
+            let last = self.last_misses.insert(program, stats.recursion_misses);
+            let lost = stats.recursion_misses.saturating_sub(last.unwrap_or(0));
+            report_loss(
+                "program_busy",
+                Some(program),
+                lost,
+                stats.recursion_misses,
+                format,
+                out,
+            );
+        }
+    }
+}
+
+fn report_loss(
+    reason: &str,
+    program: Option<&str>,
+    lost: u64,
+    total: u64,
+    format: Format,
+    out: &mut impl Write,
+) {
+    if lost == 0 {
+        return;
+    }
+    warn!(reason, program, lost, total, "kernel records lost");
+    if format == Format::Json {
+        let mut record =
+            serde_json::json!({"event": "lost", "reason": reason, "count": lost, "total": total});
+        if let Some(program) = program {
+            record["program"] = program.into();
+        }
+        let _ = writeln!(out, "{record}");
     }
 }

@@ -1,12 +1,8 @@
-//! The kernel-record decoder takes any bytes without panicking, and what
-//! it accepts survives an encode/decode round trip.
+//! The kernel-record decoder takes any bytes without panicking (the
+//! property is `connmon::fuzzing::decode`, also replayed on the corpus by
+//! `cargo test`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|bytes: &[u8]| {
-    if let Ok(event) = connmon::decode::decode(bytes) {
-        // Decoding is deterministic.
-        assert_eq!(connmon::decode::decode(bytes).ok(), Some(event));
-    }
-});
+fuzz_target!(|bytes: &[u8]| connmon::fuzzing::decode(bytes));

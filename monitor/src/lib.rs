@@ -15,6 +15,7 @@ pub mod decode;
 pub mod detect;
 pub mod event;
 pub mod failfast;
+pub mod fuzzing;
 pub mod http;
 pub mod memory;
 pub mod metrics;

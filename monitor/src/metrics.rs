@@ -53,6 +53,7 @@ pub struct Metrics {
     alert_deliveries: IntCounterVec,
     at_risk: IntGaugeVec,
     inferred_timeout: prometheus::GaugeVec,
+    degraded_hooks: IntGaugeVec,
     state: Mutex<State>,
 }
 
@@ -298,6 +299,14 @@ impl Metrics {
             &["destination"],
         )?;
         registry.register(Box::new(inferred_timeout.clone()))?;
+        let degraded_hooks = IntGaugeVec::new(
+            Opts::new(
+                "connmon_degraded_hooks",
+                "Optional kernel hooks this kernel lacks or refused (1 each), with the capability lost.",
+            ),
+            &["hook", "lost"],
+        )?;
+        registry.register(Box::new(degraded_hooks.clone()))?;
         let build_info = IntGauge::with_opts(
             Opts::new("connmon_build_info", "connmon's version; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -344,6 +353,7 @@ impl Metrics {
             alert_deliveries,
             at_risk,
             inferred_timeout,
+            degraded_hooks,
             state: Mutex::new(State::default()),
         })
     }
@@ -798,6 +808,15 @@ impl Metrics {
             }
         }
         quiet.len()
+    }
+
+    /// The optional hooks missing on this kernel (set once at start-up).
+    pub fn set_degraded_hooks(&self, hooks: &[&crate::capture::Hook]) {
+        for hook in hooks {
+            self.degraded_hooks
+                .with_label_values(&[hook.tracepoint, hook.purpose])
+                .set(1);
+        }
     }
 
     pub fn observe_fail_fast(&self, result: &str) {

@@ -54,9 +54,19 @@ enum Task {
         #[arg(long, default_value_t = 30)]
         storm_every_seconds: u32,
     },
-    /// connmon on Debian's Linux 6.1, booted under qemu: start-up, hook
-    /// choice and an idle-connection storm inside the guest.
-    VmTest,
+    /// connmon on Debian's kernels (5.10, 6.1, 6.12), each booted under
+    /// qemu: start-up, hook choice and an idle-connection storm inside the
+    /// guest.
+    VmTest {
+        /// Only this kernel series (e.g. `6.12`, or `5.10`, which is not in
+        /// the default matrix yet); default: the default matrix.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Rewrite docs/kernels.md's per-kernel tables from the runs'
+        /// reports (after the runs).
+        #[arg(long)]
+        write_docs: bool,
+    },
     /// Write deploy/kubernetes/prometheusrule.yaml from the shipped rules
     /// file (`--check`: fail if it is out of date instead).
     Manifests {
@@ -108,10 +118,18 @@ fn main() -> Result<()> {
             setup::run(&project)?;
             tasks::soak(&project, minutes, churn_per_second, storm_every_seconds)
         }
-        Task::VmTest => {
+        Task::VmTest { kernel, write_docs } => {
             setup::run(&project)?;
+            let matrix = match kernel {
+                Some(name) => vec![vm::by_name(&name)?],
+                None => vm::default_matrix(),
+            };
             let binary = tasks::build(&project, false)?;
-            vm::vm_test(&project, &binary)
+            let tested = vm::vm_test(&project, &binary, &matrix);
+            if write_docs {
+                vm::write_docs(&project)?;
+            }
+            tested
         }
         Task::Manifests { check } => manifests::run(&project, check),
         Task::Image { tag, build_args } => image::run(&project, &tag, &build_args),

@@ -75,9 +75,10 @@ pub fn test(project: &Project, args: &[String]) -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    // The whole suite (no filter) includes connmon on Linux 6.1 in a VM.
+    // The whole suite (no filter) includes connmon on each kernel of the
+    // VM matrix.
     if args.is_empty() {
-        match crate::vm::vm_test(project, &binary) {
+        match crate::vm::vm_test(project, &binary, &crate::vm::default_matrix()) {
             Ok(()) => totals.passed += 1,
             Err(error) => {
                 eprintln!("vm-test: {error:#}");

@@ -2,6 +2,7 @@
 //! hooks this kernel has, and hand out the ring buffer and counters.
 
 pub mod counters;
+mod helpers;
 pub mod hooks;
 pub mod offsets;
 pub mod reader;
@@ -66,6 +67,15 @@ pub enum CaptureError {
     #[error("attaching {hook} failed: {reason}")]
     Attach { hook: &'static str, reason: String },
     #[error(
+        "this kernel is too old for connmon: its tracing programs lack the BPF helper {helper} (added in Linux {since}; \
+         connmon needs 5.12 or newer, see docs/kernels.md); refused while loading {hook}"
+    )]
+    KernelTooOld {
+        hook: &'static str,
+        helper: String,
+        since: &'static str,
+    },
+    #[error(
         "cannot tell the kernel's tick length (clock_getres(CLOCK_MONOTONIC_COARSE) failed or is not a tick)"
     )]
     Clock,
@@ -112,7 +122,7 @@ impl Default for CaptureConfig {
 pub struct Capture {
     ebpf: Ebpf,
     attached: Vec<&'static str>,
-    degraded: Vec<String>,
+    degraded: Vec<&'static Hook>,
     program_fds: Vec<(&'static str, aya::programs::ProgramFd)>,
 }
 
@@ -199,14 +209,20 @@ impl Capture {
                 Ok(fd) => fd,
                 // Trampolines can be refused (e.g. lockdown or a kernel that
                 // blocks them): an optional hook then degrades, as if absent.
-                Err(error) if !hook.required && matches!(source, Source::FExit(_)) => {
+                // (A kernel too old for the programs is not a refused
+                // trampoline: it stops start-up below, with its reason.)
+                Err(error)
+                    if !hook.required
+                        && matches!(source, Source::FExit(_))
+                        && !matches!(error, CaptureError::KernelTooOld { .. }) =>
+                {
                     warn!(
                         hook = source.describe(hook),
                         lost = hook.purpose,
                         %error,
                         "fallback hook refused; capability degraded"
                     );
-                    degraded.push(format!("{}: {}", hook.tracepoint, hook.purpose));
+                    degraded.push(hook);
                     continue;
                 }
                 Err(error) => return Err(error),
@@ -242,8 +258,9 @@ impl Capture {
         &self.attached
     }
 
-    /// Capabilities lost to missing optional hooks.
-    pub fn degraded(&self) -> &[String] {
+    /// Optional hooks this kernel lacks or refused: each names the
+    /// capability lost (`purpose`).
+    pub fn degraded(&self) -> &[&'static Hook] {
         &self.degraded
     }
 
@@ -377,6 +394,13 @@ fn program_error(hook: &'static str, error: ProgramError) -> CaptureError {
                 };
             }
             let log = verifier_log.to_string();
+            if let Some((helper, since)) = helpers::missing_helper(&log) {
+                return CaptureError::KernelTooOld {
+                    hook,
+                    helper: helper.to_string(),
+                    since,
+                };
+            }
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(12)..].join("\n");
             CaptureError::Attach {
@@ -428,7 +452,7 @@ impl Source {
 }
 
 /// The hooks to attach with their sources, and the capabilities lost.
-type HookPlan = (Vec<(&'static Hook, Source)>, Vec<String>);
+type HookPlan = (Vec<(&'static Hook, Source)>, Vec<&'static Hook>);
 
 /// Decides per hook, from the kernel's BTF, what serves it (see
 /// `plan_hooks`).
@@ -473,7 +497,7 @@ fn plan_hooks(
             lost = hook.purpose,
             "tracepoint missing on this kernel; capability degraded"
         );
-        degraded.push(format!("{}: {}", hook.tracepoint, hook.purpose));
+        degraded.push(hook);
     }
     Ok((plan, degraded))
 }
@@ -586,8 +610,8 @@ mod tests {
         .unwrap();
         assert_eq!(plan.len(), HOOKS.len() - 1);
         assert_eq!(degraded.len(), 1);
-        assert!(degraded[0].starts_with("sock_recv_length: "));
-        assert!(degraded[0].contains("recovery by received data"));
+        assert_eq!(degraded[0].tracepoint, "sock_recv_length");
+        assert!(degraded[0].purpose.contains("recovery by received data"));
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut capture =
         Capture::start(&settings.capture_config()).context("starting kernel capture")?;
     let ring = capture.take_events()?;
+    status.metrics.set_degraded_hooks(capture.degraded());
 
     prime_existing_sockets(&mut capture, &settings.capture_config());
     crate::memory::release_freed_memory();

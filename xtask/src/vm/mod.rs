@@ -1,12 +1,17 @@
-//! `cargo xtask vm-test`: connmon on Debian's Linux 6.1, booted with qemu.
+//! `cargo xtask vm-test`: connmon on Debian's kernels (the matrix in
+//! `kernels.rs`), each booted with qemu.
 //!
-//! Fetches Debian's `linux-image-6.1.*-amd64` package with `apt-get
+//! Fetches each Debian `linux-image-*-amd64` package with `apt-get
 //! download` (cached under `.cache/vm/`, never installed), unpacks its
 //! kernel and the modules the scenario needs, builds an initramfs (busybox,
 //! connmon, tcp-peer, ip, nft, bpftool and their libraries), boots it under
 //! qemu's software emulation (TCG: nested KVM cannot run a stock kernel
 //! here) and reads the verdict from the guest's serial console. The guest
-//! script is `vm_guest.sh`.
+//! script is `guest.sh`; `report.rs` reads what connmon chose and what the
+//! verifier needed out of the serial log.
+
+mod kernels;
+mod report;
 
 use std::{
     collections::BTreeSet,
@@ -20,10 +25,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub use kernels::{MATRIX, Series, by_name, default_matrix};
+
 use crate::{setup::Project, tasks::run_checked};
 
 /// The guest's `/init`.
-const GUEST_SCRIPT: &str = include_str!("vm_guest.sh");
+const GUEST_SCRIPT: &str = include_str!("guest.sh");
 
 /// Boot, start-up under emulation (the verifier is slow there), the
 /// scenario and poweroff; measured at well under two minutes.
@@ -45,14 +52,51 @@ const HOST_PROGRAMS: &[&str] = &["/usr/sbin/ip", "/usr/sbin/nft", "/usr/sbin/bpf
 /// order the guest's modules.
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod"];
 
-pub fn vm_test(project: &Project, connmon: &Path) -> Result<()> {
+/// Boots each kernel of `matrix` in turn with the same guest scenario;
+/// every kernel runs even after one fails, and the error names each that
+/// failed. Each run's findings are written to `<target>/vm/<kernel>/`.
+pub fn vm_test(project: &Project, connmon: &Path, matrix: &[Series]) -> Result<()> {
     crate::setup::ensure_packages(HOST_PACKAGES, "vm-test")?;
     let tcp_peer = build_tcp_peer(project)?;
-    let kernel = fetch_kernel(project)?;
-    let work = project.target_dir().join("vm");
-    let initrd = build_initramfs(&work, &kernel, connmon, &tcp_peer)?;
+    let mut failed = Vec::new();
+    for &series in matrix {
+        if let Some(reason) = series.not_yet {
+            eprintln!(
+                "vm-test: {} is not in the default matrix yet: {reason}",
+                series.name
+            );
+        }
+        if let Err(error) = vm_test_one(project, connmon, &tcp_peer, series) {
+            eprintln!("vm-test: {error:#}");
+            failed.push(series.name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("vm-test failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn vm_test_one(project: &Project, connmon: &Path, tcp_peer: &Path, series: Series) -> Result<()> {
+    let kernel = kernels::fetch(&project.cache(), series)?;
+    let work = project.target_dir().join("vm").join(series.name);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let initrd = build_initramfs(&work, &kernel, connmon, tcp_peer)?;
     let log = work.join("serial.log");
     let verdict = boot(&kernel.vmlinuz, &initrd, &log)?;
+    // What connmon chose and what the verifier needed, pass or fail.
+    let outcome = match &verdict {
+        Verdict::Pass => "pass",
+        Verdict::Fail(reason) => reason.as_str(),
+    };
+    match report::KernelReport::from_serial_log(&kernel.release, outcome, &log) {
+        Ok(found) => {
+            let path = work.join("report.json");
+            fs::write(&path, serde_json::to_string_pretty(&found.to_json())?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Err(error) => eprintln!("vm-test: no report for {}: {error:#}", kernel.release),
+    }
     match verdict {
         Verdict::Pass => {
             println!(
@@ -73,6 +117,40 @@ pub fn vm_test(project: &Project, connmon: &Path) -> Result<()> {
     }
 }
 
+/// Rewrites docs/kernels.md's generated tables from the reports the last
+/// runs left under `<target>/vm/<kernel>/report.json`, oldest kernel first.
+pub fn write_docs(project: &Project) -> Result<()> {
+    let mut reports = Vec::new();
+    for series in MATRIX {
+        let path = project
+            .target_dir()
+            .join("vm")
+            .join(series.name)
+            .join("report.json");
+        let Ok(text) = fs::read_to_string(&path) else {
+            eprintln!("vm-test: no report for {} (not run?)", series.name);
+            continue;
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        reports.push(
+            report::KernelReport::from_json(&value)
+                .with_context(|| format!("unexpected report {}", path.display()))?,
+        );
+    }
+    if reports.is_empty() {
+        bail!("no vm-test reports to write docs from");
+    }
+    let doc_path = project.root.join("docs/kernels.md");
+    let doc = fs::read_to_string(&doc_path)?;
+    fs::write(
+        &doc_path,
+        report::replace_section(&doc, &report::markdown(&reports))?,
+    )?;
+    println!("vm-test: wrote {}", doc_path.display());
+    Ok(())
+}
+
 fn build_tcp_peer(project: &Project) -> Result<PathBuf> {
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
@@ -83,143 +161,11 @@ fn build_tcp_peer(project: &Project) -> Result<PathBuf> {
     Ok(project.target_dir().join("debug/tcp-peer"))
 }
 
-/// The unpacked kernel package.
-struct Kernel {
-    /// e.g. `6.1.0-56-amd64`
-    release: String,
-    vmlinuz: PathBuf,
-    /// Root of the unpacked package (has `lib/modules/<release>`).
-    root: PathBuf,
-}
-
-/// The newest `linux-image-6.1.0-N-amd64` the package lists know, downloaded
-/// once into `.cache/vm/` and unpacked next to it. A cached package is used
-/// as is, so reruns work offline and test the same kernel.
-fn fetch_kernel(project: &Project) -> Result<Kernel> {
-    let dir = project.cache().join("vm");
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let deb = match cached_deb(&dir)? {
-        Some(deb) => deb,
-        None => {
-            let package = newest_package()?;
-            eprintln!("vm-test: downloading {package}");
-            run_checked(
-                Command::new("apt-get")
-                    .current_dir(&dir)
-                    .args(["download", &package]),
-                "apt-get download",
-            )?;
-            cached_deb(&dir)?.context("apt-get download left no linux-image-6.1 package")?
-        }
-    };
-    let file_name = deb
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let release = release_of(&file_name).context("unexpected kernel package name")?;
-    let root = dir.join(format!("linux-{release}"));
-    let done = root.join(".unpacked");
-    if !done.is_file() {
-        eprintln!("vm-test: unpacking {file_name}");
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root)?;
-        shell(
-            &format!(
-                "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}'",
-                deb.display(),
-                root.display()
-            ),
-            "unpacking the kernel package",
-        )?;
-        // modules.dep for `modprobe --show-depends` (the package leaves it to
-        // its install hooks).
-        run_checked(
-            Command::new("depmod").arg("-b").arg(&root).arg(&release),
-            "depmod",
-        )?;
-        fs::write(&done, b"")?;
-    }
-    let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
-    if !vmlinuz.is_file() {
-        bail!("{} missing from {file_name}", vmlinuz.display());
-    }
-    Ok(Kernel {
-        release,
-        vmlinuz,
-        root,
-    })
-}
-
-fn cached_deb(dir: &Path) -> Result<Option<PathBuf>> {
-    let mut debs: Vec<PathBuf> = fs::read_dir(dir)?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.file_name().is_some_and(|name| {
-                let name = name.to_string_lossy();
-                name.starts_with("linux-image-6.1.") && name.ends_with("_amd64.deb")
-            })
-        })
-        .collect();
-    debs.sort();
-    Ok(debs.pop())
-}
-
-fn newest_package() -> Result<String> {
-    let search = || -> Result<Option<String>> {
-        let out = Command::new("apt-cache")
-            .args([
-                "search",
-                "--names-only",
-                r"^linux-image-6\.1\.0-[0-9]+-amd64$",
-            ])
-            .output()
-            .context("running apt-cache search")?;
-        Ok(newest_of(&String::from_utf8_lossy(&out.stdout)))
-    };
-    if let Some(package) = search()? {
-        return Ok(package);
-    }
-    // A fresh machine may have no package lists yet.
-    run_checked(
-        Command::new("apt-get").args(["update", "-qq"]),
-        "apt-get update",
-    )?;
-    search()?
-        .context("apt knows no linux-image-6.1.0-N-amd64 package (is bookworm in the sources?)")
-}
-
-/// `linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb` -> `6.1.0-56-amd64`.
-fn release_of(deb_file_name: &str) -> Option<String> {
-    let release = deb_file_name
-        .strip_prefix("linux-image-")?
-        .split('_')
-        .next()?;
-    (!release.is_empty()).then(|| release.to_string())
-}
-
-/// The package with the highest ABI number in an `apt-cache search`
-/// listing (numerically: -100 is newer than -99).
-fn newest_of(listing: &str) -> Option<String> {
-    listing
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter_map(|name| {
-            let abi: u32 = name
-                .strip_prefix("linux-image-6.1.0-")?
-                .strip_suffix("-amd64")?
-                .parse()
-                .ok()?;
-            Some((abi, name.to_string()))
-        })
-        .max()
-        .map(|(_, name)| name)
-}
-
 /// Lays out the guest's root and packs it as an uncompressed cpio (nothing
 /// to decompress under emulation).
 fn build_initramfs(
     work: &Path,
-    kernel: &Kernel,
+    kernel: &kernels::Kernel,
     connmon: &Path,
     tcp_peer: &Path,
 ) -> Result<PathBuf> {
@@ -288,12 +234,10 @@ fn build_initramfs(
     let mut order = Vec::new();
     for module in MODULES {
         let plan = output(
-            Command::new("modprobe").arg("-d").arg(&kernel.root).args([
-                "-S",
-                &kernel.release,
-                "--show-depends",
-                module,
-            ]),
+            Command::new("modprobe")
+                .arg("-d")
+                .arg(&kernel.modules_base)
+                .args(["-S", &kernel.release, "--show-depends", module]),
             "modprobe --show-depends",
         )?;
         for line in plan.lines() {
@@ -311,6 +255,12 @@ fn build_initramfs(
         }
     }
     fs::write(root.join("vm/modules.order"), order.join("\n") + "\n")?;
+    // What connmon must choose on this kernel, for the guest to check.
+    let mut expect = format!("programs {}\n", kernel.series.expected_programs);
+    for hook in kernel.series.expected_hooks {
+        expect.push_str(&format!("hook {hook}\n"));
+    }
+    fs::write(root.join("vm/expect"), expect)?;
 
     let init = root.join("init");
     fs::write(&init, GUEST_SCRIPT)?;
@@ -507,28 +457,6 @@ fn shell(script: &str, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_release_from_the_package_file_name() {
-        assert_eq!(
-            release_of("linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb").as_deref(),
-            Some("6.1.0-56-amd64")
-        );
-        assert_eq!(release_of("busybox_1.35_amd64.deb"), None);
-    }
-
-    #[test]
-    fn newest_package_compares_abi_numbers() {
-        let listing = "linux-image-6.1.0-99-amd64 - Linux 6.1\n\
-                       linux-image-6.1.0-100-amd64 - Linux 6.1\n\
-                       linux-image-6.1.0-101-cloud-amd64 - cloud\n\
-                       linux-image-6.12.1+deb12-amd64 - Linux 6.12\n";
-        assert_eq!(
-            newest_of(listing).as_deref(),
-            Some("linux-image-6.1.0-100-amd64")
-        );
-        assert_eq!(newest_of(""), None);
-    }
 
     #[test]
     fn ldd_listing_gives_library_paths() {

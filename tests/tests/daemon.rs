@@ -5,7 +5,13 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result};
-use connmon_tests::{connmon::binary, poll, scenario::SeedScenario, topology::Options};
+use connmon_tests::{
+    connmon::{Daemon, binary, first_finding},
+    netns::NetNs,
+    peer, poll,
+    scenario::{IDLE_THRESHOLD, SeedScenario},
+    topology::{CACHE_V4, Options, REDIS_PORT},
+};
 
 #[test]
 fn bad_settings_exit_2_with_one_line_naming_them() -> Result<()> {
@@ -138,6 +144,151 @@ fn sigterm_during_a_storm_ends_it_detaches_and_exits_0() -> Result<()> {
         "no monitor_stopped end for the storm: {ended:?}"
     );
     wait_until_unloaded(programs)?;
+    Ok(())
+}
+
+/// Two copies at once (a DaemonSet rolling update with surge, or one
+/// started by hand): both attach their own programs and maps, both report
+/// the storm, and stopping one leaves the other's programs loaded and
+/// working: a later storm is still found, with the right process.
+#[test]
+fn two_instances_both_report_and_one_stopping_leaves_the_other_working() -> Result<()> {
+    let mut scenario = SeedScenario::start("twins", &Options::default(), &[])?;
+    let port = REDIS_PORT.to_string();
+    let second = Daemon::start(&["--idle-threshold", IDLE_THRESHOLD, "--ports", &port])?;
+    let app = scenario.topology.app.inode();
+    let (first_programs, second_programs) = (
+        programs_of(scenario.connmon.pid())?,
+        programs_of(second.pid())?,
+    );
+    assert!(
+        first_programs.len() >= 3 && second_programs.len() >= 3,
+        "each instance holds its own programs: {first_programs:?} {second_programs:?}"
+    );
+    assert!(
+        first_programs
+            .iter()
+            .all(|id| !second_programs.contains(id)),
+        "the instances share programs: {first_programs:?} {second_programs:?}"
+    );
+
+    scenario.resume_after_forgotten("set")?;
+    let victim = scenario.client.pid();
+    let seen_by_first = scenario.finding("storm_started", Duration::from_secs(30))?;
+    let seen_by_second = first_finding(&second, "storm_started", app, Duration::from_secs(30))?;
+    for storm in [&seen_by_first, &seen_by_second] {
+        assert_eq!(storm["pid"], victim, "{storm}");
+    }
+    assert_eq!(seen_by_first["local"], seen_by_second["local"]);
+
+    let exit = scenario
+        .connmon
+        .signal(libc::SIGTERM, Duration::from_secs(2))?;
+    assert_eq!(exit, Some(0), "the first instance exits 0 on SIGTERM");
+    wait_until_unloaded(first_programs)?;
+    let gone: Vec<&u64> = second_programs
+        .iter()
+        .filter(|id| !program_exists(**id))
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "stopping one instance unloaded the other's programs {gone:?}"
+    );
+
+    // A new connection, idle until forgotten, then used: only the second
+    // instance is left to see it.
+    let mut client = scenario
+        .topology
+        .redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    scenario
+        .topology
+        .wait_until_forgotten(Duration::from_secs(30))?;
+    client.send_line("set")?;
+    let later = poll::until(
+        "the second instance to report the later storm",
+        Duration::from_secs(30),
+        || {
+            Ok(second
+                .findings("storm_started", app)
+                .into_iter()
+                .find(|storm| storm["pid"] == client.pid()))
+        },
+    )
+    .with_context(|| format!("second instance's stdout: {:?}", second.records()))?;
+    // The kernel keeps 15 bytes of a command name.
+    assert_eq!(later["comm"], "cmt-redis-clien", "{later}");
+    assert_eq!(second.stop()?, Some(0), "the second instance exits 0");
+    Ok(())
+}
+
+/// A network namespace deleted while connmon tracks its sockets, one of
+/// them in a storm that would last 15 minutes: its processes are killed
+/// and the namespace removed, so the kernel tears the sockets down. The
+/// storm ends (with whatever outcome the kernel's teardown gives, never left
+/// open), the tracked sockets fall back to where they were, and connmon
+/// keeps running.
+#[test]
+fn a_namespace_deleted_mid_storm_ends_the_storm_and_frees_its_sockets() -> Result<()> {
+    const PORT: u16 = 7103;
+    let connmon = Daemon::start(&["--idle-threshold", "1s", "--ports", &PORT.to_string()])?;
+    let tracked =
+        |table: &str| connmon.metric(&format!("connmon_tracked_sockets{{table=\"{table}\"}}"));
+    let baseline = (tracked("kernel")?, tracked("userspace")?);
+
+    let ns = NetNs::create("gone")?;
+    let addr = format!("127.0.0.1:{PORT}");
+    let mut server = peer::server(&ns, &addr)?;
+    let mut client = peer::client(&ns, &addr, |_| Ok(()))?;
+    // An idle gap past the 1 s threshold: the absence of traffic, nothing
+    // to poll for.
+    std::thread::sleep(Duration::from_millis(1500));
+    ns.blackhole_tcp_port(PORT)?;
+    client.send_line("SET key value")?;
+    let started = first_finding(
+        &connmon,
+        "storm_started",
+        ns.inode(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(started["pid"], client.pid(), "{started}");
+
+    client.stop(libc::SIGKILL, Duration::from_secs(5))?;
+    server.stop(libc::SIGKILL, Duration::from_secs(5))?;
+    // `ip netns del` alone (the guard would abort the sockets first): the
+    // kernel dismantles the namespace and its sockets with it.
+    let deleted = Command::new("ip")
+        .args(["netns", "del", ns.name()])
+        .status()?;
+    assert!(deleted.success(), "ip netns del {}", ns.name());
+
+    let ended = poll::until("the storm to end", Duration::from_secs(60), || {
+        Ok(connmon
+            .findings("storm_ended", ns.inode())
+            .into_iter()
+            .find(|r| r["storm_id"] == started["storm_id"]))
+    })
+    .with_context(|| format!("connmon stdout: {:?}", connmon.records()))?;
+    assert_ne!(ended["outcome"], "monitor_stopped", "{ended}");
+    poll::until(
+        "tracked sockets back to the baseline",
+        Duration::from_secs(60),
+        || {
+            let now = (tracked("kernel")?, tracked("userspace")?);
+            Ok((now.0 <= baseline.0 && now.1 <= baseline.1).then_some(()))
+        },
+    )
+    .with_context(|| {
+        format!(
+            "baseline {baseline:?}, now kernel {:?} userspace {:?}",
+            tracked("kernel").ok(),
+            tracked("userspace").ok()
+        )
+    })?;
+    assert!(
+        connmon.http_get("/readyz").is_ok(),
+        "connmon still serves after the namespace went away"
+    );
+    assert_eq!(connmon.stop()?, Some(0));
     Ok(())
 }
 

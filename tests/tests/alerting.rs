@@ -30,9 +30,20 @@ fn notified_alert(
     alertname: &str,
     filter: impl Fn(&Value) -> bool,
 ) -> Option<Value> {
+    notified_alert_after(webhook, 0, alertname, filter)
+}
+
+/// As `notified_alert`, among the notifications after the first `skip`.
+fn notified_alert_after(
+    webhook: &WebhookReceiver,
+    skip: usize,
+    alertname: &str,
+    filter: impl Fn(&Value) -> bool,
+) -> Option<Value> {
     webhook
         .bodies("/alertmanager")
         .iter()
+        .skip(skip)
         .flat_map(|notification| {
             notification["alerts"]
                 .as_array()
@@ -357,7 +368,11 @@ fn hung_and_refusing_receivers_hold_up_nothing() -> Result<()> {
 /// shipped rules select and group by: `up{job="connmon"}` (ConnmonDown's
 /// selector) exists, `instance` is the node as in connmon's pushed alerts,
 /// and the storm rule's `container` is the watched process's container, not
-/// connmon's own (no `exported_container`).
+/// connmon's own (no `exported_container`). Every rule on the scrape's own
+/// labels fires from real connmon metrics and reaches a webhook through
+/// Alertmanager: the at-risk and storm rules, ConnmonLosingRecords (records
+/// the kernel really lost: connmon held still while refused connections
+/// fill its small ring buffer) and ConnmonDown (connmon stopped).
 #[test]
 fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
     const CONTAINER_ID: &str = "6a1f0c2e4b8d9a7c5e3f1b0d2c4a6e8f0b1d3c5a7e9f1b3d5c7a9e0f2b4d6c8a";
@@ -379,6 +394,9 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         "2s",
         "--at-risk-interval",
         "1s",
+        // The smallest ring buffer: about 370 records.
+        "--ring-buffer-kib",
+        "64",
     ])?;
     let kubernetes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
     let podmonitor: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
@@ -577,15 +595,86 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         "{paged}"
     );
 
-    // ConnmonDown fires when connmon stops, named by its node.
+    // ConnmonLosingRecords from records the kernel really lost: connmon is
+    // held still (as a CPU-starved connmon falls behind) while a thousand
+    // connections to the watched port are refused, each writing a reset
+    // and an error record, several times what the ring buffer holds.
+    {
+        let _paused = connmon.pause()?;
+        let mut refused = topology.app_command(env!("CARGO_BIN_EXE_tcp-peer"));
+        refused.args(["churn", &format!("127.0.0.1:{REDIS_PORT}"), "1000", "1"]);
+        let refused = connmon_tests::process::Process::spawn("tcp-peer churn", refused)?;
+        let churned = refused
+            .stdout
+            .wait_for("churned", Duration::from_secs(20))?;
+        let failed: u32 = churned
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("tcp-peer said {churned:?}"))?;
+        anyhow::ensure!(failed >= 500, "only {failed} connections refused");
+    }
+    let lost_to_full_ring = r#"connmon_lost_records_total{reason="ring_buffer_full"}"#;
+    let lost = poll::until(
+        "connmon to count the records lost to a full ring buffer",
+        Duration::from_secs(20),
+        || {
+            let lost = connmon.metric(lost_to_full_ring)?;
+            Ok((lost > 0.0).then_some(lost))
+        },
+    )?;
+    let losing = poll::until(
+        "ConnmonLosingRecords' notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(&webhook, "ConnmonLosingRecords", |a| {
+                a["status"] == "firing"
+            }))
+        },
+    )
+    .with_context(|| format!("{lost} lost; {:?}", prometheus.alerts()))?;
+    let labels = &losing["labels"];
+    assert_eq!(labels["reason"], "ring_buffer_full", "{losing}");
+    assert_eq!(labels["instance"], "node-7", "{losing}");
+    assert_eq!(labels["severity"], "ticket", "{losing}");
+    assert_eq!(
+        losing["annotations"]["summary"],
+        "connmon on node-7 is losing kernel records (ring_buffer_full)",
+        "{losing}"
+    );
+    assert!(
+        losing["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("runbook.md#connmonlosingrecords")),
+        "{losing}"
+    );
+
+    // ConnmonDown fires when connmon stops, named by its node. Held still,
+    // connmon missed scrapes: that episode must be over, and only a
+    // notification after the stop counts.
+    poll::until(
+        "ConnmonDown of the pause to be over",
+        Duration::from_secs(30),
+        || {
+            Ok((!prometheus
+                .alerts()?
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "ConnmonDown"))
+            .then_some(()))
+        },
+    )?;
+    let before_stop = webhook.bodies("/alertmanager").len();
     assert_eq!(connmon.stop()?, Some(0));
     let down = poll::until(
         "ConnmonDown's notification",
         Duration::from_secs(30),
         || {
-            Ok(notified_alert(&webhook, "ConnmonDown", |a| {
-                a["status"] == "firing"
-            }))
+            Ok(notified_alert_after(
+                &webhook,
+                before_stop,
+                "ConnmonDown",
+                |a| a["status"] == "firing",
+            ))
         },
     )
     .with_context(|| format!("{:?}", prometheus.alerts()))?;
@@ -719,53 +808,53 @@ impl RuleRig {
         })
     }
 
-    /// After the path forgot every idle connection, resumes them one at a
-    /// time, each once Prometheus has scraped the one before it counted in
-    /// `family` (a counter's first sample is its first count, which
-    /// `increase()` cannot see: the rules' thresholds count from the second).
-    fn resume_one_by_one(&mut self, family: &str) -> Result<()> {
+    /// After the path forgot every idle connection, resumes them all at
+    /// once: their storms or resets fall between two scrapes, so the
+    /// process and destination's series appears already at their count, a
+    /// first count that `increase()` alone cannot see (the rules count it).
+    fn resume_all(&mut self) -> Result<()> {
         self.topology
             .wait_until_forgotten(Duration::from_secs(30))?;
-        for (i, client) in self.clients.iter_mut().enumerate() {
+        for client in &mut self.clients {
             client.send_line("set")?;
-            let query = format!("sum({family})");
-            poll::until(
-                &format!("Prometheus to see {family} at {}", i + 1),
-                Duration::from_secs(20),
-                || {
-                    let seen = self.prometheus.query(&query)?;
-                    let value: f64 = seen
-                        .first()
-                        .and_then(|r| r["value"][1].as_str())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0.0);
-                    Ok((value >= (i + 1) as f64).then_some(()))
-                },
-            )
-            .with_context(|| format!("connmon said {:?}", self.connmon.records()))?;
         }
         Ok(())
     }
+
+    /// The first firing notification of `alertname`.
+    fn fired(&self, alertname: &str, timeout: Duration) -> Result<Value> {
+        poll::until(&format!("{alertname}'s notification"), timeout, || {
+            Ok(notified_alert(&self.webhook, alertname, |a| {
+                a["status"] == "firing"
+            }))
+        })
+        .with_context(|| {
+            format!(
+                "Prometheus holds {:?}; connmon said {:?}",
+                self.prometheus.alerts(),
+                self.connmon.records()
+            )
+        })
+    }
 }
 
-/// ConnmonIdleConnectionStormsRecurring from real storms: the same process
-/// and destination stuck again and again, through Alertmanager.
+/// ConnmonIdleConnectionStormsRecurring and ConnmonTimeLostToStorms from
+/// real storms, through Alertmanager: the same process and destination
+/// stuck fourteen times at once, each hanging until the kernel gives up
+/// (tcp_retries2=6: about 26 s), over 300 s lost in all.
 #[test]
-fn recurring_storms_fire_their_rule_from_real_metrics() -> Result<()> {
-    let mut rig = RuleRig::start("recur", &Options::default(), 4)?;
-    rig.resume_one_by_one("connmon_storms_started_total")?;
-    let alert = poll::until(
-        "ConnmonIdleConnectionStormsRecurring's notification",
+fn recurring_storms_and_time_lost_fire_their_rules_from_real_metrics() -> Result<()> {
+    const CLIENTS: usize = 14;
+    let options = Options {
+        tcp_retries2: 6,
+        ..Options::default()
+    };
+    let mut rig = RuleRig::start("recur", &options, CLIENTS)?;
+    rig.resume_all()?;
+    let alert = rig.fired(
+        "ConnmonIdleConnectionStormsRecurring",
         Duration::from_secs(30),
-        || {
-            Ok(notified_alert(
-                &rig.webhook,
-                "ConnmonIdleConnectionStormsRecurring",
-                |a| a["status"] == "firing",
-            ))
-        },
-    )
-    .with_context(|| format!("{:?}", rig.prometheus.alerts()))?;
+    )?;
     assert_eq!(alert["labels"]["process"], "cmt-redis-clien", "{alert}");
     assert_eq!(
         alert["labels"]["destination"],
@@ -780,6 +869,35 @@ fn recurring_storms_fire_their_rule_from_real_metrics() -> Result<()> {
             .is_some_and(|u| u.ends_with("#connmonidleconnectionstormsrecurring")),
         "{alert}"
     );
+
+    // Once the kernel gave up on them, their time is summed.
+    let lost = rig.fired("ConnmonTimeLostToStorms", Duration::from_secs(60))?;
+    let ended = poll::until("every storm's end", Duration::from_secs(10), || {
+        let ended = rig
+            .connmon
+            .findings("storm_ended", rig.topology.app.inode());
+        Ok((ended.len() >= CLIENTS).then_some(ended))
+    })?;
+    assert!(
+        ended.iter().all(|e| e["outcome"] == "timed_out"),
+        "{ended:?}"
+    );
+    let instance = rig.connmon.listen.to_string();
+    assert_eq!(lost["labels"]["instance"], instance.as_str(), "{lost}");
+    assert_eq!(lost["labels"]["severity"], "ticket", "{lost}");
+    let summary = lost["annotations"]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.ends_with(&format!(
+            "lost to idle-connection storms on {instance} in the last hour"
+        )),
+        "{lost}"
+    );
+    assert!(
+        lost["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("runbook.md#connmontimelosttostorms")),
+        "{lost}"
+    );
     Ok(())
 }
 
@@ -792,19 +910,8 @@ fn resets_after_idle_fire_their_rule_from_real_metrics() -> Result<()> {
         ..Options::default()
     };
     let mut rig = RuleRig::start("resets", &options, 7)?;
-    rig.resume_one_by_one("connmon_resets_after_idle_total")?;
-    let alert = poll::until(
-        "ConnmonResetsAfterIdle's notification",
-        Duration::from_secs(30),
-        || {
-            Ok(notified_alert(
-                &rig.webhook,
-                "ConnmonResetsAfterIdle",
-                |a| a["status"] == "firing",
-            ))
-        },
-    )
-    .with_context(|| format!("{:?}", rig.prometheus.alerts()))?;
+    rig.resume_all()?;
+    let alert = rig.fired("ConnmonResetsAfterIdle", Duration::from_secs(30))?;
     assert_eq!(alert["labels"]["process"], "cmt-redis-clien", "{alert}");
     assert_eq!(
         alert["labels"]["destination"],

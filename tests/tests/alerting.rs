@@ -623,6 +623,7 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
             Ok((lost > 0.0).then_some(lost))
         },
     )?;
+    eprintln!("records lost to the full ring buffer: {lost}");
     let losing = poll::until(
         "ConnmonLosingRecords' notification",
         Duration::from_secs(30),
@@ -851,10 +852,12 @@ fn recurring_storms_and_time_lost_fire_their_rules_from_real_metrics() -> Result
     };
     let mut rig = RuleRig::start("recur", &options, CLIENTS)?;
     rig.resume_all()?;
+    let resumed = Instant::now();
     let alert = rig.fired(
         "ConnmonIdleConnectionStormsRecurring",
         Duration::from_secs(30),
     )?;
+    let elapsed = resumed.elapsed();
     assert_eq!(alert["labels"]["process"], "cmt-redis-clien", "{alert}");
     assert_eq!(
         alert["labels"]["destination"],
@@ -870,8 +873,17 @@ fn recurring_storms_and_time_lost_fire_their_rules_from_real_metrics() -> Result
         "{alert}"
     );
 
+    let started = rig
+        .connmon
+        .findings("storm_started", rig.topology.app.inode())
+        .len();
+    eprintln!("{started} storms started at once; recurring after {elapsed:?}");
     // Once the kernel gave up on them, their time is summed.
     let lost = rig.fired("ConnmonTimeLostToStorms", Duration::from_secs(60))?;
+    eprintln!(
+        "time lost fired {:?} after the stuck sends",
+        resumed.elapsed()
+    );
     let ended = poll::until("every storm's end", Duration::from_secs(10), || {
         let ended = rig
             .connmon

@@ -557,7 +557,7 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
             Ok(prometheus.alerts()?.into_iter().find(|a| {
                 a["labels"]["alertname"] == "ConnmonIdleConnectionStorm"
                     && a["state"] == "firing"
-                    && a["labels"]["container"] == &CONTAINER_ID[..12]
+                    && a["labels"]["container"] == CONTAINER_ID[..12]
             }))
         },
     )
@@ -584,7 +584,7 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
             Ok(notified_alert(
                 &webhook,
                 "ConnmonIdleConnectionStorm",
-                |a| a["labels"]["container"] == &CONTAINER_ID[..12],
+                |a| a["labels"]["container"] == CONTAINER_ID[..12],
             ))
         },
     )?;

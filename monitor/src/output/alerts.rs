@@ -302,7 +302,7 @@ impl AlertQueue {
 
 /// The receivers' tasks; see `shutdown`.
 pub struct AlertSenders {
-    tasks: Vec<(String, JoinHandle<()>)>,
+    tasks: Vec<(Drops, JoinHandle<()>)>,
 }
 
 impl AlertSenders {
@@ -312,11 +312,13 @@ impl AlertSenders {
     /// dropped first, or the tasks wait for more.
     pub async fn shutdown(self, deadline: Duration) {
         let until = tokio::time::Instant::now() + deadline;
-        for (label, mut task) in self.tasks {
+        for (drops, mut task) in self.tasks {
             if tokio::time::timeout_at(until, &mut task).await.is_err() {
                 task.abort();
+                // Its task cannot log the drops it held back any more.
+                drops.flush(true);
                 warn!(
-                    receiver = label,
+                    receiver = drops.label,
                     "alert receiver still busy at exit; its undelivered alerts are abandoned"
                 );
             }
@@ -384,8 +386,8 @@ pub fn spawn(config: AlertConfig, deliveries: IntCounterVec) -> (AlertQueue, Ale
             Kind::Alertmanager => tokio::spawn(sender.alertmanager(rx, config.clone())),
             Kind::Webhook => tokio::spawn(sender.webhook(rx)),
         };
+        tasks.push((drops.clone(), task));
         queues.push(ReceiverQueue { tx, drops });
-        tasks.push((label, task));
     }
     (
         AlertQueue {

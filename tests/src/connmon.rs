@@ -285,6 +285,13 @@ impl Daemon {
         self.process.pid()
     }
 
+    /// Holds the daemon still (SIGSTOP) until the guard drops (SIGCONT):
+    /// its reader falls behind as a CPU-starved connmon's would, while the
+    /// kernel programs go on writing records.
+    pub fn pause(&self) -> Result<Paused> {
+        Paused::new(self.pid())
+    }
+
     /// Stops with SIGINT; returns the exit code.
     pub fn stop(mut self) -> Result<Option<i32>> {
         self.process.stop(libc::SIGINT, Duration::from_secs(10))
@@ -294,6 +301,27 @@ impl Daemon {
     /// output stays readable afterwards.
     pub fn signal(&mut self, signal: i32, timeout: Duration) -> Result<Option<i32>> {
         self.process.stop(signal, timeout)
+    }
+}
+
+/// A stopped process, continued on drop.
+pub struct Paused(libc::pid_t);
+
+impl Paused {
+    fn new(pid: u32) -> Result<Self> {
+        let pid = libc::pid_t::try_from(pid)?;
+        // SAFETY: kill(2) with a signal number; no memory is passed.
+        if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("SIGSTOP");
+        }
+        Ok(Self(pid))
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
 

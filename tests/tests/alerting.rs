@@ -30,9 +30,20 @@ fn notified_alert(
     alertname: &str,
     filter: impl Fn(&Value) -> bool,
 ) -> Option<Value> {
+    notified_alert_after(webhook, 0, alertname, filter)
+}
+
+/// As `notified_alert`, among the notifications after the first `skip`.
+fn notified_alert_after(
+    webhook: &WebhookReceiver,
+    skip: usize,
+    alertname: &str,
+    filter: impl Fn(&Value) -> bool,
+) -> Option<Value> {
     webhook
         .bodies("/alertmanager")
         .iter()
+        .skip(skip)
         .flat_map(|notification| {
             notification["alerts"]
                 .as_array()
@@ -86,8 +97,20 @@ fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
     client.send_line("set")?;
     let destination = format!("{CACHE_V4}:{REDIS_PORT}");
     let pid = client.pid().to_string();
+    // connmon watches the whole host: other storms (another test's socket
+    // still retransmitting, anything else on the machine) reach the same
+    // receivers. This test's own is the one in its network namespace.
+    let storm = connmon_tests::connmon::first_finding(
+        &connmon,
+        "storm_started",
+        topology.app.inode(),
+        Duration::from_secs(30),
+    )?;
+    let storm_id = storm["storm_id"].clone();
+    let storm_label = storm_id.to_string();
 
-    // The shipped Prometheus rule, through Alertmanager.
+    // The shipped Prometheus rule, through Alertmanager: its labels are
+    // the ones the rule keeps, this client's process and destination.
     let from_rule = poll::until(
         "the storm rule's notification",
         Duration::from_secs(60),
@@ -95,19 +118,15 @@ fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
             Ok(notified_alert(
                 &webhook,
                 "ConnmonIdleConnectionStorm",
-                |a| a["labels"]["source"].is_null(),
+                |a| {
+                    a["labels"]["source"].is_null()
+                        && a["labels"]["process"] == "cmt-redis-clien"
+                        && a["labels"]["destination"] == destination.as_str()
+                },
             ))
         },
     )
     .with_context(|| format!("webhook got: {:?}", webhook.bodies("/alertmanager")))?;
-    assert_eq!(
-        from_rule["labels"]["process"], "cmt-redis-clien",
-        "{from_rule}"
-    );
-    assert_eq!(
-        from_rule["labels"]["destination"], destination,
-        "{from_rule}"
-    );
     assert_eq!(from_rule["labels"]["severity"], "page", "{from_rule}");
     let description = from_rule["annotations"]["description"]
         .as_str()
@@ -129,7 +148,10 @@ fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
         Ok(notified_alert(
             &webhook,
             "ConnmonIdleConnectionStorm",
-            |a| a["labels"]["source"] == "connmon",
+            |a| {
+                a["labels"]["source"] == "connmon"
+                    && a["labels"]["storm_id"] == storm_label.as_str()
+            },
         ))
     })?;
     assert_eq!(pushed["labels"]["destination"], destination, "{pushed}");
@@ -139,7 +161,7 @@ fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
             .as_str()
             .unwrap_or_default()
             .contains(&format!("pid {pid}")),
-        "{pushed}"
+        "{pushed}\nthe storm: {storm}"
     );
     assert!(
         pushed["annotations"]["hint"]
@@ -156,7 +178,11 @@ fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
             Ok(notified_alert(
                 &webhook,
                 "ConnmonIdleConnectionStorm",
-                |a| a["labels"]["source"] == "connmon" && a["status"] == "resolved",
+                |a| {
+                    a["labels"]["source"] == "connmon"
+                        && a["labels"]["storm_id"] == storm_label.as_str()
+                        && a["status"] == "resolved"
+                },
             ))
         },
     )?;
@@ -165,8 +191,8 @@ fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
     let records = webhook.bodies("/connmon");
     let started = records
         .iter()
-        .find(|r| r["event"] == "storm_started")
-        .context("no storm_started on the webhook")?;
+        .find(|r| r["event"] == "storm_started" && r["storm_id"] == storm_id)
+        .with_context(|| format!("no storm_started {storm_id} on the webhook: {records:?}"))?;
     assert_eq!(started["pid"], client.pid(), "{started}");
     assert!(
         started["hint"]
@@ -342,7 +368,11 @@ fn hung_and_refusing_receivers_hold_up_nothing() -> Result<()> {
 /// shipped rules select and group by: `up{job="connmon"}` (ConnmonDown's
 /// selector) exists, `instance` is the node as in connmon's pushed alerts,
 /// and the storm rule's `container` is the watched process's container, not
-/// connmon's own (no `exported_container`).
+/// connmon's own (no `exported_container`). Every rule on the scrape's own
+/// labels fires from real connmon metrics and reaches a webhook through
+/// Alertmanager: the at-risk and storm rules, ConnmonLosingRecords (records
+/// the kernel really lost: connmon held still while refused connections
+/// fill its small ring buffer) and ConnmonDown (connmon stopped).
 #[test]
 fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
     const CONTAINER_ID: &str = "6a1f0c2e4b8d9a7c5e3f1b0d2c4a6e8f0b1d3c5a7e9f1b3d5c7a9e0f2b4d6c8a";
@@ -364,6 +394,9 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         "2s",
         "--at-risk-interval",
         "1s",
+        // The smallest ring buffer: about 370 records.
+        "--ring-buffer-kib",
+        "64",
     ])?;
     let kubernetes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
     let podmonitor: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
@@ -520,13 +553,16 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         "ConnmonIdleConnectionStorm to fire in Prometheus",
         Duration::from_secs(30),
         || {
+            // Of this test's container (connmon watches the whole host).
             Ok(prometheus.alerts()?.into_iter().find(|a| {
-                a["labels"]["alertname"] == "ConnmonIdleConnectionStorm" && a["state"] == "firing"
+                a["labels"]["alertname"] == "ConnmonIdleConnectionStorm"
+                    && a["state"] == "firing"
+                    && a["labels"]["container"] == CONTAINER_ID[..12]
             }))
         },
-    )?;
+    )
+    .with_context(|| format!("{:?}", prometheus.alerts()))?;
     let labels = &alert["labels"];
-    assert_eq!(labels["container"], &CONTAINER_ID[..12], "{alert}");
     assert_eq!(labels["instance"], "node-7", "{alert}");
     assert_eq!(
         labels["destination"],
@@ -548,11 +584,10 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
             Ok(notified_alert(
                 &webhook,
                 "ConnmonIdleConnectionStorm",
-                |_| true,
+                |a| a["labels"]["container"] == CONTAINER_ID[..12],
             ))
         },
     )?;
-    assert_eq!(paged["labels"]["container"], &CONTAINER_ID[..12], "{paged}");
     assert_eq!(paged["labels"]["instance"], "node-7", "{paged}");
     assert_eq!(paged["labels"]["severity"], "page", "{paged}");
     assert!(
@@ -562,15 +597,87 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         "{paged}"
     );
 
-    // ConnmonDown fires when connmon stops, named by its node.
+    // ConnmonLosingRecords from records the kernel really lost: connmon is
+    // held still (as a CPU-starved connmon falls behind) while a thousand
+    // connections to the watched port are refused, each writing a reset
+    // and an error record, several times what the ring buffer holds.
+    {
+        let _paused = connmon.pause()?;
+        let mut refused = topology.app_command(env!("CARGO_BIN_EXE_tcp-peer"));
+        refused.args(["churn", &format!("127.0.0.1:{REDIS_PORT}"), "1000", "1"]);
+        let refused = connmon_tests::process::Process::spawn("tcp-peer churn", refused)?;
+        let churned = refused
+            .stdout
+            .wait_for("churned", Duration::from_secs(20))?;
+        let failed: u32 = churned
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("tcp-peer said {churned:?}"))?;
+        anyhow::ensure!(failed >= 500, "only {failed} connections refused");
+    }
+    let lost_to_full_ring = r#"connmon_lost_records_total{reason="ring_buffer_full"}"#;
+    let lost = poll::until(
+        "connmon to count the records lost to a full ring buffer",
+        Duration::from_secs(20),
+        || {
+            let lost = connmon.metric(lost_to_full_ring)?;
+            Ok((lost > 0.0).then_some(lost))
+        },
+    )?;
+    eprintln!("records lost to the full ring buffer: {lost}");
+    let losing = poll::until(
+        "ConnmonLosingRecords' notification",
+        Duration::from_secs(30),
+        || {
+            Ok(notified_alert(&webhook, "ConnmonLosingRecords", |a| {
+                a["status"] == "firing"
+            }))
+        },
+    )
+    .with_context(|| format!("{lost} lost; {:?}", prometheus.alerts()))?;
+    let labels = &losing["labels"];
+    assert_eq!(labels["reason"], "ring_buffer_full", "{losing}");
+    assert_eq!(labels["instance"], "node-7", "{losing}");
+    assert_eq!(labels["severity"], "ticket", "{losing}");
+    assert_eq!(
+        losing["annotations"]["summary"],
+        "connmon on node-7 is losing kernel records (ring_buffer_full)",
+        "{losing}"
+    );
+    assert!(
+        losing["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("runbook.md#connmonlosingrecords")),
+        "{losing}"
+    );
+
+    // ConnmonDown fires when connmon stops, named by its node. Held still,
+    // connmon missed scrapes: that episode must be over, and only a
+    // notification after the stop counts.
+    poll::until(
+        "ConnmonDown of the pause to be over",
+        Duration::from_secs(30),
+        || {
+            Ok((!prometheus
+                .alerts()?
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "ConnmonDown"))
+            .then_some(()))
+        },
+    )?;
+    let before_stop = webhook.bodies("/alertmanager").len();
     assert_eq!(connmon.stop()?, Some(0));
     let down = poll::until(
         "ConnmonDown's notification",
         Duration::from_secs(30),
         || {
-            Ok(notified_alert(&webhook, "ConnmonDown", |a| {
-                a["status"] == "firing"
-            }))
+            Ok(notified_alert_after(
+                &webhook,
+                before_stop,
+                "ConnmonDown",
+                |a| a["status"] == "firing",
+            ))
         },
     )
     .with_context(|| format!("{:?}", prometheus.alerts()))?;
@@ -627,17 +734,30 @@ fn a_storm_pages_through_the_example_route_within_3_s() -> Result<()> {
     // if anything longer than the real one.
     let sent = Instant::now();
     scenario.client.send_line("set")?;
-    let is_page = |notification: &Value| {
+    // The page of this test's storm (connmon watches the whole host: a
+    // storm of another run on the machine pages too). Its id is on stdout
+    // by the time the page is out; the receipt time is the webhook's own.
+    let is_page = |notification: &Value, storm_id: &str| {
         notification["alerts"].as_array().is_some_and(|alerts| {
             alerts.iter().any(|a| {
                 a["labels"]["alertname"] == "ConnmonIdleConnectionStorm"
                     && a["labels"]["source"] == "connmon"
+                    && a["labels"]["storm_id"] == storm_id
                     && a["status"] == "firing"
             })
         })
     };
     let (page, received) = poll::until("the page", Duration::from_secs(15), || {
-        Ok(webhook.first("/on-call", is_page))
+        let Some(storm) = scenario
+            .connmon
+            .findings("storm_started", scenario.topology.app.inode())
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let storm_id = storm["storm_id"].to_string();
+        Ok(webhook.first("/on-call", |n| is_page(n, &storm_id)))
     })
     .with_context(|| {
         format!(
@@ -656,13 +776,12 @@ fn a_storm_pages_through_the_example_route_within_3_s() -> Result<()> {
     let storm = scenario.finding("storm_started", Duration::from_secs(1))?;
     let alert = page["alerts"]
         .as_array()
-        .and_then(|alerts| alerts.iter().find(|a| a["labels"]["source"] == "connmon"))
+        .and_then(|alerts| {
+            alerts
+                .iter()
+                .find(|a| a["labels"]["storm_id"] == storm["storm_id"].to_string().as_str())
+        })
         .context("the pushed alert")?;
-    assert_eq!(
-        alert["labels"]["storm_id"],
-        storm["storm_id"].to_string(),
-        "{alert}"
-    );
     assert_eq!(alert["labels"]["destination"], storm["remote"], "{alert}");
     Ok(())
 }
@@ -704,53 +823,55 @@ impl RuleRig {
         })
     }
 
-    /// After the path forgot every idle connection, resumes them one at a
-    /// time, each once Prometheus has scraped the one before it counted in
-    /// `family` (a counter's first sample is its first count, which
-    /// `increase()` cannot see: the rules' thresholds count from the second).
-    fn resume_one_by_one(&mut self, family: &str) -> Result<()> {
+    /// After the path forgot every idle connection, resumes them all at
+    /// once: their storms or resets fall between two scrapes, so the
+    /// process and destination's series appears already at their count, a
+    /// first count that `increase()` alone cannot see (the rules count it).
+    fn resume_all(&mut self) -> Result<()> {
         self.topology
             .wait_until_forgotten(Duration::from_secs(30))?;
-        for (i, client) in self.clients.iter_mut().enumerate() {
+        for client in &mut self.clients {
             client.send_line("set")?;
-            let query = format!("sum({family})");
-            poll::until(
-                &format!("Prometheus to see {family} at {}", i + 1),
-                Duration::from_secs(20),
-                || {
-                    let seen = self.prometheus.query(&query)?;
-                    let value: f64 = seen
-                        .first()
-                        .and_then(|r| r["value"][1].as_str())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0.0);
-                    Ok((value >= (i + 1) as f64).then_some(()))
-                },
-            )
-            .with_context(|| format!("connmon said {:?}", self.connmon.records()))?;
         }
         Ok(())
     }
+
+    /// The first firing notification of `alertname`.
+    fn fired(&self, alertname: &str, timeout: Duration) -> Result<Value> {
+        poll::until(&format!("{alertname}'s notification"), timeout, || {
+            Ok(notified_alert(&self.webhook, alertname, |a| {
+                a["status"] == "firing"
+            }))
+        })
+        .with_context(|| {
+            format!(
+                "Prometheus holds {:?}; connmon said {:?}",
+                self.prometheus.alerts(),
+                self.connmon.records()
+            )
+        })
+    }
 }
 
-/// ConnmonIdleConnectionStormsRecurring from real storms: the same process
-/// and destination stuck again and again, through Alertmanager.
+/// ConnmonIdleConnectionStormsRecurring and ConnmonTimeLostToStorms from
+/// real storms, through Alertmanager: the same process and destination
+/// stuck fourteen times at once, each hanging until the kernel gives up
+/// (tcp_retries2=6: about 26 s), over 300 s lost in all.
 #[test]
-fn recurring_storms_fire_their_rule_from_real_metrics() -> Result<()> {
-    let mut rig = RuleRig::start("recur", &Options::default(), 4)?;
-    rig.resume_one_by_one("connmon_storms_started_total")?;
-    let alert = poll::until(
-        "ConnmonIdleConnectionStormsRecurring's notification",
+fn recurring_storms_and_time_lost_fire_their_rules_from_real_metrics() -> Result<()> {
+    const CLIENTS: usize = 14;
+    let options = Options {
+        tcp_retries2: 6,
+        ..Options::default()
+    };
+    let mut rig = RuleRig::start("recur", &options, CLIENTS)?;
+    rig.resume_all()?;
+    let resumed = Instant::now();
+    let alert = rig.fired(
+        "ConnmonIdleConnectionStormsRecurring",
         Duration::from_secs(30),
-        || {
-            Ok(notified_alert(
-                &rig.webhook,
-                "ConnmonIdleConnectionStormsRecurring",
-                |a| a["status"] == "firing",
-            ))
-        },
-    )
-    .with_context(|| format!("{:?}", rig.prometheus.alerts()))?;
+    )?;
+    let elapsed = resumed.elapsed();
     assert_eq!(alert["labels"]["process"], "cmt-redis-clien", "{alert}");
     assert_eq!(
         alert["labels"]["destination"],
@@ -765,6 +886,44 @@ fn recurring_storms_fire_their_rule_from_real_metrics() -> Result<()> {
             .is_some_and(|u| u.ends_with("#connmonidleconnectionstormsrecurring")),
         "{alert}"
     );
+
+    let started = rig
+        .connmon
+        .findings("storm_started", rig.topology.app.inode())
+        .len();
+    eprintln!("{started} storms started at once; recurring after {elapsed:?}");
+    // Once the kernel gave up on them, their time is summed.
+    let lost = rig.fired("ConnmonTimeLostToStorms", Duration::from_secs(60))?;
+    eprintln!(
+        "time lost fired {:?} after the stuck sends",
+        resumed.elapsed()
+    );
+    let ended = poll::until("every storm's end", Duration::from_secs(10), || {
+        let ended = rig
+            .connmon
+            .findings("storm_ended", rig.topology.app.inode());
+        Ok((ended.len() >= CLIENTS).then_some(ended))
+    })?;
+    assert!(
+        ended.iter().all(|e| e["outcome"] == "timed_out"),
+        "{ended:?}"
+    );
+    let instance = rig.connmon.listen.to_string();
+    assert_eq!(lost["labels"]["instance"], instance.as_str(), "{lost}");
+    assert_eq!(lost["labels"]["severity"], "ticket", "{lost}");
+    let summary = lost["annotations"]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.ends_with(&format!(
+            "lost to idle-connection storms on {instance} in the last hour"
+        )),
+        "{lost}"
+    );
+    assert!(
+        lost["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("runbook.md#connmontimelosttostorms")),
+        "{lost}"
+    );
     Ok(())
 }
 
@@ -777,19 +936,8 @@ fn resets_after_idle_fire_their_rule_from_real_metrics() -> Result<()> {
         ..Options::default()
     };
     let mut rig = RuleRig::start("resets", &options, 7)?;
-    rig.resume_one_by_one("connmon_resets_after_idle_total")?;
-    let alert = poll::until(
-        "ConnmonResetsAfterIdle's notification",
-        Duration::from_secs(30),
-        || {
-            Ok(notified_alert(
-                &rig.webhook,
-                "ConnmonResetsAfterIdle",
-                |a| a["status"] == "firing",
-            ))
-        },
-    )
-    .with_context(|| format!("{:?}", rig.prometheus.alerts()))?;
+    rig.resume_all()?;
+    let alert = rig.fired("ConnmonResetsAfterIdle", Duration::from_secs(30))?;
     assert_eq!(alert["labels"]["process"], "cmt-redis-clien", "{alert}");
     assert_eq!(
         alert["labels"]["destination"],

@@ -9,8 +9,8 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, SystemTime},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
 
 use prometheus::IntCounterVec;
@@ -177,12 +177,110 @@ enum Kind {
     Webhook,
 }
 
-/// One receiver's end of the queue.
-struct ReceiverQueue {
+/// At most one warning per receiver per interval about findings dropped
+/// for it: a hung receiver with a full queue would otherwise log every
+/// finding. The drops in between are counted in the next warning.
+const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One receiver's drops not yet logged, and when it was last warned about.
+#[derive(Debug, Default)]
+struct DropLog {
+    unlogged: u64,
+    last_warning: Option<Instant>,
+}
+
+impl DropLog {
+    /// Notes one drop at `now`; returns the drops to warn about if a
+    /// warning is due (this one and those held back since the last).
+    fn dropped(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        self.due(now)
+    }
+
+    /// The drops held back, if there are any and the interval since the
+    /// last warning has passed.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        let quiet_long_enough = self
+            .last_warning
+            .is_none_or(|at| now.duration_since(at) >= DROP_WARNING_INTERVAL);
+        if self.unlogged == 0 || !quiet_long_enough {
+            return None;
+        }
+        self.last_warning = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// A receiver's drop log, shared by the queue (which drops) and the
+/// receiver's task (which logs what was held back once the receiver
+/// delivers again, or at its end).
+#[derive(Clone)]
+struct Drops {
     /// `alertmanager-N` or `webhook-N`: a bounded label that names no URL
     /// (URLs can carry tokens).
     label: String,
+    log: Arc<Mutex<DropLog>>,
+    deliveries: IntCounterVec,
+}
+
+impl Drops {
+    fn new(label: &str, deliveries: &IntCounterVec) -> Self {
+        Self {
+            label: label.to_string(),
+            log: Arc::default(),
+            deliveries: deliveries.clone(),
+        }
+    }
+
+    /// Counts one drop; warns unless a warning went out recently.
+    fn dropped(&self, event: &str) {
+        self.deliveries
+            .with_label_values(&[self.label.as_str(), "dropped"])
+            .inc();
+        let due = self
+            .log
+            .lock()
+            .ok()
+            .and_then(|mut log| log.dropped(Instant::now()));
+        if let Some(dropped) = due {
+            self.warn(dropped, event);
+        }
+    }
+
+    /// Logs drops held back, if the interval has passed (`force`: at once).
+    fn flush(&self, force: bool) {
+        let due = self.log.lock().ok().and_then(|mut log| {
+            if force {
+                log.last_warning = None;
+            }
+            log.due(Instant::now())
+        });
+        if let Some(dropped) = due {
+            self.warn(dropped, "");
+        }
+    }
+
+    fn warn(&self, dropped: u64, last_event: &str) {
+        let total = self
+            .deliveries
+            .with_label_values(&[self.label.as_str(), "dropped"])
+            .get();
+        warn!(
+            receiver = self.label,
+            dropped,
+            total,
+            last_event,
+            "alert receiver's queue full (receiver slow or down): findings dropped for it \
+             (at most one warning per {}s per receiver; connmon_alert_deliveries_total{{result=\"dropped\"}})",
+            DROP_WARNING_INTERVAL.as_secs()
+        );
+    }
+}
+
+/// One receiver's end of the queue.
+struct ReceiverQueue {
     tx: mpsc::Sender<FindingRecord>,
+    drops: Drops,
 }
 
 /// Hands findings to every receiver's own task; never blocks the caller,
@@ -190,21 +288,13 @@ struct ReceiverQueue {
 #[derive(Clone)]
 pub struct AlertQueue {
     receivers: Arc<Vec<ReceiverQueue>>,
-    deliveries: IntCounterVec,
 }
 
 impl AlertQueue {
     pub fn push(&self, record: &FindingRecord) {
         for receiver in self.receivers.iter() {
             if receiver.tx.try_send(record.clone()).is_err() {
-                self.deliveries
-                    .with_label_values(&[receiver.label.as_str(), "dropped"])
-                    .inc();
-                warn!(
-                    receiver = receiver.label,
-                    event = record.event,
-                    "alert receiver's queue full (receiver slow or down); finding dropped for it"
-                );
+                receiver.drops.dropped(record.event);
             }
         }
     }
@@ -212,7 +302,7 @@ impl AlertQueue {
 
 /// The receivers' tasks; see `shutdown`.
 pub struct AlertSenders {
-    tasks: Vec<(String, JoinHandle<()>)>,
+    tasks: Vec<(Drops, JoinHandle<()>)>,
 }
 
 impl AlertSenders {
@@ -222,11 +312,13 @@ impl AlertSenders {
     /// dropped first, or the tasks wait for more.
     pub async fn shutdown(self, deadline: Duration) {
         let until = tokio::time::Instant::now() + deadline;
-        for (label, mut task) in self.tasks {
+        for (drops, mut task) in self.tasks {
             if tokio::time::timeout_at(until, &mut task).await.is_err() {
                 task.abort();
+                // Its task cannot log the drops it held back any more.
+                drops.flush(true);
                 warn!(
-                    receiver = label,
+                    receiver = drops.label,
                     "alert receiver still busy at exit; its undelivered alerts are abandoned"
                 );
             }
@@ -282,26 +374,24 @@ pub fn spawn(config: AlertConfig, deliveries: IntCounterVec) -> (AlertQueue, Ale
         }
         info!(receiver = label, url = host_of(&url), "alert receiver");
         let (tx, rx) = mpsc::channel(RECEIVER_QUEUE);
+        let drops = Drops::new(&label, &deliveries);
         let sender = Sender {
             label: label.clone(),
             url,
             agent: agent.clone(),
             deliveries: deliveries.clone(),
+            drops: drops.clone(),
         };
         let task = match kind {
             Kind::Alertmanager => tokio::spawn(sender.alertmanager(rx, config.clone())),
             Kind::Webhook => tokio::spawn(sender.webhook(rx)),
         };
-        queues.push(ReceiverQueue {
-            label: label.clone(),
-            tx,
-        });
-        tasks.push((label, task));
+        tasks.push((drops.clone(), task));
+        queues.push(ReceiverQueue { tx, drops });
     }
     (
         AlertQueue {
             receivers: Arc::new(queues),
-            deliveries,
         },
         AlertSenders { tasks },
     )
@@ -314,13 +404,17 @@ struct Sender {
     url: String,
     agent: ureq::Agent,
     deliveries: IntCounterVec,
+    drops: Drops,
 }
 
 impl Sender {
     async fn webhook(self, mut rx: mpsc::Receiver<FindingRecord>) {
         while let Some(record) = rx.recv().await {
             self.deliver(self.url.clone(), json!(record)).await;
+            // Drops held back while the receiver was stuck.
+            self.drops.flush(false);
         }
+        self.drops.flush(true);
     }
 
     /// Alertmanager forgets an alert at its `endsAt`: active storms are
@@ -364,6 +458,8 @@ impl Sender {
                 }
                 _ = repeat.tick() => active.values().cloned().map(|record| (record, None)).collect(),
             };
+            // Drops held back while the receiver was stuck.
+            self.drops.flush(false);
             if batch.is_empty() {
                 continue;
             }
@@ -374,6 +470,7 @@ impl Sender {
                 .collect();
             self.deliver(url.clone(), json!(alerts)).await;
         }
+        self.drops.flush(true);
     }
 
     /// POSTs `body` with a few retries and counts the result. Each attempt
@@ -571,16 +668,9 @@ mod tests {
         let (fast_tx, mut fast_rx) = mpsc::channel(8);
         let queue = AlertQueue {
             receivers: Arc::new(vec![
-                ReceiverQueue {
-                    label: "webhook-0".into(),
-                    tx: slow_tx,
-                },
-                ReceiverQueue {
-                    label: "webhook-1".into(),
-                    tx: fast_tx,
-                },
+                receiver_queue("webhook-0", slow_tx, &deliveries),
+                receiver_queue("webhook-1", fast_tx, &deliveries),
             ]),
-            deliveries: deliveries.clone(),
         };
         for _ in 0..3 {
             queue.push(&record());
@@ -593,6 +683,102 @@ mod tests {
             received += 1;
         }
         assert_eq!(received, 3);
+    }
+
+    fn receiver_queue(
+        label: &str,
+        tx: mpsc::Sender<FindingRecord>,
+        deliveries: &IntCounterVec,
+    ) -> ReceiverQueue {
+        ReceiverQueue {
+            tx,
+            drops: Drops::new(label, deliveries),
+        }
+    }
+
+    /// Log lines written while `f` runs, as the daemon formats them.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                if let Ok(mut buffer) = self.0.lock() {
+                    buffer.extend_from_slice(bytes);
+                }
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// A hung receiver whose queue is full does not flood the log: a
+    /// thousand findings dropped for it make one warning, and those held
+    /// back are logged with their count once it is due (here: when the
+    /// receiver's task ends). Every drop is counted.
+    #[test]
+    fn drops_for_a_hung_receiver_are_logged_once_per_interval_with_counts() {
+        let deliveries =
+            IntCounterVec::new(prometheus::Opts::new("d", "d"), &["receiver", "result"])
+                .expect("counter");
+        let (hung_tx, _hung_rx) = mpsc::channel(1);
+        let queue = AlertQueue {
+            receivers: Arc::new(vec![receiver_queue("webhook-0", hung_tx, &deliveries)]),
+        };
+        let log = logged(|| {
+            for _ in 0..1001 {
+                queue.push(&record());
+            }
+        });
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 1, "{log}");
+        assert!(
+            warnings[0].contains("receiver=\"webhook-0\"")
+                && warnings[0].contains("dropped=1 ")
+                && warnings[0].contains("total=1 "),
+            "{log}"
+        );
+        assert_eq!(
+            deliveries
+                .with_label_values(&["webhook-0", "dropped"])
+                .get(),
+            1000
+        );
+        // Not due yet: nothing logged.
+        let log = logged(|| queue.receivers[0].drops.flush(false));
+        assert!(log.is_empty(), "{log}");
+        let log = logged(|| queue.receivers[0].drops.flush(true));
+        assert!(
+            log.contains("dropped=999 ") && log.contains("total=1000 "),
+            "{log}"
+        );
+    }
+
+    /// One warning per interval, carrying the drops held back since the
+    /// last one.
+    #[test]
+    fn the_drop_log_warns_at_most_once_per_interval() {
+        let start = Instant::now();
+        let mut log = DropLog::default();
+        assert_eq!(log.dropped(start), Some(1));
+        for i in 1..500 {
+            assert_eq!(log.dropped(start + Duration::from_millis(i)), None);
+        }
+        assert_eq!(log.due(start + DROP_WARNING_INTERVAL / 2), None);
+        assert_eq!(log.due(start + DROP_WARNING_INTERVAL), Some(499));
+        // Nothing held back: nothing to say, however long it was quiet.
+        assert_eq!(log.due(start + DROP_WARNING_INTERVAL * 3), None);
+        assert_eq!(log.dropped(start + DROP_WARNING_INTERVAL * 3), Some(1));
     }
 
     /// A shipped rule: its name, the labels its expression keeps, its own

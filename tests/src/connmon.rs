@@ -39,6 +39,24 @@ pub fn as_nobody(caps: &str, tag: &str) -> Result<(Command, PathBuf)> {
     Ok((command, dir))
 }
 
+/// `command` run in a mount namespace of its own whose `/proc` is mounted
+/// afresh with `options` (e.g. `hidepid=2`, as hardened hosts mount it);
+/// the host's `/proc` is left as it is.
+pub fn with_proc_mounted(command: Command, options: &str) -> Command {
+    let mut wrapped = Command::new("unshare");
+    wrapped.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &format!("mount -t proc -o {options} proc /proc && exec \"$@\""),
+        "sh",
+    ]);
+    wrapped.arg(command.get_program()).args(command.get_args());
+    wrapped
+}
+
 /// A command that runs connmon the way a Kubernetes pod of
 /// deploy/kubernetes runs it: user nobody, no capabilities of its own, a
 /// copy of the binary carrying `file_caps` as file capabilities (setcap

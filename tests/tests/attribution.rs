@@ -178,6 +178,53 @@ fn without_cap_sys_admin_an_old_connection_is_still_caught() -> Result<()> {
     Ok(())
 }
 
+/// A hardened host's `/proc` (`hidepid=2`: other users' processes are
+/// invisible without ptrace access): connmon as user nobody with the
+/// documented capabilities still learns a connection older than itself
+/// from `/proc` (CAP_SYS_PTRACE is what hidepid checks), and the storm
+/// names the right process and executable. (Without CAP_SYS_PTRACE the
+/// storm still names the right pid, from the kernel's send hook, with no
+/// executable: the documented degradation.)
+#[test]
+fn with_hidepid_proc_an_old_connection_is_attributed_from_proc() -> Result<()> {
+    let mut topology = Topology::build("hidepid", &Options::default())?;
+    topology.start_redis()?;
+    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    let (nobody, dir) = connmon_tests::connmon::as_nobody(
+        "+bpf,+perfmon,+net_admin,+sys_ptrace,+dac_read_search,+sys_admin",
+        "hidepid",
+    )?;
+    let command = connmon_tests::connmon::with_proc_mounted(nobody, "hidepid=2");
+    let connmon = Daemon::start_command(
+        command,
+        &["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()],
+        dir,
+    )?;
+    // The daemon really sees a hidepid /proc.
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", connmon.pid()))?;
+    assert!(
+        mounts
+            .lines()
+            .any(|line| line.contains(" /proc ") && line.contains("hidepid")),
+        "connmon's /proc is not mounted with hidepid: {mounts}"
+    );
+    client.send_line("set")?;
+    let storm = storm_in(&connmon, &topology)?;
+    assert_eq!(storm["pid"], client.pid(), "{storm}");
+    assert_eq!(
+        storm["owner_source"], "proc",
+        "learned at start-up: {storm}"
+    );
+    assert!(
+        storm["exe"]
+            .as_str()
+            .is_some_and(|exe| exe.ends_with("cmt-redis-client")),
+        "{storm}"
+    );
+    Ok(())
+}
+
 /// A port connmon does not watch: the kernel keeps no state for its
 /// sockets and counts a retransmit under the socket's cookie, with the
 /// socket's own cgroup; connmon names the process lazily. The stuck

@@ -279,3 +279,92 @@ fn retransmits_on_an_unwatched_port_count_under_their_process_and_container() ->
     drop(server);
     Ok(())
 }
+
+/// Kills a process by pid when dropped (one the test did not spawn
+/// itself, e.g. a forked child).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid this test learned from the process
+        // itself; a process already gone only makes it fail.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// A reused pid: the process that last used a socket exits (a child keeps
+/// the socket) before its storm is confirmed, and a new, unrelated process
+/// gets its pid. The storm names the old process (pid and command from the
+/// kernel), never the new one's details: connmon compares each pid's start
+/// time with the kernel's before it reads /proc.
+#[test]
+fn a_reused_pid_never_lends_its_details_to_a_storm() -> Result<()> {
+    const PORT: u16 = 7104;
+    let ns = connmon_tests::netns::NetNs::create("pidreuse")?;
+    ns.sysctl("net.ipv4.tcp_retries2", "4")?;
+    let connmon = Daemon::start(&["--idle-threshold", "1s", "--ports", &PORT.to_string()])?;
+    let addr = format!("127.0.0.1:{PORT}");
+    let _server = connmon_tests::peer::server(&ns, &addr)?;
+    let mut command =
+        ns.command(&connmon_tests::connmon::built_binary("tcp-peer").to_string_lossy());
+    command.args(["handoff", &addr]);
+    let mut sender = connmon_tests::process::Process::spawn("tcp-peer handoff", command)?;
+    sender
+        .stdout
+        .wait_for("connected", Duration::from_secs(10))?;
+    // An idle gap past the 1 s threshold: the absence of traffic, nothing
+    // to poll for.
+    std::thread::sleep(Duration::from_millis(1500));
+    ns.blackhole_tcp_port(PORT)?;
+    sender.send_line("SET key value")?;
+    let holder: i32 = sender
+        .stdout
+        .wait_for("holder ", Duration::from_secs(10))?
+        .trim_start_matches("holder ")
+        .parse()?;
+    let _holder = KillOnDrop(holder);
+    sender.stdout.wait_for("sent", Duration::from_secs(10))?;
+    let old_pid = sender.pid();
+    connmon_tests::poll::until("the sender to exit", Duration::from_secs(10), || {
+        Ok(sender.try_exit_code()?.map(|_| ()))
+    })?;
+
+    // The next pid the kernel hands out is the sender's (the host's pid
+    // namespace; no thread of this test may fork in between).
+    let mut imposter = None;
+    for _ in 0..20 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (old_pid - 1).to_string())?;
+        let child = std::process::Command::new("sleep").arg("30").spawn()?;
+        let guard = KillOnDrop(child.id() as i32);
+        if child.id() == old_pid {
+            imposter = Some((child, guard));
+            break;
+        }
+    }
+    let Some((_imposter, _imposter_guard)) = imposter else {
+        anyhow::bail!("could not hand pid {old_pid} to a new process in 20 tries");
+    };
+
+    let storm = connmon_tests::poll::until(
+        "the storm of the old process",
+        Duration::from_secs(30),
+        || {
+            Ok(connmon
+                .findings("storm_started", ns.inode())
+                .into_iter()
+                .next())
+        },
+    )?;
+    assert_eq!(storm["pid"], old_pid, "{storm}");
+    assert_eq!(
+        storm["comm"], "tcp-peer",
+        "the kernel's name for the old process: {storm}"
+    );
+    assert!(
+        !storm["exe"]
+            .as_str()
+            .is_some_and(|exe| exe.contains("sleep")),
+        "the new process's executable was lent to the storm: {storm}"
+    );
+    Ok(())
+}

@@ -9,6 +9,11 @@
 //! `tcp-peer blast ADDR CONNECTIONS SECONDS`: echo bulk data for a while.
 //! `tcp-peer churn ADDR PER_SECOND SECONDS`: open, use and close that many
 //! short connections per second for a while; prints `churned DONE FAILED`.
+//! `tcp-peer handoff ADDR`: connect, exchange one line, print `connected
+//! LOCAL_ADDR`; on the first stdin line fork a child that keeps the socket
+//! (prints `holder PID`, sleeps at most 60 s), send the line without
+//! waiting for the echo, print `sent` and exit: the socket outlives the
+//! process that last used it.
 //!
 //! With `TCP_PEER_COMM` set, the peer first renames itself to it (any
 //! bytes, at most 15, as prctl(PR_SET_NAME) allows any process to do).
@@ -38,6 +43,7 @@ fn main() {
     let result = match mode.as_str() {
         "server" => server(addr),
         "client" => client(addr),
+        "handoff" => handoff(addr),
         "many" => many(addr, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
         "blast" => blast(
             addr,
@@ -92,6 +98,31 @@ fn client(addr: &str) -> std::io::Result<()> {
         println!("echoed {line}");
         std::io::stdout().flush()?;
     }
+    Ok(())
+}
+
+fn handoff(addr: &str) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(addr)?;
+    exchange(&mut stream, b"hello\n")?;
+    println!("connected {}", stream.local_addr()?);
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    // SAFETY: this process has no other threads; the child only sleeps
+    // and exits.
+    match unsafe { libc::fork() } {
+        -1 => return Err(std::io::Error::last_os_error()),
+        0 => {
+            println!("holder {}", std::process::id());
+            std::io::stdout().flush()?;
+            thread::sleep(std::time::Duration::from_secs(60));
+            std::process::exit(0);
+        }
+        _ => {}
+    }
+    stream.write_all(line.as_bytes())?;
+    println!("sent");
+    std::io::stdout().flush()?;
     Ok(())
 }
 

@@ -107,6 +107,11 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
     results.latency = section(&mut results.failures, "detection latency", || {
         workloads::latency::run(options)
     })?;
+    results.scrape = section(
+        &mut results.failures,
+        "scrape latency under a flood",
+        || workloads::scrape::run(),
+    )?;
     results.load_after = env::load_average();
     results.elapsed = started.elapsed();
 

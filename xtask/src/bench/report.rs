@@ -11,7 +11,7 @@ use super::{
         PipelineResult, latency,
         memory::{self, SIZES},
         redis::{self, Setup},
-        retransmit,
+        retransmit, scrape,
     },
 };
 
@@ -35,6 +35,7 @@ pub struct Results {
     pub redis: redis::Results,
     pub memory: memory::Results,
     pub latency: latency::Results,
+    pub scrape: scrape::Results,
     /// Whether connmon with its defaults left another program's BPF
     /// statistics alone (checked before the run switches them on).
     pub stats_untouched: Option<stats_check::Verdict>,
@@ -399,6 +400,7 @@ pub fn markdown(results: &Results, chart: &str) -> String {
     workload_throughput(&mut md, r);
     userspace(&mut md, r);
     latency_section(&mut md, r);
+    md.push_str(&scrape::markdown(&r.scrape));
     accuracy(&mut md, r);
     let _ = writeln!(md, "![chart]({chart})");
     md
@@ -539,9 +541,17 @@ fn targets(md: &mut String, r: &Results) {
     );
     let _ = writeln!(
         md,
-        "| resident memory ≤ {RSS_MIB_AT_100K} MiB with 100k tracked sockets | {} MiB | {} |\n",
+        "| resident memory ≤ {RSS_MIB_AT_100K} MiB with 100k tracked sockets | {} MiB | {} |",
         show(rss_100k, 1),
         verdict(rss_100k.map(|v| v <= RSS_MIB_AT_100K)),
+    );
+    let scrape_p99 = r.scrape.flooded_p99();
+    let _ = writeln!(
+        md,
+        "| `/metrics` p99 ≤ {} ms while the kernel floods records | {} ms | {} |\n",
+        scrape::P99_MS_TARGET,
+        show(scrape_p99, 1),
+        verdict(scrape_p99.map(|v| v <= scrape::P99_MS_TARGET)),
     );
     let _ = writeln!(
         md,
@@ -890,22 +900,23 @@ fn userspace(md: &mut String, r: &Results) {
     );
     let _ = writeln!(
         md,
-        "**Resident memory** (`VmRSS`) of `connmon run --socket-map-entries 262144` holding the given number of open sockets (both ends of loopback connections on four watched ports in a namespace of their own), opened at about 5,000 connections a second, read once connmon's `connmon_tracked_sockets{{table=\"kernel\"}}` shows them all (or has not grown for 5 s). The kernel keeps each watched socket's state (88 bytes) in the socket's own storage, freed with it, which is kernel memory, not connmon's; userspace keeps only sockets a record was written for:\n"
+        "**Resident memory** (`VmRSS`) and CPU of `connmon run` with default settings holding the given number of open sockets (both ends of loopback connections on four watched ports in a namespace of their own), opened at about 5,000 connections a second, read once connmon's `connmon_tracked_sockets{{table=\"kernel\"}}` shows them all (or has not grown for 5 s). The kernel keeps each watched socket's state (88 bytes) in the socket's own storage, freed with it, which is kernel memory, not connmon's; userspace keeps only sockets a record was written for:\n"
     );
     let _ = writeln!(
         md,
-        "| sockets open | tracked in the kernel | records lost | RSS idle before | RSS with the sockets |\n|---|---|---|---|---|"
+        "| sockets open | tracked in the kernel | records lost | RSS idle before | RSS with the sockets | connmon CPU while they opened |\n|---|---|---|---|---|---|"
     );
     for size in SIZES {
         if let Some(s) = r.memory.samples.iter().find(|s| s.sockets == size) {
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.0} | {:.1} MiB | {:.1} MiB |",
+                "| {} | {:.0} | {:.0} | {:.1} MiB | {:.1} MiB | {:.1} s |",
                 s.sockets,
                 s.tracked,
                 s.lost_records,
                 s.idle_rss_kib as f64 / 1024.0,
-                s.rss_kib as f64 / 1024.0
+                s.rss_kib as f64 / 1024.0,
+                s.cpu_seconds
             );
         }
     }

@@ -14,7 +14,7 @@ use crate::bench::{
 };
 
 const PORTS: [u16; 4] = [7410, 7411, 7412, 7413];
-pub const SIZES: [u64; 2] = [10_000, 100_000];
+pub const SIZES: [u64; 3] = [10_000, 100_000, 250_000];
 
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
@@ -26,6 +26,9 @@ pub struct Sample {
     pub lost_records: f64,
     pub idle_rss_kib: u64,
     pub rss_kib: u64,
+    /// connmon's CPU (all threads) while the sockets were opened and
+    /// counted.
+    pub cpu_seconds: f64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -97,8 +100,11 @@ pub fn run() -> Result<Results> {
     for sockets in SIZES {
         interrupt::check()?;
         eprintln!("bench: memory with {sockets} sockets");
-        let daemon = Daemon::start(&["--ports", &ports, "--socket-map-entries", "262144"])?;
+        // Default settings: the kernel keeps every watched socket's state
+        // in the socket itself, whatever `--socket-map-entries` says.
+        let daemon = Daemon::start(&["--ports", &ports])?;
         let idle_rss_kib = probe::resident_kib(daemon.pid())?;
+        let cpu_before = probe::cpu_ns(daemon.pid());
         let name = ns.name().to_string();
         let listeners = in_netns(&name, listen)?;
         let held = clients(&ns, sockets / 2)?;
@@ -127,6 +133,7 @@ pub fn run() -> Result<Results> {
         );
         interrupt::check()?;
         let rss_kib = probe::resident_kib(daemon.pid())?;
+        let cpu_seconds = probe::cpu_ns(daemon.pid()).saturating_sub(cpu_before) as f64 / 1e9;
         let lost_records = probe::metric_sum(
             &daemon.http_get("/metrics")?,
             "connmon_lost_records_total",
@@ -141,6 +148,7 @@ pub fn run() -> Result<Results> {
             lost_records,
             idle_rss_kib,
             rss_kib,
+            cpu_seconds,
         });
     }
     Ok(results)

@@ -4,6 +4,7 @@ pub mod latency;
 pub mod memory;
 pub mod redis;
 pub mod retransmit;
+pub mod scrape;
 
 use std::process::Command;
 

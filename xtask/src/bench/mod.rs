@@ -110,7 +110,7 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
     results.scrape = section(
         &mut results.failures,
         "scrape latency under a flood",
-        || workloads::scrape::run(),
+        workloads::scrape::run,
     )?;
     results.load_after = env::load_average();
     results.elapsed = started.elapsed();

@@ -261,16 +261,21 @@ impl Daemon {
     }
 
     /// A sample of `/metrics`, e.g. `connmon_events_total{event="destroyed"}`;
-    /// 0 when absent.
+    /// an error when the series is absent: a renamed or missing metric
+    /// fails the test instead of reading as 0.
     pub fn metric(&self, series: &str) -> Result<f64> {
+        self.metric_if_present(series)?
+            .with_context(|| format!("{series} is not in connmon's /metrics"))
+    }
+
+    /// The sample, or `None` while the series has not appeared (a labelled
+    /// series appears with its first count): for polls that wait for it.
+    pub fn metric_if_present(&self, series: &str) -> Result<Option<f64>> {
         let body = self.http_get("/metrics")?;
-        Ok(body
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(series)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0))
+        Ok(body.lines().find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        }))
     }
 
     /// The sum of every series of `family` in one scrape (0 when it has

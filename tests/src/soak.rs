@@ -122,16 +122,12 @@ pub fn run(plan: &SoakPlan) -> Result<SoakReport> {
         .context("the churn did not finish")?;
     let cpu_seconds = (cpu_ticks(connmon.pid())? - cpu_before) as f64 / clock_ticks();
 
-    let lost: f64 = ["ring_buffer_full", "socket_map_full", "decode_error"]
-        .iter()
-        .map(|reason| {
-            connmon
-                .metric(&format!(
-                    "connmon_lost_records_total{{reason=\"{reason}\"}}"
-                ))
-                .unwrap_or(0.0)
-        })
-        .sum();
+    let mut lost = 0.0;
+    for reason in ["ring_buffer_full", "socket_map_full", "decode_error"] {
+        lost += connmon.metric(&format!(
+            "connmon_lost_records_total{{reason=\"{reason}\"}}"
+        ))?;
+    }
     // After the churn, the tables must drain back to where they started:
     // at once, or, when destroy records were lost, once connmon forgets
     // sockets silent for five minutes.

@@ -89,7 +89,11 @@ fn audit_lists_the_forgotten_connection_before_it_is_used() -> Result<()> {
         "connmon_idle_connections_at_risk{{container=\"\",destination=\"{CACHE_V4}:{REDIS_PORT}\",process=\"cmt-redis-clien\"}}"
     );
     poll::until("the at-risk gauge", Duration::from_secs(20), || {
-        Ok((connmon.metric(&series)? >= 1.0).then_some(()))
+        // The series appears with the first connection at risk.
+        Ok(connmon
+            .metric_if_present(&series)?
+            .is_some_and(|at_risk| at_risk >= 1.0)
+            .then_some(()))
     })?;
 
     // Once the connection hangs, the daemon's storm tells audit how short

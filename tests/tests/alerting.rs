@@ -53,6 +53,17 @@ fn notified_alert_after(
         .find(|alert| alert["labels"]["alertname"] == alertname && filter(alert))
 }
 
+/// The alert's runbook link points at `anchor` in docs/runbook.md (every
+/// anchor has a section there: `rules.rs` checks that).
+fn assert_runbook(alert: &Value, anchor: &str) {
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|url| url.ends_with(&format!("runbook.md#{anchor}"))),
+        "no runbook link to #{anchor}: {alert}"
+    );
+}
+
 #[test]
 fn a_storm_pages_with_process_destination_and_fix() -> Result<()> {
     let mut topology = Topology::build("alerts", &Options::default())?;
@@ -535,12 +546,7 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         format!("{CACHE_V4}:{REDIS_PORT}"),
         "{server_side}"
     );
-    assert!(
-        at_risk["annotations"]["runbook_url"]
-            .as_str()
-            .is_some_and(|u| u.ends_with("#connmonidleconnectionsatrisk")),
-        "{at_risk}"
-    );
+    assert_runbook(&at_risk, "connmonidleconnectionsatrisk");
     client.send_line("set")?;
     let storm = connmon_tests::connmon::first_finding(
         &connmon,
@@ -590,12 +596,7 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
     )?;
     assert_eq!(paged["labels"]["instance"], "node-7", "{paged}");
     assert_eq!(paged["labels"]["severity"], "page", "{paged}");
-    assert!(
-        paged["annotations"]["runbook_url"]
-            .as_str()
-            .is_some_and(|u| u.ends_with("runbook.md#connmonidleconnectionstorm")),
-        "{paged}"
-    );
+    assert_runbook(&paged, "connmonidleconnectionstorm");
 
     // ConnmonLosingRecords from records the kernel really lost: connmon is
     // held still (as a CPU-starved connmon falls behind) while a thousand
@@ -645,12 +646,7 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         "connmon on node-7 is losing kernel records (ring_buffer_full)",
         "{losing}"
     );
-    assert!(
-        losing["annotations"]["runbook_url"]
-            .as_str()
-            .is_some_and(|u| u.ends_with("runbook.md#connmonlosingrecords")),
-        "{losing}"
-    );
+    assert_runbook(&losing, "connmonlosingrecords");
 
     // ConnmonDown fires when connmon stops, named by its node. Held still,
     // connmon missed scrapes: that episode must be over, and only a
@@ -688,12 +684,7 @@ fn the_shipped_podmonitor_gives_the_labels_the_rules_use() -> Result<()> {
         down["annotations"]["summary"], "connmon on node-7 is not being scraped",
         "{down}"
     );
-    assert!(
-        down["annotations"]["runbook_url"]
-            .as_str()
-            .is_some_and(|u| u.ends_with("runbook.md#connmondown")),
-        "{down}"
-    );
+    assert_runbook(&down, "connmondown");
     Ok(())
 }
 
@@ -880,12 +871,7 @@ fn recurring_storms_and_time_lost_fire_their_rules_from_real_metrics() -> Result
     );
     assert_eq!(alert["labels"]["role"], "client", "{alert}");
     assert_eq!(alert["labels"]["severity"], "ticket", "{alert}");
-    assert!(
-        alert["annotations"]["runbook_url"]
-            .as_str()
-            .is_some_and(|u| u.ends_with("#connmonidleconnectionstormsrecurring")),
-        "{alert}"
-    );
+    assert_runbook(&alert, "connmonidleconnectionstormsrecurring");
 
     let started = rig
         .connmon
@@ -918,12 +904,7 @@ fn recurring_storms_and_time_lost_fire_their_rules_from_real_metrics() -> Result
         )),
         "{lost}"
     );
-    assert!(
-        lost["annotations"]["runbook_url"]
-            .as_str()
-            .is_some_and(|u| u.ends_with("runbook.md#connmontimelosttostorms")),
-        "{lost}"
-    );
+    assert_runbook(&lost, "connmontimelosttostorms");
     Ok(())
 }
 
@@ -946,11 +927,6 @@ fn resets_after_idle_fire_their_rule_from_real_metrics() -> Result<()> {
     );
     assert_eq!(alert["labels"]["role"], "client", "{alert}");
     assert_eq!(alert["labels"]["severity"], "ticket", "{alert}");
-    assert!(
-        alert["annotations"]["runbook_url"]
-            .as_str()
-            .is_some_and(|u| u.ends_with("#connmonresetsafteridle")),
-        "{alert}"
-    );
+    assert_runbook(&alert, "connmonresetsafteridle");
     Ok(())
 }

@@ -24,3 +24,4 @@ pub mod risk;
 pub mod shutdown;
 pub mod sockdiag;
 pub mod sockets;
+pub mod version;

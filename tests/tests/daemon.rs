@@ -33,6 +33,8 @@ fn bad_settings_exit_2_with_one_line_naming_them() -> Result<()> {
             "alertmanager_urls",
         ),
         (vec!["run", "--log-format", "yaml"], "--log-format"),
+        // The findings' format moved: the old use says where.
+        (vec!["run", "--log-format", "text"], "--output-format"),
         (
             vec!["run", "--bpf-run-time-stats", "maybe"],
             "--bpf-run-time-stats",

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
 pub mod audit;
+pub mod generate;
 pub mod run;
 pub mod trace;

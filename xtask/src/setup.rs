@@ -29,6 +29,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The deployment tests: a venv for kubernetes-validate, setcap.
     "python3-venv",
     "libcap2-bin",
+    // The package test: systemd-analyze verify and security on the unit.
+    "systemd",
 ];
 
 /// Paths of the checkout and its tool cache.

@@ -20,17 +20,13 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use connmon_tests::{
+    artifacts::{
+        RemoveOnDrop, built_by_xtask, daemonset_capabilities, run, scratch_dir, setpriv_caps,
+    },
     connmon::{Daemon, binary},
     scenario::SeedScenario,
     topology::Options,
 };
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
 
 const UNIT: &str = "usr/lib/systemd/system/connmon.service";
 const CONFIG: &str = "/etc/connmon/connmon.toml";
@@ -41,56 +37,8 @@ fn package() -> Result<PathBuf> {
     if let Some(path) = PACKAGE.get() {
         return Ok(path.clone());
     }
-    let path = match std::env::var_os("CONNMON_DEB") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let out_dir =
-                std::env::temp_dir().join(format!("cmt-deb-build-{}", std::process::id()));
-            let output = Command::new(env!("CARGO"))
-                .current_dir(root())
-                .args([
-                    "run",
-                    "--quiet",
-                    "--package",
-                    "xtask",
-                    "--",
-                    "deb",
-                    "--binary",
-                ])
-                .arg(binary())
-                .arg("--out-dir")
-                .arg(&out_dir)
-                .args(["--compression", "fast"])
-                .output()
-                .context("running cargo xtask deb")?;
-            ensure!(
-                output.status.success(),
-                "cargo xtask deb: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            PathBuf::from(String::from_utf8(output.stdout)?.trim())
-        }
-    };
-    ensure!(path.is_file(), "no package at {}", path.display());
+    let path = built_by_xtask("CONNMON_DEB", "deb", &["--compression", "fast"])?;
     Ok(PACKAGE.get_or_init(|| path).clone())
-}
-
-/// Removes a directory tree when dropped.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// An empty directory everyone may walk through, removed when dropped.
-fn scratch_dir(tag: &str) -> Result<RemoveOnDrop> {
-    let dir = std::env::temp_dir().join(format!("cmt-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-    Ok(RemoveOnDrop(dir))
 }
 
 /// The package unpacked into a clean root, as dpkg installs its files.
@@ -100,20 +48,6 @@ fn unpacked(tag: &str) -> Result<RemoveOnDrop> {
     let (ok, text) = run(Command::new("dpkg-deb").arg("-x").arg(package()?).arg(&dir))?;
     ensure!(ok, "dpkg-deb -x: {text}");
     Ok(guard)
-}
-
-fn run(command: &mut Command) -> Result<(bool, String)> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    Ok((
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    ))
 }
 
 /// The `[Service]` settings of the unit, each key with its values in order.
@@ -149,21 +83,6 @@ fn capability_set(value: &str) -> BTreeSet<String> {
         .split_whitespace()
         .map(|cap| cap.trim_start_matches("CAP_").to_string())
         .collect()
-}
-
-/// The DaemonSet's `capabilities.add`: what connmon needs (docs/deploy.md).
-fn daemonset_capabilities() -> Result<BTreeSet<String>> {
-    let text = std::fs::read_to_string(root().join("deploy/kubernetes/daemonset.yaml"))?;
-    let daemonset: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
-    let add = daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-        ["capabilities"]["add"]
-        .as_sequence()
-        .context("the DaemonSet adds capabilities")?;
-    Ok(add
-        .iter()
-        .filter_map(serde_yaml_ng::Value::as_str)
-        .map(str::to_string)
-        .collect())
 }
 
 #[test]
@@ -295,7 +214,7 @@ fn systemd_analyze_verifies_the_unit_and_it_grants_exactly_what_connmon_needs() 
     );
 
     let settings = unit_settings(&unit);
-    let needed = daemonset_capabilities()?;
+    let needed: BTreeSet<String> = daemonset_capabilities()?.into_iter().collect();
     assert_eq!(
         capability_set(one(&settings, "AmbientCapabilities")),
         needed
@@ -362,11 +281,11 @@ fn the_installed_binary_as_the_units_user_and_capabilities_catches_the_seed_stor
     let tree = unpacked("deb-run")?;
     let installed = &tree.0;
     let settings = unit_settings(&std::fs::read_to_string(installed.join(UNIT))?);
-    let caps = capability_set(one(&settings, "AmbientCapabilities"))
-        .iter()
-        .map(|cap| format!("+{}", cap.to_lowercase()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let caps = setpriv_caps(
+        &capability_set(one(&settings, "AmbientCapabilities"))
+            .into_iter()
+            .collect::<Vec<_>>(),
+    );
     // ExecStart, with its absolute paths inside the unpacked root.
     let exec_start: Vec<String> = one(&settings, "ExecStart")
         .split_whitespace()

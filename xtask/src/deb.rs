@@ -228,7 +228,7 @@ License: MIT or Apache-2.0
  /usr/share/common-licenses/Apache-2.0.
 ";
 
-fn install(source: &Path, target: &Path, mode: u32) -> Result<()> {
+pub(crate) fn install(source: &Path, target: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
@@ -239,7 +239,7 @@ fn install(source: &Path, target: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
-fn write(target: &Path, text: &str, mode: u32) -> Result<()> {
+pub(crate) fn write(target: &Path, text: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
@@ -249,7 +249,7 @@ fn write(target: &Path, text: &str, mode: u32) -> Result<()> {
     Ok(())
 }
 
-fn output(command: &mut Command) -> Result<String> {
+pub(crate) fn output(command: &mut Command) -> Result<String> {
     let out = command
         .output()
         .with_context(|| format!("running {command:?}"))?;
@@ -262,6 +262,6 @@ fn output(command: &mut Command) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("{command:?} printed non-UTF-8"))
 }
 
-fn status(command: &mut Command) -> Result<()> {
+pub(crate) fn status(command: &mut Command) -> Result<()> {
     output(command).map(|_| ())
 }

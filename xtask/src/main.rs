@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|vm-test|bench|manifests|image|deb|test>`.
+//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|vm-test|bench|manifests|image|minimal-image|deb|test>`.
 //!
 //! `setup` installs whatever a fresh machine lacks (idempotent); every other
 //! task calls it first, so the README's two commands work on a clean clone.
@@ -7,6 +7,7 @@ mod bench;
 mod deb;
 mod image;
 mod manifests;
+mod minimal_image;
 mod pyvenv;
 mod setup;
 mod tasks;
@@ -73,6 +74,21 @@ enum Task {
         #[arg(long = "build-arg")]
         build_args: Vec<String>,
     },
+    /// Write the minimal runtime image (the binary and the libraries it
+    /// links, with its file capabilities; no shell) as an OCI archive,
+    /// without a container runtime: target/image/connmon-oci.tar.
+    MinimalImage {
+        /// Image name and tag.
+        #[arg(long, default_value = "connmon:0.1.0")]
+        tag: String,
+        /// Put this binary in instead of a fresh release build (the size
+        /// limit is checked for release builds only).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+        /// Where the image goes [default: target/image].
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
     /// Build the Debian package (binary, systemd unit, default config, docs,
     /// man pages, completions) into target/debian/ with dpkg-deb.
     Deb {
@@ -129,6 +145,11 @@ fn main() -> Result<()> {
         }
         Task::Manifests { check } => manifests::run(&project, check),
         Task::Image { tag, build_args } => image::run(&project, &tag, &build_args),
+        Task::MinimalImage {
+            tag,
+            binary,
+            out_dir,
+        } => minimal_image::run(&project, binary, out_dir, &tag),
         Task::Deb {
             binary,
             out_dir,

@@ -128,3 +128,30 @@ pub fn containerfile_caps() -> Result<String> {
         .map(|pair| pair[1].to_string())
         .context("the Containerfile runs setcap")
 }
+
+/// Lets the seed scenario's connection go stale and checks that a connmon
+/// started as a deployment starts it (exactly the DaemonSet's
+/// capabilities) warns only about the documented degradation
+/// (`CAP_SYS_ADMIN`, docs/deploy.md) and reports the storm with the
+/// client's pid; returns the `storm_started` record.
+pub fn deployed_connmon_catches_the_seed_storm(
+    scenario: &mut crate::scenario::SeedScenario,
+) -> Result<serde_json::Value> {
+    let warned: Vec<String> = scenario
+        .connmon
+        .stderr()
+        .into_iter()
+        .filter(|line| line.contains("capability missing"))
+        .collect();
+    ensure!(
+        warned.len() == 1 && warned[0].contains("CAP_SYS_ADMIN"),
+        "only the documented degradation: {warned:?}"
+    );
+    scenario.resume_after_forgotten("set")?;
+    let storm = scenario.finding("storm_started", std::time::Duration::from_secs(30))?;
+    ensure!(
+        storm["pid"] == scenario.client.pid(),
+        "the storm names the client: {storm}"
+    );
+    Ok(storm)
+}

@@ -15,14 +15,13 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
-    time::Duration,
 };
 
 use anyhow::{Context, Result, ensure};
 use connmon_tests::{
     artifacts::{
-        RemoveOnDrop, built_by_xtask, containerfile_caps, daemonset_capabilities, run, scratch_dir,
-        setpriv_caps, workspace_root,
+        RemoveOnDrop, built_by_xtask, containerfile_caps, daemonset_capabilities,
+        deployed_connmon_catches_the_seed_storm, run, scratch_dir, setpriv_caps, workspace_root,
     },
     connmon::Daemon,
     scenario::SeedScenario,
@@ -197,19 +196,7 @@ fn the_images_binary_run_as_the_pod_runs_it_catches_the_seed_storm() -> Result<(
         &["--config", "/etc/connmon/connmon.toml"],
         |args| Daemon::start_command(command, args, scratch.0.clone()),
     )?;
-    let warned: Vec<String> = scenario
-        .connmon
-        .stderr()
-        .into_iter()
-        .filter(|line| line.contains("capability missing"))
-        .collect();
-    assert!(
-        warned.len() == 1 && warned[0].contains("CAP_SYS_ADMIN"),
-        "only the documented degradation: {warned:?}"
-    );
-    scenario.resume_after_forgotten("set")?;
-    let storm = scenario.finding("storm_started", Duration::from_secs(30))?;
-    assert_eq!(storm["pid"], scenario.client.pid(), "{storm}");
+    let storm = deployed_connmon_catches_the_seed_storm(&mut scenario)?;
     let exe = std::fs::read_link(format!("/proc/{}/exe", scenario.client.pid()))?;
     assert_eq!(storm["exe"], exe.to_string_lossy().as_ref(), "{storm}");
     Ok(())

@@ -21,7 +21,8 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use connmon_tests::{
     artifacts::{
-        RemoveOnDrop, built_by_xtask, daemonset_capabilities, run, scratch_dir, setpriv_caps,
+        RemoveOnDrop, built_by_xtask, daemonset_capabilities,
+        deployed_connmon_catches_the_seed_storm, run, scratch_dir, setpriv_caps,
     },
     connmon::{Daemon, binary},
     scenario::SeedScenario,
@@ -327,19 +328,7 @@ fn the_installed_binary_as_the_units_user_and_capabilities_catches_the_seed_stor
     })?;
     let ready = notify.receive()?;
     assert!(ready.contains("READY=1"), "{ready:?}");
-    let warned: Vec<String> = scenario
-        .connmon
-        .stderr()
-        .into_iter()
-        .filter(|line| line.contains("capability missing"))
-        .collect();
-    assert!(
-        warned.len() == 1 && warned[0].contains("CAP_SYS_ADMIN"),
-        "only the documented degradation: {warned:?}"
-    );
-    scenario.resume_after_forgotten("set")?;
-    let storm = scenario.finding("storm_started", Duration::from_secs(30))?;
-    assert_eq!(storm["pid"], scenario.client.pid(), "{storm}");
+    deployed_connmon_catches_the_seed_storm(&mut scenario)?;
     let metrics = scenario.connmon.http_get("/metrics")?;
     assert!(
         metrics.contains("connmon_storms_started_total{"),

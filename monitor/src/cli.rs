@@ -117,7 +117,7 @@ pub struct RunArgs {
     #[arg(long, env = "CONNMON_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<String>,
     /// Findings on stdout: json lines or text for people [default: json].
-    /// (Before 0.2 `--log-format` set this; it now formats the logs.)
+    /// (`--log-format` used to set this; it now formats the logs.)
     #[arg(long, env = "CONNMON_OUTPUT_FORMAT", value_enum)]
     pub output_format: Option<Format>,
     /// Sockets the kernel's socket table can hold [default: 65536].

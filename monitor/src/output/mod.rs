@@ -27,8 +27,8 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
-    /// `plain` or `json`. `text` is refused with what replaced it: before
-    /// 0.2 `--log-format`/`log_format` set the findings' format, and
+    /// `plain` or `json`. `text` is refused with what replaced it:
+    /// `--log-format`/`log_format` used to set the findings' format, and
     /// quietly reading `text` as plain logs would turn text findings into
     /// JSON.
     pub fn parse(value: &str) -> Result<Self, String> {

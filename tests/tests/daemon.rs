@@ -266,6 +266,37 @@ fn more_sockets_than_the_map_size_are_all_tracked() -> Result<()> {
     Ok(())
 }
 
+/// `--log-format json`: every log line on stderr is one JSON object (level,
+/// message, fields), from the first line on; findings stay on stdout.
+#[test]
+fn logs_are_json_lines_when_asked() -> Result<()> {
+    let connmon =
+        connmon_tests::connmon::Daemon::start(&["--ports", "7303", "--log-format", "json"])?;
+    let lines = connmon.stderr();
+    connmon.stop()?;
+    assert!(lines.len() >= 2, "{lines:?}");
+    let mut messages = Vec::new();
+    for line in &lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not a JSON log line: {line:?}"))?;
+        assert!(record["level"].is_string(), "{line}");
+        assert!(record["timestamp"].is_string(), "{line}");
+        messages.push(
+            record["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|message| message.starts_with("watching for retransmit storms")),
+        "{messages:?}"
+    );
+    Ok(())
+}
+
 /// A process may name itself anything (prctl PR_SET_NAME): this one's name
 /// would end a JSON-looking line, start a forged record on the next line
 /// and turn the terminal red. connmon's text findings, its logs and its

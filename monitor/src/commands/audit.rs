@@ -49,6 +49,8 @@ pub struct NamespaceSettings {
 
 #[derive(Debug, Serialize)]
 pub struct AuditReport {
+    /// `output::SCHEMA_VERSION`.
+    pub schema_version: u32,
     pub at_risk: usize,
     pub connections: Vec<AuditedConnection>,
     pub host_settings: Vec<NamespaceSettings>,
@@ -140,6 +142,7 @@ pub fn audit(
         })
         .collect();
     AuditReport {
+        schema_version: crate::output::SCHEMA_VERSION,
         at_risk: connections.iter().filter(|c| c.assessment.at_risk).count(),
         connections,
         host_settings,

@@ -435,6 +435,7 @@ impl Pipeline {
                 self.status.metrics.observe_fail_fast(abort.result);
                 let line = json!({
                     "event": "fail_fast",
+                    "schema_version": crate::output::SCHEMA_VERSION,
                     "time": record.time,
                     "storm_id": abort.storm_id,
                     "pid": record.pid,

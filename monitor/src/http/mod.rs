@@ -253,6 +253,7 @@ async fn metrics_handler(
 
 #[derive(Serialize)]
 struct StormsResponse {
+    schema_version: u32,
     active: Vec<FindingRecord>,
     recent: Vec<FindingRecord>,
 }
@@ -260,6 +261,7 @@ struct StormsResponse {
 async fn storms(State(status): State<Arc<Status>>) -> Json<StormsResponse> {
     let board = status.board();
     Json(StormsResponse {
+        schema_version: crate::output::SCHEMA_VERSION,
         active: board.active.into_values().collect(),
         recent: board.recent.into_iter().collect(),
     })

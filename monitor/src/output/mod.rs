@@ -7,6 +7,13 @@ pub mod hint;
 pub mod report;
 pub mod trace;
 
+/// The version of the JSON records connmon prints and serves (findings,
+/// fail-fast actions, trace events, the audit report, the storms API):
+/// every record carries it as `schema_version`, and docs/schemas/ has a
+/// JSON Schema per record kind. It goes up when a field changes meaning or
+/// type or goes away; added fields do not change it.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// Output format for event streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -126,6 +126,7 @@ fn the_package_holds_the_binary_unit_config_docs_man_pages_and_completions() -> 
         "usr/share/doc/connmon/README.md",
         "usr/share/doc/connmon/deploy.md",
         "usr/share/doc/connmon/copyright",
+        "usr/share/doc/connmon/schemas/finding.schema.json",
         "usr/share/man/man1/connmon.1.gz",
         "usr/share/man/man1/connmon-run.1.gz",
         "usr/share/man/man1/connmon-audit.1.gz",

@@ -107,6 +107,17 @@ pub fn build(
     for (source, target, mode) in FILES {
         install(&project.root.join(source), &stage.join(target), *mode)?;
     }
+    // The JSON Schemas of connmon's records, for whoever parses them.
+    for entry in std::fs::read_dir(project.root.join("docs/schemas"))? {
+        let source = entry?.path();
+        if let Some(name) = source.file_name() {
+            install(
+                &source,
+                &stage.join("usr/share/doc/connmon/schemas").join(name),
+                0o644,
+            )?;
+        }
+    }
     write(
         &stage.join("usr/share/doc/connmon/copyright"),
         COPYRIGHT,

@@ -152,6 +152,15 @@ fn the_package_holds_the_binary_unit_config_docs_man_pages_and_completions() -> 
     ensure!(ok, "{page}");
     assert!(page.contains(".TH connmon-run 1"), "{page}");
     assert!(page.contains("output\\-format"), "{page}");
+    // Every page formats without a groff warning.
+    for entry in std::fs::read_dir(files.join("usr/share/man/man1"))? {
+        let path = entry?.path();
+        let (ok, text) = run(Command::new("sh").arg("-c").arg(format!(
+            "gzip -dc '{}' | groff -man -Tutf8 -ww -z",
+            path.display()
+        )))?;
+        assert!(ok && text.trim().is_empty(), "{}: {text}", path.display());
+    }
     // bash loads the completion and completes connmon with it.
     let (ok, text) = run(Command::new("bash").arg("-c").arg(format!(
         "source {}; complete -p connmon",

@@ -45,9 +45,28 @@ pub enum Command {
     /// Stream retransmits, state changes, resets and socket errors of
     /// watched connections, each with the process that owns the socket.
     Trace(TraceArgs),
+    /// A live view of a running daemon for the on-call engineer: storms in
+    /// progress (process, container, destination, idle gap, time to
+    /// give-up), recent ones, connections at risk, retransmits per process
+    /// per second.
+    Top(TopArgs),
     /// Write the man pages (connmon.1, connmon-run.1, ...) into a
     /// directory, or print a shell completion script, made from these flags.
     Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The daemon to show.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9878")]
+    pub daemon_url: String,
+    /// How often to refresh.
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub interval: String,
+    /// Print one screen (from two samples one interval apart) and exit;
+    /// exit 1 when no daemon answers.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]

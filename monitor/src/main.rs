@@ -90,6 +90,9 @@ fn main() -> ExitCode {
                     .map_err(Failure::Runtime),
                 None => Err(Failure::Usage("no settings".into())),
             },
+            Command::Top(args) => connmon::commands::top::run(args)
+                .await
+                .map_err(Failure::Runtime),
             Command::Generate(_) => Ok(()),
         }
     });

@@ -33,6 +33,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // groff to format the man pages.
     "systemd",
     "groff-base",
+    // connmon top's test drives it in a terminal.
+    "tmux",
 ];
 
 /// Paths of the checkout and its tool cache.

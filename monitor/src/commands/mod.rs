@@ -3,4 +3,5 @@
 pub mod audit;
 pub mod generate;
 pub mod run;
+pub mod top;
 pub mod trace;

@@ -118,6 +118,7 @@ fn top_shows_the_seed_storm_live_and_says_when_no_daemon_answers() -> Result<()>
         section(screen, "RECENT").iter().any(|line| {
             line.contains("storm_ended")
                 && line.contains("cmt-redis-clien")
+                && line.split_whitespace().any(|word| word == pid)
                 && line.contains("timed_out")
         })
     })?;

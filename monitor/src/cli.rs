@@ -55,11 +55,33 @@ pub enum Command {
     Generate(GenerateArgs),
 }
 
+/// How to reach a running daemon whose web config asks for TLS or basic
+/// auth (`top`, `audit --daemon-url`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct DaemonClientArgs {
+    /// PEM CA bundle an https daemon's certificate is checked against
+    /// [default: the bundled Mozilla roots].
+    #[arg(long, value_name = "FILE", env = "CONNMON_DAEMON_CA_FILE")]
+    pub daemon_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a daemon that asks for one.
+    #[arg(long, value_name = "FILE", requires = "daemon_key")]
+    pub daemon_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "daemon_cert")]
+    pub daemon_key: Option<PathBuf>,
+    /// Basic auth user; the password is read from CONNMON_DAEMON_PASSWORD
+    /// (a flag would show in ps).
+    #[arg(long, value_name = "USER", env = "CONNMON_DAEMON_USER")]
+    pub daemon_user: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// The daemon to show.
+    /// The daemon to show (https:// when its web config sets TLS).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9878")]
     pub daemon_url: String,
+    #[command(flatten)]
+    pub client: DaemonClientArgs,
     /// How often to refresh.
     #[arg(long, value_name = "DURATION", default_value = "2s")]
     pub interval: String,
@@ -279,6 +301,8 @@ pub struct AuditArgs {
     /// skipped silently when none answers.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9878")]
     pub daemon_url: Option<String>,
+    #[command(flatten)]
+    pub client: DaemonClientArgs,
 }
 
 impl AuditArgs {

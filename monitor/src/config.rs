@@ -402,7 +402,7 @@ impl Settings {
 
 /// An `http://host:port[/path]` URL (this build speaks plain HTTP only).
 /// The certificates of a PEM bundle, as DER.
-fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+pub(crate) fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     let pem = std::fs::read(path).map_err(|error| error.to_string())?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod daemon_client;
 pub mod decode;
 pub mod detect;
 pub mod event;

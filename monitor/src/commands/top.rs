@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{cli::TopArgs, output::escape};
+use crate::{cli::TopArgs, daemon_client::DaemonClient, output::escape};
 
 /// One look at the daemon.
 struct Sample {
@@ -32,13 +32,17 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
                 args.interval
             )
         })?;
-    let url = args.daemon_url.trim_end_matches('/').to_string();
+    let client = std::sync::Arc::new(
+        DaemonClient::new(&args.daemon_url, &args.client, Duration::from_secs(2))
+            .map_err(|error| anyhow::anyhow!(error))?,
+    );
+    let url = client.url().to_string();
     let mut previous: Option<Sample> = None;
     let mut stop = std::pin::pin!(crate::shutdown::signal());
     loop {
         let fetched = {
-            let url = url.clone();
-            tokio::task::spawn_blocking(move || fetch(&url)).await?
+            let client = client.clone();
+            tokio::task::spawn_blocking(move || fetch(&client)).await?
         };
         let screen = match fetched {
             // One screen for scripts still shows rates: a second sample
@@ -82,23 +86,10 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     }
 }
 
-fn fetch(url: &str) -> Result<Sample, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .into();
-    let get = |path: &str| -> Result<String, String> {
-        agent
-            .get(format!("{url}{path}"))
-            .call()
-            .map_err(|error| error.to_string())?
-            .body_mut()
-            .read_to_string()
-            .map_err(|error| error.to_string())
-    };
-    let storms = serde_json::from_str(&get("/api/v1/storms")?)
+fn fetch(client: &DaemonClient) -> Result<Sample, String> {
+    let storms = serde_json::from_str(&client.get("/api/v1/storms")?)
         .map_err(|error| format!("/api/v1/storms: {error}"))?;
-    let metrics = get("/metrics")?;
+    let metrics = client.get("/metrics")?;
     Ok(Sample {
         storms,
         metrics,

@@ -198,7 +198,7 @@ impl Daemon {
     }
 
     /// Starts the daemon with findings as text lines for people
-    /// (`--log-format text`); read them with `stdout`.
+    /// (`--output-format text`); read them with `stdout`.
     pub fn start_text(args: &[&str]) -> Result<Self> {
         Self::start_in_format(Command::new(binary()), "text", args)
     }
@@ -211,7 +211,7 @@ impl Daemon {
         let listen = free_loopback_port()?;
         command
             .arg("run")
-            .args(["--listen", &listen.to_string(), "--log-format", format])
+            .args(["--listen", &listen.to_string(), "--output-format", format])
             .args(args);
         command.env("RUST_LOG", "info");
         let process = Process::spawn("connmon run", command)?;

@@ -27,12 +27,23 @@ impl SeedScenario {
     /// Topology and redis-server, then connmon (with `connmon_args` added),
     /// then the client over IPv4.
     pub fn start(tag: &str, options: &Options, connmon_args: &[&str]) -> Result<Self> {
+        Self::start_with(tag, options, connmon_args, Daemon::start)
+    }
+
+    /// As `start`, with connmon started by `start_connmon` (given the
+    /// scenario's arguments), e.g. as another user or from another binary.
+    pub fn start_with(
+        tag: &str,
+        options: &Options,
+        connmon_args: &[&str],
+        start_connmon: impl FnOnce(&[&str]) -> Result<Daemon>,
+    ) -> Result<Self> {
         let mut topology = Topology::build(tag, options)?;
         topology.start_redis()?;
         let port = REDIS_PORT.to_string();
         let mut args = vec!["--idle-threshold", IDLE_THRESHOLD, "--ports", &port];
         args.extend_from_slice(connmon_args);
-        let connmon = Daemon::start(&args)?;
+        let connmon = start_connmon(&args)?;
         let client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
         Ok(Self {
             client,

@@ -39,6 +39,8 @@ fn bad_settings_exit_2_with_one_line_naming_them() -> Result<()> {
             "alertmanager_urls",
         ),
         (vec!["run", "--log-format", "yaml"], "--log-format"),
+        // The findings' format moved: the old use says where.
+        (vec!["run", "--log-format", "text"], "--output-format"),
         (
             vec!["run", "--bpf-run-time-stats", "maybe"],
             "--bpf-run-time-stats",
@@ -412,6 +414,37 @@ fn more_sockets_than_the_map_size_are_all_tracked() -> Result<()> {
     assert_ne!(storm["pid"], clients.pid(), "{storm}");
     drop(clients);
     drop(server);
+    Ok(())
+}
+
+/// `--log-format json`: every log line on stderr is one JSON object (level,
+/// message, fields), from the first line on; findings stay on stdout.
+#[test]
+fn logs_are_json_lines_when_asked() -> Result<()> {
+    let connmon =
+        connmon_tests::connmon::Daemon::start(&["--ports", "7303", "--log-format", "json"])?;
+    let lines = connmon.stderr();
+    connmon.stop()?;
+    assert!(lines.len() >= 2, "{lines:?}");
+    let mut messages = Vec::new();
+    for line in &lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not a JSON log line: {line:?}"))?;
+        assert!(record["level"].is_string(), "{line}");
+        assert!(record["timestamp"].is_string(), "{line}");
+        messages.push(
+            record["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|message| message.starts_with("watching for retransmit storms")),
+        "{messages:?}"
+    );
     Ok(())
 }
 

@@ -56,6 +56,14 @@ fn drop_capabilities(settings: &Settings) {
     }
 }
 
+/// Tells systemd how the service is (Type=notify: ready once the programs
+/// are attached, as /readyz); nothing without `NOTIFY_SOCKET`.
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(states) {
+        warn!(%error, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
+}
+
 /// How long receivers get at exit to deliver the last alerts.
 const ALERT_FLUSH_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -88,6 +96,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let reader = reader::spawn(ring, tx, stats).context("polling the event ring buffer")?;
     drop_capabilities(&settings);
     status.set_ready(true);
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     info!(
         ports = ?settings.ports,
         all_ports = settings.all_ports,
@@ -174,6 +183,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
             signal = &mut stop => {
                 info!(signal = signal.as_str(), "stopping");
+                notify_systemd(&[sd_notify::NotifyState::Stopping]);
                 break;
             }
         }
@@ -409,7 +419,7 @@ impl Pipeline {
         for finding in findings {
             self.status.metrics.observe_finding(finding);
             let record = self.reporter.record(finding, &self.settings);
-            let line = match self.settings.log_format {
+            let line = match self.settings.output_format {
                 Format::Json => serde_json::to_string(&record).unwrap_or_default(),
                 Format::Text => text_line(&record),
             };
@@ -426,6 +436,7 @@ impl Pipeline {
                 self.status.metrics.observe_fail_fast(abort.result);
                 let line = json!({
                     "event": "fail_fast",
+                    "schema_version": crate::output::SCHEMA_VERSION,
                     "time": record.time,
                     "storm_id": abort.storm_id,
                     "pid": record.pid,

@@ -518,6 +518,7 @@ mod tests {
     fn record() -> FindingRecord {
         FindingRecord {
             event: "storm_started",
+            schema_version: crate::output::SCHEMA_VERSION,
             time: "2026-11-25T09:32:44.689Z".into(),
             storm_id: Some(7),
             pid: Some(4242),

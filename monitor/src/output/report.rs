@@ -18,6 +18,8 @@ const NS_PER_S: f64 = 1e9;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FindingRecord {
     pub event: &'static str,
+    /// `output::SCHEMA_VERSION`.
+    pub schema_version: u32,
     pub time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm_id: Option<u64>,
@@ -220,6 +222,7 @@ impl Reporter {
         };
         FindingRecord {
             event,
+            schema_version: crate::output::SCHEMA_VERSION,
             time: self.clock.rfc3339(at_ns),
             storm_id: None,
             pid: owner.map(|o| o.pid),

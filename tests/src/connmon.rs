@@ -148,6 +148,12 @@ impl Trace {
         self.process.stdout.json()
     }
 
+    /// Holds the trace still (SIGSTOP) until the guard drops (SIGCONT),
+    /// as `Daemon::pause`.
+    pub fn pause(&self) -> Result<Paused> {
+        Paused::new(self.process.pid())
+    }
+
     pub fn stderr(&self) -> Vec<String> {
         self.process.stderr.snapshot()
     }

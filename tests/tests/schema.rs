@@ -32,6 +32,39 @@ fn validate(records: &BTreeMap<&str, Vec<Value>>) -> Result<(bool, String)> {
     )
 }
 
+/// The trace stream's gap records, from records the kernel really lost: a
+/// trace with the smallest ring is held still while a thousand connections
+/// to its watched port, where nothing listens, are refused (each writes a
+/// reset, an error and the socket's end).
+fn lost_records_of_a_trace() -> Result<Vec<Value>> {
+    const PORT: u16 = 7106;
+    let ns = connmon_tests::netns::NetNs::create("schema-lost")?;
+    let trace = Trace::start(&["--ports", &PORT.to_string(), "--ring-buffer-kib", "64"])?;
+    {
+        let _paused = trace.pause()?;
+        let mut refused = ns.command(env!("CARGO_BIN_EXE_tcp-peer"));
+        refused.args(["churn", &format!("127.0.0.1:{PORT}"), "1000", "1"]);
+        connmon_tests::process::Process::spawn("tcp-peer churn", refused)?
+            .stdout
+            .wait_for("churned", Duration::from_secs(20))?;
+    }
+    // The trace checks for losses every 2 s.
+    let lost = poll::until(
+        "the trace to report lost records",
+        Duration::from_secs(10),
+        || {
+            let lost: Vec<Value> = trace
+                .records()
+                .into_iter()
+                .filter(|record| record["event"] == "lost")
+                .collect();
+            Ok((!lost.is_empty()).then_some(lost))
+        },
+    )?;
+    trace.stop()?;
+    Ok(lost)
+}
+
 #[test]
 fn every_json_record_matches_its_schema() -> Result<()> {
     let mut scenario =
@@ -92,10 +125,17 @@ fn every_json_record_matches_its_schema() -> Result<()> {
         .collect();
     assert_eq!(ours, vec![&fail_fast], "one dry run for the one storm");
     assert_eq!(fail_fast["result"], "would_abort", "{fail_fast}");
+    // A gap record in the trace stream (e.g. runs the kernel skipped while
+    // the same program ran on that CPU) has its own schema.
+    let (mut lost, traced): (Vec<Value>, Vec<Value>) = traced
+        .into_iter()
+        .partition(|record| record["event"] == "lost");
+    lost.extend(lost_records_of_a_trace()?);
     let records = BTreeMap::from([
         ("finding.schema.json", findings),
         ("fail-fast.schema.json", actions),
         ("trace-event.schema.json", traced),
+        ("trace-lost.schema.json", lost),
         ("storms.schema.json", vec![storms]),
         ("audit-report.schema.json", vec![audit]),
     ]);

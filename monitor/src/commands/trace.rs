@@ -154,8 +154,14 @@ fn report_loss(
     }
     warn!(reason, program, lost, total, "kernel records lost");
     if format == Format::Json {
-        let mut record =
-            serde_json::json!({"event": "lost", "reason": reason, "count": lost, "total": total});
+        // docs/schemas/trace-lost.schema.json
+        let mut record = serde_json::json!({
+            "event": "lost",
+            "schema_version": crate::output::SCHEMA_VERSION,
+            "reason": reason,
+            "count": lost,
+            "total": total,
+        });
         if let Some(program) = program {
             record["program"] = program.into();
         }

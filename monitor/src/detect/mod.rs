@@ -115,7 +115,9 @@ pub struct Storm {
 }
 
 /// A reset on a connection right after it resumed from idle: the path
-/// forgot the flow and said so (RST) instead of dropping silently.
+/// forgot the flow and said so (RST) instead of dropping silently, or the
+/// peer had closed the idle connection (its FIN came first, e.g. Redis
+/// `timeout`) and this side wrote on it anyway.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct IdleReset {
     pub cookie: u64,
@@ -125,6 +127,9 @@ pub struct IdleReset {
     pub idle_ns: u64,
     pub at_ns: u64,
     pub retransmits: u32,
+    /// The socket was in CLOSE_WAIT when the reset came: the peer had
+    /// closed the connection while it was idle.
+    pub peer_closed: bool,
 }
 
 /// What the detector concluded from an event.
@@ -299,6 +304,7 @@ impl Detector {
                             idle_ns,
                             at_ns: event.timestamp_ns,
                             retransmits,
+                            peer_closed: event.state.0 == monitor_common::tcp::TCP_CLOSE_WAIT,
                         }));
                     }
                 }

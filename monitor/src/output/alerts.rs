@@ -549,6 +549,7 @@ mod tests {
             outcome: None,
             duration_seconds: None,
             error: None,
+            cause: None,
             tcp_retries2: Some(15),
             cookie: 1,
             hint: "Likely cause: a middlebox ... Fix: Redis `tcp-keepalive 60`".into(),

@@ -26,7 +26,8 @@ use monitor_common::{
     socket::{
         OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, Owner, ROLE_CLIENT,
         ROLE_SERVER, ROLE_UNKNOWN, RecentSocket, SOCKET_FLAG_REPORTED, SOCKET_FLAG_RETRANSMITTING,
-        SocketState, count_retransmit, one_of_kind, retransmit_counts_due,
+        SocketState, count_retransmit, end_already_reported, one_of_kind,
+        retransmit_counts_due,
     },
     tcp::{TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
 };
@@ -265,14 +266,6 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     } else {
         return 0;
     };
-    // `connmon run` hears only a reported socket's end; `trace` every move.
-    let wanted = every_state_change
-        || (new_state == TCP_CLOSE
-            // SAFETY: pointer to this socket's storage, from this run.
-            && state.is_some_and(|state| (unsafe { (*state).flags }) & SOCKET_FLAG_REPORTED != 0));
-    if !wanted {
-        return 0;
-    }
     // The kernel sets sk_err before it closes a socket on error
     // (ETIMEDOUT, ECONNRESET): the CLOSE event says why.
     let errno = if new_state == TCP_CLOSE {
@@ -280,6 +273,23 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     } else {
         0
     };
+    // `connmon run` hears only a reported socket's end, once; `trace`
+    // every move.
+    let wanted = every_state_change
+        || (new_state == TCP_CLOSE
+            && state.is_some_and(|state| {
+                // SAFETY: pointer to this socket's storage, from this run.
+                let state = unsafe { &mut *state };
+                let reported = state.flags & SOCKET_FLAG_REPORTED != 0
+                    && !end_already_reported(state.end_errno, errno as u32);
+                if errno != 0 {
+                    state.end_errno = errno as u32;
+                }
+                reported
+            }));
+    if !wanted {
+        return 0;
+    }
     emit(
         EVENT_STATE_CHANGE,
         monitor_common::event::state_change_detail(old_state, new_state, errno),
@@ -440,8 +450,30 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if !is_inet_tcp(sk) {
         return 0;
     }
-    let errno = load_btf::<i32>(sk, off!(sk_err));
-    emit_for_watched(sk, EVENT_SOCKET_ERROR, errno as u32, WAKE_NOW);
+    let errno = load_btf::<i32>(sk, off!(sk_err)) as u32;
+    let state = existing_storage(sk);
+    if let Some(state) = state {
+        // SAFETY: pointer to this socket's storage, from this run.
+        let state = unsafe { &mut *state };
+        // A failing socket's CLOSE came first on this kernel and said it
+        // (`connmon run`; `trace` shows both).
+        if setting!(every_state_change) == 0 && end_already_reported(state.end_errno, errno) {
+            return 0;
+        }
+        if errno != 0 {
+            state.end_errno = errno;
+        }
+    } else if !ports_watched(sk) {
+        return 0;
+    }
+    emit(
+        EVENT_SOCKET_ERROR,
+        errno,
+        sk,
+        state,
+        TcpSnapshot::default(),
+        WAKE_NOW,
+    );
     0
 }
 
@@ -452,7 +484,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk = sock_arg(&ctx);
     let state = existing_storage(sk);
     let every_state_change = setting!(every_state_change) != 0;
-    let reported = match state {
+    let (reported, end_errno) = match state {
         Some(state) => {
             count(SOCKETS_REMOVED, 1);
             // SAFETY: pointer to this socket's storage, from this run.
@@ -460,14 +492,16 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
             if state.pending_retransmits != [0; 4] {
                 hand_over_retransmit_counts(sk, state, now_ticks() as u32);
             }
-            state.flags & SOCKET_FLAG_REPORTED != 0
+            (state.flags & SOCKET_FLAG_REPORTED != 0, state.end_errno)
         }
-        None => false,
+        None => (false, 0),
     };
     if reported || (every_state_change && (state.is_some() || ports_watched(sk))) {
+        // The end's errno again: a storm whose error or CLOSE record was
+        // lost still ends with its real outcome.
         emit(
             EVENT_DESTROY,
-            0,
+            end_errno,
             sk,
             state,
             TcpSnapshot::default(),

@@ -143,7 +143,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(batch) => batch.into_iter().for_each(|event| pipeline.event(event)),
+                Some(batch) => {
+                    // A batch's findings go out together: one write for
+                    // thousands of storms confirmed in the same jiffy.
+                    let findings: Vec<Finding> = batch
+                        .events
+                        .into_iter()
+                        .flat_map(|event| pipeline.event(event))
+                        .collect();
+                    pipeline.report(&findings);
+                }
                 None => {
                     warn!("event reader stopped");
                     break;
@@ -392,18 +401,18 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn event(&mut self, mut event: SocketEvent) {
+    fn event(&mut self, mut event: SocketEvent) -> Vec<Finding> {
         self.sockets.observe(&mut event);
         self.status.metrics.observe_event(&event);
-        let findings = self.detector.handle(&event);
-        self.report(&findings);
+        self.detector.handle(&event)
     }
 
     fn report(&mut self, findings: &[Finding]) {
         if findings.is_empty() {
             return;
         }
-        let mut out = std::io::stdout().lock();
+        // Buffered: written and flushed once for all of them.
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
         let mut follow_ups = Vec::new();
         for finding in findings {
             self.status.metrics.observe_finding(finding);
@@ -412,7 +421,7 @@ impl Pipeline {
                 Format::Json => serde_json::to_string(&record).unwrap_or_default(),
                 Format::Text => text_line(&record),
             };
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            if writeln!(out, "{line}").is_err() {
                 warn!("stdout closed; findings still go to the HTTP API");
             }
             self.status.record(&record);
@@ -436,13 +445,16 @@ impl Pipeline {
                     "result": abort.result,
                     "error": abort.error,
                 });
-                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                if writeln!(out, "{line}").is_err() {
                     warn!("stdout closed");
                 }
                 if abort.result == "aborted" {
                     follow_ups.extend(self.detector.aborted(storm.cookie, monotonic_now_ns()));
                 }
             }
+        }
+        if out.flush().is_err() {
+            warn!("stdout closed; findings still go to the HTTP API");
         }
         drop(out);
         if !follow_ups.is_empty() {

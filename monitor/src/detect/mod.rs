@@ -327,13 +327,18 @@ impl Detector {
                     &mut findings,
                 );
             }
-            EventKind::Destroyed => self.end(
-                event.cookie,
-                Outcome::Closed,
-                event.timestamp_ns,
-                None,
-                &mut findings,
-            ),
+            // Normally the error or CLOSE ended the storm already; if
+            // their records were lost, the destroy record repeats the errno.
+            EventKind::Destroyed { errno } => {
+                let errno = (*errno != 0).then_some(*errno);
+                self.end(
+                    event.cookie,
+                    errno.map_or(Outcome::Closed, outcome_for),
+                    event.timestamp_ns,
+                    errno,
+                    &mut findings,
+                );
+            }
             // Busy connections' retransmits: counted, never a storm.
             EventKind::StateChange { .. } | EventKind::RetransmitCounts { .. } => {}
         }

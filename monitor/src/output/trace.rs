@@ -57,7 +57,7 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
                 .collect();
             record.insert("retransmits".into(), Value::Object(counts));
         }
-        EventKind::ResetReceived | EventKind::ResetSent | EventKind::Destroyed => {}
+        EventKind::ResetReceived | EventKind::ResetSent | EventKind::Destroyed { .. } => {}
     }
     Value::Object(record)
 }

@@ -8,7 +8,7 @@ use super::{
     peers::Tool,
     stats_check,
     workloads::{
-        PipelineResult, latency,
+        PipelineResult, blackout, latency,
         memory::{self, SIZES},
         redis::{self, Setup},
         retransmit,
@@ -35,6 +35,7 @@ pub struct Results {
     pub redis: redis::Results,
     pub memory: memory::Results,
     pub latency: latency::Results,
+    pub blackout: blackout::Results,
     /// Whether connmon with its defaults left another program's BPF
     /// statistics alone (checked before the run switches them on).
     pub stats_untouched: Option<stats_check::Verdict>,
@@ -399,6 +400,7 @@ pub fn markdown(results: &Results, chart: &str) -> String {
     workload_throughput(&mut md, r);
     userspace(&mut md, r);
     latency_section(&mut md, r);
+    md.push_str(&blackout_markdown(r));
     accuracy(&mut md, r);
     let _ = writeln!(md, "![chart]({chart})");
     md
@@ -930,6 +932,49 @@ fn latency_section(md: &mut String, r: &Results) {
         spread(&metrics, 1),
         spread(&confirm, 0),
     );
+}
+
+/// The blackout section (also printed alone by `--only blackout`).
+pub fn blackout_markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "## 5b. A pool blackholed at once\n");
+    let _ = writeln!(
+        md,
+        "N pooled connections on a watched port (processes of 1,000 connections, one writer thread each, `tcp-peer pool`), idle past `--idle-threshold 2s`, then every flow blackholed at once (an nftables drop, as a NAT gateway that forgot them) and every thread sends; `tcp_retries2 = 4`, so every client ends with ETIMEDOUT. connmon with default settings otherwise (1 MiB ring). Latency: from each storm's `confirmed_at` (the kernel's time of the confirming retransmit) to this benchmark reading `storm_started` on connmon's stdout. Outcomes right: storms that ended `timed_out` like their client. CPU: connmon's user + system time from the send until every storm ended; memory: peak resident set. Target: nothing lost, every outcome right, at most 100 ms after the confirming retransmit.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| connections | storms found (right pid/tid) | latency p50 / p99 / max ms | records emitted | lost | outcomes right | connmon CPU s | peak RSS MiB |\n|---|---|---|---|---|---|---|---|"
+    );
+    for row in &r.blackout.rows {
+        let mut latency = row.latency_ms.clone();
+        latency.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            latency
+                .get(((latency.len() as f64 - 1.0) * q).round() as usize)
+                .map_or("-".to_string(), |v| format!("{v:.0}"))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} ({}) | {} / {} / {} | {:.0} | {:.0} | {} | {:.2} | {:.1} |",
+            row.connections,
+            row.found,
+            row.found - row.misattributed.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0),
+            row.records_emitted,
+            row.records_lost,
+            row.found - row.wrong_outcome.len(),
+            row.cpu_seconds,
+            row.peak_rss_kib as f64 / 1024.0,
+        );
+    }
+    for (size, why) in &r.blackout.skipped {
+        let _ = writeln!(md, "| {size} | not run: {why} | | | | | | |");
+    }
+    let _ = writeln!(md);
+    md
 }
 
 fn accuracy(md: &mut String, r: &Results) {

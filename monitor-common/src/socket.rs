@@ -89,7 +89,10 @@ pub struct SocketState {
     /// In jiffies: the hot path reads the inlined jiffies counter instead of
     /// a clock helper; records carry nanoseconds (`TickActivity::to_wire`).
     pub activity: TickActivity,
-    pub retransmits: u32,
+    /// The errno the socket ended with (`sk_err` at its error report or
+    /// CLOSE), 0 while none: the destroy record carries it, so the
+    /// outcome survives a lost error or CLOSE record.
+    pub end_errno: u32,
     /// `SOCKET_FLAG_*` bits.
     pub flags: u32,
     /// Retransmits per kind not yet handed to userspace (a busy
@@ -97,13 +100,8 @@ pub struct SocketState {
     pub pending_retransmits: [u8; 4],
     /// When (jiffies, 32 bits) counts were last handed over.
     pub counts_sent_at: u32,
-    /// The errno the socket ended with (`sk_err` at its error report or
-    /// CLOSE), 0 while none: the destroy record carries it, so the
-    /// outcome survives a lost error or CLOSE record.
-    pub end_errno: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SocketState>() == 104);
+const _: () = assert!(core::mem::size_of::<SocketState>() == 96);
 
 /// The error report and the CLOSE of a socket that fails (ETIMEDOUT, a
 /// reset) carry the same errno, back to back (their order differs between

@@ -26,14 +26,13 @@ use monitor_common::{
     socket::{
         OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, Owner, ROLE_CLIENT,
         ROLE_SERVER, ROLE_UNKNOWN, RecentSocket, SOCKET_FLAG_REPORTED, SOCKET_FLAG_RETRANSMITTING,
-        SocketState, count_retransmit, end_already_reported, one_of_kind,
-        retransmit_counts_due,
+        SocketState, count_retransmit, end_already_reported, one_of_kind, retransmit_counts_due,
     },
     tcp::{TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
 };
 
 use crate::{
-    emit::{WAKE_LATER, WAKE_NOW, emit},
+    emit::{WAKE_LATER, WAKE_NOW, WAKE_WHEN_FILLING, emit},
     kernel::{is_inet, is_inet_tcp, is_tcp, load_btf, off, ports, setting},
     maps::{RECENT_SOCKETS, UNWATCHED_RETRANSMITS, count},
     socket::{
@@ -181,7 +180,7 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
             sk,
             Some(state),
             TcpSnapshot::default(),
-            WAKE_LATER,
+            WAKE_WHEN_FILLING,
         );
     }
 }
@@ -296,7 +295,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         sk,
         state,
         TcpSnapshot::default(),
-        WAKE_LATER,
+        WAKE_WHEN_FILLING,
     );
     0
 }
@@ -343,7 +342,6 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     if let Some(state) = state {
         // SAFETY: pointer to this socket's storage, from this run.
         let state = unsafe { &mut *state };
-        state.retransmits = state.retransmits.wrapping_add(1);
         if setting!(count_busy_retransmits) != 0
             && !state
                 .activity
@@ -418,7 +416,7 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
         sk,
         Some(state),
         TcpSnapshot::default(),
-        WAKE_LATER,
+        WAKE_WHEN_FILLING,
     );
     0
 }
@@ -505,7 +503,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
             sk,
             state,
             TcpSnapshot::default(),
-            WAKE_LATER,
+            WAKE_WHEN_FILLING,
         );
     }
     0
@@ -530,7 +528,7 @@ fn hand_over_retransmit_counts(sk: *const u8, state: &mut SocketState, now: u32)
 /// Resets and errors: rare, so every one of a watched socket is emitted.
 /// `sk`: a non-NULL socket argument (see `load_btf`).
 #[inline(always)]
-fn emit_for_watched(sk: *const u8, kind: u32, detail: u32, wake: bool) {
+fn emit_for_watched(sk: *const u8, kind: u32, detail: u32, wake: u8) {
     let state = existing_storage(sk);
     if state.is_none() && !ports_watched(sk) {
         return;

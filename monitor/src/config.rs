@@ -106,7 +106,7 @@ impl Default for Settings {
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9878))),
             log_format: Format::Json,
             socket_map_entries: 65_536,
-            ring_buffer_kib: 1024,
+            ring_buffer_kib: 4096,
             services: KNOWN_SERVICES
                 .iter()
                 .map(|(port, name)| (*port, (*name).to_string()))

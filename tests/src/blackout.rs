@@ -17,12 +17,10 @@ use std::{
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::{
-    connmon::Daemon,
-    netns::NetNs,
-    poll,
-    process::Process,
-};
+use crate::{connmon::Daemon, netns::NetNs, poll, process::Process};
+
+/// Connections per server process, well under a default descriptor limit.
+const CONNECTIONS_PER_SERVER: usize = 8_000;
 
 /// `--idle-threshold` the daemon must run with (the pool idles past it).
 pub const IDLE_THRESHOLD: &str = "2s";
@@ -78,32 +76,38 @@ pub struct Report {
 impl Report {
     /// A one-line summary for logs.
     pub fn summary(&self) -> String {
-        let mut latency = self.latency_ms.clone();
-        latency.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            latency
-                .get(((latency.len() as f64 - 1.0) * q).round() as usize)
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
+        let latency = |q| quantile(&self.latency_ms, q);
+        let send = |q| quantile(&self.send_to_report_ms, q);
         format!(
             "{} connections: {} storms found, {} missed, {} misattributed, {} wrong or missing outcomes; \
-             confirm->report p50 {:.0} ms p99 {:.0} ms max {:.0} ms; records emitted {}, lost {}; \
-             connmon CPU {:.2} s, peak RSS {} KiB",
+             confirm->report p50 {:.0} ms p99 {:.0} ms max {:.0} ms; send->report p50 {:.0} ms max {:.0} ms; \
+             records emitted {}, lost {}; connmon CPU {:.2} s, peak RSS {} KiB",
             self.connections,
             self.found,
             self.missed.len(),
             self.misattributed.len(),
             self.wrong_outcome.len(),
-            at(0.5),
-            at(0.99),
-            at(1.0),
+            latency(0.5),
+            latency(0.99),
+            latency(1.0),
+            send(0.5),
+            send(1.0),
             self.records_emitted,
             self.records_lost,
             self.cpu_seconds,
             self.peak_rss_kib,
         )
     }
+}
+
+/// The `q` quantile of `values` (nearest rank; NaN when empty).
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// The outcome connmon must report for a client that ended with `errno`.
@@ -164,20 +168,23 @@ pub fn run(connmon: &Daemon, options: &Options) -> Result<Report> {
     ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
     let addr = format!("127.0.0.1:{}", options.port);
     let peer = options.peer.to_string_lossy().into_owned();
-    let mut server = ns.command(&peer);
-    server.args(["server", &addr]);
-    let server = Process::spawn("tcp-peer server", server)?;
-    server
-        .stdout
-        .wait_for("listening", Duration::from_secs(10))?;
+    // Servers sharing the port: one process holds only so many descriptors.
+    let mut servers = Vec::new();
+    for _ in
+        0..(options.processes * options.connections_per_process).div_ceil(CONNECTIONS_PER_SERVER)
+    {
+        let mut server = ns.command(&peer);
+        server.args(["shared-server", &addr]);
+        let server = Process::spawn("tcp-peer shared-server", server)?;
+        server
+            .stdout
+            .wait_for("listening", Duration::from_secs(10))?;
+        servers.push(server);
+    }
     let mut pools = Vec::new();
     for _ in 0..options.processes {
         let mut command = ns.command(&peer);
-        command.args([
-            "pool",
-            &addr,
-            &options.connections_per_process.to_string(),
-        ]);
+        command.args(["pool", &addr, &options.connections_per_process.to_string()]);
         pools.push(Process::spawn("tcp-peer pool", command)?);
     }
     let open_for = Duration::from_secs(30 + options.connections_per_process as u64 / 50);
@@ -195,13 +202,17 @@ pub fn run(connmon: &Daemon, options: &Options) -> Result<Report> {
     for pool in &mut pools {
         pool.send_line("send")?;
     }
-    poll::until("every pooled client to get its answer", Duration::from_secs(120), || {
-        peak_rss_kib = peak_rss_kib.max(resident_kib(connmon.pid()));
-        Ok(pools
-            .iter()
-            .all(|pool| pool.stdout.snapshot().iter().any(|l| l.starts_with("done")))
-            .then_some(()))
-    })?;
+    poll::until(
+        "every pooled client to get its answer",
+        Duration::from_secs(120),
+        || {
+            peak_rss_kib = peak_rss_kib.max(resident_kib(connmon.pid()));
+            Ok(pools
+                .iter()
+                .all(|pool| pool.stdout.snapshot().iter().any(|l| l.starts_with("done")))
+                .then_some(()))
+        },
+    )?;
     let burst = sent.elapsed();
 
     let mut clients: HashMap<u16, Connection> = HashMap::new();
@@ -238,8 +249,7 @@ pub fn run(connmon: &Daemon, options: &Options) -> Result<Report> {
     connmon.drained(Duration::from_secs(30))?;
     let netns = ns.inode();
     let ours = |record: &Value| {
-        record["netns"] == netns
-            && record["remote"].as_str() == Some(addr.as_str())
+        record["netns"] == netns && record["remote"].as_str() == Some(addr.as_str())
     };
     let ended = |records: &[(SystemTime, Value)]| {
         records
@@ -252,7 +262,8 @@ pub fn run(connmon: &Daemon, options: &Options) -> Result<Report> {
         Ok((ended(&connmon.timed_records()) >= connections).then_some(()))
     });
     let cpu_seconds = cpu_seconds(connmon.pid())? - cpu_before;
-    let records_emitted = connmon.metric_sum("connmon_kernel_events_emitted_total")? - emitted_before;
+    let records_emitted =
+        connmon.metric_sum("connmon_kernel_events_emitted_total")? - emitted_before;
     let records_lost = connmon.metric_sum("connmon_lost_records_total")? - lost_before;
 
     let records = connmon.timed_records();
@@ -265,7 +276,9 @@ pub fn run(connmon: &Daemon, options: &Options) -> Result<Report> {
         if !ours(record) {
             continue;
         }
-        let Some(port) = port_of(record) else { continue };
+        let Some(port) = port_of(record) else {
+            continue;
+        };
         match record["event"].as_str() {
             Some("storm_started") => {
                 started.entry(port).or_insert((*read_at, record));
@@ -290,7 +303,9 @@ pub fn run(connmon: &Daemon, options: &Options) -> Result<Report> {
     for port in ports {
         let client = &clients[&port];
         let Some((read_at, storm)) = started.get(&port) else {
-            report.missed.push(format!("port {port} (client errno {})", client.errno));
+            report
+                .missed
+                .push(format!("port {port} (client errno {})", client.errno));
             continue;
         };
         report.found += 1;

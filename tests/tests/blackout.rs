@@ -29,7 +29,12 @@ fn a_whole_pool_blackholed_at_once_is_reported_storm_by_storm() -> Result<()> {
     let report = blackout::run(&connmon, &options)?;
     eprintln!("blackout: {}", report.summary());
     let first = |list: &[String]| list.iter().take(5).cloned().collect::<Vec<_>>();
-    assert_eq!(report.found, report.connections, "missed: {:?}", first(&report.missed));
+    assert_eq!(
+        report.found,
+        report.connections,
+        "missed: {:?}",
+        first(&report.missed)
+    );
     assert!(
         report.misattributed.is_empty(),
         "{} misattributed: {:?}",

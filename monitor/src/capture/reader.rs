@@ -74,13 +74,7 @@ impl BatchSender {
 pub fn channel() -> (BatchSender, mpsc::UnboundedReceiver<Batch>) {
     let (batches, receiver) = mpsc::unbounded_channel();
     let in_flight = Arc::new(Semaphore::new(MAX_EVENTS_IN_FLIGHT));
-    (
-        BatchSender {
-            batches,
-            in_flight,
-        },
-        receiver,
-    )
+    (BatchSender { batches, in_flight }, receiver)
 }
 
 /// Counts kept by the reader.
@@ -130,11 +124,7 @@ pub fn spawn(
 /// is gone. Back-pressure: once `MAX_EVENTS_IN_FLIGHT` wait for the
 /// consumer, the kernel's ring buffer fills and the kernel counts what it
 /// drops.
-async fn drain_all(
-    ring: &mut RingBuf<MapData>,
-    events: &BatchSender,
-    stats: &ReaderStats,
-) -> bool {
+async fn drain_all(ring: &mut RingBuf<MapData>, events: &BatchSender, stats: &ReaderStats) -> bool {
     loop {
         let batch = drain(ring, stats);
         // A batch short of the limit emptied the ring.

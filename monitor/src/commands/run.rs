@@ -138,6 +138,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings,
     };
     let at_risk = spawn_at_risk_audits(&pipeline.settings, status.clone());
+    let mut losses = LossReconciler::default();
     let mut expire = tokio::time::interval(EXPIRE_INTERVAL);
     let mut stop = std::pin::pin!(shutdown::signal());
     loop {
@@ -179,6 +180,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     debug!(expired, "metric label sets quiet past the series expiry removed");
                 }
                 pipeline.report(&findings);
+                let lost = pipeline
+                    .status
+                    .kernel_counters()
+                    .map_or(0, |counters| counters.get(monitor_common::counters::LOST_RINGBUF_FULL));
+                if losses.due(lost) {
+                    let findings = tokio::task::block_in_place(|| {
+                        let live = LiveSockets::of(pipeline.detector.active_storms(), "/proc");
+                        pipeline.detector.reconcile(now, |storm| live.may_exist(storm))
+                    });
+                    if !findings.is_empty() {
+                        warn!(
+                            ended = findings.len(),
+                            "storms whose socket is gone ended as unknown: records of their end may have been lost (connmon_lost_records_total)"
+                        );
+                    }
+                    pipeline.report(&findings);
+                }
             }
             signal = &mut stop => {
                 info!(signal = signal.as_str(), "stopping");
@@ -205,6 +223,71 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     server.abort();
     info!("kernel programs detached");
     Ok(())
+}
+
+/// When to look for storms whose end was lost: one expiry tick after the
+/// kernel's lost-record counter moved, so every record written before the
+/// loss has been processed.
+#[derive(Debug, Default)]
+struct LossReconciler {
+    seen: u64,
+    pending: bool,
+}
+
+impl LossReconciler {
+    /// Called every expiry tick with the kernel's lost-record count;
+    /// whether to reconcile now.
+    fn due(&mut self, lost: u64) -> bool {
+        let due = std::mem::take(&mut self.pending);
+        if lost > self.seen {
+            self.seen = lost;
+            self.pending = true;
+        }
+        due
+    }
+}
+
+/// The sockets of storms in progress that still exist, from one sock_diag
+/// dump per network namespace (entered through an owner's
+/// `/proc/PID/ns/net`). A socket sock_diag does not list is gone (or
+/// closed); a storm whose namespace cannot be read is kept.
+struct LiveSockets {
+    cookies: std::collections::HashSet<u64>,
+    unreadable: std::collections::HashSet<u32>,
+}
+
+impl LiveSockets {
+    fn of<'a>(storms: impl Iterator<Item = &'a crate::detect::Storm>, proc_root: &str) -> Self {
+        use crate::attribution::procfs;
+        let root = std::path::Path::new(proc_root);
+        let mut by_netns: HashMap<u32, Vec<u32>> = HashMap::new();
+        for storm in storms {
+            let pids = by_netns.entry(storm.connection.netns).or_default();
+            pids.extend(storm.owner.as_ref().map(|owner| owner.pid));
+        }
+        let mut live = Self {
+            cookies: Default::default(),
+            unreadable: Default::default(),
+        };
+        for (netns, pids) in by_netns {
+            // An owner still in the namespace (pids are distinct owners).
+            let entered = pids
+                .iter()
+                .find(|pid| procfs::netns_inode(root, **pid) == Some(netns))
+                .map(|pid| crate::sockdiag::dump_tcp(Some(&procfs::netns_file(root, *pid))));
+            match entered {
+                Some(Ok(sockets)) => live.cookies.extend(sockets.iter().map(|s| s.cookie)),
+                _ => {
+                    live.unreadable.insert(netns);
+                }
+            }
+        }
+        live
+    }
+
+    fn may_exist(&self, storm: &crate::detect::Storm) -> bool {
+        self.cookies.contains(&storm.cookie) || self.unreadable.contains(&storm.connection.netns)
+    }
 }
 
 /// Audits the watched connections periodically, off the async threads, and

@@ -41,7 +41,8 @@ pub enum Outcome {
     Aborted,
     /// connmon stopped while the storm was still going.
     MonitorStopped,
-    /// No event for the socket for `DetectorConfig::forget_after_ns`.
+    /// No event for the socket for `DetectorConfig::forget_after_ns`, or
+    /// the socket is gone and the kernel records of its end were lost.
     Unknown,
 }
 
@@ -505,6 +506,23 @@ impl Detector {
             .collect();
         let mut findings = Vec::new();
         for cookie in stale {
+            self.end(cookie, Outcome::Unknown, now_ns, None, &mut findings);
+        }
+        findings
+    }
+
+    /// Ends the storms in progress whose socket `exists` says is gone, as
+    /// `unknown`: records were lost (a full ring), among them maybe their
+    /// end; the outcome is not guessed. Call only after the records written
+    /// before the loss were processed.
+    pub fn reconcile(&mut self, now_ns: u64, exists: impl Fn(&Storm) -> bool) -> Vec<Finding> {
+        let gone: Vec<u64> = self
+            .active_storms()
+            .filter(|storm| !exists(storm))
+            .map(|storm| storm.cookie)
+            .collect();
+        let mut findings = Vec::new();
+        for cookie in gone {
             self.end(cookie, Outcome::Unknown, now_ns, None, &mut findings);
         }
         findings

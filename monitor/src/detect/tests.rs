@@ -528,3 +528,36 @@ fn an_aborted_storm_ends_as_aborted_and_its_echo_is_ignored() {
     ];
     assert_eq!(run(&mut detector, &echo), vec![]);
 }
+
+#[test]
+fn after_lost_records_only_storms_whose_socket_is_gone_end_and_as_unknown() {
+    let gone = Recording::client().resumed(40 * S, 100 * S);
+    let mut alive = Recording::client().resumed(40 * S, 100 * S);
+    alive.cookie = 43;
+    let mut detector = Detector::new(config());
+    let mut events: Vec<SocketEvent> = seed(&gone, 100 * S).into_iter().take(4).collect();
+    events.extend(seed(&alive, 100 * S).into_iter().take(4));
+    let started = run(&mut detector, &events);
+    assert_eq!(started.len(), 2, "{started:#?}");
+    let findings = detector.reconcile(120 * S, |storm| storm.cookie == alive.cookie);
+    let [
+        Finding::StormEnded {
+            storm,
+            outcome,
+            errno,
+            ..
+        },
+    ] = findings.as_slice()
+    else {
+        panic!("{findings:#?}");
+    };
+    assert_eq!(
+        (storm.cookie, *outcome, *errno),
+        (gone.cookie, Outcome::Unknown, None)
+    );
+    assert_eq!(
+        detector.active_storms().count(),
+        1,
+        "the live socket's storm goes on"
+    );
+}

@@ -2,6 +2,9 @@
 //! on the wire and who owns each socket.
 //!
 //! `tcp-peer server ADDR`: accept connections and echo what arrives.
+//! `tcp-peer shared-server ADDR`: the same, on a listener with
+//! `SO_REUSEPORT`, so several processes share the port (and the
+//! connections: one process may hold only so many descriptors).
 //! `tcp-peer client ADDR`: connect, exchange one line, print
 //! `connected LOCAL_ADDR`, then on each stdin line send it and wait for the
 //! echo; a failed wait prints `error KIND ERRNO` and exits.
@@ -38,7 +41,8 @@ fn main() {
         std::process::exit(2);
     };
     let result = match mode.as_str() {
-        "server" => server(addr),
+        "server" => TcpListener::bind(addr).and_then(serve),
+        "shared-server" => shared_listener(addr).and_then(serve),
         "client" => client(addr),
         "many" => many(addr, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
         "blast" => blast(
@@ -66,22 +70,67 @@ fn main() {
     }
 }
 
-fn server(addr: &str) -> std::io::Result<()> {
+/// An IPv4 listener on `addr` with `SO_REUSEPORT` set before binding.
+fn shared_listener(addr: &str) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    let addr: std::net::SocketAddrV4 = addr
+        .parse()
+        .map_err(|_| std::io::Error::other("shared-server takes an IPv4 address"))?;
+    // SAFETY: plain socket syscalls on a descriptor this function owns; the
+    // sockaddr_in is fully initialised and its size passed with it; the
+    // descriptor is handed to TcpListener (which closes it) only on success.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let listener = TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let sockaddr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let failed = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+            || libc::bind(
+                fd,
+                (&sockaddr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) != 0
+            || libc::listen(fd, 4096) != 0;
+        if failed {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(listener)
+    }
+}
+
+fn serve(listener: TcpListener) -> std::io::Result<()> {
     raise_open_files_limit();
-    let listener = TcpListener::bind(addr)?;
     println!("listening {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     for stream in listener.incoming() {
         let mut stream = stream?;
         // Small stacks: a pool test holds thousands of these threads.
-        thread::Builder::new().stack_size(SMALL_STACK).spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buffer) {
-                if n == 0 || stream.write_all(&buffer[..n]).is_err() {
-                    break;
+        thread::Builder::new()
+            .stack_size(SMALL_STACK)
+            .spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buffer) {
+                    if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
                 }
-            }
-        })?;
+            })?;
     }
     Ok(())
 }

@@ -944,25 +944,21 @@ pub fn blackout_markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "| connections | storms found (right pid/tid) | latency p50 / p99 / max ms | records emitted | lost | outcomes right | connmon CPU s | peak RSS MiB |\n|---|---|---|---|---|---|---|---|"
+        "| connections | storms found (right pid/tid) | confirming retransmit to `storm_started` p50 / p99 / max ms | send to `storm_started` p50 / max ms | records emitted | lost | outcomes right | connmon CPU s | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|"
     );
     for row in &r.blackout.rows {
-        let mut latency = row.latency_ms.clone();
-        latency.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            latency
-                .get(((latency.len() as f64 - 1.0) * q).round() as usize)
-                .map_or("-".to_string(), |v| format!("{v:.0}"))
-        };
+        let at = |values: &[f64], q| format!("{:.0}", connmon_tests::blackout::quantile(values, q));
         let _ = writeln!(
             md,
-            "| {} | {} ({}) | {} / {} / {} | {:.0} | {:.0} | {} | {:.2} | {:.1} |",
+            "| {} | {} ({}) | {} / {} / {} | {} / {} | {:.0} | {:.0} | {} | {:.2} | {:.1} |",
             row.connections,
             row.found,
             row.found - row.misattributed.len(),
-            at(0.5),
-            at(0.99),
-            at(1.0),
+            at(&row.latency_ms, 0.5),
+            at(&row.latency_ms, 0.99),
+            at(&row.latency_ms, 1.0),
+            at(&row.send_to_report_ms, 0.5),
+            at(&row.send_to_report_ms, 1.0),
             row.records_emitted,
             row.records_lost,
             row.found - row.wrong_outcome.len(),
@@ -971,7 +967,7 @@ pub fn blackout_markdown(r: &Results) -> String {
         );
     }
     for (size, why) in &r.blackout.skipped {
-        let _ = writeln!(md, "| {size} | not run: {why} | | | | | | |");
+        let _ = writeln!(md, "| {size} | not run: {why} | | | | | | | |");
     }
     let _ = writeln!(md);
     md

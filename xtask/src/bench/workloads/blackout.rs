@@ -23,27 +23,37 @@ pub struct Results {
 }
 
 pub fn run(project: &Project, sizes: &[usize]) -> Result<Results> {
-    let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cargo =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
         .current_dir(&project.root)
         .env("PATH", project.path_env())
-        .args(["build", "--release", "--package", "connmon-tests", "--bin", "tcp-peer"]);
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "connmon-tests",
+            "--bin",
+            "tcp-peer",
+        ]);
     run_checked(&mut cargo, "building tcp-peer")?;
     let peer = project.target_dir().join("release/tcp-peer");
     // One thread per connection on both sides: the largest pool needs more
-    // task ids than a small default `pid_max` gives (restored after).
-    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")?
-        .trim()
-        .parse()
-        .context("kernel.pid_max")?;
-    let _pid_max = (pid_max < 131_072)
-        .then(|| Sysctl::set("kernel.pid_max", "131072"))
-        .transpose()?;
+    // task ids than a small default `pid_max` gives, and its server more
+    // mappings (two per thread stack) than the default `max_map_count`
+    // (both restored after).
+    let _pid_max = at_least("kernel.pid_max", 131_072)?;
+    let _map_count = at_least("vm.max_map_count", 262_144)?;
     let mut results = Results::default();
     for &size in sizes {
         crate::bench::env::interrupt::check()?;
         // A fresh daemon per size, with default settings.
-        let connmon = Daemon::start(&["--ports", &PORT.to_string(), "--idle-threshold", IDLE_THRESHOLD])?;
+        let connmon = Daemon::start(&[
+            "--ports",
+            &PORT.to_string(),
+            "--idle-threshold",
+            IDLE_THRESHOLD,
+        ])?;
         let options = BlackoutOptions {
             processes: size.div_ceil(PER_PROCESS),
             connections_per_process: size.min(PER_PROCESS),
@@ -64,4 +74,16 @@ pub fn run(project: &Project, sizes: &[usize]) -> Result<Results> {
         drop(connmon);
     }
     Ok(results)
+}
+
+/// Raises sysctl `key` to `value` for this run if it is lower.
+fn at_least(key: &str, value: u64) -> Result<Option<Sysctl>> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let now: u64 = std::fs::read_to_string(&path)?
+        .trim()
+        .parse()
+        .with_context(|| key.to_string())?;
+    (now < value)
+        .then(|| Sysctl::set(key, &value.to_string()))
+        .transpose()
 }

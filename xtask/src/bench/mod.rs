@@ -79,8 +79,10 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
     // connmon-tests read it to find the binary under test.
     unsafe { std::env::set_var("CONNMON_BIN", &connmon) };
     if options.only.as_deref() == Some("blackout") {
-        let mut results = report::Results::default();
-        results.blackout = workloads::blackout::run(project, &options.blackout_sizes)?;
+        let results = report::Results {
+            blackout: workloads::blackout::run(project, &options.blackout_sizes)?,
+            ..report::Results::default()
+        };
         print!("{}", report::blackout_markdown(&results));
         return Ok(());
     }

@@ -57,6 +57,8 @@ pub struct Report {
     /// Storms that ended with another outcome than the client's error says,
     /// or never ended.
     pub wrong_outcome: Vec<String>,
+    /// How the storms ended, by outcome (`none`: not yet).
+    pub outcomes: std::collections::BTreeMap<String, usize>,
     /// Per storm: from the confirming retransmit (`confirmed_at`, the
     /// kernel's time) to the test reading `storm_started`, milliseconds.
     pub latency_ms: Vec<f64>,
@@ -81,7 +83,7 @@ impl Report {
         format!(
             "{} connections: {} storms found, {} missed, {} misattributed, {} wrong or missing outcomes; \
              confirm->report p50 {:.0} ms p99 {:.0} ms max {:.0} ms; send->report p50 {:.0} ms max {:.0} ms; \
-             records emitted {}, lost {}; connmon CPU {:.2} s, peak RSS {} KiB",
+             records emitted {}, lost {}; connmon CPU {:.2} s, peak RSS {} KiB; outcomes {:?}",
             self.connections,
             self.found,
             self.missed.len(),
@@ -96,6 +98,7 @@ impl Report {
             self.records_lost,
             self.cpu_seconds,
             self.peak_rss_kib,
+            self.outcomes,
         )
     }
 }
@@ -257,7 +260,9 @@ pub fn run(connmon: &Daemon, options: &Options) -> Result<Report> {
             .filter(|(_, r)| r["event"] == "storm_ended" && ours(r))
             .count()
     };
-    let _ = poll::until("every storm to end", Duration::from_secs(20), || {
+    // A storm whose end was lost ends one expiry tick (10 s) after the loss
+    // was counted, which is up to 20 s.
+    let _ = poll::until("every storm to end", Duration::from_secs(30), || {
         peak_rss_kib = peak_rss_kib.max(resident_kib(connmon.pid()));
         Ok((ended(&connmon.timed_records()) >= connections).then_some(()))
     });
@@ -316,6 +321,10 @@ pub fn run(connmon: &Daemon, options: &Options) -> Result<Report> {
             ));
         }
         let expected = expected_outcome(client.errno);
+        *report
+            .outcomes
+            .entry(outcomes.get(&port).map_or("none".into(), Clone::clone))
+            .or_default() += 1;
         match outcomes.get(&port) {
             Some(outcome) if outcome == expected => {}
             other => report.wrong_outcome.push(format!(

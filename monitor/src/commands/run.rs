@@ -269,12 +269,22 @@ impl LiveSockets {
             cookies: Default::default(),
             unreadable: Default::default(),
         };
+        // Owners may have exited (a pool's process after its connections
+        // failed): any process still in the namespace will do.
+        let mut others: Option<std::collections::BTreeMap<u32, Vec<u32>>> = None;
         for (netns, pids) in by_netns {
-            // An owner still in the namespace (pids are distinct owners).
-            let entered = pids
+            let owner = pids
                 .iter()
-                .find(|pid| procfs::netns_inode(root, **pid) == Some(netns))
-                .map(|pid| crate::sockdiag::dump_tcp(Some(&procfs::netns_file(root, *pid))));
+                .copied()
+                .find(|pid| procfs::netns_inode(root, *pid) == Some(netns));
+            let member = owner.or_else(|| {
+                others
+                    .get_or_insert_with(|| crate::attribution::existing::processes_by_netns(root))
+                    .get(&netns)
+                    .and_then(|pids| pids.first().copied())
+            });
+            let entered =
+                member.map(|pid| crate::sockdiag::dump_tcp(Some(&procfs::netns_file(root, pid))));
             match entered {
                 Some(Ok(sockets)) => live.cookies.extend(sockets.iter().map(|s| s.cookie)),
                 _ => {

@@ -98,6 +98,14 @@ pub fn watched_port_bits(ports: impl IntoIterator<Item = u16>) -> [u64; WATCHED_
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_ring_a_quarter_full_wakes_the_reader() {
+        let wake = ring_wake_bytes(1 << 20);
+        assert_eq!(wake, 256 * 1024);
+        assert!(!ring_needs_draining(wake - 1, wake));
+        assert!(ring_needs_draining(wake, wake));
+    }
+
     use super::*;
 
     #[test]
@@ -187,8 +195,26 @@ pub struct ProbeSettings {
     /// Zero: a record each (`connmon trace` shows every retransmit).
     pub count_busy_retransmits: u32,
     pub retransmit_counts_ticks: u64,
+    /// Records written without a wakeup wake the reader anyway once this
+    /// many bytes wait in the ring (`ring_wake_bytes`): a burst is drained
+    /// while it is written instead of overflowing the ring before the
+    /// reader's periodic drain.
+    pub ring_wake_bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 56);
+const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 64);
+
+/// `ProbeSettings::ring_wake_bytes` for a ring of `ring_bytes`: a quarter
+/// of it, so the reader has the other three quarters of slack to wake up.
+pub const fn ring_wake_bytes(ring_bytes: u64) -> u64 {
+    ring_bytes / 4
+}
+
+/// Whether a record written without a wakeup must wake the reader anyway:
+/// `pending` bytes (the kernel's `BPF_RB_AVAIL_DATA`) wait in the ring.
+#[inline(always)]
+pub const fn ring_needs_draining(pending: u64, wake_bytes: u64) -> bool {
+    pending >= wake_bytes
+}
 
 impl ProbeSettings {
     pub const DEFAULT: Self = Self {
@@ -201,5 +227,6 @@ impl ProbeSettings {
         every_state_change: 1,
         count_busy_retransmits: 0,
         retransmit_counts_ticks: 250,
+        ring_wake_bytes: 1 << 18,
     };
 }

@@ -113,7 +113,7 @@ impl Default for Settings {
             output_format: Format::Json,
             log_format: LogFormat::Plain,
             socket_map_entries: 65_536,
-            ring_buffer_kib: 1024,
+            ring_buffer_kib: 4096,
             services: KNOWN_SERVICES
                 .iter()
                 .map(|(port, name)| (*port, (*name).to_string()))

@@ -71,7 +71,9 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         EVENT_SOCKET_ERROR => EventKind::SocketError {
             errno: raw.detail as i32,
         },
-        EVENT_DESTROY => EventKind::Destroyed,
+        EVENT_DESTROY => EventKind::Destroyed {
+            errno: raw.detail as i32,
+        },
         EVENT_RETRANSMIT_COUNTS => EventKind::RetransmitCounts {
             counts: unpack_retransmit_counts(raw.detail)
                 .into_iter()

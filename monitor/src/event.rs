@@ -153,7 +153,11 @@ pub enum EventKind {
     SocketError {
         errno: i32,
     },
-    Destroyed,
+    /// The socket is gone; `errno` is what it ended with (0: no error),
+    /// as its error or CLOSE record said.
+    Destroyed {
+        errno: i32,
+    },
     Progress {
         progress: Progress,
     },
@@ -172,7 +176,7 @@ impl EventKind {
             Self::ResetReceived => "reset_received",
             Self::ResetSent => "reset_sent",
             Self::SocketError { .. } => "socket_error",
-            Self::Destroyed => "destroyed",
+            Self::Destroyed { .. } => "destroyed",
             Self::Progress { .. } => "progress",
             Self::RetransmitCounts { .. } => "retransmit_counts",
         }

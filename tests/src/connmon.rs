@@ -237,6 +237,11 @@ impl Daemon {
         self.process.stdout.json()
     }
 
+    /// Every finding printed so far, with when the test read it.
+    pub fn timed_records(&self) -> Vec<(std::time::SystemTime, Value)> {
+        self.process.stdout.timed_json()
+    }
+
     /// Findings of one kind in one network namespace.
     pub fn findings(&self, event: &str, netns: u32) -> Vec<Value> {
         self.records()

@@ -7,6 +7,7 @@
 
 pub mod alerting;
 pub mod artifacts;
+pub mod blackout;
 pub mod cgroup;
 pub mod cmd;
 pub mod connmon;

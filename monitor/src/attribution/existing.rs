@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// Processes grouped by network namespace inode.
-fn processes_by_netns(proc_root: &Path) -> BTreeMap<u32, Vec<u32>> {
+pub(crate) fn processes_by_netns(proc_root: &Path) -> BTreeMap<u32, Vec<u32>> {
     let mut by_netns: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for pid in procfs::pids(proc_root) {
         if let Some(netns) = procfs::netns_inode(proc_root, pid) {

@@ -148,12 +148,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings,
     };
     let at_risk = spawn_at_risk_audits(&pipeline.settings, status.clone());
+    let mut losses = LossReconciler::default();
     let mut expire = tokio::time::interval(EXPIRE_INTERVAL);
     let mut stop = std::pin::pin!(shutdown::signal());
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(batch) => batch.into_iter().for_each(|event| pipeline.event(event)),
+                Some(batch) => {
+                    // A batch's findings go out together: one write for
+                    // thousands of storms confirmed in the same jiffy.
+                    let findings: Vec<Finding> = batch
+                        .events
+                        .into_iter()
+                        .flat_map(|event| pipeline.event(event))
+                        .collect();
+                    pipeline.report(&findings);
+                }
                 None => {
                     warn!("event reader stopped");
                     break;
@@ -180,6 +190,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     debug!(expired, "metric label sets quiet past the series expiry removed");
                 }
                 pipeline.report(&findings);
+                let lost = pipeline
+                    .status
+                    .kernel_counters()
+                    .map_or(0, |counters| counters.get(monitor_common::counters::LOST_RINGBUF_FULL));
+                if losses.due(lost) {
+                    let findings = tokio::task::block_in_place(|| {
+                        let live = LiveSockets::of(pipeline.detector.active_storms(), "/proc");
+                        pipeline.detector.reconcile(now, |storm| live.may_exist(storm))
+                    });
+                    if !findings.is_empty() {
+                        warn!(
+                            ended = findings.len(),
+                            "storms whose socket is gone ended as unknown: records of their end may have been lost (connmon_lost_records_total)"
+                        );
+                    }
+                    pipeline.report(&findings);
+                }
             }
             signal = &mut stop => {
                 info!(signal = signal.as_str(), "stopping");
@@ -207,6 +234,81 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     server.abort();
     info!("kernel programs detached");
     Ok(())
+}
+
+/// When to look for storms whose end was lost: one expiry tick after the
+/// kernel's lost-record counter moved, so every record written before the
+/// loss has been processed.
+#[derive(Debug, Default)]
+struct LossReconciler {
+    seen: u64,
+    pending: bool,
+}
+
+impl LossReconciler {
+    /// Called every expiry tick with the kernel's lost-record count;
+    /// whether to reconcile now.
+    fn due(&mut self, lost: u64) -> bool {
+        let due = std::mem::take(&mut self.pending);
+        if lost > self.seen {
+            self.seen = lost;
+            self.pending = true;
+        }
+        due
+    }
+}
+
+/// The sockets of storms in progress that still exist, from one sock_diag
+/// dump per network namespace (entered through an owner's
+/// `/proc/PID/ns/net`). A socket sock_diag does not list is gone (or
+/// closed); a storm whose namespace cannot be read is kept.
+struct LiveSockets {
+    cookies: std::collections::HashSet<u64>,
+    unreadable: std::collections::HashSet<u32>,
+}
+
+impl LiveSockets {
+    fn of<'a>(storms: impl Iterator<Item = &'a crate::detect::Storm>, proc_root: &str) -> Self {
+        use crate::attribution::procfs;
+        let root = std::path::Path::new(proc_root);
+        let mut by_netns: HashMap<u32, Vec<u32>> = HashMap::new();
+        for storm in storms {
+            let pids = by_netns.entry(storm.connection.netns).or_default();
+            pids.extend(storm.owner.as_ref().map(|owner| owner.pid));
+        }
+        let mut live = Self {
+            cookies: Default::default(),
+            unreadable: Default::default(),
+        };
+        // Owners may have exited (a pool's process after its connections
+        // failed): any process still in the namespace will do.
+        let mut others: Option<std::collections::BTreeMap<u32, Vec<u32>>> = None;
+        for (netns, pids) in by_netns {
+            let owner = pids
+                .iter()
+                .copied()
+                .find(|pid| procfs::netns_inode(root, *pid) == Some(netns));
+            let member = owner.or_else(|| {
+                others
+                    .get_or_insert_with(|| crate::attribution::existing::processes_by_netns(root))
+                    .get(&netns)
+                    .and_then(|pids| pids.first().copied())
+            });
+            let entered =
+                member.map(|pid| crate::sockdiag::dump_tcp(Some(&procfs::netns_file(root, pid))));
+            match entered {
+                Some(Ok(sockets)) => live.cookies.extend(sockets.iter().map(|s| s.cookie)),
+                _ => {
+                    live.unreadable.insert(netns);
+                }
+            }
+        }
+        live
+    }
+
+    fn may_exist(&self, storm: &crate::detect::Storm) -> bool {
+        self.cookies.contains(&storm.cookie) || self.unreadable.contains(&storm.connection.netns)
+    }
 }
 
 /// Audits the watched connections periodically, off the async threads, and
@@ -403,18 +505,18 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn event(&mut self, mut event: SocketEvent) {
+    fn event(&mut self, mut event: SocketEvent) -> Vec<Finding> {
         self.sockets.observe(&mut event);
         self.status.metrics.observe_event(&event);
-        let findings = self.detector.handle(&event);
-        self.report(&findings);
+        self.detector.handle(&event)
     }
 
     fn report(&mut self, findings: &[Finding]) {
         if findings.is_empty() {
             return;
         }
-        let mut out = std::io::stdout().lock();
+        // Buffered: written and flushed once for all of them.
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
         let mut follow_ups = Vec::new();
         for finding in findings {
             self.status.metrics.observe_finding(finding);
@@ -423,7 +525,7 @@ impl Pipeline {
                 Format::Json => serde_json::to_string(&record).unwrap_or_default(),
                 Format::Text => text_line(&record),
             };
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            if writeln!(out, "{line}").is_err() {
                 warn!("stdout closed; findings still go to the HTTP API");
             }
             self.status.record(&record);
@@ -448,13 +550,16 @@ impl Pipeline {
                     "result": abort.result,
                     "error": abort.error,
                 });
-                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                if writeln!(out, "{line}").is_err() {
                     warn!("stdout closed");
                 }
                 if abort.result == "aborted" {
                     follow_ups.extend(self.detector.aborted(storm.cookie, monotonic_now_ns()));
                 }
             }
+        }
+        if out.flush().is_err() {
+            warn!("stdout closed; findings still go to the HTTP API");
         }
         drop(out);
         if !follow_ups.is_empty() {

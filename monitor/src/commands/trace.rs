@@ -60,11 +60,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                for mut event in batch {
+                for mut event in batch.events {
                     sockets.observe(&mut event);
                     // Sockets never used in process context while watched (e.g.
                     // accepted but idle): ask /proc, once per socket.
-                    if event.owner.is_none() && !matches!(event.kind, EventKind::StateChange { .. } | EventKind::Destroyed) {
+                    if event.owner.is_none() && !matches!(event.kind, EventKind::StateChange { .. } | EventKind::Destroyed { .. }) {
                         event.owner = owners.resolve(event.cookie, &event.connection);
                     }
                     if netns.is_some_and(|inode| inode != event.connection.netns) {

@@ -41,7 +41,8 @@ pub enum Outcome {
     Aborted,
     /// connmon stopped while the storm was still going.
     MonitorStopped,
-    /// No event for the socket for `DetectorConfig::forget_after_ns`.
+    /// No event for the socket for `DetectorConfig::forget_after_ns`, or
+    /// the socket is gone and the kernel records of its end were lost.
     Unknown,
 }
 
@@ -333,13 +334,18 @@ impl Detector {
                     &mut findings,
                 );
             }
-            EventKind::Destroyed => self.end(
-                event.cookie,
-                Outcome::Closed,
-                event.timestamp_ns,
-                None,
-                &mut findings,
-            ),
+            // Normally the error or CLOSE ended the storm already; if
+            // their records were lost, the destroy record repeats the errno.
+            EventKind::Destroyed { errno } => {
+                let errno = (*errno != 0).then_some(*errno);
+                self.end(
+                    event.cookie,
+                    errno.map_or(Outcome::Closed, outcome_for),
+                    event.timestamp_ns,
+                    errno,
+                    &mut findings,
+                );
+            }
             // Busy connections' retransmits: counted, never a storm.
             EventKind::StateChange { .. } | EventKind::RetransmitCounts { .. } => {}
         }
@@ -506,6 +512,23 @@ impl Detector {
             .collect();
         let mut findings = Vec::new();
         for cookie in stale {
+            self.end(cookie, Outcome::Unknown, now_ns, None, &mut findings);
+        }
+        findings
+    }
+
+    /// Ends the storms in progress whose socket `exists` says is gone, as
+    /// `unknown`: records were lost (a full ring), among them maybe their
+    /// end; the outcome is not guessed. Call only after the records written
+    /// before the loss were processed.
+    pub fn reconcile(&mut self, now_ns: u64, exists: impl Fn(&Storm) -> bool) -> Vec<Finding> {
+        let gone: Vec<u64> = self
+            .active_storms()
+            .filter(|storm| !exists(storm))
+            .map(|storm| storm.cookie)
+            .collect();
+        let mut findings = Vec::new();
+        for cookie in gone {
             self.end(cookie, Outcome::Unknown, now_ns, None, &mut findings);
         }
         findings

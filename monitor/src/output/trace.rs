@@ -61,7 +61,7 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
                 .collect();
             record.insert("retransmit_counts".into(), Value::Object(counts));
         }
-        EventKind::ResetReceived | EventKind::ResetSent | EventKind::Destroyed => {}
+        EventKind::ResetReceived | EventKind::ResetSent | EventKind::Destroyed { .. } => {}
     }
     Value::Object(record)
 }

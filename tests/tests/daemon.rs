@@ -417,6 +417,54 @@ fn more_sockets_than_the_map_size_are_all_tracked() -> Result<()> {
     Ok(())
 }
 
+/// More connections already open at start-up than the start-up table
+/// holds (`--socket-map-entries`): connmon says how many it could not
+/// record (a warning with the numbers), and a storm on an old idle
+/// connection is still attributed to its own process.
+#[test]
+fn a_full_start_up_table_is_said_and_old_connections_are_still_attributed() -> Result<()> {
+    let ns = NetNs::create("primefull")?;
+    ns.sysctl("net.ipv4.tcp_retries2", "4")?;
+    let _server = peer::server(&ns, "127.0.0.1:7304")?;
+    let mut victim = peer::client(&ns, "127.0.0.1:7304", |_| Ok(()))?;
+    let idle_since = std::time::Instant::now();
+    // 600 connections, 1,200 watched sockets with the victim's two: more
+    // than the smallest table (1,024).
+    let mut many = ns.command(env!("CARGO_BIN_EXE_tcp-peer"));
+    many.args(["many", "127.0.0.1:7304", "600"]);
+    let many = connmon_tests::process::Process::spawn("tcp-peer many", many)?;
+    many.stdout.wait_for("opened", Duration::from_secs(60))?;
+
+    let connmon = Daemon::start(&[
+        "--ports",
+        "7304",
+        "--socket-map-entries",
+        "1024",
+        "--idle-threshold",
+        "2s",
+    ])?;
+    let warning = connmon.process_stderr_wait("the start-up table is full")?;
+    assert!(
+        warning.contains("added=1024") && warning.contains("socket_map_entries=1024"),
+        "{warning}"
+    );
+
+    // Idle past the 2 s threshold, with margin for the kernel's jiffies.
+    let idle_enough = idle_since + Duration::from_secs(3);
+    std::thread::sleep(idle_enough.saturating_duration_since(std::time::Instant::now()));
+    ns.blackhole_tcp_port(7304)?;
+    victim.send_line("after start-up")?;
+    let storm = first_finding(
+        &connmon,
+        "storm_started",
+        ns.inode(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(storm["pid"], victim.pid(), "{storm}");
+    assert_ne!(storm["pid"], many.pid(), "{storm}");
+    Ok(())
+}
+
 /// `--log-format json`: every log line on stderr is one JSON object (level,
 /// message, fields), from the first line on; findings stay on stdout.
 #[test]

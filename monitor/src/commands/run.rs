@@ -487,6 +487,16 @@ pub fn prime_existing_sockets(capture: &mut Capture, config: &crate::capture::Ca
                 found = known.len(),
                 added, unowned, shared, "learned existing watched connections"
             );
+            if added < known.len() {
+                warn!(
+                    found = known.len(),
+                    added,
+                    socket_map_entries = config.socket_map_entries,
+                    "the start-up table is full: existing connections beyond --socket-map-entries get their \
+                     owner when next used (a send, or /proc when a storm is reported), and their idle time \
+                     from the kernel's own timestamps"
+                );
+            }
         }
         Err(error) => {
             warn!(%error, "cannot record existing connections; they get owners when next used");

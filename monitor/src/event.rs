@@ -23,6 +23,32 @@ pub struct ProcessRef {
     pub shared: bool,
 }
 
+impl ProcessRef {
+    /// The process a kernel-side `Owner` names (from a record or from
+    /// /proc), found by `source`; `None` when it names none (tgid 0).
+    pub fn from_owner(
+        owner: &monitor_common::socket::Owner,
+        source: OwnerSource,
+        shared: bool,
+    ) -> Option<Self> {
+        (owner.tgid != 0).then(|| Self {
+            pid: owner.tgid,
+            tid: owner.tid,
+            comm: comm_to_string(&owner.comm),
+            cgroup_id: owner.cgroup_id,
+            start_boottime_ns: owner.start_boottime_ns,
+            source,
+            shared,
+        })
+    }
+}
+
+/// A kernel comm: NUL-terminated within 16 bytes, not necessarily UTF-8.
+pub fn comm_to_string(comm: &[u8; 16]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OwnerSource {

@@ -401,7 +401,7 @@ impl Metrics {
             .or_insert_with(|| {
                 procfs::cgroup_path_by_id(cgroup_id)
                     .and_then(|path| container::workload(&path).container_id)
-                    .map(|id| id.chars().take(12).collect())
+                    .map(|id| container::short_id(&id))
                     .unwrap_or_default()
             })
             .clone()

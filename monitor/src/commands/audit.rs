@@ -196,21 +196,8 @@ fn assess_one(
         .holders
         .first()
         .and_then(|&pid| procfs::owner_of(Path::new("/proc"), pid, 0, 0));
-    let process = owner.map(|owner| {
-        let len = owner
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(owner.comm.len());
-        ProcessRef {
-            pid: owner.tgid,
-            tid: owner.tid,
-            comm: String::from_utf8_lossy(&owner.comm[..len]).into_owned(),
-            cgroup_id: owner.cgroup_id,
-            start_boottime_ns: owner.start_boottime_ns,
-            source: OwnerSource::Proc,
-            shared: scanned.holders.len() > 1,
-        }
+    let process = owner.and_then(|owner| {
+        ProcessRef::from_owner(&owner, OwnerSource::Proc, scanned.holders.len() > 1)
     });
     let details = process
         .as_ref()

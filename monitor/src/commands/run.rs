@@ -333,13 +333,9 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
             };
             let mut counts: HashMap<(String, String, String), i64> = HashMap::new();
             for connection in report.connections.iter().filter(|c| c.assessment.at_risk) {
-                let container: String = connection
-                    .container_id
-                    .as_deref()
-                    .unwrap_or("")
-                    .chars()
-                    .take(12)
-                    .collect();
+                let container = crate::attribution::container::short_id(
+                    connection.container_id.as_deref().unwrap_or(""),
+                );
                 let key = (
                     connection.comm.clone().unwrap_or_else(|| "unknown".into()),
                     container,

@@ -148,10 +148,7 @@ fn render(url: &str, sample: &Sample, previous: Option<&Sample>, now: SystemTime
             "{:<16} {:>8} {:<12} {:<24} {:>6} {:>8} {:>12}",
             cell(&record["comm"]),
             cell(&record["pid"]),
-            cell(&record["container_id"])
-                .chars()
-                .take(12)
-                .collect::<String>(),
+            crate::attribution::container::short_id(&cell(&record["container_id"])),
             destination(record),
             seconds(record["idle_seconds"].as_f64()),
             cell(&record["retransmits"]),

@@ -88,7 +88,7 @@ pub fn alertmanager_alert(
     let container = record
         .container_id
         .as_deref()
-        .map(|id| escape(&id.chars().take(12).collect::<String>()))
+        .map(|id| escape(&crate::attribution::container::short_id(id)))
         .unwrap_or_default();
     let mut labels = json!({
         "alertname": alertname,

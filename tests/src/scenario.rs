@@ -63,6 +63,19 @@ impl SeedScenario {
         Ok(idle_gap)
     }
 
+    /// A second client connected now, idle until the middlebox has forgotten
+    /// its flow, then sending `command` on it: a new storm, with its own
+    /// process.
+    pub fn another_client_resumed_after_forgotten(&self, command: &str) -> Result<Process> {
+        let mut client = self
+            .topology
+            .redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+        self.topology
+            .wait_until_forgotten(Duration::from_secs(30))?;
+        client.send_line(command)?;
+        Ok(client)
+    }
+
     /// The first finding `event` in the app namespace.
     pub fn finding(&self, event: &str, timeout: Duration) -> Result<Value> {
         first_finding(&self.connmon, event, self.topology.app.inode(), timeout)

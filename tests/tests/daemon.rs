@@ -10,7 +10,7 @@ use connmon_tests::{
     netns::NetNs,
     peer, poll,
     scenario::{IDLE_THRESHOLD, SeedScenario},
-    topology::{CACHE_V4, Options, REDIS_PORT},
+    topology::{Options, REDIS_PORT},
 };
 
 #[test]
@@ -199,13 +199,7 @@ fn two_instances_both_report_and_one_stopping_leaves_the_other_working() -> Resu
 
     // A new connection, idle until forgotten, then used: only the second
     // instance is left to see it.
-    let mut client = scenario
-        .topology
-        .redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    scenario
-        .topology
-        .wait_until_forgotten(Duration::from_secs(30))?;
-    client.send_line("set")?;
+    let client = scenario.another_client_resumed_after_forgotten("set")?;
     let later = poll::until(
         "the second instance to report the later storm",
         Duration::from_secs(30),

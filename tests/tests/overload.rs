@@ -12,7 +12,7 @@ use connmon_tests::{
     poll,
     process::Process,
     scenario::SeedScenario,
-    topology::{CACHE_V4, Options, REDIS_PORT},
+    topology::{Options, REDIS_PORT},
 };
 
 const PORT: u16 = 7401;
@@ -186,13 +186,7 @@ fn a_full_ring_loses_records_countably_and_detection_stays_right() -> Result<()>
     );
 
     // After the flood: a new idle connection's storm, with its own process.
-    let mut client = scenario
-        .topology
-        .redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    scenario
-        .topology
-        .wait_until_forgotten(Duration::from_secs(30))?;
-    client.send_line("set")?;
+    let client = scenario.another_client_resumed_after_forgotten("set")?;
     let later = poll::until("the storm after the flood", Duration::from_secs(30), || {
         Ok(scenario
             .connmon

@@ -7,7 +7,8 @@
 //! connections: one process may hold only so many descriptors).
 //! `tcp-peer client ADDR`: connect, exchange one line, print
 //! `connected LOCAL_ADDR`, then on each stdin line send it and wait for the
-//! echo; a failed wait prints `error KIND ERRNO` and exits.
+//! echo; a failed wait prints `retransmitted N` (the socket's own count of
+//! retransmitted segments) and `error KIND ERRNO`, and exits.
 //! `tcp-peer many ADDR N`: hold N connections open (prints `opened N`).
 //! `tcp-peer blast ADDR CONNECTIONS SECONDS`: echo bulk data for a while.
 //! `tcp-peer churn ADDR PER_SECOND SECONDS`: open, use and close that many
@@ -248,11 +249,39 @@ fn client(addr: &str) -> std::io::Result<()> {
     std::io::stdout().flush()?;
     for line in std::io::stdin().lock().lines() {
         let line = line?;
-        exchange(&mut stream, format!("{line}\n").as_bytes())?;
+        if let Err(error) = exchange(&mut stream, format!("{line}\n").as_bytes()) {
+            // The socket's own count, kept after the kernel gave up on it:
+            // ground truth for a test that counts its retransmits.
+            if let Some(segments) = total_retransmits(&stream) {
+                println!("retransmitted {segments}");
+            }
+            return Err(error);
+        }
         println!("echoed {line}");
         std::io::stdout().flush()?;
     }
     Ok(())
+}
+
+/// `tcpi_total_retrans` of `stream`: the segments the kernel retransmitted
+/// on this socket in its life.
+fn total_retransmits(stream: &TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is
+    // that large, and updates `len`.
+    let result = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    (result == 0).then_some(info.tcpi_total_retrans)
 }
 
 fn handoff(addr: &str) -> std::io::Result<()> {

@@ -161,6 +161,10 @@ pub struct RetransmitInfo {
     /// 0 when `TCP_USER_TIMEOUT` is unset.
     pub user_timeout_ms: u32,
     pub tcp_retries2: u8,
+    /// Low byte of the kernel's count of the socket's retransmitted
+    /// segments, this one included (`TcpSnapshot::total_retrans_low`).
+    #[serde(skip)]
+    pub total_retrans_low: u8,
 }
 
 /// What happened.
@@ -183,6 +187,9 @@ pub enum EventKind {
     /// as its error or CLOSE record said.
     Destroyed {
         errno: i32,
+        /// As `RetransmitInfo::total_retrans_low`, at the end.
+        #[serde(skip)]
+        total_retrans_low: u8,
     },
     Progress {
         progress: Progress,

@@ -22,6 +22,7 @@ pub mod memory;
 pub mod metrics;
 pub mod output;
 pub mod privileges;
+pub mod retransmit_gaps;
 pub mod risk;
 pub mod shutdown;
 pub mod sockdiag;

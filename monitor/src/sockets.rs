@@ -234,7 +234,10 @@ mod tests {
         assert_eq!(error.connection.local.to_string(), "10.0.0.1:40000");
         let mut destroyed = event(
             7,
-            EventKind::Destroyed { errno: 0 },
+            EventKind::Destroyed {
+                errno: 0,
+                total_retrans_low: 0,
+            },
             "10.0.0.1:0",
             "10.0.0.2:6379",
         );

@@ -18,6 +18,7 @@ pub mod event;
 pub mod failfast;
 pub mod fuzzing;
 pub mod http;
+pub mod kernel_metrics;
 pub mod memory;
 pub mod metrics;
 pub mod output;

@@ -240,3 +240,25 @@ pub struct SocketEvent {
     pub state: TcpState,
     pub activity: ActivityTimes,
 }
+
+#[cfg(test)]
+impl SocketEvent {
+    /// A client socket's event in namespace 1 with no owner known, for
+    /// tests.
+    pub(crate) fn unowned(cookie: u64, kind: EventKind, local: &str, remote: &str) -> Self {
+        Self {
+            timestamp_ns: 1,
+            cookie,
+            kind,
+            owner: None,
+            role: Role::Client,
+            connection: Connection {
+                local: local.parse().expect("addr"),
+                remote: remote.parse().expect("addr"),
+                netns: 1,
+            },
+            state: TcpState(monitor_common::tcp::TCP_ESTABLISHED),
+            activity: ActivityTimes::default(),
+        }
+    }
+}

@@ -70,23 +70,10 @@ impl RetransmitGaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{ActivityTimes, Connection, RetransmitInfo, RetransmitKind, Role, TcpState};
+    use crate::event::{RetransmitInfo, RetransmitKind, TcpState};
 
     fn event(cookie: u64, kind: EventKind) -> SocketEvent {
-        SocketEvent {
-            timestamp_ns: 1,
-            cookie,
-            kind,
-            owner: None,
-            role: Role::Client,
-            connection: Connection {
-                local: "127.0.0.1:40000".parse().expect("addr"),
-                remote: "127.0.0.1:7101".parse().expect("addr"),
-                netns: 1,
-            },
-            state: TcpState(monitor_common::tcp::TCP_ESTABLISHED),
-            activity: ActivityTimes::default(),
-        }
+        SocketEvent::unowned(cookie, kind, "127.0.0.1:40000", "127.0.0.1:7101")
     }
 
     fn retransmit(cookie: u64, count: u8, result: i32) -> SocketEvent {

@@ -195,23 +195,10 @@ impl Default for SocketTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{ActivityTimes, Role, TcpState};
+    use crate::event::Role;
 
     fn event(cookie: u64, kind: EventKind, local: &str, remote: &str) -> SocketEvent {
-        SocketEvent {
-            timestamp_ns: 1,
-            cookie,
-            kind,
-            owner: None,
-            role: Role::Client,
-            connection: Connection {
-                local: local.parse().expect("addr"),
-                remote: remote.parse().expect("addr"),
-                netns: 1,
-            },
-            state: TcpState(1),
-            activity: ActivityTimes::default(),
-        }
+        SocketEvent::unowned(cookie, kind, local, remote)
     }
 
     #[test]

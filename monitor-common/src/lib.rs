@@ -13,5 +13,5 @@ pub mod retransmit;
 pub mod socket;
 pub mod tcp;
 
-#[cfg(feature = "user")]
-mod user;
+#[cfg(any(feature = "user", test))]
+pub mod user;

@@ -11,10 +11,7 @@ use monitor_common::{
     retransmit::{
         RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
     },
-    socket::{
-        OWNER_SOURCE_CONNECT, OWNER_SOURCE_PROC, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, ROLE_CLIENT,
-        ROLE_SERVER, ROLE_UNKNOWN,
-    },
+    socket::{OWNER_SOURCE_CONNECT, OWNER_SOURCE_PROC, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND},
 };
 
 use crate::event::{
@@ -114,18 +111,10 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         }
     };
     let process = ProcessRef::from_owner(owner, source, owner.process_changes > 0);
-    let role = match owner.role {
-        ROLE_CLIENT => Role::Client,
-        ROLE_SERVER => Role::Server,
-        ROLE_UNKNOWN => Role::Unknown,
-        other => {
-            return Err(DecodeError::Tag {
-                field: "role",
-                value: other.into(),
-            });
-        }
-    };
-    let tuple = &raw.tuple;
+    let role = Role::try_from(owner.role).map_err(|tag| DecodeError::Tag {
+        field: "role",
+        value: tag.into(),
+    })?;
     let nonzero = |ns: u64| (ns != 0).then_some(ns);
     Ok(SocketEvent {
         timestamp_ns: raw.timestamp_ns,
@@ -133,15 +122,8 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         kind,
         owner: process,
         role,
-        connection: Connection::from_raw(
-            tuple.family,
-            tuple.local_addr,
-            tuple.local_port,
-            tuple.remote_addr,
-            tuple.remote_port,
-            tuple.netns,
-        ),
-        state: TcpState(tuple.state),
+        connection: Connection::from_tuple(&raw.tuple),
+        state: TcpState(raw.tuple.state),
         activity: ActivityTimes {
             last_send_ns: nonzero(raw.activity.last_send_ns),
             last_recv_ns: nonzero(raw.activity.last_recv_ns),
@@ -182,7 +164,7 @@ mod tests {
 
     use monitor_common::{
         event::TcpSnapshot,
-        socket::{Activity, Owner, Tuple},
+        socket::{Activity, Owner, ROLE_CLIENT, Tuple},
         tcp::{AF_INET, AF_INET6, TCP_CA_LOSS},
     };
 

@@ -1,7 +1,7 @@
 //! Typed events: what the decoder makes of the kernel's records. Everything
 //! downstream (socket table, detection, outputs) works on these.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use serde::Serialize;
 
@@ -69,6 +69,58 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    /// The name findings, trace events and metric labels use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The role a record names (`as_str`), e.g. one read back from
+    /// `/api/v1/storms`; anything else is unknown.
+    pub fn from_name(name: Option<&str>) -> Self {
+        match name {
+            Some("client") => Self::Client,
+            Some("server") => Self::Server,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The watched service's end of a connection and then the other: our
+    /// side for a server, the far side for a client (and when unknown).
+    pub fn service_then_peer<T>(self, local: T, remote: T) -> (T, T) {
+        match self {
+            Self::Server => (local, remote),
+            Self::Client | Self::Unknown => (remote, local),
+        }
+    }
+
+    /// The watched service's end (`service_then_peer`): a metric's or an
+    /// alert's `destination`.
+    pub fn destination<T>(self, local: T, remote: T) -> T {
+        self.service_then_peer(local, remote).0
+    }
+}
+
+impl TryFrom<u8> for Role {
+    /// The unknown tag.
+    type Error = u8;
+
+    /// From the wire's `ROLE_*`.
+    fn try_from(tag: u8) -> Result<Self, u8> {
+        use monitor_common::socket::{ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN};
+        match tag {
+            ROLE_CLIENT => Ok(Self::Client),
+            ROLE_SERVER => Ok(Self::Server),
+            ROLE_UNKNOWN => Ok(Self::Unknown),
+            other => Err(other),
+        }
+    }
+}
+
 /// How a retransmit was triggered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,25 +176,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn from_raw(
-        family: u16,
-        local: [u8; 16],
-        local_port: u16,
-        remote: [u8; 16],
-        remote_port: u16,
-        netns: u32,
-    ) -> Self {
-        let address = |bytes: [u8; 16]| -> IpAddr {
-            if family == monitor_common::tcp::AF_INET6 {
-                IpAddr::V6(Ipv6Addr::from(bytes))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-            }
-        };
+    /// The connection a record's tuple names.
+    pub fn from_tuple(tuple: &monitor_common::socket::Tuple) -> Self {
         Self {
-            local: SocketAddr::new(address(local), local_port),
-            remote: SocketAddr::new(address(remote), remote_port),
-            netns,
+            local: tuple.local(),
+            remote: tuple.remote(),
+            netns: tuple.netns,
         }
     }
 }

@@ -95,25 +95,10 @@ struct CachedSeries {
 /// cap; past it the cache starts over (the counters live on in the registry).
 const RETRANSMIT_CACHE_FACTOR: usize = 4;
 
-fn role_label(role: Role) -> &'static str {
-    match role {
-        Role::Client => "client",
-        Role::Server => "server",
-        Role::Unknown => "unknown",
-    }
-}
-
 /// The watched endpoint of a connection: the far side for a client, our
 /// side for a server.
-pub fn destination(connection: &Connection, role: Role) -> String {
-    destination_addr(connection, role).to_string()
-}
-
 fn destination_addr(connection: &Connection, role: Role) -> std::net::SocketAddr {
-    match role {
-        Role::Server => connection.local,
-        _ => connection.remote,
-    }
+    role.destination(connection.local, connection.remote)
 }
 
 impl Metrics {
@@ -341,8 +326,8 @@ impl Metrics {
         vec![
             process,
             container,
-            destination(connection, role),
-            role_label(role).to_string(),
+            destination_addr(connection, role).to_string(),
+            role.as_str().to_string(),
         ]
     }
 
@@ -449,7 +434,7 @@ impl Metrics {
                 self.storms_started.with_label_values(&refs).inc();
                 self.storms_active.with_label_values(&refs).inc();
                 self.idle_before_storm
-                    .with_label_values(&[role_label(storm.role)])
+                    .with_label_values(&[storm.role.as_str()])
                     .observe(storm.idle_ns as f64 / 1e9);
                 // The path forgot the flow within this idle gap: its timeout
                 // is at most the shortest gap seen.
@@ -475,7 +460,7 @@ impl Metrics {
                     self.storms_active.with_label_values(&refs).dec();
                 }
                 self.storm_duration
-                    .with_label_values(&[role_label(storm.role), outcome.as_str()])
+                    .with_label_values(&[storm.role.as_str(), outcome.as_str()])
                     .observe(ended_ns.saturating_sub(storm.started_ns) as f64 / 1e9);
             }
             Finding::ResetAfterIdle(reset) => {
@@ -517,7 +502,7 @@ impl Metrics {
                 container,
                 OTHER.to_string(),
                 kind.to_string(),
-                role_label(increment.role).to_string(),
+                increment.role.as_str().to_string(),
             ];
             let folded_from = labels.clone();
             let labels = self.capped(&mut state, "connmon_retransmits_total", labels, 3);

@@ -15,11 +15,9 @@
 
 // Keys are kernel cookies, not attacker-chosen input: a fast hasher is
 // safe here and the table is on the per-event path.
-use std::{
-    collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::{collections::BTreeSet, net::SocketAddr};
 
+use monitor_common::user::{ip_from_wire, ip_to_wire};
 use rustc_hash::FxHashMap;
 
 use crate::event::{Connection, EventKind, Role, SocketEvent};
@@ -37,7 +35,7 @@ struct Known {
     netns: u32,
     local_port: u16,
     remote_port: u16,
-    ipv6: bool,
+    family: u16,
     role: Role,
 }
 
@@ -50,7 +48,7 @@ impl Known {
             netns: 0,
             local_port: 0,
             remote_port: 0,
-            ipv6: false,
+            family: 0,
             role,
         };
         known.set_connection(connection);
@@ -58,31 +56,16 @@ impl Known {
     }
 
     fn set_connection(&mut self, connection: &Connection) {
-        let ip_bytes = |ip: IpAddr| match ip {
-            IpAddr::V4(v4) => {
-                let mut bytes = [0; 16];
-                bytes[..4].copy_from_slice(&v4.octets());
-                bytes
-            }
-            IpAddr::V6(v6) => v6.octets(),
-        };
-        self.local_ip = ip_bytes(connection.local.ip());
-        self.remote_ip = ip_bytes(connection.remote.ip());
+        (self.family, self.local_ip) = ip_to_wire(connection.local.ip());
+        (_, self.remote_ip) = ip_to_wire(connection.remote.ip());
         self.local_port = connection.local.port();
         self.remote_port = connection.remote.port();
         self.netns = connection.netns;
-        self.ipv6 = connection.local.is_ipv6();
     }
 
     fn connection(&self) -> Connection {
-        let address = |bytes: [u8; 16], port: u16| {
-            let ip = if self.ipv6 {
-                IpAddr::V6(Ipv6Addr::from(bytes))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-            };
-            SocketAddr::new(ip, port)
-        };
+        let address =
+            |bytes: [u8; 16], port: u16| SocketAddr::new(ip_from_wire(self.family, bytes), port);
         Connection {
             local: address(self.local_ip, self.local_port),
             remote: address(self.remote_ip, self.remote_port),
@@ -90,6 +73,7 @@ impl Known {
         }
     }
 }
+const _: () = assert!(size_of::<Known>() <= 56);
 
 #[derive(Debug)]
 pub struct SocketTable {

@@ -21,7 +21,7 @@ use crate::{
     cli::AuditArgs,
     config::KNOWN_SERVICES,
     daemon_client::DaemonClient,
-    event::{OwnerSource, ProcessRef},
+    event::{OwnerSource, ProcessRef, Role},
     risk::{self, Assessment, ConnectionView, PathTimeouts, SettingEffect},
 };
 
@@ -69,11 +69,8 @@ pub fn inferred_timeouts(storms: &serde_json::Value) -> BTreeMap<String, f64> {
         .filter_map(|key| storms[key].as_array())
         .flatten();
     for record in records.filter(|r| r["event"] == "storm_started" || r["event"] == "storm_ended") {
-        let destination = if record["role"] == "server" {
-            &record["local"]
-        } else {
-            &record["remote"]
-        };
+        let destination = Role::from_name(record["role"].as_str())
+            .destination(&record["local"], &record["remote"]);
         let (Some(destination), Some(idle)) =
             (destination.as_str(), record["idle_seconds"].as_f64())
         else {
@@ -167,22 +164,15 @@ fn assess_one(
         last_ack_recv: ms(socket.last_ack_recv_ms),
         keepalive_in: socket.keepalive_in,
     };
-    let service_port = if scanned.role == monitor_common::socket::ROLE_SERVER {
-        socket.local.port()
-    } else {
-        socket.remote.port()
-    };
+    let destination = Role::try_from(scanned.role)
+        .unwrap_or(Role::Unknown)
+        .destination(socket.local, socket.remote);
     let service = KNOWN_SERVICES
         .iter()
-        .find(|(port, _)| *port == service_port)
+        .find(|(port, _)| *port == destination.port())
         .map(|(_, name)| name.to_string());
     // A storm after a shorter idle gap is evidence the path forgets sooner
     // than configured.
-    let destination = if scanned.role == monitor_common::socket::ROLE_SERVER {
-        socket.local
-    } else {
-        socket.remote
-    };
     let mut path_timeout = paths.for_addr(socket.remote.ip());
     // Whatever answered at --daemon-url, only a sane number counts.
     if let Some(inferred) = inferred

@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{cli::TopArgs, daemon_client::DaemonClient, output::escape};
+use crate::{cli::TopArgs, daemon_client::DaemonClient, event::Role, output::escape};
 
 /// One look at the daemon.
 struct Sample {
@@ -108,11 +108,7 @@ fn cell(value: &Value) -> String {
 }
 
 fn destination(record: &Value) -> String {
-    cell(if record["role"] == "server" {
-        &record["local"]
-    } else {
-        &record["remote"]
-    })
+    cell(Role::from_name(record["role"].as_str()).destination(&record["local"], &record["remote"]))
 }
 
 fn seconds(value: Option<f64>) -> String {

@@ -70,10 +70,10 @@ pub fn alertmanager_alert(
         .comm
         .as_deref()
         .map_or_else(|| "unknown".into(), escape);
-    let destination = match record.role {
-        crate::event::Role::Server => record.local.clone(),
-        _ => record.remote.clone(),
-    };
+    let destination = record
+        .role
+        .destination(&record.local, &record.remote)
+        .clone();
     // The names of the shipped rules that say the same (checked against
     // deploy/prometheus/connmon-rules.yml by a test): one runbook section,
     // one route, whichever of the two fired.

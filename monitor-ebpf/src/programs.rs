@@ -147,20 +147,10 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     // thread that sent the stuck request.
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    // The writer names the thread; a reader only takes over a socket that
-    // another process (or nobody) owned.
-    let owner_changed = if is_send {
-        state.owner.tgid != tgid || state.owner.tid != tid
-    } else {
-        state.owner.tgid != tgid
-    };
-    if owner_changed {
+    if state.owner.taken_over_by(tgid, tid, is_send) {
         let previous = state.owner;
         state.owner = current_owner(source, previous.role);
-        let another_process = previous.tgid != 0 && previous.tgid != tgid;
-        state.owner.process_changes = previous
-            .process_changes
-            .saturating_add(u8::from(another_process));
+        state.owner.process_changes = previous.process_changes_after(tgid);
     }
     if state.activity.last_send == 0 && state.activity.last_recv == 0 {
         // The first payload since connect or accept: the handshake was the

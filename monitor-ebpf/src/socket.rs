@@ -13,7 +13,7 @@ use aya_ebpf::{
 use monitor_common::{
     counters::{LOST_SOCKET_MAP_FULL, SOCKETS_ADDED},
     globals::OFFSET_ABSENT,
-    socket::{ClockPair, Owner, RecentSocket, SocketState, TickActivity, Tuple},
+    socket::{ClockPair, Owner, RecentSocket, SocketState, TickActivity, Tuple, last_receive_tick},
     tcp::AF_INET6,
 };
 
@@ -185,16 +185,10 @@ pub fn first_sight(
         // entry is deleted.
         let primed = unsafe { *primed };
         let previous = primed.owner;
-        // The same rule as a known socket's: the writer names the thread,
-        // a reader takes over only from another process.
-        let changed = owner.tgid != 0
-            && (previous.tgid != owner.tgid || (is_send && previous.tid != owner.tid));
-        if changed {
+        // The same rule as a known socket's.
+        if owner.tgid != 0 && previous.taken_over_by(owner.tgid, owner.tid, is_send) {
             initial.owner.role = previous.role;
-            let another_process = previous.tgid != 0 && previous.tgid != owner.tgid;
-            initial.owner.process_changes = previous
-                .process_changes
-                .saturating_add(u8::from(another_process));
+            initial.owner.process_changes = previous.process_changes_after(owner.tgid);
         } else {
             initial.owner = previous;
         }
@@ -218,22 +212,7 @@ pub fn last_receive(sk: *const u8, now: u64) -> u64 {
     }
     let ack = load_btf::<u32>(tcp, off!(tcp_rcv_tstamp));
     let data = load_btf::<u32>(tcp, off!(icsk_ack_lrcvtime));
-    // Both zero: unreadable (or the jiffies counter's own zero, harmless).
-    if ack == 0 && data == 0 {
-        return 0;
-    }
-    // The more recent of the two, on wrapping 32-bit jiffies.
-    let since_ack = (now as u32).wrapping_sub(ack);
-    let since_data = (now as u32).wrapping_sub(data);
-    let quiet = if since_ack < since_data {
-        since_ack
-    } else {
-        since_data
-    };
-    if quiet > u32::MAX / 2 {
-        return 0;
-    }
-    now.saturating_sub(u64::from(quiet))
+    last_receive_tick(now, ack, data)
 }
 
 /// `sk` as a `struct tcp_sock *` the verifier lets programs load fields

@@ -115,7 +115,6 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         field: "role",
         value: tag.into(),
     })?;
-    let nonzero = |ns: u64| (ns != 0).then_some(ns);
     Ok(SocketEvent {
         timestamp_ns: raw.timestamp_ns,
         cookie: raw.cookie,
@@ -124,12 +123,7 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         role,
         connection: Connection::from_tuple(&raw.tuple),
         state: TcpState(raw.tuple.state),
-        activity: ActivityTimes {
-            last_send_ns: nonzero(raw.activity.last_send_ns),
-            last_recv_ns: nonzero(raw.activity.last_recv_ns),
-            burst_start_ns: nonzero(raw.activity.burst_start_ns),
-            idle_before_burst_ns: raw.activity.idle_before_burst_ns,
-        },
+        activity: ActivityTimes::from_wire(&raw.activity),
     })
 }
 

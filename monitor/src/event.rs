@@ -265,6 +265,29 @@ pub struct ActivityTimes {
     pub idle_before_burst_ns: u64,
 }
 
+impl ActivityTimes {
+    /// A record's activity: 0 on the wire is never.
+    pub fn from_wire(activity: &monitor_common::socket::Activity) -> Self {
+        let seen = |ns: u64| (ns != 0).then_some(ns);
+        Self {
+            last_send_ns: seen(activity.last_send_ns),
+            last_recv_ns: seen(activity.last_recv_ns),
+            burst_start_ns: seen(activity.burst_start_ns),
+            idle_before_burst_ns: activity.idle_before_burst_ns,
+        }
+    }
+
+    /// The same activity as records carry it.
+    pub fn to_wire(&self) -> monitor_common::socket::Activity {
+        monitor_common::socket::Activity {
+            last_send_ns: self.last_send_ns.unwrap_or(0),
+            last_recv_ns: self.last_recv_ns.unwrap_or(0),
+            burst_start_ns: self.burst_start_ns.unwrap_or(0),
+            idle_before_burst_ns: self.idle_before_burst_ns,
+        }
+    }
+}
+
 /// One decoded kernel event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketEvent {

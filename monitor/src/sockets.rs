@@ -17,7 +17,10 @@
 // safe here and the table is on the per-event path.
 use std::{collections::BTreeSet, net::SocketAddr};
 
-use monitor_common::user::{ip_from_wire, ip_to_wire};
+use monitor_common::{
+    socket::role_from_watched_ports,
+    user::{ip_from_wire, ip_to_wire},
+};
 use rustc_hash::FxHashMap;
 
 use crate::event::{Connection, EventKind, Role, SocketEvent};
@@ -107,13 +110,11 @@ impl SocketTable {
     }
 
     fn inferred_role(&self, connection: &Connection) -> Role {
-        let local = self.watched_ports.contains(&connection.local.port());
-        let remote = self.watched_ports.contains(&connection.remote.port());
-        match (local, remote) {
-            (true, false) => Role::Server,
-            (false, true) => Role::Client,
-            _ => Role::Unknown,
-        }
+        let tag = role_from_watched_ports(
+            self.watched_ports.contains(&connection.local.port()),
+            self.watched_ports.contains(&connection.remote.port()),
+        );
+        Role::try_from(tag).unwrap_or(Role::Unknown)
     }
 
     /// Forgets sockets silent for `silent_ns` up to `now_ns`; returns how

@@ -17,6 +17,7 @@ pub mod giveup;
 
 // Keys are kernel cookies, not attacker-chosen input: a fast hasher is
 // safe here and the table is on the per-event path.
+use monitor_common::socket::may_confirm_storm;
 use rustc_hash::FxHashMap;
 
 use serde::Serialize;
@@ -205,13 +206,8 @@ fn idle_before_stuck_burst(
 ) -> Option<u64> {
     let activity = &event.activity;
     let burst_start = activity.burst_start_ns?;
-    if activity.idle_before_burst_ns < config.idle_threshold_ns {
-        return None;
-    }
-    if activity
-        .last_recv_ns
-        .is_some_and(|recv| recv >= burst_start)
-    {
+    // The kernel's rule for waking the reader, the same function.
+    if !may_confirm_storm(&activity.to_wire(), config.idle_threshold_ns) {
         return None;
     }
     if at_ns.saturating_sub(burst_start) > config.burst_window_ns {

@@ -224,13 +224,13 @@ impl ProbeSettings {
     pub const DEFAULT: Self = Self {
         activity_granularity_ticks: 250,
         idle_threshold_ticks: 7_500,
-        idle_threshold_ns: 30_000_000_000,
+        idle_threshold_ns: crate::defaults::IDLE_THRESHOLD_NS,
         watch_all_ports: 0,
         retransmit_has_err: 0,
         ns_per_jiffy: 4_000_000,
         every_state_change: 1,
         count_busy_retransmits: 0,
         retransmit_counts_ticks: 250,
-        ring_wake_bytes: 1 << 18,
+        ring_wake_bytes: ring_wake_bytes(crate::defaults::RING_BUFFER_KIB as u64 * 1024),
     };
 }

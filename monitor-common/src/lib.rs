@@ -7,8 +7,10 @@
 #![no_std]
 
 pub mod counters;
+pub mod defaults;
 pub mod event;
 pub mod globals;
+pub mod maps;
 pub mod retransmit;
 pub mod socket;
 pub mod tcp;

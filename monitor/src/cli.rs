@@ -3,6 +3,7 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use monitor_common::defaults;
 
 use crate::{
     capture::CaptureConfig,
@@ -164,7 +165,7 @@ pub struct RunArgs {
     /// Sockets the kernel's socket table can hold [default: 65536].
     #[arg(long, env = "CONNMON_SOCKET_MAP_ENTRIES")]
     pub socket_map_entries: Option<u32>,
-    /// Event ring buffer size in KiB, a power of two [default: 1024].
+    /// Event ring buffer size in KiB, a power of two [default: 4096].
     #[arg(long, env = "CONNMON_RING_BUFFER_KIB")]
     pub ring_buffer_kib: Option<u32>,
     /// Name pods from the kubelet's log directory (e.g. /var/log/pods) [default: off].
@@ -281,7 +282,7 @@ impl RunArgs {
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// TCP ports (local or remote) to audit, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "6379", value_parser = parse_port, env = "CONNMON_PORTS")]
+    #[arg(long, value_delimiter = ',', default_values_t = [defaults::WATCHED_PORT], value_parser = parse_port, env = "CONNMON_PORTS")]
     pub ports: Vec<u16>,
     /// Audit every TCP port.
     #[arg(long)]
@@ -326,13 +327,13 @@ impl AuditArgs {
 #[derive(Debug, Args, Clone)]
 pub struct CaptureArgs {
     /// TCP ports (local or remote) to watch, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "6379", value_parser = parse_port, env = "CONNMON_PORTS")]
+    #[arg(long, value_delimiter = ',', default_values_t = [defaults::WATCHED_PORT], value_parser = parse_port, env = "CONNMON_PORTS")]
     pub ports: Vec<u16>,
     /// Watch every TCP port (overrides --ports).
     #[arg(long, env = "CONNMON_ALL_PORTS")]
     pub all_ports: bool,
     /// Sockets the kernel's socket table can hold.
-    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=4_194_304), env = "CONNMON_SOCKET_MAP_ENTRIES")]
+    #[arg(long, default_value_t = defaults::SOCKET_MAP_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=4_194_304), env = "CONNMON_SOCKET_MAP_ENTRIES")]
     pub socket_map_entries: u32,
     /// Event ring buffer size in KiB (a power of two, at least 64).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib, env = "CONNMON_RING_BUFFER_KIB")]

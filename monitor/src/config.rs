@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use monitor_common::defaults;
 use serde::Deserialize;
 
 use crate::{
@@ -103,17 +104,17 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            ports: BTreeSet::from([6379]),
+            ports: BTreeSet::from([defaults::WATCHED_PORT]),
             all_ports: false,
-            idle_threshold: Duration::from_secs(30),
+            idle_threshold: Duration::from_nanos(defaults::IDLE_THRESHOLD_NS),
             confirm_retransmits: 3,
             listen: DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9878))),
             output_format: Format::Json,
             log_format: LogFormat::Plain,
-            socket_map_entries: 65_536,
-            ring_buffer_kib: 4096,
+            socket_map_entries: defaults::SOCKET_MAP_ENTRIES,
+            ring_buffer_kib: defaults::RING_BUFFER_KIB,
             services: KNOWN_SERVICES
                 .iter()
                 .map(|(port, name)| (*port, (*name).to_string()))

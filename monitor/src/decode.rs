@@ -8,9 +8,6 @@ use monitor_common::{
         PROGRESS_DATA_RECEIVED, SocketEvent as RawEvent, split_state_change_detail,
         unpack_retransmit_counts,
     },
-    retransmit::{
-        RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
-    },
     socket::{OWNER_SOURCE_CONNECT, OWNER_SOURCE_PROC, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND},
 };
 
@@ -128,17 +125,9 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
 }
 
 fn retransmit_kind(tag: u8) -> Result<RetransmitKind, DecodeError> {
-    Ok(match tag {
-        RETRANSMIT_TIMEOUT => RetransmitKind::Timeout,
-        RETRANSMIT_FAST => RetransmitKind::Fast,
-        RETRANSMIT_TAIL_LOSS_PROBE => RetransmitKind::TailLossProbe,
-        RETRANSMIT_UNKNOWN => RetransmitKind::Unknown,
-        other => {
-            return Err(DecodeError::Tag {
-                field: "retransmit kind",
-                value: other.into(),
-            });
-        }
+    RetransmitKind::try_from(tag).map_err(|tag| DecodeError::Tag {
+        field: "retransmit kind",
+        value: tag.into(),
     })
 }
 
@@ -158,6 +147,7 @@ mod tests {
 
     use monitor_common::{
         event::TcpSnapshot,
+        retransmit::RETRANSMIT_TIMEOUT,
         socket::{Activity, Owner, ROLE_CLIENT, Tuple},
         tcp::{AF_INET, AF_INET6, TCP_CA_LOSS},
     };

@@ -132,7 +132,39 @@ pub enum RetransmitKind {
     Unknown,
 }
 
+impl TryFrom<u8> for RetransmitKind {
+    /// The unknown tag.
+    type Error = u8;
+
+    /// From the wire's `RETRANSMIT_*`.
+    fn try_from(tag: u8) -> Result<Self, u8> {
+        use monitor_common::retransmit::{
+            RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
+        };
+        match tag {
+            RETRANSMIT_TIMEOUT => Ok(Self::Timeout),
+            RETRANSMIT_FAST => Ok(Self::Fast),
+            RETRANSMIT_TAIL_LOSS_PROBE => Ok(Self::TailLossProbe),
+            RETRANSMIT_UNKNOWN => Ok(Self::Unknown),
+            other => Err(other),
+        }
+    }
+}
+
 impl RetransmitKind {
+    /// The wire's `RETRANSMIT_*` tag.
+    pub fn tag(self) -> u8 {
+        use monitor_common::retransmit::{
+            RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
+        };
+        match self {
+            Self::Timeout => RETRANSMIT_TIMEOUT,
+            Self::Fast => RETRANSMIT_FAST,
+            Self::TailLossProbe => RETRANSMIT_TAIL_LOSS_PROBE,
+            Self::Unknown => RETRANSMIT_UNKNOWN,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",

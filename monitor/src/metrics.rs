@@ -490,12 +490,9 @@ impl Metrics {
         };
         for increment in increments {
             let container = Self::container_of(&mut state, increment.cgroup_id);
-            let kind = match increment.kind {
-                monitor_common::retransmit::RETRANSMIT_TIMEOUT => "timeout",
-                monitor_common::retransmit::RETRANSMIT_FAST => "fast",
-                monitor_common::retransmit::RETRANSMIT_TAIL_LOSS_PROBE => "tail_loss_probe",
-                _ => "unknown",
-            };
+            let kind = RetransmitKind::try_from(increment.kind)
+                .unwrap_or(RetransmitKind::Unknown)
+                .as_str();
             let labels = vec![
                 // The process names itself: no control characters in a label.
                 crate::output::escape::control(&increment.comm).into_owned(),

@@ -18,18 +18,13 @@ use aya::{
 use monitor_common::{
     counters::UnwatchedRetransmits,
     globals::{ProbeSettings, ring_wake_bytes, watched_port_bits},
+    maps,
     socket::PrimedSocket,
 };
 use tracing::{info, warn};
 
 pub use self::hooks::{HOOKS, Hook};
 use self::offsets::KernelBtf;
-
-/// Names of the kernel object's maps, in one place.
-pub mod map_names {
-    pub const PRIMED_SOCKETS: &str = "PRIMED_SOCKETS";
-    pub const UNWATCHED_RETRANSMITS: &str = "UNWATCHED_RETRANSMITS";
-}
 
 /// Where the kernel publishes its own BTF.
 pub const KERNEL_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -102,20 +97,6 @@ pub struct CaptureConfig {
     /// `--fail-fast on`: aborting sockets needs CAP_NET_ADMIN and
     /// CAP_SYS_ADMIN, checked up front.
     pub fail_fast: bool,
-}
-
-impl Default for CaptureConfig {
-    fn default() -> Self {
-        Self {
-            watched_ports: BTreeSet::from([6379]),
-            watch_all_ports: false,
-            every_state_change: false,
-            idle_threshold_ns: 30_000_000_000,
-            socket_map_entries: 65_536,
-            ring_buffer_bytes: 1 << 20,
-            fail_fast: false,
-        }
-    }
 }
 
 /// Loaded and attached programs. Dropping it detaches every program.
@@ -193,11 +174,11 @@ impl Capture {
         })?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("SETTINGS", &settings, true)
-            .override_global("WATCHED_PORT_BITS", &watched_port_bits, true)
-            .map_max_entries(map_names::PRIMED_SOCKETS, config.socket_map_entries.max(1))
-            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .override_global(maps::OFFSETS, &offsets, true)
+            .override_global(maps::SETTINGS, &settings, true)
+            .override_global(maps::WATCHED_PORT_BITS, &watched_port_bits, true)
+            .map_max_entries(maps::PRIMED_SOCKETS, config.socket_map_entries.max(1))
+            .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
             .load(PROGRAMS_OBJECT)
             .map_err(load_error)?;
 
@@ -272,16 +253,13 @@ impl Capture {
         &mut self,
         known: &[crate::attribution::existing::KnownSocket],
     ) -> Result<usize, CaptureError> {
-        let name = map_names::PRIMED_SOCKETS;
+        let name = maps::PRIMED_SOCKETS;
         let map = self.ebpf.map_mut(name).ok_or(CaptureError::Map {
             name,
             reason: "missing from the object".into(),
         })?;
         let mut primed: aya::maps::HashMap<&mut MapData, u64, PrimedSocket> =
-            aya::maps::HashMap::try_from(map).map_err(|error| CaptureError::Map {
-                name,
-                reason: error.to_string(),
-            })?;
+            aya::maps::HashMap::try_from(map).map_err(map_error(name))?;
         let mut added = 0;
         for socket in known {
             if primed.insert(socket.cookie, socket.state, 0).is_ok() {
@@ -313,40 +291,36 @@ impl Capture {
     pub fn take_unwatched_retransmits(
         &mut self,
     ) -> Result<aya::maps::HashMap<MapData, u64, UnwatchedRetransmits>, CaptureError> {
-        let name = map_names::UNWATCHED_RETRANSMITS;
-        let map = self.ebpf.take_map(name).ok_or(CaptureError::Map {
-            name,
-            reason: "already taken".into(),
-        })?;
-        aya::maps::HashMap::try_from(map).map_err(|error| CaptureError::Map {
-            name,
-            reason: error.to_string(),
-        })
+        let name = maps::UNWATCHED_RETRANSMITS;
+        aya::maps::HashMap::try_from(self.take_map(name)?).map_err(map_error(name))
     }
 
     /// Takes the event ring buffer (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(CaptureError::Map {
-            name: "EVENTS",
-            reason: "already taken".into(),
-        })?;
-        RingBuf::try_from(map).map_err(|error| CaptureError::Map {
-            name: "EVENTS",
-            reason: error.to_string(),
-        })
+        RingBuf::try_from(self.take_map(maps::EVENTS)?).map_err(map_error(maps::EVENTS))
     }
 
     /// Takes the kernel counters (once).
     pub fn take_counters(&mut self) -> Result<counters::KernelCounters, CaptureError> {
-        let map = self.ebpf.take_map("COUNTERS").ok_or(CaptureError::Map {
-            name: "COUNTERS",
-            reason: "already taken".into(),
-        })?;
-        let array = PerCpuArray::try_from(map).map_err(|error| CaptureError::Map {
-            name: "COUNTERS",
-            reason: error.to_string(),
-        })?;
+        let array = PerCpuArray::try_from(self.take_map(maps::COUNTERS)?)
+            .map_err(map_error(maps::COUNTERS))?;
         Ok(counters::KernelCounters::new(array))
+    }
+
+    /// Takes the map `name` out of the object (once).
+    fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
+        self.ebpf.take_map(name).ok_or(CaptureError::Map {
+            name,
+            reason: "already taken".into(),
+        })
+    }
+}
+
+/// A map error as a capture error naming the map.
+pub(crate) fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> CaptureError {
+    move |error| CaptureError::Map {
+        name,
+        reason: error.to_string(),
     }
 }
 

@@ -37,7 +37,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     // trace has no idle detection; the threshold only shapes burst times.
-    let config = args.capture.to_config(30_000_000_000);
+    let config = args
+        .capture
+        .to_config(monitor_common::defaults::IDLE_THRESHOLD_NS);
     let mut capture = Capture::start(&config).context("starting kernel capture")?;
     let counters = capture.take_counters()?;
     let ring = capture.take_events()?;

@@ -4,16 +4,16 @@
 use monitor_common::{
     event::{
         EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
-        EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED,
-        PROGRESS_DATA_RECEIVED, SocketEvent as RawEvent, split_state_change_detail,
+        EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, SocketEvent as RawEvent,
+        TcpSnapshot, pack_retransmit_counts, split_state_change_detail, state_change_detail,
         unpack_retransmit_counts,
     },
-    socket::{OWNER_SOURCE_CONNECT, OWNER_SOURCE_PROC, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND},
+    socket::Tuple,
 };
 
 use crate::event::{
     ActivityTimes, Connection, EventKind, OwnerSource, ProcessRef, Progress, RetransmitInfo,
-    RetransmitKind, Role, SocketEvent, TcpState,
+    RetransmitKind, Role, SocketEvent, TcpState, wire_owner,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,31 +79,22 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
                 .collect::<Result<_, DecodeError>>()?,
         },
         EVENT_PROGRESS => EventKind::Progress {
-            progress: match raw.detail {
-                PROGRESS_DATA_RECEIVED => Progress::DataReceived,
-                PROGRESS_ACKNOWLEDGED => Progress::Acknowledged,
-                other => {
-                    return Err(DecodeError::Tag {
-                        field: "progress",
-                        value: other,
-                    });
-                }
-            },
+            progress: Progress::try_from(raw.detail).map_err(|tag| DecodeError::Tag {
+                field: "progress",
+                value: tag,
+            })?,
         },
         other => return Err(DecodeError::Kind(other)),
     };
     let owner = &raw.owner;
-    let source = match owner.source {
-        OWNER_SOURCE_CONNECT => OwnerSource::Connect,
-        OWNER_SOURCE_SEND => OwnerSource::Send,
-        OWNER_SOURCE_RECV => OwnerSource::Receive,
-        OWNER_SOURCE_PROC => OwnerSource::Proc,
+    let source = match OwnerSource::try_from(owner.source) {
+        Ok(source) => source,
         // A record without an owner carries no source.
-        _ if owner.tgid == 0 => OwnerSource::Proc,
-        other => {
+        Err(_) if owner.tgid == 0 => OwnerSource::Proc,
+        Err(tag) => {
             return Err(DecodeError::Tag {
                 field: "owner source",
-                value: other.into(),
+                value: tag.into(),
             });
         }
     };
@@ -131,6 +122,70 @@ fn retransmit_kind(tag: u8) -> Result<RetransmitKind, DecodeError> {
     })
 }
 
+/// The record the kernel writes for `event`: the decoder's inverse, with
+/// `detail` packed by the same functions as the kernel programs'. For
+/// tests, replay files and fuzzing (`fuzzing::decode` checks the round
+/// trip). What records carry but events drop (`ca_state`, a reset's
+/// reason, padding, `total_retrans_low` but at retransmits and ends) is 0.
+pub fn encode_event(event: &SocketEvent) -> RawEvent {
+    let mut tcp = TcpSnapshot::default();
+    let (kind, detail) = match &event.kind {
+        EventKind::Retransmit(info) => {
+            tcp = TcpSnapshot {
+                snd_una: info.snd_una,
+                user_timeout_ms: info.user_timeout_ms,
+                rto_retransmits: info.rto_retransmits,
+                backoff: info.backoff,
+                tcp_retries2: info.tcp_retries2,
+                segments: info.segments,
+                retransmit_kind: info.kind.tag(),
+                total_retrans_low: info.total_retrans_low,
+                ..TcpSnapshot::default()
+            };
+            (EVENT_RETRANSMIT, info.result as u32)
+        }
+        EventKind::StateChange { old, new, errno } => (
+            EVENT_STATE_CHANGE,
+            state_change_detail(old.0, new.0, *errno),
+        ),
+        EventKind::ResetReceived => (EVENT_RESET_RECEIVED, 0),
+        EventKind::ResetSent => (EVENT_RESET_SENT, 0),
+        EventKind::SocketError { errno } => (EVENT_SOCKET_ERROR, *errno as u32),
+        EventKind::Destroyed {
+            errno,
+            total_retrans_low,
+        } => {
+            tcp.total_retrans_low = *total_retrans_low;
+            (EVENT_DESTROY, *errno as u32)
+        }
+        EventKind::Progress { progress } => (EVENT_PROGRESS, progress.tag()),
+        EventKind::RetransmitCounts { counts } => {
+            let mut pending = [0u8; 4];
+            for (kind, count) in counts {
+                if let Some(slot) = pending.get_mut(usize::from(kind.tag())) {
+                    *slot = u8::try_from(*count).unwrap_or(u8::MAX);
+                }
+            }
+            (EVENT_RETRANSMIT_COUNTS, pack_retransmit_counts(pending))
+        }
+    };
+    RawEvent {
+        kind,
+        detail,
+        timestamp_ns: event.timestamp_ns,
+        cookie: event.cookie,
+        owner: wire_owner(event.owner.as_ref(), event.role.tag()),
+        tuple: Tuple::from_addrs(
+            event.connection.local,
+            event.connection.remote,
+            event.state.0,
+            event.connection.netns,
+        ),
+        activity: event.activity.to_wire(),
+        tcp,
+    }
+}
+
 /// Encodes a raw record to bytes, as the kernel lays it out. For tests,
 /// replay files and fuzzing: the decoder's counterpart.
 pub fn encode(raw: &RawEvent) -> Vec<u8> {
@@ -148,7 +203,7 @@ mod tests {
     use monitor_common::{
         event::TcpSnapshot,
         retransmit::RETRANSMIT_TIMEOUT,
-        socket::{Activity, Owner, ROLE_CLIENT, Tuple},
+        socket::{Activity, OWNER_SOURCE_SEND, Owner, ROLE_CLIENT, Tuple},
         tcp::{AF_INET, AF_INET6, TCP_CA_LOSS},
     };
 
@@ -241,6 +296,22 @@ mod tests {
             (2, 2, 15)
         );
         assert_eq!(event.activity.idle_before_burst_ns, 3_000_000_000);
+    }
+
+    #[test]
+    fn an_event_encodes_to_the_record_it_came_from() {
+        let mut raw = retransmit_record();
+        // Events do not keep the congestion state.
+        raw.tcp.ca_state = 0;
+        let event = decode(&encode(&raw)).expect("valid record");
+        assert_eq!(encode_event(&event), raw);
+        raw.kind = EVENT_STATE_CHANGE;
+        raw.detail = state_change_detail(1, 7, 110);
+        raw.tcp = TcpSnapshot::default();
+        assert_eq!(
+            encode_event(&decode(&encode(&raw)).expect("valid record")),
+            raw
+        );
     }
 
     #[test]

@@ -43,11 +43,77 @@ impl ProcessRef {
     }
 }
 
+/// The kernel-side `Owner` of a process, as a record carries it, with
+/// `role` (`ROLE_*`): `from_owner`'s inverse.
+pub fn wire_owner(process: Option<&ProcessRef>, role: u8) -> monitor_common::socket::Owner {
+    let mut owner = monitor_common::socket::Owner {
+        role,
+        ..Default::default()
+    };
+    if let Some(process) = process {
+        owner.tgid = process.pid;
+        owner.tid = process.tid;
+        owner.cgroup_id = process.cgroup_id;
+        owner.start_boottime_ns = process.start_boottime_ns;
+        owner.source = process.source.tag();
+        owner.process_changes = u8::from(process.shared);
+        // The kernel's comm is 16 bytes, not always NUL-terminated.
+        let name = process.comm.as_bytes();
+        let len = name.len().min(owner.comm.len());
+        owner.comm[..len].copy_from_slice(&name[..len]);
+    }
+    owner
+}
+
 /// A kernel comm: NUL-terminated within 16 bytes, not necessarily UTF-8.
 pub fn comm_to_string(comm: &[u8; 16]) -> String {
     let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
+
+/// `TryFrom<tag type>` (the error is the unknown tag) and `tag()` for a
+/// typed enum and the wire's integer tags, from one list of pairs.
+macro_rules! wire_tags {
+    ($enum:ident: $int:ty { $($variant:ident = $tag:path),* $(,)? }) => {
+        impl TryFrom<$int> for $enum {
+            type Error = $int;
+
+            fn try_from(tag: $int) -> Result<Self, $int> {
+                match tag {
+                    $($tag => Ok(Self::$variant),)*
+                    other => Err(other),
+                }
+            }
+        }
+
+        impl $enum {
+            /// The wire's tag.
+            pub fn tag(self) -> $int {
+                match self {
+                    $(Self::$variant => $tag,)*
+                }
+            }
+        }
+    };
+}
+
+wire_tags!(OwnerSource: u8 {
+    Connect = monitor_common::socket::OWNER_SOURCE_CONNECT,
+    Send = monitor_common::socket::OWNER_SOURCE_SEND,
+    Receive = monitor_common::socket::OWNER_SOURCE_RECV,
+    Proc = monitor_common::socket::OWNER_SOURCE_PROC,
+});
+wire_tags!(Role: u8 {
+    Client = monitor_common::socket::ROLE_CLIENT,
+    Server = monitor_common::socket::ROLE_SERVER,
+    Unknown = monitor_common::socket::ROLE_UNKNOWN,
+});
+wire_tags!(RetransmitKind: u8 {
+    Timeout = monitor_common::retransmit::RETRANSMIT_TIMEOUT,
+    Fast = monitor_common::retransmit::RETRANSMIT_FAST,
+    TailLossProbe = monitor_common::retransmit::RETRANSMIT_TAIL_LOSS_PROBE,
+    Unknown = monitor_common::retransmit::RETRANSMIT_UNKNOWN,
+});
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,22 +171,6 @@ impl Role {
     }
 }
 
-impl TryFrom<u8> for Role {
-    /// The unknown tag.
-    type Error = u8;
-
-    /// From the wire's `ROLE_*`.
-    fn try_from(tag: u8) -> Result<Self, u8> {
-        use monitor_common::socket::{ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN};
-        match tag {
-            ROLE_CLIENT => Ok(Self::Client),
-            ROLE_SERVER => Ok(Self::Server),
-            ROLE_UNKNOWN => Ok(Self::Unknown),
-            other => Err(other),
-        }
-    }
-}
-
 /// How a retransmit was triggered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,38 +182,14 @@ pub enum RetransmitKind {
     Unknown,
 }
 
-impl TryFrom<u8> for RetransmitKind {
-    /// The unknown tag.
-    type Error = u8;
-
-    /// From the wire's `RETRANSMIT_*`.
-    fn try_from(tag: u8) -> Result<Self, u8> {
-        use monitor_common::retransmit::{
-            RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
-        };
-        match tag {
-            RETRANSMIT_TIMEOUT => Ok(Self::Timeout),
-            RETRANSMIT_FAST => Ok(Self::Fast),
-            RETRANSMIT_TAIL_LOSS_PROBE => Ok(Self::TailLossProbe),
-            RETRANSMIT_UNKNOWN => Ok(Self::Unknown),
-            other => Err(other),
-        }
-    }
-}
-
 impl RetransmitKind {
-    /// The wire's `RETRANSMIT_*` tag.
-    pub fn tag(self) -> u8 {
-        use monitor_common::retransmit::{
-            RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
-        };
-        match self {
-            Self::Timeout => RETRANSMIT_TIMEOUT,
-            Self::Fast => RETRANSMIT_FAST,
-            Self::TailLossProbe => RETRANSMIT_TAIL_LOSS_PROBE,
-            Self::Unknown => RETRANSMIT_UNKNOWN,
-        }
-    }
+    /// Every kind, in wire-tag order.
+    pub const ALL: [Self; 4] = [
+        Self::Unknown,
+        Self::Timeout,
+        Self::Fast,
+        Self::TailLossProbe,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -181,6 +207,11 @@ pub enum Progress {
     DataReceived,
     Acknowledged,
 }
+
+wire_tags!(Progress: u32 {
+    DataReceived = monitor_common::event::PROGRESS_DATA_RECEIVED,
+    Acknowledged = monitor_common::event::PROGRESS_ACKNOWLEDGED,
+});
 
 /// A TCP state by its kernel number, printed by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

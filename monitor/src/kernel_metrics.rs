@@ -21,10 +21,13 @@ use prometheus::{
     proto::MetricFamily,
 };
 
-use crate::capture::{
-    counters::{CounterSnapshot, KernelCounters},
-    reader::ReaderStats,
-    stats::{ProgramStats, ProgramStatsReader},
+use crate::{
+    capture::{
+        counters::{CounterSnapshot, KernelCounters},
+        reader::ReaderStats,
+        stats::{ProgramStats, ProgramStatsReader},
+    },
+    event::RetransmitKind,
 };
 
 /// Where a scrape reads the kernel-side numbers from.
@@ -46,9 +49,6 @@ pub struct KernelReading {
 /// Why records were lost, as `connmon_lost_records_total` labels them;
 /// each is exported from the start, so rules on them see 0, not nothing.
 const LOST_REASONS: [&str; 3] = ["ring_buffer_full", "socket_map_full", "decode_error"];
-
-/// Retransmit kinds in `RETRANSMITS_BASE + kind` order.
-const RETRANSMIT_KINDS: [&str; 4] = ["unknown", "timeout", "fast", "tail_loss_probe"];
 
 /// The families, built afresh for each scrape.
 struct Families {
@@ -167,10 +167,10 @@ pub fn families(
         ]) {
             f.lost_records.with_label_values(&[reason]).inc_by(total);
         }
-        for (kind, label) in RETRANSMIT_KINDS.into_iter().enumerate() {
+        for kind in RetransmitKind::ALL {
             f.kernel_retransmits
-                .with_label_values(&[label])
-                .inc_by(counters.get(RETRANSMITS_BASE + kind as u32));
+                .with_label_values(&[kind.as_str()])
+                .inc_by(counters.get(RETRANSMITS_BASE + u32::from(kind.tag())));
         }
         f.kernel_segments
             .inc_by(counters.get(RETRANSMITTED_SEGMENTS));

@@ -3,10 +3,10 @@
 
 use monitor_common::{
     event::{
-        EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
-        EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED,
-        PROGRESS_DATA_RECEIVED, SocketEvent as RawEvent, split_state_change_detail,
-        unpack_retransmit_counts,
+        EVENT_DESTROY, EVENT_PROGRESS, EVENT_REPLY_AFTER_IDLE, EVENT_RESET_RECEIVED,
+        EVENT_RESET_SENT, EVENT_RETRANSMIT, EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR,
+        EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED, PROGRESS_DATA_RECEIVED, SocketEvent as RawEvent,
+        split_state_change_detail, unpack_retransmit_counts,
     },
     retransmit::{
         RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
@@ -93,6 +93,9 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
                     });
                 }
             },
+        },
+        EVENT_REPLY_AFTER_IDLE => EventKind::ReplyAfterIdle {
+            gap_ns: u64::from(raw.detail) * 1_000_000,
         },
         other => return Err(DecodeError::Kind(other)),
     };

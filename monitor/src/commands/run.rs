@@ -514,6 +514,9 @@ impl Pipeline {
     fn event(&mut self, mut event: SocketEvent) -> Vec<Finding> {
         self.sockets.observe(&mut event);
         self.status.metrics.observe_event(&event);
+        if let Some(reuse) = crate::detect::reuse::survived(&event) {
+            self.status.metrics.observe_idle_reuse(&reuse);
+        }
         self.detector.handle(&event)
     }
 
@@ -526,6 +529,9 @@ impl Pipeline {
         let mut follow_ups = Vec::new();
         for finding in findings {
             self.status.metrics.observe_finding(finding);
+            if let Some(reuse) = crate::detect::reuse::failed(finding) {
+                self.status.metrics.observe_idle_reuse(&reuse);
+            }
             let record = self.reporter.record(finding, &self.settings);
             let line = match self.settings.output_format {
                 Format::Json => serde_json::to_string(&record).unwrap_or_default(),

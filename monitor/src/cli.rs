@@ -225,6 +225,11 @@ pub struct RunArgs {
     /// [default: false].
     #[arg(long, env = "CONNMON_BPF_RUN_TIME_STATS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub bpf_run_time_stats: Option<bool>,
+    /// Only watch sockets in this network namespace (one pod, or a test's
+    /// stand-in for a node): an inode number or a path such as
+    /// /run/netns/NAME or /proc/PID/ns/net [default: every namespace].
+    #[arg(long, env = "CONNMON_NETNS", value_name = "INODE|PATH")]
+    pub netns: Option<String>,
 }
 
 impl RunArgs {
@@ -273,6 +278,7 @@ impl RunArgs {
             web_config_file: self.web_config_file.clone(),
             alert_ca_file: self.alert_ca_file.clone(),
             bpf_run_time_stats: self.bpf_run_time_stats,
+            netns: self.netns.clone(),
         });
         Settings::resolve(&layers)
     }

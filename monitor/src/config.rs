@@ -98,6 +98,8 @@ pub struct Settings {
     /// `connmon_bpf_program_run_seconds_total`. Off by default: it costs
     /// every BPF program on the host, not only connmon's.
     pub bpf_run_time_stats: bool,
+    /// Only sockets in this network namespace (inode) are watched.
+    pub netns: Option<u32>,
 }
 
 impl Default for Settings {
@@ -130,6 +132,7 @@ impl Default for Settings {
             web_config: WebConfig::default(),
             alert_ca_certs: None,
             bpf_run_time_stats: false,
+            netns: None,
         }
     }
 }
@@ -164,6 +167,8 @@ pub struct Layer {
     /// PEM CA bundle for https alert and webhook URLs.
     pub alert_ca_file: Option<PathBuf>,
     pub bpf_run_time_stats: Option<bool>,
+    /// A namespace inode or file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub netns: Option<String>,
 }
 
 impl Layer {
@@ -296,6 +301,10 @@ impl Settings {
         }
         if let Some(url) = &layer.runbook_url {
             self.runbook_url = url.trim().to_string();
+        }
+        if let Some(netns) = &layer.netns {
+            self.netns =
+                Some(crate::cli::resolve_netns(netns.trim()).map_err(|e| invalid("netns", e))?);
         }
         if let Some(name) = &layer.node_name {
             if name.trim().is_empty() {
@@ -444,6 +453,27 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netns_scope_takes_an_inode_or_a_namespace_file_and_names_a_bad_one() {
+        assert_eq!(Settings::resolve(&[]).expect("defaults").netns, None);
+        let file = Layer::from_toml("netns = \"4026531840\"\n").expect("valid toml");
+        assert_eq!(
+            Settings::resolve(&[file]).expect("valid").netns,
+            Some(4026531840)
+        );
+        let own = Layer {
+            netns: Some("/proc/self/ns/net".into()),
+            ..Layer::default()
+        };
+        assert!(Settings::resolve(&[own]).expect("valid").netns.is_some());
+        let missing = Layer {
+            netns: Some("/run/netns/no-such-namespace".into()),
+            ..Layer::default()
+        };
+        let error = Settings::resolve(&[missing]).expect_err("no such file");
+        assert!(error.to_string().contains("netns"), "{error}");
+    }
 
     #[test]
     fn defaults_watch_redis_with_a_30s_idle_threshold() {

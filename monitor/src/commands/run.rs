@@ -100,6 +100,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     info!(
         ports = ?settings.ports,
         all_ports = settings.all_ports,
+        netns = ?settings.netns,
         idle_threshold = ?settings.idle_threshold,
         confirm_retransmits = settings.confirm_retransmits,
         listen = %settings.listen,
@@ -314,10 +315,11 @@ impl LiveSockets {
 /// Audits the watched connections periodically, off the async threads, and
 /// exports how many will hang on next use.
 fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task::JoinHandle<()> {
-    let (ports, all_ports, paths) = (
+    let (ports, all_ports, paths, netns) = (
         settings.ports.clone(),
         settings.all_ports,
         settings.path_timeouts.clone(),
+        settings.netns,
     );
     let mut tick = tokio::time::interval(settings.at_risk_interval);
     tokio::spawn(async move {
@@ -332,7 +334,12 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
                 continue;
             };
             let mut counts: HashMap<(String, String, String), i64> = HashMap::new();
-            for connection in report.connections.iter().filter(|c| c.assessment.at_risk) {
+            let in_scope = |netns_of: u32| netns.is_none_or(|netns| netns == netns_of);
+            for connection in report
+                .connections
+                .iter()
+                .filter(|c| c.assessment.at_risk && in_scope(c.netns))
+            {
                 let container = crate::attribution::container::short_id(
                     connection.container_id.as_deref().unwrap_or(""),
                 );
@@ -512,6 +519,14 @@ struct Pipeline {
 
 impl Pipeline {
     fn event(&mut self, mut event: SocketEvent) -> Vec<Finding> {
+        // The kernel programs see every namespace; `--netns` keeps one.
+        if self
+            .settings
+            .netns
+            .is_some_and(|netns| netns != event.connection.netns)
+        {
+            return Vec::new();
+        }
         self.sockets.observe(&mut event);
         self.status.metrics.observe_event(&event);
         if let Some(reuse) = crate::detect::reuse::survived(&event) {

@@ -307,6 +307,12 @@ pub struct AuditArgs {
     /// skipped silently when none answers.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9878")]
     pub daemon_url: Option<String>,
+    /// A Prometheus that scrapes the fleet's connmon instances with the
+    /// shipped rules (its base URL, e.g. http://prometheus:9090): each
+    /// destination's path timeout is at most the shortest idle gap that
+    /// failed on any node [default: off].
+    #[arg(long, value_name = "URL")]
+    pub prometheus_url: Option<String>,
     #[command(flatten)]
     pub client: DaemonClientArgs,
 }

@@ -9,7 +9,8 @@
 //! survive), then after the middlebox forgot them on two nodes (blackholed);
 //! connections to Y survive both gaps. The fleet alert must fire once for X,
 //! counting two nodes, with an inferred window that contains the true
-//! timeout, and never for Y.
+//! timeout, and never for Y; and `connmon audit --prometheus-url` on the
+//! third node takes X's path timeout from the fleet.
 
 use std::{
     collections::BTreeSet,
@@ -250,6 +251,64 @@ fn a_path_that_forgets_idle_connections_on_two_nodes_alerts_once_with_its_window
         r#"connmon_idle_reuse_gap_seconds_count{instance="fleet-c",outcome="blackholed"}"#,
     )?;
     assert!(on_c.is_empty(), "{on_c:?}");
+
+    // `audit --prometheus-url` on fleet-c: its own idle connection to X
+    // never failed there, but the fleet knows X's path forgets after at
+    // most `failed` seconds: the connection will hang on next use, and the
+    // report says the number came from the fleet.
+    let prometheus_url = format!("http://{}", prometheus.addr);
+    let node_c = &nodes[2];
+    let daemon_url = node_c
+        .connmon
+        .as_ref()
+        .map(|connmon| format!("http://{}", connmon.listen))
+        .context("fleet-c's connmon")?;
+    let mut last_report = Value::Null;
+    let connection = poll::until(
+        "audit to find fleet-c's idle connection to X at risk",
+        Duration::from_secs(30),
+        || {
+            let output = std::process::Command::new(connmon_tests::connmon::binary())
+                .args(["audit", "--json", "--ports", &REDIS_PORT.to_string()])
+                .args([
+                    "--prometheus-url",
+                    &prometheus_url,
+                    "--daemon-url",
+                    &daemon_url,
+                ])
+                .output()?;
+            ensure!(
+                output.status.success(),
+                "audit failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            last_report = serde_json::from_slice(&output.stdout)?;
+            Ok(last_report["connections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| {
+                    c["netns"] == node_c.topology.app.inode()
+                        && c["remote"] == x.as_str()
+                        && c["at_risk"] == true
+                })
+                .cloned())
+        },
+    )
+    .with_context(|| format!("last report: {last_report:#}"))?;
+    assert_eq!(connection["path_timeout_source"], "fleet", "{connection}");
+    assert_eq!(
+        connection["path_timeout_seconds"].as_f64(),
+        Some(failed.floor()),
+        "{connection}"
+    );
+    let fleet = &last_report["fleet_path_timeouts"];
+    assert_eq!(fleet["source"], prometheus_url.as_str(), "{fleet}");
+    assert_eq!(
+        fleet["windows"][x.as_str()]["at_most_seconds"].as_f64(),
+        Some(failed),
+        "{fleet}"
+    );
     eprintln!(
         "fleet test: window for X ({survived} s, {failed} s] around {truth} s, took {:?}",
         started.elapsed()

@@ -327,7 +327,7 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
             tick.tick().await;
             let (audited_ports, paths) = (ports.clone(), paths.clone());
             let Ok(report) = tokio::task::spawn_blocking(move || {
-                audit::audit(&audited_ports, all_ports, &paths, Default::default())
+                audit::audit(&audited_ports, all_ports, &paths, Default::default(), None)
             })
             .await
             else {

@@ -230,6 +230,11 @@ pub struct RunArgs {
     /// /run/netns/NAME or /proc/PID/ns/net [default: every namespace].
     #[arg(long, env = "CONNMON_NETNS", value_name = "INODE|PATH")]
     pub netns: Option<String>,
+    /// A Prometheus scraping every node's connmon with the shipped fleet
+    /// rules: the at-risk audits take each destination's path timeout from
+    /// the whole fleet's evidence when it is shorter [default: off].
+    #[arg(long, env = "CONNMON_PROMETHEUS_URL", value_name = "URL")]
+    pub prometheus_url: Option<String>,
 }
 
 impl RunArgs {
@@ -279,6 +284,7 @@ impl RunArgs {
             alert_ca_file: self.alert_ca_file.clone(),
             bpf_run_time_stats: self.bpf_run_time_stats,
             netns: self.netns.clone(),
+            prometheus_url: self.prometheus_url.clone(),
         });
         Settings::resolve(&layers)
     }

@@ -100,6 +100,8 @@ pub struct Settings {
     pub bpf_run_time_stats: bool,
     /// Only sockets in this network namespace (inode) are watched.
     pub netns: Option<u32>,
+    /// A Prometheus with the fleet rules, for the at-risk audits.
+    pub prometheus_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -133,6 +135,7 @@ impl Default for Settings {
             alert_ca_certs: None,
             bpf_run_time_stats: false,
             netns: None,
+            prometheus_url: None,
         }
     }
 }
@@ -169,6 +172,7 @@ pub struct Layer {
     pub bpf_run_time_stats: Option<bool>,
     /// A namespace inode or file (`/run/netns/NAME`, `/proc/PID/ns/net`).
     pub netns: Option<String>,
+    pub prometheus_url: Option<String>,
 }
 
 impl Layer {
@@ -301,6 +305,9 @@ impl Settings {
         }
         if let Some(url) = &layer.runbook_url {
             self.runbook_url = url.trim().to_string();
+        }
+        if let Some(url) = &layer.prometheus_url {
+            self.prometheus_url = Some(http_url("prometheus_url", url)?);
         }
         if let Some(netns) = &layer.netns {
             self.netns =
@@ -473,6 +480,22 @@ mod tests {
         };
         let error = Settings::resolve(&[missing]).expect_err("no such file");
         assert!(error.to_string().contains("netns"), "{error}");
+    }
+
+    #[test]
+    fn prometheus_url_must_be_an_http_url() {
+        let file =
+            Layer::from_toml("prometheus_url = \"http://prometheus:9090/\"\n").expect("toml");
+        assert_eq!(
+            Settings::resolve(&[file])
+                .expect("valid")
+                .prometheus_url
+                .as_deref(),
+            Some("http://prometheus:9090")
+        );
+        let bad = Layer::from_toml("prometheus_url = \"prometheus:9090\"\n").expect("toml");
+        let error = Settings::resolve(&[bad]).expect_err("no scheme");
+        assert!(error.to_string().contains("prometheus_url"), "{error}");
     }
 
     #[test]

@@ -101,6 +101,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ports = ?settings.ports,
         all_ports = settings.all_ports,
         netns = ?settings.netns,
+        prometheus_url = ?settings.prometheus_url,
         idle_threshold = ?settings.idle_threshold,
         confirm_retransmits = settings.confirm_retransmits,
         listen = %settings.listen,
@@ -321,13 +322,24 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
         settings.path_timeouts.clone(),
         settings.netns,
     );
+    let prometheus_url = settings.prometheus_url.clone();
     let mut tick = tokio::time::interval(settings.at_risk_interval);
     tokio::spawn(async move {
         loop {
             tick.tick().await;
             let (audited_ports, paths) = (ports.clone(), paths.clone());
+            let prometheus_url = prometheus_url.clone();
             let Ok(report) = tokio::task::spawn_blocking(move || {
-                audit::audit(&audited_ports, all_ports, &paths, Default::default(), None)
+                // The fleet's evidence when it answers; the configured path
+                // timeouts (and a warning) when it does not.
+                let fleet = prometheus_url.as_deref().and_then(|url| {
+                    crate::fleet::FleetTimeouts::query(url, Duration::from_secs(5))
+                        .inspect_err(|error| {
+                            warn!(%error, "no fleet path timeouts this round; at-risk uses the configured ones");
+                        })
+                        .ok()
+                });
+                audit::audit(&audited_ports, all_ports, &paths, Default::default(), fleet)
             })
             .await
             else {

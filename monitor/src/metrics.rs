@@ -486,11 +486,9 @@ impl Metrics {
         ]
     }
 
-    pub fn observe_event(&self, event: &SocketEvent) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        // Seven kinds: a scan of the ones seen beats hashing the label.
+    /// Counts a processed record in `connmon_events_total`.
+    fn count_event(&self, state: &mut State, event: &SocketEvent) {
+        // A few kinds: a scan of the ones seen beats hashing the label.
         let name = event.kind.name();
         match state.event_counters.iter().find(|(seen, _)| *seen == name) {
             Some((_, counter)) => counter.inc(),
@@ -500,6 +498,22 @@ impl Metrics {
                 state.event_counters.push((name, counter));
             }
         }
+    }
+
+    /// A record about a socket outside `--netns`: processed (counted in
+    /// `connmon_events_total`, so every record the kernel wrote is still
+    /// accounted for) but nothing else.
+    pub fn observe_out_of_scope(&self, event: &SocketEvent) {
+        if let Ok(mut state) = self.state.lock() {
+            self.count_event(&mut state, event);
+        }
+    }
+
+    pub fn observe_event(&self, event: &SocketEvent) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        self.count_event(&mut state, event);
         let counts: Vec<(RetransmitKind, u64)> = match &event.kind {
             EventKind::Retransmit(info) => vec![(info.kind, 1)],
             EventKind::RetransmitCounts { counts } => counts

@@ -537,6 +537,7 @@ impl Pipeline {
             .netns
             .is_some_and(|netns| netns != event.connection.netns)
         {
+            self.status.metrics.observe_out_of_scope(&event);
             return Vec::new();
         }
         self.sockets.observe(&mut event);

@@ -87,6 +87,29 @@ impl FleetTimeouts {
     }
 }
 
+impl FleetTimeouts {
+    /// A sentence for a finding's hint about `destination`, naming where
+    /// the numbers came from; `None` while no node saw its path fail.
+    pub fn hint(&self, destination: &str) -> Option<String> {
+        let window = self.windows.get(destination)?;
+        let at_most = window.at_most_seconds?;
+        // As the shipped rule: the longest gap proven to survive, or half
+        // the shortest that failed when that is smaller.
+        let half = (at_most / 2.0).floor().max(1.0);
+        let keepalive = window
+            .above_seconds
+            .map_or(half, |above| above.floor().min(half));
+        let above = window
+            .above_seconds
+            .map(|above| format!("more than {above:.0}s and "))
+            .unwrap_or_default();
+        Some(format!(
+            "Across the fleet (Prometheus at {}): the path to {destination} forgets idle flows after {above}at most {at_most:.0}s; set keepalive to fire within {keepalive:.0}s of idle.",
+            self.source
+        ))
+    }
+}
+
 /// Value per `destination` label of an instant query's vector answer
 /// (Prometheus' `/api/v1/query` JSON); samples that are not finite,
 /// non-negative numbers are left out.
@@ -149,5 +172,12 @@ mod tests {
             Some(Duration::from_secs_f64(351.2))
         );
         assert_eq!(fleet.at_most("10.0.9.9:6379"), None);
+        assert_eq!(
+            fleet.hint("10.0.1.5:6379").as_deref(),
+            Some(
+                "Across the fleet (Prometheus at http://prometheus:9090): the path to 10.0.1.5:6379 forgets idle flows after more than 240s and at most 351s; set keepalive to fire within 175s of idle."
+            )
+        );
+        assert_eq!(fleet.hint("10.0.9.9:6379"), None, "no evidence, no hint");
     }
 }

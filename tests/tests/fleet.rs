@@ -311,6 +311,52 @@ fn a_path_that_forgets_idle_connections_on_two_nodes_alerts_once_with_its_window
         Some(failed),
         "{fleet}"
     );
+    // A connmon on fleet-c pointed at the fleet (`run --prometheus-url`):
+    // its at-risk audits count the idle connection to X with the fleet's
+    // timeout, and when fleet-c reuses it at last, the storm's hint says
+    // what the fleet knows and where it came from.
+    let netns_c = format!("/run/netns/{}", node_c.topology.app.name());
+    let fleet_aware = connmon_tests::connmon::Daemon::start(&[
+        "--netns",
+        &netns_c,
+        "--idle-threshold",
+        "1s",
+        "--ports",
+        &ports,
+        "--prometheus-url",
+        &prometheus_url,
+        "--at-risk-interval",
+        "1s",
+    ])?;
+    let at_risk = format!(
+        r#"connmon_idle_connections_at_risk{{container="",destination="{x}",process="cmt-redis-clien"}}"#
+    );
+    poll::until(
+        "the fleet-aware connmon to count fleet-c's connection to X at risk",
+        Duration::from_secs(30),
+        || {
+            Ok(fleet_aware
+                .metric_if_present(&at_risk)?
+                .filter(|n| *n >= 1.0))
+        },
+    )
+    .with_context(|| format!("{:?}", fleet_aware.http_get("/metrics")))?;
+    nodes[2].clients[to_x].send_line("set")?;
+    let storm = connmon_tests::connmon::first_finding(
+        &fleet_aware,
+        "storm_started",
+        nodes[2].topology.app.inode(),
+        Duration::from_secs(30),
+    )?;
+    let hint = storm["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains(&format!(
+            "Across the fleet (Prometheus at {prometheus_url})"
+        )) && hint.contains(&format!("at most {failed:.0}s")),
+        "{hint}"
+    );
+    drop(fleet_aware);
+
     // Records about other namespaces are dropped but still accounted for:
     // every record the kernel wrote is processed or counted lost.
     for node in &nodes {

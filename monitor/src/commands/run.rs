@@ -148,8 +148,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         status: status.clone(),
         alerts,
         settings,
+        latest_fleet: LatestFleet::default(),
     };
-    let at_risk = spawn_at_risk_audits(&pipeline.settings, status.clone());
+    let at_risk = spawn_at_risk_audits(
+        &pipeline.settings,
+        status.clone(),
+        pipeline.latest_fleet.clone(),
+    );
     let mut losses = LossReconciler::default();
     let mut expire = tokio::time::interval(EXPIRE_INTERVAL);
     let mut stop = std::pin::pin!(shutdown::signal());
@@ -315,7 +320,15 @@ impl LiveSockets {
 
 /// Audits the watched connections periodically, off the async threads, and
 /// exports how many will hang on next use.
-fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task::JoinHandle<()> {
+/// The fleet's latest windows (`--prometheus-url`), shared by the at-risk
+/// audits that fetch them and the findings' hints.
+type LatestFleet = Arc<std::sync::Mutex<Option<crate::fleet::FleetTimeouts>>>;
+
+fn spawn_at_risk_audits(
+    settings: &Settings,
+    status: Arc<Status>,
+    latest_fleet: LatestFleet,
+) -> tokio::task::JoinHandle<()> {
     let (ports, all_ports, paths, netns) = (
         settings.ports.clone(),
         settings.all_ports,
@@ -329,6 +342,7 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
             tick.tick().await;
             let (audited_ports, paths) = (ports.clone(), paths.clone());
             let prometheus_url = prometheus_url.clone();
+            let latest_fleet = latest_fleet.clone();
             let Ok(report) = tokio::task::spawn_blocking(move || {
                 // The fleet's evidence when it answers; the configured path
                 // timeouts (and a warning) when it does not.
@@ -339,6 +353,9 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
                         })
                         .ok()
                 });
+                if let (Some(fleet), Ok(mut latest)) = (&fleet, latest_fleet.lock()) {
+                    *latest = Some(fleet.clone());
+                }
                 audit::audit(&audited_ports, all_ports, &paths, Default::default(), fleet)
             })
             .await
@@ -527,9 +544,31 @@ struct Pipeline {
     status: Arc<Status>,
     alerts: Option<AlertQueue>,
     settings: Settings,
+    latest_fleet: LatestFleet,
 }
 
 impl Pipeline {
+    /// With `--prometheus-url`: what the whole fleet knows about the path of
+    /// a storm or reset after idle, after the node's own hint.
+    fn add_fleet_hint(&self, finding: &Finding, record: &mut crate::output::report::FindingRecord) {
+        // A storm's start or a reset after idle, not a server's own close.
+        let Some(reuse) =
+            crate::detect::reuse::failed(finding).filter(|reuse| reuse.outcome.path_forgot())
+        else {
+            return;
+        };
+        let destination = crate::metrics::destination(reuse.connection, reuse.role);
+        let hint = self
+            .latest_fleet
+            .lock()
+            .ok()
+            .and_then(|fleet| fleet.as_ref()?.hint(&destination));
+        if let Some(hint) = hint {
+            record.hint.push(' ');
+            record.hint.push_str(&hint);
+        }
+    }
+
     fn event(&mut self, mut event: SocketEvent) -> Vec<Finding> {
         // The kernel programs see every namespace; `--netns` keeps one.
         if self
@@ -560,7 +599,8 @@ impl Pipeline {
             if let Some(reuse) = crate::detect::reuse::failed(finding) {
                 self.status.metrics.observe_idle_reuse(&reuse);
             }
-            let record = self.reporter.record(finding, &self.settings);
+            let mut record = self.reporter.record(finding, &self.settings);
+            self.add_fleet_hint(finding, &mut record);
             let line = match self.settings.output_format {
                 Format::Json => serde_json::to_string(&record).unwrap_or_default(),
                 Format::Text => text_line(&record),

@@ -15,6 +15,11 @@ pub const EVENT_PROGRESS: u32 = 7;
 /// connection's), counted in its storage and handed over at most once a
 /// second: `detail` packs the counts per kind (`pack_retransmit_counts`).
 pub const EVENT_RETRANSMIT_COUNTS: u32 = 8;
+/// A watched socket received payload after an idle gap (the reply to a
+/// request sent after the gap, or the peer speaking first): the path still
+/// knew the flow. `detail` is the gap in milliseconds (saturated). Only
+/// `connmon run` asks for these (evidence for the path's idle timeout).
+pub const EVENT_REPLY_AFTER_IDLE: u32 = 9;
 
 /// `detail` of a retransmit-counts record: one byte per `RETRANSMIT_*`
 /// kind, kind 0 lowest.
@@ -84,6 +89,7 @@ const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 16);
 /// | socket error | the positive errno (`sk_err`) |
 /// | progress | `PROGRESS_*` |
 /// | destroy | the errno the socket ended with (`SocketState::end_errno`), 0 if none |
+/// | reply after idle | the idle gap the flow survived, milliseconds |
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketEvent {

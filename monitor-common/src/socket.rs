@@ -374,6 +374,25 @@ impl TickActivity {
         }
     }
 
+    /// The idle gap (ticks) a receive at tick `now` shows the path
+    /// survived, judged before `note` records it: the first receive after a
+    /// burst that followed an idle gap (the reply to the request that ended
+    /// it), or a receive that itself ends an idle gap (the peer spoke
+    /// first). `None` for every other receive.
+    #[inline(always)]
+    pub fn gap_survived_by_receive(&self, now: u64, idle_threshold: u64) -> Option<u64> {
+        if self.may_confirm_storm(idle_threshold) {
+            return Some(self.idle_before_burst);
+        }
+        let last_active = if self.last_send > self.last_recv {
+            self.last_send
+        } else {
+            self.last_recv
+        };
+        let gap = now.saturating_sub(last_active);
+        (last_active != 0 && gap >= idle_threshold).then_some(gap)
+    }
+
     /// The same activity in nanoseconds, as records carry it.
     #[inline(always)]
     pub fn to_wire(&self, clocks: &ClockPair) -> Activity {
@@ -558,6 +577,40 @@ mod tests {
         assert!(!end_already_reported(0, 0), "an orderly close is reported");
         assert!(!end_already_reported(ETIMEDOUT, 0));
         assert!(!end_already_reported(104, ETIMEDOUT), "another error");
+    }
+
+    #[test]
+    fn a_reply_after_an_idle_burst_or_a_peer_ending_the_gap_shows_the_gap_survived() {
+        let mut activity = TickActivity::default();
+        activity.note(1_000, true, THRESHOLD);
+        activity.note(1_010, false, THRESHOLD);
+        assert_eq!(
+            activity.gap_survived_by_receive(1_020, THRESHOLD),
+            None,
+            "busy"
+        );
+        // A request after 290 idle ticks, answered 5 ticks later.
+        activity.note(1_300, true, THRESHOLD);
+        assert_eq!(
+            activity.gap_survived_by_receive(1_305, THRESHOLD),
+            Some(290)
+        );
+        activity.note(1_305, false, THRESHOLD);
+        assert_eq!(
+            activity.gap_survived_by_receive(1_306, THRESHOLD),
+            None,
+            "only the first reply"
+        );
+        // The peer speaks first after 400 quiet ticks.
+        assert_eq!(
+            activity.gap_survived_by_receive(1_705, THRESHOLD),
+            Some(400)
+        );
+        assert_eq!(
+            TickActivity::default().gap_survived_by_receive(5_000, THRESHOLD),
+            None,
+            "no payload before"
+        );
     }
 
     #[test]

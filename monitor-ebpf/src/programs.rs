@@ -18,9 +18,10 @@ use monitor_common::{
         RETRANSMITTED_SEGMENTS, SOCKETS_REMOVED, UnwatchedRetransmits,
     },
     event::{
-        EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
-        EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED,
-        PROGRESS_DATA_RECEIVED, TcpSnapshot, pack_retransmit_counts,
+        EVENT_DESTROY, EVENT_PROGRESS, EVENT_REPLY_AFTER_IDLE, EVENT_RESET_RECEIVED,
+        EVENT_RESET_SENT, EVENT_RETRANSMIT, EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR,
+        EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED, PROGRESS_DATA_RECEIVED, TcpSnapshot,
+        pack_retransmit_counts,
     },
     retransmit::{RETRANSMIT_TIMEOUT, classify_retransmit},
     socket::{
@@ -152,6 +153,17 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
         state.owner = current_owner(source, previous.role);
         state.owner.process_changes = previous.process_changes_after(tgid);
     }
+    // `connmon run` wants the idle gaps flows survived (the path's idle
+    // timeout is above them); judged before this receive is noted. A
+    // retransmitting socket's receive is progress instead: its gap, if it
+    // was a storm's, is reported with the storm.
+    let survived_gap = if is_send || progress || setting!(every_state_change) != 0 {
+        None
+    } else {
+        state
+            .activity
+            .gap_survived_by_receive(now, setting!(idle_threshold_ticks))
+    };
     if state.activity.last_send == 0 && state.activity.last_recv == 0 {
         // The first payload since connect or accept: the handshake was the
         // flow's last packet, so the idle gap runs from the kernel's own
@@ -171,6 +183,18 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
             Some(state),
             TcpSnapshot::default(),
             WAKE_WHEN_FILLING,
+        );
+    } else if let Some(gap) = survived_gap {
+        // A gap in jiffies times the tick length: no overflow for any real gap
+        // (and no 128-bit multiply, which BPF lacks).
+        let gap_ms = gap.wrapping_mul(setting!(ns_per_jiffy)) / 1_000_000;
+        emit(
+            EVENT_REPLY_AFTER_IDLE,
+            gap_ms.min(u32::MAX as u64) as u32,
+            sk,
+            Some(state),
+            TcpSnapshot::default(),
+            WAKE_LATER,
         );
     }
 }

@@ -226,6 +226,16 @@ pub struct RunArgs {
     /// [default: false].
     #[arg(long, env = "CONNMON_BPF_RUN_TIME_STATS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub bpf_run_time_stats: Option<bool>,
+    /// Only watch sockets in this network namespace (one pod, or a test's
+    /// stand-in for a node): an inode number or a path such as
+    /// /run/netns/NAME or /proc/PID/ns/net [default: every namespace].
+    #[arg(long, env = "CONNMON_NETNS", value_name = "INODE|PATH")]
+    pub netns: Option<String>,
+    /// A Prometheus scraping every node's connmon with the shipped fleet
+    /// rules: the at-risk audits take each destination's path timeout from
+    /// the whole fleet's evidence when it is shorter [default: off].
+    #[arg(long, env = "CONNMON_PROMETHEUS_URL", value_name = "URL")]
+    pub prometheus_url: Option<String>,
 }
 
 impl RunArgs {
@@ -274,6 +284,8 @@ impl RunArgs {
             web_config_file: self.web_config_file.clone(),
             alert_ca_file: self.alert_ca_file.clone(),
             bpf_run_time_stats: self.bpf_run_time_stats,
+            netns: self.netns.clone(),
+            prometheus_url: self.prometheus_url.clone(),
         });
         Settings::resolve(&layers)
     }
@@ -302,6 +314,12 @@ pub struct AuditArgs {
     /// skipped silently when none answers.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9878")]
     pub daemon_url: Option<String>,
+    /// A Prometheus that scrapes the fleet's connmon instances with the
+    /// shipped rules (its base URL, e.g. http://prometheus:9090): each
+    /// destination's path timeout is at most the shortest idle gap that
+    /// failed on any node [default: off].
+    #[arg(long, value_name = "URL")]
+    pub prometheus_url: Option<String>,
     #[command(flatten)]
     pub client: DaemonClientArgs,
 }

@@ -3,10 +3,10 @@
 
 use monitor_common::{
     event::{
-        EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
-        EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, SocketEvent as RawEvent,
-        TcpSnapshot, pack_retransmit_counts, split_state_change_detail, state_change_detail,
-        unpack_retransmit_counts,
+        EVENT_DESTROY, EVENT_PROGRESS, EVENT_REPLY_AFTER_IDLE, EVENT_RESET_RECEIVED,
+        EVENT_RESET_SENT, EVENT_RETRANSMIT, EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR,
+        EVENT_STATE_CHANGE, SocketEvent as RawEvent, TcpSnapshot, pack_retransmit_counts,
+        split_state_change_detail, state_change_detail, unpack_retransmit_counts,
     },
     socket::Tuple,
 };
@@ -84,6 +84,9 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
                 value: tag,
             })?,
         },
+        EVENT_REPLY_AFTER_IDLE => EventKind::ReplyAfterIdle {
+            gap_ns: u64::from(raw.detail) * 1_000_000,
+        },
         other => return Err(DecodeError::Kind(other)),
     };
     let owner = &raw.owner;
@@ -159,6 +162,10 @@ pub fn encode_event(event: &SocketEvent) -> RawEvent {
             (EVENT_DESTROY, *errno as u32)
         }
         EventKind::Progress { progress } => (EVENT_PROGRESS, progress.tag()),
+        EventKind::ReplyAfterIdle { gap_ns } => (
+            EVENT_REPLY_AFTER_IDLE,
+            u32::try_from(gap_ns / 1_000_000).unwrap_or(u32::MAX),
+        ),
         EventKind::RetransmitCounts { counts } => {
             let mut pending = [0u8; 4];
             for (kind, count) in counts {

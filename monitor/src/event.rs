@@ -301,6 +301,11 @@ pub enum EventKind {
     RetransmitCounts {
         counts: Vec<(RetransmitKind, u32)>,
     },
+    /// Payload arrived after an idle gap of `gap_ns`: the path still knew
+    /// the flow after that long (`connmon run` only).
+    ReplyAfterIdle {
+        gap_ns: u64,
+    },
 }
 
 impl EventKind {
@@ -314,6 +319,7 @@ impl EventKind {
             Self::Destroyed { .. } => "destroyed",
             Self::Progress { .. } => "progress",
             Self::RetransmitCounts { .. } => "retransmit_counts",
+            Self::ReplyAfterIdle { .. } => "reply_after_idle",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod detect;
 pub mod event;
 pub mod failfast;
+pub mod fleet;
 pub mod fuzzing;
 pub mod http;
 pub mod kernel_metrics;

@@ -20,7 +20,10 @@ use prometheus::{
 use crate::{
     attribution::{container, procfs, unwatched::OwnerIncrement},
     capture::counters::CounterSnapshot,
-    detect::{Finding, Storm},
+    detect::{
+        Finding, Storm,
+        reuse::{IdleReuse, ReuseOutcome},
+    },
     event::{Connection, EventKind, ProcessRef, RetransmitKind, Role, SocketEvent},
     kernel_metrics::{self, KernelCollector, KernelSources},
 };
@@ -45,10 +48,62 @@ pub struct Metrics {
     alert_deliveries: IntCounterVec,
     at_risk: IntGaugeVec,
     inferred_timeout: prometheus::GaugeVec,
+    idle_reuse: IdleReuseMetrics,
     degraded_hooks: IntGaugeVec,
     /// Kernel-side families, read at every scrape.
     kernel: Arc<KernelCollector>,
     state: Mutex<State>,
+}
+
+/// Idle-gap evidence per destination (`detect::reuse`): what the fleet view
+/// aggregates across nodes.
+struct IdleReuseMetrics {
+    gaps: HistogramVec,
+    longest_survived: prometheus::GaugeVec,
+    shortest_failed: prometheus::GaugeVec,
+}
+
+const IDLE_REUSE_FAMILY: &str = "connmon_idle_reuse_gap_seconds";
+
+impl IdleReuseMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let gaps = HistogramVec::new(
+            HistogramOpts::new(
+                IDLE_REUSE_FAMILY,
+                "Idle gaps before each reuse of a watched connection, by destination, role and outcome: survived (payload came back), blackholed (a storm), reset, peer_closed (the server had closed it). The path's idle timeout lies between the longest survived gap and the shortest blackholed or reset one.",
+            )
+            // Short ones for tests and chatty pools; then the idle timeouts
+            // of real middleboxes: Azure LB 240 s, AWS NAT/NLB 350 s, IPVS
+            // 900 s, GCP Cloud NAT 1200 s, Linux keepalive's 7200 s.
+            .buckets(vec![
+                1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 350.0, 600.0, 900.0, 1200.0,
+                3600.0, 7200.0,
+            ]),
+            &["destination", "role", "outcome"],
+        )?;
+        let longest_survived = prometheus::GaugeVec::new(
+            Opts::new(
+                "connmon_idle_reuse_longest_survived_gap_seconds",
+                "Per destination, the longest idle gap after which a reused connection got payload back: the path's idle timeout is above it.",
+            ),
+            &["destination"],
+        )?;
+        let shortest_failed = prometheus::GaugeVec::new(
+            Opts::new(
+                "connmon_idle_reuse_shortest_failed_gap_seconds",
+                "Per destination, the shortest idle gap after which a reused connection was blackholed or reset: the path's idle timeout is at most this.",
+            ),
+            &["destination"],
+        )?;
+        registry.register(Box::new(gaps.clone()))?;
+        registry.register(Box::new(longest_survived.clone()))?;
+        registry.register(Box::new(shortest_failed.clone()))?;
+        Ok(Self {
+            gaps,
+            longest_survived,
+            shortest_failed,
+        })
+    }
 }
 
 /// What the metrics remember between updates.
@@ -212,6 +267,7 @@ impl Metrics {
             &["destination"],
         )?;
         registry.register(Box::new(inferred_timeout.clone()))?;
+        let idle_reuse = IdleReuseMetrics::register(&registry)?;
         let degraded_hooks = IntGaugeVec::new(
             Opts::new(
                 "connmon_degraded_hooks",
@@ -265,6 +321,7 @@ impl Metrics {
             alert_deliveries,
             at_risk,
             inferred_timeout,
+            idle_reuse,
             degraded_hooks,
             kernel,
             state: Mutex::new(State::default()),
@@ -331,11 +388,9 @@ impl Metrics {
         ]
     }
 
-    pub fn observe_event(&self, event: &SocketEvent) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        // Seven kinds: a scan of the ones seen beats hashing the label.
+    /// Counts a processed record in `connmon_events_total`.
+    fn count_event(&self, state: &mut State, event: &SocketEvent) {
+        // A few kinds: a scan of the ones seen beats hashing the label.
         let name = event.kind.name();
         match state.event_counters.iter().find(|(seen, _)| *seen == name) {
             Some((_, counter)) => counter.inc(),
@@ -345,6 +400,22 @@ impl Metrics {
                 state.event_counters.push((name, counter));
             }
         }
+    }
+
+    /// A record about a socket outside `--netns`: processed (counted in
+    /// `connmon_events_total`, so every record the kernel wrote is still
+    /// accounted for) but nothing else.
+    pub fn observe_out_of_scope(&self, event: &SocketEvent) {
+        if let Ok(mut state) = self.state.lock() {
+            self.count_event(&mut state, event);
+        }
+    }
+
+    pub fn observe_event(&self, event: &SocketEvent) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        self.count_event(&mut state, event);
         let counts: Vec<(RetransmitKind, u64)> = match &event.kind {
             EventKind::Retransmit(info) => vec![(info.kind, 1)],
             EventKind::RetransmitCounts { counts } => counts
@@ -475,6 +546,36 @@ impl Metrics {
                 self.resets_after_idle.with_label_values(&refs).inc();
             }
         }
+    }
+
+    /// One reuse after an idle gap, into the histogram and the per-destination
+    /// bounds. Destinations are under the series cap (past it: `other`).
+    pub fn observe_idle_reuse(&self, reuse: &IdleReuse) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let labels = vec![
+            destination_addr(reuse.connection, reuse.role).to_string(),
+            reuse.role.as_str().to_string(),
+            reuse.outcome.as_str().to_string(),
+        ];
+        let labels = self.capped(&mut state, IDLE_REUSE_FAMILY, labels, 1);
+        let gap = reuse.gap_ns as f64 / 1e9;
+        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+        self.idle_reuse.gaps.with_label_values(&refs).observe(gap);
+        let (gauge, pick): (_, fn(f64, f64) -> f64) = match reuse.outcome {
+            ReuseOutcome::Survived => (&self.idle_reuse.longest_survived, f64::max),
+            outcome if outcome.path_forgot() => (&self.idle_reuse.shortest_failed, f64::min),
+            _ => return,
+        };
+        let gauge = gauge.with_label_values(&[refs[0]]);
+        // A new gauge reads 0: the first gap is taken as it is.
+        let kept = if gauge.get() == 0.0 {
+            gap
+        } else {
+            pick(gauge.get(), gap)
+        };
+        gauge.set(kept);
     }
 
     fn storm_labels(&self, state: &mut State, storm: &Storm) -> Vec<String> {
@@ -984,6 +1085,77 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }
+    }
+
+    /// The fleet view's evidence: gaps per destination, role and outcome in
+    /// a histogram, and per destination the longest gap that survived and
+    /// the shortest that did not (a peer's own close counts for neither).
+    #[test]
+    fn idle_reuse_gaps_bound_the_path_timeout_per_destination() {
+        use crate::detect::reuse::{IdleReuse, ReuseOutcome};
+        let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
+        let x = retransmit("app", "10.0.1.5:6379").connection;
+        let y = retransmit("app", "10.0.1.6:6380").connection;
+        for (connection, seconds, outcome) in [
+            (&x, 200, ReuseOutcome::Survived),
+            (&x, 300, ReuseOutcome::Survived),
+            (&x, 250, ReuseOutcome::Survived),
+            (&x, 400, ReuseOutcome::Blackholed),
+            (&x, 380, ReuseOutcome::Reset),
+            (&x, 100, ReuseOutcome::PeerClosed),
+            (&y, 900, ReuseOutcome::Survived),
+        ] {
+            metrics.observe_idle_reuse(&IdleReuse {
+                role: Role::Client,
+                connection,
+                gap_ns: seconds * 1_000_000_000,
+                outcome,
+            });
+        }
+        let text = metrics.render();
+        for line in [
+            r#"connmon_idle_reuse_gap_seconds_bucket{destination="10.0.1.5:6379",outcome="survived",role="client",le="240"} 1"#,
+            r#"connmon_idle_reuse_gap_seconds_bucket{destination="10.0.1.5:6379",outcome="survived",role="client",le="350"} 3"#,
+            r#"connmon_idle_reuse_gap_seconds_count{destination="10.0.1.5:6379",outcome="blackholed",role="client"} 1"#,
+            r#"connmon_idle_reuse_gap_seconds_count{destination="10.0.1.5:6379",outcome="reset",role="client"} 1"#,
+            r#"connmon_idle_reuse_gap_seconds_count{destination="10.0.1.5:6379",outcome="peer_closed",role="client"} 1"#,
+            r#"connmon_idle_reuse_longest_survived_gap_seconds{destination="10.0.1.5:6379"} 300"#,
+            r#"connmon_idle_reuse_shortest_failed_gap_seconds{destination="10.0.1.5:6379"} 380"#,
+            r#"connmon_idle_reuse_longest_survived_gap_seconds{destination="10.0.1.6:6380"} 900"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(
+            !text.contains(
+                r#"connmon_idle_reuse_shortest_failed_gap_seconds{destination="10.0.1.6:6380"}"#
+            ),
+            "nothing failed on the way to y:\n{text}"
+        );
+    }
+
+    #[test]
+    fn idle_reuse_destinations_past_the_cap_are_other() {
+        use crate::detect::reuse::{IdleReuse, ReuseOutcome};
+        let metrics = Metrics::new(1).expect("metrics");
+        for remote in ["10.0.1.5:6379", "10.0.1.6:6379"] {
+            metrics.observe_idle_reuse(&IdleReuse {
+                role: Role::Client,
+                connection: &retransmit("app", remote).connection,
+                gap_ns: 5_000_000_000,
+                outcome: ReuseOutcome::Blackholed,
+            });
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"connmon_idle_reuse_gap_seconds_count{destination="other",outcome="blackholed",role="client"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"connmon_idle_reuse_shortest_failed_gap_seconds{destination="other"} 5"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! sequences.
 
 pub mod giveup;
+pub mod reuse;
 
 // Keys are kernel cookies, not attacker-chosen input: a fast hasher is
 // safe here and the table is on the per-event path.
@@ -343,7 +344,9 @@ impl Detector {
                 );
             }
             // Busy connections' retransmits: counted, never a storm.
-            EventKind::StateChange { .. } | EventKind::RetransmitCounts { .. } => {}
+            EventKind::StateChange { .. }
+            | EventKind::RetransmitCounts { .. }
+            | EventKind::ReplyAfterIdle { .. } => {}
         }
         findings
     }

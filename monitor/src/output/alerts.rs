@@ -806,6 +806,10 @@ mod tests {
         let mut rules = Vec::new();
         for group in file["groups"].as_sequence().expect("groups") {
             for rule in group["rules"].as_sequence().expect("rules") {
+                // Recording rules (the fleet's) alert nobody.
+                if rule["record"].is_string() {
+                    continue;
+                }
                 let expr = rule["expr"].as_str().expect("expr");
                 let by = expr
                     .split_once("by (")

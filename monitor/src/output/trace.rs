@@ -61,7 +61,11 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
                 .collect();
             record.insert("retransmit_counts".into(), Value::Object(counts));
         }
-        EventKind::ResetReceived | EventKind::ResetSent | EventKind::Destroyed { .. } => {}
+        // Asked for by `connmon run` only, never by trace.
+        EventKind::ResetReceived
+        | EventKind::ResetSent
+        | EventKind::Destroyed { .. }
+        | EventKind::ReplyAfterIdle { .. } => {}
     }
     Value::Object(record)
 }

@@ -72,8 +72,12 @@ pub struct KernelOffsets {
     pub kernfs_node_id: u32,
     /// `sock.__sk_common.skc_hash` (u32): the established-table hash.
     pub skc_hash: u32,
+    /// `sock.__sk_common.skc_cookie` (atomic64): the cookie once something
+    /// (sock_diag) asked for it; read where tracing programs lack the
+    /// cookie helper, to find sockets userspace found at start-up.
+    pub skc_cookie: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 33 * 4);
 
 /// Words of the watched-port bitmap (`WATCHED_PORT_BITS`): one bit per
 /// TCP port, in a read-only global the loader fills, so the programs test
@@ -153,6 +157,7 @@ impl KernelOffsets {
         cgroup_kn: OFFSET_ABSENT,
         kernfs_node_id: OFFSET_ABSENT,
         skc_hash: OFFSET_ABSENT,
+        skc_cookie: OFFSET_ABSENT,
     };
 }
 
@@ -187,8 +192,16 @@ pub struct ProbeSettings {
     /// Zero: a record each (`connmon trace` shows every retransmit).
     pub count_busy_retransmits: u32,
     pub retransmit_counts_ticks: u64,
+    /// Non-zero: this kernel's tracing programs have neither socket-local
+    /// storage (`bpf_sk_storage_get`, Linux 5.11) nor the socket cookie
+    /// helper (5.12): a watched socket's state lives in a hash map keyed by
+    /// the socket's address (`SOCKET_STATE_BY_ADDRESS`, deleted when the
+    /// socket is destroyed), and the socket's address is its identity in
+    /// the records.
+    pub state_by_address: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 56);
+const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 64);
 
 impl ProbeSettings {
     pub const DEFAULT: Self = Self {
@@ -201,5 +214,7 @@ impl ProbeSettings {
         every_state_change: 1,
         count_busy_retransmits: 0,
         retransmit_counts_ticks: 250,
+        state_by_address: 0,
+        _pad: 0,
     };
 }

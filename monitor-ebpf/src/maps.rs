@@ -28,6 +28,15 @@ pub static SETTINGS: ProbeSettings = ProbeSettings::DEFAULT;
 #[btf_map]
 pub static SOCKET_STATE: SkStorage<SocketState> = SkStorage::new();
 
+/// Where `SOCKET_STATE` is missing (kernels before 5.11:
+/// `SETTINGS.state_by_address`): each watched socket's state keyed by the
+/// socket's address, deleted when the socket is destroyed. Not
+/// preallocated; the loader sizes it (`--socket-map-entries`) on those
+/// kernels and leaves it at one entry elsewhere.
+#[map]
+pub static SOCKET_STATE_BY_ADDRESS: HashMap<u64, SocketState> =
+    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
 /// Watched sockets that predate the daemon, written by userspace at
 /// start-up and moved into `SOCKET_STATE` the first time a program sees
 /// the socket. Not preallocated: it costs memory only for what it holds.

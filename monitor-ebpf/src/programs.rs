@@ -36,7 +36,7 @@ use crate::{
     kernel::{is_inet, is_inet_tcp, is_tcp, load_btf, off, ports, setting},
     maps::{RECENT_SOCKETS, UNWATCHED_RETRANSMITS, count},
     socket::{
-        INSERT_ONLY, bump_retransmit_epoch, cookie, create_storage, current_owner,
+        INSERT_ONLY, bump_retransmit_epoch, cookie, create_storage, current_owner, release_storage,
         either_port_watched, existing_storage, first_sight, last_receive, net_of, now_ticks,
         ports_watched, recent_key, retransmit_epoch, socket_cgroup_id, storage, tcp_sock, tuple,
     },
@@ -473,6 +473,9 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
             TcpSnapshot::default(),
             WAKE_LATER,
         );
+    }
+    if state.is_some() {
+        release_storage(sk);
     }
     0
 }

@@ -19,14 +19,22 @@ use monitor_common::{
 
 use crate::{
     kernel::{load_btf, load_btf_16, off, ports, read, read_bytes, setting},
-    maps::{PRIMED_SOCKETS, RETRANSMIT_EPOCH, SOCKET_STATE, WATCHED_PORT_BITS, count},
+    maps::{
+        PRIMED_SOCKETS, RETRANSMIT_EPOCH, SOCKET_STATE, SOCKET_STATE_BY_ADDRESS,
+        WATCHED_PORT_BITS, count,
+    },
 };
 
 /// The kernel's cookie for `sk`: never reused, and what sock_diag reports.
 /// A helper call: taken only when a record is written or a socket is
-/// first seen, never on the hot path.
+/// first seen, never on the hot path. On kernels whose tracing programs
+/// lack the helper (`state_by_address`), the socket's address instead:
+/// unique while the socket lives, which is as long as userspace keeps it.
 #[inline(always)]
 pub fn cookie(sk: *const u8) -> u64 {
+    if setting!(state_by_address) != 0 {
+        return sk as u64;
+    }
     // SAFETY: `sk` is the `struct sock *` argument of a BTF tracepoint or
     // fexit program, the pointer type this helper takes for tracing programs.
     unsafe { bpf_get_socket_cookie(sk as *mut _) }
@@ -81,6 +89,9 @@ fn port_watched(port: u16) -> bool {
 /// creating it.
 #[inline(always)]
 pub fn storage(sk: *const u8) -> Option<*mut SocketState> {
+    if setting!(state_by_address) != 0 {
+        return SOCKET_STATE_BY_ADDRESS.get_ptr_mut(&(sk as u64));
+    }
     // SAFETY: `SOCKET_STATE` is an sk-storage map (the loader relocates its
     // address to the map); `sk` is a BTF-typed `struct sock *`, which the
     // helper takes in tracing programs; NULL value and flags 0 only look up.
@@ -133,6 +144,9 @@ pub fn bump_retransmit_epoch() {
 /// local port) and for events of any socket.
 #[inline(always)]
 pub fn existing_storage(sk: *const u8) -> Option<*mut SocketState> {
+    if setting!(state_by_address) != 0 {
+        return storage(sk);
+    }
     let field = off!(sk_bpf_storage);
     if field != OFFSET_ABSENT && load_btf::<u64>(sk, field) == 0 {
         return None;
@@ -144,6 +158,19 @@ pub fn existing_storage(sk: *const u8) -> Option<*mut SocketState> {
 /// refused (out of memory: counted). Used only after `storage` missed.
 #[inline(always)]
 pub fn create_storage(sk: *const u8, initial: &SocketState) -> Option<*mut SocketState> {
+    if setting!(state_by_address) != 0 {
+        let key = sk as u64;
+        // Full (the loader's size) or out of memory: counted as refused.
+        if SOCKET_STATE_BY_ADDRESS
+            .insert(&key, initial, INSERT_ONLY)
+            .is_err()
+        {
+            count(LOST_SOCKET_MAP_FULL, 1);
+            return None;
+        }
+        count(SOCKETS_ADDED, 1);
+        return SOCKET_STATE_BY_ADDRESS.get_ptr_mut(&key);
+    }
     // SAFETY: as in `storage`; `initial` is a whole value on the stack that
     // the helper copies into the new storage.
     let state = unsafe {
@@ -179,11 +206,12 @@ pub fn first_sight(
         owner,
         ..SocketState::default()
     };
-    let cookie = cookie(sk);
+    let cookie = primed_key(sk);
     if let Some(primed) = PRIMED_SOCKETS.get_ptr(&cookie) {
-        // SAFETY: pointer from a lookup in this run; copied before the
-        // entry is deleted.
-        let primed = unsafe { *primed };
+        // SAFETY: pointer from a lookup in this run; read in place (no
+        // stack copy: the retransmit program's stack is near its limit),
+        // and only before the entry is deleted below.
+        let primed = unsafe { &*primed };
         let previous = primed.owner;
         // The same rule as a known socket's: the writer names the thread,
         // a reader takes over only from another process.
@@ -206,6 +234,21 @@ pub fn first_sight(
         initial.activity.last_recv = last_receive(sk, now);
     }
     create_storage(sk, &initial)
+}
+
+/// The key userspace primed `sk` under: sock_diag's cookie. Where the
+/// cookie helper is missing, the cookie sock_diag itself stored in the
+/// socket when it listed it at start-up (0: never listed, so not primed).
+#[inline(always)]
+fn primed_key(sk: *const u8) -> u64 {
+    if setting!(state_by_address) == 0 {
+        return cookie(sk);
+    }
+    let field = off!(skc_cookie);
+    if field == OFFSET_ABSENT {
+        return 0;
+    }
+    load_btf::<u64>(sk, field)
 }
 
 /// When `sk` last received anything (data or an ACK), in jiffies, from the
@@ -321,6 +364,15 @@ pub fn tuple(sk: *const u8) -> Tuple {
 #[inline(always)]
 pub fn net_of(sk: *const u8) -> *const u8 {
     load_btf::<u64>(sk, off!(skc_net)) as *const u8
+}
+
+/// Frees `sk`'s state where it does not go with the socket (the
+/// `state_by_address` map); with socket-local storage, nothing to do.
+#[inline(always)]
+pub fn release_storage(sk: *const u8) {
+    if setting!(state_by_address) != 0 {
+        let _ = SOCKET_STATE_BY_ADDRESS.remove(&(sk as u64));
+    }
 }
 
 /// `BPF_NOEXIST` as the map helpers' flag.

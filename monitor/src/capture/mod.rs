@@ -29,6 +29,7 @@ use self::offsets::KernelBtf;
 pub mod map_names {
     pub const PRIMED_SOCKETS: &str = "PRIMED_SOCKETS";
     pub const UNWATCHED_RETRANSMITS: &str = "UNWATCHED_RETRANSMITS";
+    pub const SOCKET_STATE_BY_ADDRESS: &str = "SOCKET_STATE_BY_ADDRESS";
 }
 
 /// Where the kernel publishes its own BTF.
@@ -190,59 +191,38 @@ impl Capture {
             path: btf_path.clone(),
             reason: source.to_string(),
         })?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&aya_btf))
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("SETTINGS", &settings, true)
-            .override_global("WATCHED_PORT_BITS", &watched_port_bits, true)
-            .map_max_entries(map_names::PRIMED_SOCKETS, config.socket_map_entries.max(1))
-            .map_max_entries("EVENTS", config.ring_buffer_bytes)
-            .load(PROGRAMS_OBJECT)
-            .map_err(load_error)?;
-
-        let mut attached = Vec::new();
-        let mut programs = Vec::new();
-        let mut program_fds = Vec::new();
-        for (hook, source) in plan {
-            let started = std::time::Instant::now();
-            let fd = match attach(&mut ebpf, &aya_btf, hook, source) {
-                Ok(fd) => fd,
-                // Trampolines can be refused (e.g. lockdown or a kernel that
-                // blocks them): an optional hook then degrades, as if absent.
-                // (A kernel too old for the programs is not a refused
-                // trampoline: it stops start-up below, with its reason.)
-                Err(error)
-                    if !hook.required
-                        && matches!(source, Source::FExit(_))
-                        && !matches!(error, CaptureError::KernelTooOld { .. }) =>
-                {
-                    warn!(
-                        hook = source.describe(hook),
-                        lost = hook.purpose,
-                        %error,
-                        "fallback hook refused; capability degraded"
-                    );
-                    degraded.push(hook);
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            let program = source.program(hook);
-            match fd {
-                Ok(fd) => {
-                    info!(
-                        program,
-                        verified_insns = verified_insns(&fd),
-                        load_ms = started.elapsed().as_millis() as u64,
-                        "kernel program attached"
-                    );
-                    program_fds.push((program, fd));
-                }
-                Err(error) => warn!(program, %error, "no statistics for this program"),
+        let loaded = match load_and_attach(&aya_btf, config, &offsets, settings, &watched_port_bits, &plan, degraded.clone()) {
+            // Tracing programs got socket-local storage in 5.11 and the
+            // cookie helper in 5.12: before, state goes into a hash map
+            // keyed by the socket's address (the verifier never sees the
+            // helper calls: the setting is a read-only global).
+            Err(CaptureError::KernelTooOld { helper, .. })
+                if helper == "bpf_sk_storage_get" || helper == "bpf_get_socket_cookie" =>
+            {
+                warn!(
+                    missing = helper,
+                    map_entries = config.socket_map_entries,
+                    "this kernel's BPF tracing programs have no socket-local storage or socket cookie: \
+                     watched sockets' state goes into a hash map keyed by socket address (sized by \
+                     --socket-map-entries; sockets beyond it are counted as socket_map_full), and \
+                     sockets are identified by address, so sock_diag lookups by cookie (owners of \
+                     unwatched retransmits, abort) are degraded"
+                );
+                let settings = ProbeSettings {
+                    state_by_address: 1,
+                    ..settings
+                };
+                load_and_attach(&aya_btf, config, &offsets, settings, &watched_port_bits, &plan, degraded)?
             }
-            attached.push(hook.tracepoint);
-            programs.push(program);
-        }
+            other => other?,
+        };
+        let Loaded {
+            ebpf,
+            attached,
+            programs,
+            program_fds,
+            degraded,
+        } = loaded;
         info!(hooks = ?attached, ?programs, degraded = degraded.len(), "kernel programs attached");
         Ok(Self {
             ebpf,
@@ -462,6 +442,96 @@ fn choose_hooks(kernel_btf: &KernelBtf) -> Result<HookPlan, CaptureError> {
         |tracepoint| kernel_btf.tracepoint_args(tracepoint).is_some(),
         |function| kernel_btf.function_args(function),
     )
+}
+
+/// What `load_and_attach` gives `Capture`.
+struct Loaded {
+    ebpf: Ebpf,
+    attached: Vec<&'static str>,
+    programs: Vec<&'static str>,
+    program_fds: Vec<(&'static str, aya::programs::ProgramFd)>,
+    degraded: Vec<&'static Hook>,
+}
+
+/// Loads the object with `settings` and attaches each planned hook; on an
+/// error, whatever was attached is detached again (dropped).
+fn load_and_attach(
+    aya_btf: &Btf,
+    config: &CaptureConfig,
+    offsets: &KernelOffsets,
+    settings: ProbeSettings,
+    watched_port_bits: &[u64; WATCHED_PORT_WORDS],
+    plan: &[(&'static Hook, Source)],
+    mut degraded: Vec<&'static Hook>,
+) -> Result<Loaded, CaptureError> {
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("SETTINGS", &settings, true)
+        .override_global("WATCHED_PORT_BITS", &watched_port_bits, true)
+        .map_max_entries(map_names::PRIMED_SOCKETS, config.socket_map_entries.max(1))
+        .map_max_entries("EVENTS", config.ring_buffer_bytes)
+        .map_max_entries(
+            map_names::SOCKET_STATE_BY_ADDRESS,
+            if settings.state_by_address != 0 {
+                config.socket_map_entries.max(1)
+            } else {
+                1
+            },
+        )
+        .load(PROGRAMS_OBJECT)
+        .map_err(load_error)?;
+
+    let mut attached = Vec::new();
+    let mut programs = Vec::new();
+    let mut program_fds = Vec::new();
+    for &(hook, source) in plan {
+        let started = std::time::Instant::now();
+        let fd = match attach(&mut ebpf, &aya_btf, hook, source) {
+            Ok(fd) => fd,
+            // Trampolines can be refused (e.g. lockdown or a kernel that
+            // blocks them): an optional hook then degrades, as if absent.
+            // (A kernel too old for the programs is not a refused
+            // trampoline: it stops start-up below, with its reason.)
+            Err(error)
+                if !hook.required
+                    && matches!(source, Source::FExit(_))
+                    && !matches!(error, CaptureError::KernelTooOld { .. }) =>
+            {
+                warn!(
+                    hook = source.describe(hook),
+                    lost = hook.purpose,
+                    %error,
+                    "fallback hook refused; capability degraded"
+                );
+                degraded.push(hook);
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let program = source.program(hook);
+        match fd {
+            Ok(fd) => {
+                info!(
+                    program,
+                    verified_insns = verified_insns(&fd),
+                    load_ms = started.elapsed().as_millis() as u64,
+                    "kernel program attached"
+                );
+                program_fds.push((program, fd));
+            }
+            Err(error) => warn!(program, %error, "no statistics for this program"),
+        }
+        attached.push(hook.tracepoint);
+        programs.push(program);
+    }
+    Ok(Loaded {
+        ebpf,
+        attached,
+        programs,
+        program_fds,
+        degraded,
+    })
 }
 
 /// Per hook: the BTF tracepoint when the kernel has it, else a fallback

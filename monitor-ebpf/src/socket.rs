@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie, bpf_jiffies64,
-            bpf_sk_storage_get, bpf_skc_to_tcp_sock,
+            bpf_map_update_elem, bpf_sk_storage_get, bpf_skc_to_tcp_sock,
         },
     },
 };
@@ -160,11 +160,18 @@ pub fn existing_storage(sk: *const u8) -> Option<*mut SocketState> {
 pub fn create_storage(sk: *const u8, initial: &SocketState) -> Option<*mut SocketState> {
     if setting!(state_by_address) != 0 {
         let key = sk as u64;
+        // SAFETY: the map is a hash of u64 to SocketState; key and value
+        // point to whole values on the stack; the helper copies both.
+        let inserted = unsafe {
+            bpf_map_update_elem(
+                core::ptr::addr_of!(SOCKET_STATE_BY_ADDRESS).cast_mut().cast(),
+                (&raw const key).cast(),
+                (initial as *const SocketState).cast(),
+                INSERT_ONLY,
+            )
+        };
         // Full (the loader's size) or out of memory: counted as refused.
-        if SOCKET_STATE_BY_ADDRESS
-            .insert(&key, initial, INSERT_ONLY)
-            .is_err()
-        {
+        if inserted != 0 {
             count(LOST_SOCKET_MAP_FULL, 1);
             return None;
         }

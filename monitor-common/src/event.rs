@@ -79,6 +79,7 @@ const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 16);
 /// | reset sent | `sk_rst_reason` on kernels that have it, else 0 |
 /// | socket error | the positive errno (`sk_err`) |
 /// | progress | `PROGRESS_*` |
+/// | destroy | the errno the socket ended with (`SocketState::end_errno`), 0 if none |
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketEvent {

@@ -102,6 +102,14 @@ pub fn watched_port_bits(ports: impl IntoIterator<Item = u16>) -> [u64; WATCHED_
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_ring_a_quarter_full_wakes_the_reader() {
+        let wake = ring_wake_bytes(1 << 20);
+        assert_eq!(wake, 256 * 1024);
+        assert!(!ring_needs_draining(wake - 1, wake));
+        assert!(ring_needs_draining(wake, wake));
+    }
+
     use super::*;
 
     #[test]
@@ -192,6 +200,11 @@ pub struct ProbeSettings {
     /// Zero: a record each (`connmon trace` shows every retransmit).
     pub count_busy_retransmits: u32,
     pub retransmit_counts_ticks: u64,
+    /// Records written without a wakeup wake the reader anyway once this
+    /// many bytes wait in the ring (`ring_wake_bytes`): a burst is drained
+    /// while it is written instead of overflowing the ring before the
+    /// reader's periodic drain.
+    pub ring_wake_bytes: u64,
     /// Non-zero: this kernel's tracing programs have neither socket-local
     /// storage (`bpf_sk_storage_get`, Linux 5.11) nor the socket cookie
     /// helper (5.12): a watched socket's state lives in a hash map keyed by
@@ -201,7 +214,20 @@ pub struct ProbeSettings {
     pub state_by_address: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 64);
+const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 72);
+
+/// `ProbeSettings::ring_wake_bytes` for a ring of `ring_bytes`: a quarter
+/// of it, so the reader has the other three quarters of slack to wake up.
+pub const fn ring_wake_bytes(ring_bytes: u64) -> u64 {
+    ring_bytes / 4
+}
+
+/// Whether a record written without a wakeup must wake the reader anyway:
+/// `pending` bytes (the kernel's `BPF_RB_AVAIL_DATA`) wait in the ring.
+#[inline(always)]
+pub const fn ring_needs_draining(pending: u64, wake_bytes: u64) -> bool {
+    pending >= wake_bytes
+}
 
 impl ProbeSettings {
     pub const DEFAULT: Self = Self {
@@ -214,6 +240,7 @@ impl ProbeSettings {
         every_state_change: 1,
         count_busy_retransmits: 0,
         retransmit_counts_ticks: 250,
+        ring_wake_bytes: 1 << 18,
         state_by_address: 0,
         _pad: 0,
     };

@@ -89,7 +89,10 @@ pub struct SocketState {
     /// In jiffies: the hot path reads the inlined jiffies counter instead of
     /// a clock helper; records carry nanoseconds (`TickActivity::to_wire`).
     pub activity: TickActivity,
-    pub retransmits: u32,
+    /// The errno the socket ended with (`sk_err` at its error report or
+    /// CLOSE), 0 while none: the destroy record carries it, so the
+    /// outcome survives a lost error or CLOSE record.
+    pub end_errno: u32,
     /// `SOCKET_FLAG_*` bits.
     pub flags: u32,
     /// Retransmits per kind not yet handed to userspace (a busy
@@ -99,6 +102,16 @@ pub struct SocketState {
     pub counts_sent_at: u32,
 }
 const _: () = assert!(core::mem::size_of::<SocketState>() == 96);
+
+/// The error report and the CLOSE of a socket that fails (ETIMEDOUT, a
+/// reset) carry the same errno, back to back (their order differs between
+/// kernels). `connmon run` needs only the first: whether the end with
+/// `errno`, given what the socket's storage noted (`end_errno`), was
+/// already reported.
+#[inline(always)]
+pub const fn end_already_reported(end_errno: u32, errno: u32) -> bool {
+    errno != 0 && end_errno == errno
+}
 
 /// A watched socket has retransmitted and has not made progress since; the
 /// next receive or return to congestion state Open is reported.
@@ -479,6 +492,16 @@ mod tests {
         assert!(retransmit_counts_due(&pending, 1_000, 1_001, 250), "full");
         count_retransmit(&mut pending, 1);
         assert_eq!(pending[1], u8::MAX, "saturates rather than wraps");
+    }
+
+    #[test]
+    fn only_the_second_of_an_error_and_close_with_one_errno_is_skipped() {
+        const ETIMEDOUT: u32 = 110;
+        assert!(!end_already_reported(0, ETIMEDOUT), "the first of the pair");
+        assert!(end_already_reported(ETIMEDOUT, ETIMEDOUT), "the second");
+        assert!(!end_already_reported(0, 0), "an orderly close is reported");
+        assert!(!end_already_reported(ETIMEDOUT, 0));
+        assert!(!end_already_reported(104, ETIMEDOUT), "another error");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_SYN_RECV: u8 = 3;
 pub const TCP_CLOSE: u8 = 7;
+/// The peer closed its side (its FIN arrived); this side has not yet.
+pub const TCP_CLOSE_WAIT: u8 = 8;
 
 /// The name the kernel uses for a socket state, for logs and events.
 pub const fn tcp_state_name(state: u8) -> &'static str {

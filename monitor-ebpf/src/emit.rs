@@ -1,12 +1,13 @@
 //! Writing events to the ring buffer.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
 };
 use monitor_common::{
     counters::{EVENTS_EMITTED, LOST_RINGBUF_FULL},
     event::{EVENT_RETRANSMIT, SocketEvent, TcpSnapshot},
+    globals::ring_needs_draining,
     socket::{Activity, Owner, SOCKET_FLAG_REPORTED, SocketState, may_confirm_storm},
 };
 
@@ -19,8 +20,13 @@ use crate::{
 /// Wake the reader now: for events that may confirm a storm. Everything
 /// else waits for the reader's periodic drain, because each wakeup costs an
 /// IRQ-work interrupt (about 10 µs on a VM) and the drain bounds the delay.
-pub const WAKE_NOW: bool = true;
-pub const WAKE_LATER: bool = false;
+pub const WAKE_NOW: u8 = 0;
+pub const WAKE_LATER: u8 = 1;
+/// Later, unless a quarter of the ring already waits: for the records a
+/// burst brings by the thousand (ends of sockets), so the reader drains the
+/// ring while it fills. A helper call: the retransmit program, tight on
+/// stack, passes only the other two, and the compiler drops the check there.
+pub const WAKE_WHEN_FILLING: u8 = 2;
 
 /// Emits one event for `sk`. Owner and activity come from the socket's
 /// storage when it has one, which is then marked reported (its end will be
@@ -33,8 +39,16 @@ pub fn emit(
     sk: *const u8,
     state: Option<*mut SocketState>,
     tcp: TcpSnapshot,
-    wake: bool,
+    wake: u8,
 ) {
+    // A burst (thousands of sockets timing out in the same jiffy) would
+    // fill the ring before the periodic drain: past a quarter full, such a
+    // record wakes the reader (the kernel coalesces pending wakeups).
+    let filling = wake == WAKE_WHEN_FILLING
+        && ring_needs_draining(
+            EVENTS.query(BPF_RB_AVAIL_DATA as u64),
+            setting!(ring_wake_bytes),
+        );
     let Some(mut entry) = EVENTS.reserve::<SocketEvent>(0) else {
         count(LOST_RINGBUF_FULL, 1);
         return;
@@ -67,12 +81,13 @@ pub fn emit(
     // Read back from the record, so no extra stack. A `false` here only
     // delays the record to the reader's next drain.
     // SAFETY: the record was fully written just above.
-    let wake = wake
+    let wake = wake == WAKE_NOW
         && (kind != EVENT_RETRANSMIT
             || may_confirm_storm(
                 unsafe { &entry.assume_init_ref().activity },
                 setting!(idle_threshold_ns),
             ));
+    let wake = wake || filling;
     let flags = if wake {
         BPF_RB_FORCE_WAKEUP
     } else {

@@ -26,13 +26,13 @@ use monitor_common::{
     socket::{
         OWNER_SOURCE_CONNECT, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, Owner, ROLE_CLIENT,
         ROLE_SERVER, ROLE_UNKNOWN, RecentSocket, SOCKET_FLAG_REPORTED, SOCKET_FLAG_RETRANSMITTING,
-        SocketState, count_retransmit, one_of_kind, retransmit_counts_due,
+        SocketState, count_retransmit, end_already_reported, one_of_kind, retransmit_counts_due,
     },
     tcp::{TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
 };
 
 use crate::{
-    emit::{WAKE_LATER, WAKE_NOW, emit},
+    emit::{WAKE_LATER, WAKE_NOW, WAKE_WHEN_FILLING, emit},
     kernel::{is_inet, is_inet_tcp, is_tcp, load_btf, off, ports, setting},
     maps::{RECENT_SOCKETS, UNWATCHED_RETRANSMITS, count},
     socket::{
@@ -180,7 +180,7 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
             sk,
             Some(state),
             TcpSnapshot::default(),
-            WAKE_LATER,
+            WAKE_WHEN_FILLING,
         );
     }
 }
@@ -265,14 +265,6 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     } else {
         return 0;
     };
-    // `connmon run` hears only a reported socket's end; `trace` every move.
-    let wanted = every_state_change
-        || (new_state == TCP_CLOSE
-            // SAFETY: pointer to this socket's storage, from this run.
-            && state.is_some_and(|state| (unsafe { (*state).flags }) & SOCKET_FLAG_REPORTED != 0));
-    if !wanted {
-        return 0;
-    }
     // The kernel sets sk_err before it closes a socket on error
     // (ETIMEDOUT, ECONNRESET): the CLOSE event says why.
     let errno = if new_state == TCP_CLOSE {
@@ -280,13 +272,30 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     } else {
         0
     };
+    // `connmon run` hears only a reported socket's end, once; `trace`
+    // every move.
+    let wanted = every_state_change
+        || (new_state == TCP_CLOSE
+            && state.is_some_and(|state| {
+                // SAFETY: pointer to this socket's storage, from this run.
+                let state = unsafe { &mut *state };
+                let reported = state.flags & SOCKET_FLAG_REPORTED != 0
+                    && !end_already_reported(state.end_errno, errno as u32);
+                if errno != 0 {
+                    state.end_errno = errno as u32;
+                }
+                reported
+            }));
+    if !wanted {
+        return 0;
+    }
     emit(
         EVENT_STATE_CHANGE,
         monitor_common::event::state_change_detail(old_state, new_state, errno),
         sk,
         state,
         TcpSnapshot::default(),
-        WAKE_LATER,
+        WAKE_WHEN_FILLING,
     );
     0
 }
@@ -333,7 +342,6 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     if let Some(state) = state {
         // SAFETY: pointer to this socket's storage, from this run.
         let state = unsafe { &mut *state };
-        state.retransmits = state.retransmits.wrapping_add(1);
         if setting!(count_busy_retransmits) != 0
             && !state
                 .activity
@@ -408,7 +416,7 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
         sk,
         Some(state),
         TcpSnapshot::default(),
-        WAKE_LATER,
+        WAKE_WHEN_FILLING,
     );
     0
 }
@@ -440,8 +448,30 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if !is_inet_tcp(sk) {
         return 0;
     }
-    let errno = load_btf::<i32>(sk, off!(sk_err));
-    emit_for_watched(sk, EVENT_SOCKET_ERROR, errno as u32, WAKE_NOW);
+    let errno = load_btf::<i32>(sk, off!(sk_err)) as u32;
+    let state = existing_storage(sk);
+    if let Some(state) = state {
+        // SAFETY: pointer to this socket's storage, from this run.
+        let state = unsafe { &mut *state };
+        // A failing socket's CLOSE came first on this kernel and said it
+        // (`connmon run`; `trace` shows both).
+        if setting!(every_state_change) == 0 && end_already_reported(state.end_errno, errno) {
+            return 0;
+        }
+        if errno != 0 {
+            state.end_errno = errno;
+        }
+    } else if !ports_watched(sk) {
+        return 0;
+    }
+    emit(
+        EVENT_SOCKET_ERROR,
+        errno,
+        sk,
+        state,
+        TcpSnapshot::default(),
+        WAKE_NOW,
+    );
     0
 }
 
@@ -452,7 +482,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk = sock_arg(&ctx);
     let state = existing_storage(sk);
     let every_state_change = setting!(every_state_change) != 0;
-    let reported = match state {
+    let (reported, end_errno) = match state {
         Some(state) => {
             count(SOCKETS_REMOVED, 1);
             // SAFETY: pointer to this socket's storage, from this run.
@@ -460,18 +490,20 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
             if state.pending_retransmits != [0; 4] {
                 hand_over_retransmit_counts(sk, state, now_ticks() as u32);
             }
-            state.flags & SOCKET_FLAG_REPORTED != 0
+            (state.flags & SOCKET_FLAG_REPORTED != 0, state.end_errno)
         }
-        None => false,
+        None => (false, 0),
     };
     if reported || (every_state_change && (state.is_some() || ports_watched(sk))) {
+        // The end's errno again: a storm whose error or CLOSE record was
+        // lost still ends with its real outcome.
         emit(
             EVENT_DESTROY,
-            0,
+            end_errno,
             sk,
             state,
             TcpSnapshot::default(),
-            WAKE_LATER,
+            WAKE_WHEN_FILLING,
         );
     }
     if state.is_some() {
@@ -499,7 +531,7 @@ fn hand_over_retransmit_counts(sk: *const u8, state: &mut SocketState, now: u32)
 /// Resets and errors: rare, so every one of a watched socket is emitted.
 /// `sk`: a non-NULL socket argument (see `load_btf`).
 #[inline(always)]
-fn emit_for_watched(sk: *const u8, kind: u32, detail: u32, wake: bool) {
+fn emit_for_watched(sk: *const u8, kind: u32, detail: u32, wake: u8) {
     let state = existing_storage(sk);
     if state.is_none() && !ports_watched(sk) {
         return;

@@ -8,16 +8,27 @@ use crate::{
     capture::CaptureConfig,
     config::{ConfigError, Layer, Settings},
     failfast::FailFastMode,
-    output::Format,
+    output::{Format, LogFormat},
 };
 
 #[derive(Debug, Parser)]
 #[command(
     name = "connmon",
-    version,
+    version = crate::version::LONG,
     about = "Find the process behind TCP retransmit storms on idle pooled connections"
 )]
 pub struct Cli {
+    /// Log lines on stderr: plain (one escaped line per event) or json (one
+    /// object per line) [default: plain]. Findings on stdout are
+    /// --output-format's.
+    #[arg(
+        long,
+        global = true,
+        env = "CONNMON_LOG_FORMAT",
+        value_name = "plain|json",
+        value_parser = LogFormat::parse
+    )]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,6 +45,71 @@ pub enum Command {
     /// Stream retransmits, state changes, resets and socket errors of
     /// watched connections, each with the process that owns the socket.
     Trace(TraceArgs),
+    /// A live view of a running daemon for the on-call engineer: storms in
+    /// progress (process, container, destination, idle gap, time to
+    /// give-up), recent ones, connections at risk, retransmits per process
+    /// per second.
+    Top(TopArgs),
+    /// Write the man pages (connmon.1, connmon-run.1, ...) into a
+    /// directory, or print a shell completion script, made from these flags.
+    Generate(GenerateArgs),
+}
+
+/// How to reach a running daemon whose web config asks for TLS or basic
+/// auth (`top`, `audit --daemon-url`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct DaemonClientArgs {
+    /// PEM CA bundle an https daemon's certificate is checked against
+    /// [default: the bundled Mozilla roots].
+    #[arg(long, value_name = "FILE", env = "CONNMON_DAEMON_CA_FILE")]
+    pub daemon_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a daemon that asks for one.
+    #[arg(long, value_name = "FILE", requires = "daemon_key")]
+    pub daemon_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "daemon_cert")]
+    pub daemon_key: Option<PathBuf>,
+    /// Basic auth user; the password is read from CONNMON_DAEMON_PASSWORD
+    /// (a flag would show in ps).
+    #[arg(long, value_name = "USER", env = "CONNMON_DAEMON_USER")]
+    pub daemon_user: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The daemon to show (https:// when its web config sets TLS).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9878")]
+    pub daemon_url: String,
+    #[command(flatten)]
+    pub client: DaemonClientArgs,
+    /// How often to refresh.
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub interval: String,
+    /// Print one screen (from two samples one interval apart) and exit;
+    /// exit 1 when no daemon answers.
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[arg(value_enum)]
+    pub what: Generated,
+    /// Directory for the man pages (needed for `man`).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generated {
+    /// Man pages, one per command, into --out-dir.
+    Man,
+    /// bash completion script, on stdout.
+    Bash,
+    /// zsh completion script, on stdout.
+    Zsh,
+    /// fish completion script, on stdout.
+    Fish,
 }
 
 #[derive(Debug, Args)]
@@ -81,9 +157,10 @@ pub struct RunArgs {
     /// HTTP listen address for /metrics, /healthz, /readyz, /api/v1/storms [default: 0.0.0.0:9878].
     #[arg(long, env = "CONNMON_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<String>,
-    /// Event output on stdout [default: json].
-    #[arg(long, env = "CONNMON_LOG_FORMAT", value_enum)]
-    pub log_format: Option<Format>,
+    /// Findings on stdout: json lines or text for people [default: json].
+    /// (`--log-format` used to set this; it now formats the logs.)
+    #[arg(long, env = "CONNMON_OUTPUT_FORMAT", value_enum)]
+    pub output_format: Option<Format>,
     /// Sockets the kernel's socket table can hold [default: 65536].
     #[arg(long, env = "CONNMON_SOCKET_MAP_ENTRIES")]
     pub socket_map_entries: Option<u32>,
@@ -166,8 +243,9 @@ impl RunArgs {
         Some(rules)
     }
 
-    /// Defaults, then the config file, then environment and flags.
-    pub fn settings(&self) -> Result<Settings, ConfigError> {
+    /// Defaults, then the config file, then environment and flags
+    /// (`log_format`: the global `--log-format`).
+    pub fn settings(&self, log_format: Option<LogFormat>) -> Result<Settings, ConfigError> {
         let mut layers = Vec::new();
         if let Some(path) = &self.config {
             layers.push(Layer::from_file(path)?);
@@ -178,7 +256,8 @@ impl RunArgs {
             idle_threshold: self.idle_threshold.clone(),
             confirm_retransmits: self.confirm_retransmits,
             listen: self.listen.clone(),
-            log_format: self.log_format,
+            output_format: self.output_format,
+            log_format,
             socket_map_entries: self.socket_map_entries,
             ring_buffer_kib: self.ring_buffer_kib,
             services: None,
@@ -222,6 +301,8 @@ pub struct AuditArgs {
     /// skipped silently when none answers.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9878")]
     pub daemon_url: Option<String>,
+    #[command(flatten)]
+    pub client: DaemonClientArgs,
 }
 
 impl AuditArgs {
@@ -362,13 +443,43 @@ mod tests {
         else {
             panic!()
         };
-        let settings = args.settings().expect("valid settings");
+        let settings = args.settings(None).expect("valid settings");
         assert_eq!(
             settings.ports.iter().copied().collect::<Vec<_>>(),
             vec![5432]
         );
         assert_eq!(settings.idle_threshold, std::time::Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn log_format_is_global_and_the_old_findings_flag_says_what_replaced_it() {
+        let cli =
+            parse(&["run", "--log-format", "json", "--output-format", "text"]).expect("valid");
+        assert_eq!(cli.log_format, Some(LogFormat::Json));
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.output_format, Some(Format::Text));
+        let settings = args.settings(cli.log_format).expect("valid");
+        assert_eq!(settings.log_format, LogFormat::Json);
+        assert_eq!(settings.output_format, Format::Text);
+        let cli = parse(&["--log-format", "json", "trace"]).expect("valid");
+        assert_eq!(cli.log_format, Some(LogFormat::Json));
+        let error = parse(&["run", "--log-format", "text"]).expect_err("old flag");
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("--output-format"), "{error}");
+    }
+
+    #[test]
+    fn version_names_the_revision() {
+        let error = parse(&["--version"]).expect_err("prints the version");
+        let text = error.to_string();
+        assert!(text.contains(crate::version::VERSION), "{text}");
+        assert!(
+            text.contains(&format!("revision {}", crate::version::REVISION)),
+            "{text}"
+        );
     }
 
     #[test]

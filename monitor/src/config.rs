@@ -13,7 +13,10 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    capture::CaptureConfig, failfast::FailFastMode, http::webconfig::WebConfig, output::Format,
+    capture::CaptureConfig,
+    failfast::FailFastMode,
+    http::webconfig::WebConfig,
+    output::{Format, LogFormat},
     risk::PathTimeouts,
 };
 
@@ -59,7 +62,10 @@ pub struct Settings {
     /// RTO retransmits without progress after an idle gap that confirm a storm.
     pub confirm_retransmits: u32,
     pub listen: SocketAddr,
-    pub log_format: Format,
+    /// Findings on stdout.
+    pub output_format: Format,
+    /// Log lines on stderr.
+    pub log_format: LogFormat,
     pub socket_map_entries: u32,
     pub ring_buffer_kib: u32,
     /// Port -> service name, for hints and labels.
@@ -104,9 +110,10 @@ impl Default for Settings {
             listen: DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9878))),
-            log_format: Format::Json,
+            output_format: Format::Json,
+            log_format: LogFormat::Plain,
             socket_map_entries: 65_536,
-            ring_buffer_kib: 1024,
+            ring_buffer_kib: 4096,
             services: KNOWN_SERVICES
                 .iter()
                 .map(|(port, name)| (*port, (*name).to_string()))
@@ -137,7 +144,8 @@ pub struct Layer {
     pub idle_threshold: Option<String>,
     pub confirm_retransmits: Option<u32>,
     pub listen: Option<String>,
-    pub log_format: Option<Format>,
+    pub output_format: Option<Format>,
+    pub log_format: Option<LogFormat>,
     pub socket_map_entries: Option<u32>,
     pub ring_buffer_kib: Option<u32>,
     pub services: Option<BTreeMap<String, String>>,
@@ -240,6 +248,9 @@ impl Settings {
                     format!("{text:?} is not an address:port such as 0.0.0.0:9878"),
                 )
             })?;
+        }
+        if let Some(format) = layer.output_format {
+            self.output_format = format;
         }
         if let Some(format) = layer.log_format {
             self.log_format = format;
@@ -391,7 +402,7 @@ impl Settings {
 
 /// An `http://host:port[/path]` URL (this build speaks plain HTTP only).
 /// The certificates of a PEM bundle, as DER.
-fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+pub(crate) fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     let pem = std::fs::read(path).map_err(|error| error.to_string())?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
@@ -582,6 +593,22 @@ mod tests {
             assert!(error.starts_with(setting), "{error}");
             assert!(!error.contains('\n'), "{error}");
         }
+    }
+
+    #[test]
+    fn log_format_formats_logs_and_text_points_to_output_format() {
+        let file = Layer::from_toml("output_format = \"text\"\nlog_format = \"json\"\n")
+            .expect("valid toml");
+        let settings = Settings::resolve(&[file]).expect("valid");
+        assert_eq!(settings.output_format, Format::Text);
+        assert_eq!(settings.log_format, LogFormat::Json);
+        let defaults = Settings::resolve(&[]).expect("defaults");
+        assert_eq!(defaults.output_format, Format::Json);
+        assert_eq!(defaults.log_format, LogFormat::Plain);
+        // The old meaning of log_format: refused, saying what replaced it.
+        let old = Layer::from_toml("log_format = \"text\"\n").expect_err("old key");
+        assert!(old.contains("output_format"), "{old}");
+        assert!(!old.contains('\n'), "{old}");
     }
 
     #[test]

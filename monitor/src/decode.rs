@@ -71,7 +71,9 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         EVENT_SOCKET_ERROR => EventKind::SocketError {
             errno: raw.detail as i32,
         },
-        EVENT_DESTROY => EventKind::Destroyed,
+        EVENT_DESTROY => EventKind::Destroyed {
+            errno: raw.detail as i32,
+        },
         EVENT_RETRANSMIT_COUNTS => EventKind::RetransmitCounts {
             counts: unpack_retransmit_counts(raw.detail)
                 .into_iter()
@@ -95,30 +97,21 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         other => return Err(DecodeError::Kind(other)),
     };
     let owner = &raw.owner;
-    let process = if owner.tgid == 0 {
-        None
-    } else {
-        Some(ProcessRef {
-            pid: owner.tgid,
-            tid: owner.tid,
-            comm: comm_to_string(&owner.comm),
-            cgroup_id: owner.cgroup_id,
-            start_boottime_ns: owner.start_boottime_ns,
-            source: match owner.source {
-                OWNER_SOURCE_CONNECT => OwnerSource::Connect,
-                OWNER_SOURCE_SEND => OwnerSource::Send,
-                OWNER_SOURCE_RECV => OwnerSource::Receive,
-                OWNER_SOURCE_PROC => OwnerSource::Proc,
-                other => {
-                    return Err(DecodeError::Tag {
-                        field: "owner source",
-                        value: other.into(),
-                    });
-                }
-            },
-            shared: owner.process_changes > 0,
-        })
+    let source = match owner.source {
+        OWNER_SOURCE_CONNECT => OwnerSource::Connect,
+        OWNER_SOURCE_SEND => OwnerSource::Send,
+        OWNER_SOURCE_RECV => OwnerSource::Receive,
+        OWNER_SOURCE_PROC => OwnerSource::Proc,
+        // A record without an owner carries no source.
+        _ if owner.tgid == 0 => OwnerSource::Proc,
+        other => {
+            return Err(DecodeError::Tag {
+                field: "owner source",
+                value: other.into(),
+            });
+        }
     };
+    let process = ProcessRef::from_owner(owner, source, owner.process_changes > 0);
     let role = match owner.role {
         ROLE_CLIENT => Role::Client,
         ROLE_SERVER => Role::Server,
@@ -169,12 +162,6 @@ fn retransmit_kind(tag: u8) -> Result<RetransmitKind, DecodeError> {
             });
         }
     })
-}
-
-/// A kernel comm: NUL-terminated within 16 bytes, not necessarily UTF-8.
-fn comm_to_string(comm: &[u8; 16]) -> String {
-    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
 /// Encodes a raw record to bytes, as the kernel lays it out. For tests,

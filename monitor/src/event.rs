@@ -23,6 +23,32 @@ pub struct ProcessRef {
     pub shared: bool,
 }
 
+impl ProcessRef {
+    /// The process a kernel-side `Owner` names (from a record or from
+    /// /proc), found by `source`; `None` when it names none (tgid 0).
+    pub fn from_owner(
+        owner: &monitor_common::socket::Owner,
+        source: OwnerSource,
+        shared: bool,
+    ) -> Option<Self> {
+        (owner.tgid != 0).then(|| Self {
+            pid: owner.tgid,
+            tid: owner.tid,
+            comm: comm_to_string(&owner.comm),
+            cgroup_id: owner.cgroup_id,
+            start_boottime_ns: owner.start_boottime_ns,
+            source,
+            shared,
+        })
+    }
+}
+
+/// A kernel comm: NUL-terminated within 16 bytes, not necessarily UTF-8.
+pub fn comm_to_string(comm: &[u8; 16]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OwnerSource {
@@ -153,7 +179,11 @@ pub enum EventKind {
     SocketError {
         errno: i32,
     },
-    Destroyed,
+    /// The socket is gone; `errno` is what it ended with (0: no error),
+    /// as its error or CLOSE record said.
+    Destroyed {
+        errno: i32,
+    },
     Progress {
         progress: Progress,
     },
@@ -172,7 +202,7 @@ impl EventKind {
             Self::ResetReceived => "reset_received",
             Self::ResetSent => "reset_sent",
             Self::SocketError { .. } => "socket_error",
-            Self::Destroyed => "destroyed",
+            Self::Destroyed { .. } => "destroyed",
             Self::Progress { .. } => "progress",
             Self::RetransmitCounts { .. } => "retransmit_counts",
         }

@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use connmon::cli::{Cli, Command};
+use connmon::{
+    cli::{Cli, Command},
+    output::LogFormat,
+};
 
 /// Exit code for bad flags, environment or config: one line, like clap's.
 const USAGE_ERROR: u8 = 2;
@@ -27,7 +30,35 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE_ERROR);
         }
     };
-    init_logging();
+    if let Command::Generate(args) = &cli.command {
+        if args.what == connmon::cli::Generated::Man && args.out_dir.is_none() {
+            eprintln!("connmon: generate man needs --out-dir DIR");
+            return ExitCode::from(USAGE_ERROR);
+        }
+        return match connmon::commands::generate::run(args, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("connmon: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // `run` settles its settings first: the config file can set the log format.
+    let settings = match &cli.command {
+        Command::Run(args) => match args.settings(cli.log_format) {
+            Ok(settings) => Some(settings),
+            Err(error) => {
+                eprintln!("connmon: invalid setting: {error}");
+                return ExitCode::from(USAGE_ERROR);
+            }
+        },
+        _ => None,
+    };
+    init_logging(
+        settings
+            .as_ref()
+            .map_or(cli.log_format.unwrap_or_default(), |s| s.log_format),
+    );
     if let Err(error) = connmon::privileges::raise_effective() {
         tracing::warn!(%error, "cannot raise the permitted capabilities to effective");
     }
@@ -53,15 +84,16 @@ fn main() -> ExitCode {
                 }
                 connmon::commands::audit::run(args).map_err(Failure::Runtime)
             }
-            Command::Run(args) => {
-                let settings = match args.settings() {
-                    Ok(settings) => settings,
-                    Err(error) => return Err(Failure::Usage(error.to_string())),
-                };
-                connmon::commands::run::run(settings)
+            Command::Run(_) => match settings {
+                Some(settings) => connmon::commands::run::run(settings)
                     .await
-                    .map_err(Failure::Runtime)
-            }
+                    .map_err(Failure::Runtime),
+                None => Err(Failure::Usage("no settings".into())),
+            },
+            Command::Top(args) => connmon::commands::top::run(args)
+                .await
+                .map_err(Failure::Runtime),
+            Command::Generate(_) => Ok(()),
         }
     });
     // Blocking work still under way (an alert POST to a receiver that never
@@ -91,12 +123,19 @@ enum Failure {
 /// Logged fields can hold process names, which any process chooses: every
 /// line is escaped (one event stays one line, no terminal sequences), and
 /// therefore carries no colours of its own.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| connmon::output::escape::EscapingWriter(std::io::stderr()))
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match format {
+        LogFormat::Plain => logs
+            .with_writer(|| connmon::output::escape::EscapingWriter(std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .with_writer(|| connmon::output::escape::JsonEscapingWriter(std::io::stderr()))
+            .init(),
+    }
 }

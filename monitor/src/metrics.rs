@@ -308,11 +308,22 @@ impl Metrics {
         )?;
         registry.register(Box::new(degraded_hooks.clone()))?;
         let build_info = IntGauge::with_opts(
-            Opts::new("connmon_build_info", "connmon's version; always 1.")
-                .const_label("version", env!("CARGO_PKG_VERSION")),
+            Opts::new(
+                "connmon_build_info",
+                "connmon's version, the git revision it was built from, the compiler and the CPU architecture; always 1.",
+            )
+            .const_label("version", crate::version::VERSION)
+            .const_label("revision", crate::version::REVISION)
+            .const_label("rustversion", crate::version::RUSTC)
+            .const_label("arch", std::env::consts::ARCH),
         )?;
         build_info.set(1);
         registry.register(Box::new(build_info))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_start_time_seconds, ... of connmon itself.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         // Present from the start, so rules on them see 0 rather than nothing.
         for reason in ["ring_buffer_full", "socket_map_full", "decode_error"] {
             lost_records.with_label_values(&[reason]);
@@ -390,7 +401,7 @@ impl Metrics {
             .or_insert_with(|| {
                 procfs::cgroup_path_by_id(cgroup_id)
                     .and_then(|path| container::workload(&path).container_id)
-                    .map(|id| id.chars().take(12).collect())
+                    .map(|id| container::short_id(&id))
                     .unwrap_or_default()
             })
             .clone()
@@ -907,6 +918,40 @@ mod tests {
                 text.contains(&format!("# HELP {name} ")),
                 "{name} missing:\n{text}"
             );
+        }
+    }
+
+    #[test]
+    fn build_info_names_the_revision_and_process_metrics_are_exported() {
+        let text = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics").render();
+        let build_info = text
+            .lines()
+            .find(|line| line.starts_with("connmon_build_info{"))
+            .unwrap_or_else(|| panic!("no connmon_build_info:\n{text}"));
+        assert!(
+            build_info.contains(&format!("revision=\"{}\"", crate::version::REVISION)),
+            "{build_info}"
+        );
+        assert!(
+            build_info.contains(&format!("version=\"{}\"", crate::version::VERSION)),
+            "{build_info}"
+        );
+        assert!(build_info.ends_with(" 1"), "{build_info}");
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            let value: f64 = text
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{name} ")))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+            if name != "process_cpu_seconds_total" {
+                assert!(value > 0.0, "{name} = {value}");
+            }
         }
     }
 

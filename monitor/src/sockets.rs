@@ -172,7 +172,7 @@ impl SocketTable {
                 self.overflowed += 1;
             }
         }
-        if matches!(event.kind, EventKind::Destroyed) {
+        if matches!(event.kind, EventKind::Destroyed { .. }) {
             self.connections.remove(&event.cookie);
         }
     }
@@ -232,7 +232,12 @@ mod tests {
         );
         table.observe(&mut error);
         assert_eq!(error.connection.local.to_string(), "10.0.0.1:40000");
-        let mut destroyed = event(7, EventKind::Destroyed, "10.0.0.1:0", "10.0.0.2:6379");
+        let mut destroyed = event(
+            7,
+            EventKind::Destroyed { errno: 0 },
+            "10.0.0.1:0",
+            "10.0.0.2:6379",
+        );
         table.observe(&mut destroyed);
         assert_eq!(destroyed.connection.local.port(), 40000);
         assert!(table.is_empty());

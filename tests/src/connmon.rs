@@ -148,6 +148,12 @@ impl Trace {
         self.process.stdout.json()
     }
 
+    /// Holds the trace still (SIGSTOP) until the guard drops (SIGCONT),
+    /// as `Daemon::pause`.
+    pub fn pause(&self) -> Result<Paused> {
+        Paused::new(self.process.pid())
+    }
+
     pub fn stderr(&self) -> Vec<String> {
         self.process.stderr.snapshot()
     }
@@ -198,7 +204,7 @@ impl Daemon {
     }
 
     /// Starts the daemon with findings as text lines for people
-    /// (`--log-format text`); read them with `stdout`.
+    /// (`--output-format text`); read them with `stdout`.
     pub fn start_text(args: &[&str]) -> Result<Self> {
         Self::start_in_format(Command::new(binary()), "text", args)
     }
@@ -211,7 +217,7 @@ impl Daemon {
         let listen = free_loopback_port()?;
         command
             .arg("run")
-            .args(["--listen", &listen.to_string(), "--log-format", format])
+            .args(["--listen", &listen.to_string(), "--output-format", format])
             .args(args);
         command.env("RUST_LOG", "info");
         let process = Process::spawn("connmon run", command)?;
@@ -229,6 +235,11 @@ impl Daemon {
     /// Every finding printed so far.
     pub fn records(&self) -> Vec<Value> {
         self.process.stdout.json()
+    }
+
+    /// Every finding printed so far, with when the test read it.
+    pub fn timed_records(&self) -> Vec<(std::time::SystemTime, Value)> {
+        self.process.stdout.timed_json()
     }
 
     /// Findings of one kind in one network namespace.

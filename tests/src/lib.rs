@@ -6,6 +6,8 @@
 //! test's own namespaces and processes.
 
 pub mod alerting;
+pub mod artifacts;
+pub mod blackout;
 pub mod cgroup;
 pub mod cmd;
 pub mod connmon;

@@ -5,27 +5,39 @@ use std::{
     io::{BufRead, BufReader, Write},
     process::{Child, ChildStdin, Command, Stdio},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context, Result};
 
 use crate::poll;
 
-/// Lines a child wrote, shared with the thread reading them.
+/// Lines a child wrote, each with when it was read, shared with the
+/// thread reading them.
 #[derive(Clone, Default)]
-pub struct Lines(Arc<Mutex<Vec<String>>>);
+pub struct Lines(Arc<Mutex<Vec<(SystemTime, String)>>>);
 
 impl Lines {
     fn follow(&self, reader: impl std::io::Read + Send + 'static) {
         let lines = self.0.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                let read_at = SystemTime::now();
                 if let Ok(mut lines) = lines.lock() {
-                    lines.push(line);
+                    lines.push((read_at, line));
                 }
             }
         });
+    }
+
+    /// The lines that parse as JSON, each with the wall-clock time it was
+    /// read: an upper bound of when the child printed it.
+    pub fn timed_json(&self) -> Vec<(SystemTime, serde_json::Value)> {
+        let lines = self.0.lock().map(|lines| lines.clone()).unwrap_or_default();
+        lines
+            .into_iter()
+            .filter_map(|(read_at, line)| Some((read_at, serde_json::from_str(&line).ok()?)))
+            .collect()
     }
 
     /// The lines that parse as JSON.
@@ -37,7 +49,10 @@ impl Lines {
     }
 
     pub fn snapshot(&self) -> Vec<String> {
-        self.0.lock().map(|lines| lines.clone()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|lines| lines.iter().map(|(_, line)| line.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Waits for a line containing `needle`; returns it.

@@ -27,12 +27,23 @@ impl SeedScenario {
     /// Topology and redis-server, then connmon (with `connmon_args` added),
     /// then the client over IPv4.
     pub fn start(tag: &str, options: &Options, connmon_args: &[&str]) -> Result<Self> {
+        Self::start_with(tag, options, connmon_args, Daemon::start)
+    }
+
+    /// As `start`, with connmon started by `start_connmon` (given the
+    /// scenario's arguments), e.g. as another user or from another binary.
+    pub fn start_with(
+        tag: &str,
+        options: &Options,
+        connmon_args: &[&str],
+        start_connmon: impl FnOnce(&[&str]) -> Result<Daemon>,
+    ) -> Result<Self> {
         let mut topology = Topology::build(tag, options)?;
         topology.start_redis()?;
         let port = REDIS_PORT.to_string();
         let mut args = vec!["--idle-threshold", IDLE_THRESHOLD, "--ports", &port];
         args.extend_from_slice(connmon_args);
-        let connmon = Daemon::start(&args)?;
+        let connmon = start_connmon(&args)?;
         let client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
         Ok(Self {
             client,
@@ -50,6 +61,19 @@ impl SeedScenario {
         let idle_gap = idle_since.elapsed();
         self.client.send_line(command)?;
         Ok(idle_gap)
+    }
+
+    /// A second client connected now, idle until the middlebox has forgotten
+    /// its flow, then sending `command` on it: a new storm, with its own
+    /// process.
+    pub fn another_client_resumed_after_forgotten(&self, command: &str) -> Result<Process> {
+        let mut client = self
+            .topology
+            .redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+        self.topology
+            .wait_until_forgotten(Duration::from_secs(30))?;
+        client.send_line(command)?;
+        Ok(client)
     }
 
     /// The first finding `event` in the app namespace.

@@ -54,7 +54,9 @@ impl Default for Options {
 /// The three namespaces and the Redis server. Fields drop in order: the
 /// server first, then the namespaces.
 pub struct Topology {
-    redis: Option<Process>,
+    /// The server, then its data directory: dropped in this order, so the
+    /// server has stopped before its directory is removed.
+    redis: Option<(Process, crate::artifacts::RemoveOnDrop)>,
     pub app: NetNs,
     pub router: NetNs,
     pub cache: NetNs,
@@ -168,6 +170,7 @@ impl Topology {
     pub fn start_redis(&mut self) -> Result<()> {
         let dir = std::env::temp_dir().join(format!("{}-redis", self.cache.name()));
         std::fs::create_dir_all(&dir)?;
+        let dir = crate::artifacts::RemoveOnDrop(dir);
         let mut command = self.cache.command("redis-server");
         command.args([
             "--bind",
@@ -190,8 +193,8 @@ impl Topology {
             "--timeout",
             "0",
         ]);
-        command.arg("--dir").arg(&dir);
-        self.redis = Some(Process::spawn("redis-server", command)?);
+        command.arg("--dir").arg(&dir.0);
+        self.redis = Some((Process::spawn("redis-server", command)?, dir));
         poll::until(
             "redis-server to answer PING",
             Duration::from_secs(20),
@@ -217,7 +220,7 @@ impl Topology {
     }
 
     pub fn redis_pid(&self) -> Option<u32> {
-        self.redis.as_ref().map(Process::pid)
+        self.redis.as_ref().map(|(server, _)| server.pid())
     }
 
     /// `redis-cli` in the cache namespace.

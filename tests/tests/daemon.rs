@@ -10,7 +10,7 @@ use connmon_tests::{
     netns::NetNs,
     peer, poll,
     scenario::{IDLE_THRESHOLD, SeedScenario},
-    topology::{CACHE_V4, Options, REDIS_PORT},
+    topology::{Options, REDIS_PORT},
 };
 
 #[test]
@@ -39,6 +39,8 @@ fn bad_settings_exit_2_with_one_line_naming_them() -> Result<()> {
             "alertmanager_urls",
         ),
         (vec!["run", "--log-format", "yaml"], "--log-format"),
+        // The findings' format moved: the old use says where.
+        (vec!["run", "--log-format", "text"], "--output-format"),
         (
             vec!["run", "--bpf-run-time-stats", "maybe"],
             "--bpf-run-time-stats",
@@ -197,13 +199,7 @@ fn two_instances_both_report_and_one_stopping_leaves_the_other_working() -> Resu
 
     // A new connection, idle until forgotten, then used: only the second
     // instance is left to see it.
-    let mut client = scenario
-        .topology
-        .redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    scenario
-        .topology
-        .wait_until_forgotten(Duration::from_secs(30))?;
-    client.send_line("set")?;
+    let client = scenario.another_client_resumed_after_forgotten("set")?;
     let later = poll::until(
         "the second instance to report the later storm",
         Duration::from_secs(30),
@@ -412,6 +408,85 @@ fn more_sockets_than_the_map_size_are_all_tracked() -> Result<()> {
     assert_ne!(storm["pid"], clients.pid(), "{storm}");
     drop(clients);
     drop(server);
+    Ok(())
+}
+
+/// More connections already open at start-up than the start-up table
+/// holds (`--socket-map-entries`): connmon says how many it could not
+/// record (a warning with the numbers), and a storm on an old idle
+/// connection is still attributed to its own process.
+#[test]
+fn a_full_start_up_table_is_said_and_old_connections_are_still_attributed() -> Result<()> {
+    let ns = NetNs::create("primefull")?;
+    ns.sysctl("net.ipv4.tcp_retries2", "4")?;
+    let _server = peer::server(&ns, "127.0.0.1:7304")?;
+    let mut victim = peer::client(&ns, "127.0.0.1:7304", |_| Ok(()))?;
+    let idle_since = std::time::Instant::now();
+    // 600 connections, 1,200 watched sockets with the victim's two: more
+    // than the smallest table (1,024).
+    let mut many = ns.command(env!("CARGO_BIN_EXE_tcp-peer"));
+    many.args(["many", "127.0.0.1:7304", "600"]);
+    let many = connmon_tests::process::Process::spawn("tcp-peer many", many)?;
+    many.stdout.wait_for("opened", Duration::from_secs(60))?;
+
+    let connmon = Daemon::start(&[
+        "--ports",
+        "7304",
+        "--socket-map-entries",
+        "1024",
+        "--idle-threshold",
+        "2s",
+    ])?;
+    let warning = connmon.process_stderr_wait("the start-up table is full")?;
+    assert!(
+        warning.contains("added=1024") && warning.contains("socket_map_entries=1024"),
+        "{warning}"
+    );
+
+    // Idle past the 2 s threshold, with margin for the kernel's jiffies.
+    let idle_enough = idle_since + Duration::from_secs(3);
+    std::thread::sleep(idle_enough.saturating_duration_since(std::time::Instant::now()));
+    ns.blackhole_tcp_port(7304)?;
+    victim.send_line("after start-up")?;
+    let storm = first_finding(
+        &connmon,
+        "storm_started",
+        ns.inode(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(storm["pid"], victim.pid(), "{storm}");
+    assert_ne!(storm["pid"], many.pid(), "{storm}");
+    Ok(())
+}
+
+/// `--log-format json`: every log line on stderr is one JSON object (level,
+/// message, fields), from the first line on; findings stay on stdout.
+#[test]
+fn logs_are_json_lines_when_asked() -> Result<()> {
+    let connmon =
+        connmon_tests::connmon::Daemon::start(&["--ports", "7303", "--log-format", "json"])?;
+    let lines = connmon.stderr();
+    connmon.stop()?;
+    assert!(lines.len() >= 2, "{lines:?}");
+    let mut messages = Vec::new();
+    for line in &lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not a JSON log line: {line:?}"))?;
+        assert!(record["level"].is_string(), "{line}");
+        assert!(record["timestamp"].is_string(), "{line}");
+        messages.push(
+            record["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|message| message.starts_with("watching for retransmit storms")),
+        "{messages:?}"
+    );
     Ok(())
 }
 

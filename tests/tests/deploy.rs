@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use connmon_tests::{
+    artifacts::containerfile_caps as image_file_caps,
     connmon::{Daemon, as_nobody_in_pod, first_finding},
     poll,
     process::Process,
@@ -254,17 +255,6 @@ fn granted() -> Result<Vec<String>> {
         .filter_map(Value::as_str)
         .map(str::to_string)
         .collect())
-}
-
-/// The file capabilities the Containerfile gives the binary (setcap syntax).
-fn image_file_caps() -> Result<String> {
-    let containerfile = std::fs::read_to_string(root().join("Containerfile"))?;
-    let words: Vec<&str> = containerfile.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|pair| pair[0] == "setcap" && pair[1].starts_with("cap_"))
-        .map(|pair| pair[1].to_string())
-        .context("the Containerfile runs setcap")
 }
 
 #[test]

@@ -6,7 +6,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use connmon_tests::{connmon::Daemon, netns::NetNs, poll, process::Process};
+use connmon_tests::{
+    connmon::Daemon,
+    netns::NetNs,
+    poll,
+    process::Process,
+    scenario::SeedScenario,
+    topology::{Options, REDIS_PORT},
+};
 
 const PORT: u16 = 7401;
 
@@ -107,6 +114,90 @@ fn a_retransmit_flood_is_survived_and_accounted_for() -> Result<()> {
     assert!(
         (counted - kernel).abs() <= kernel * 0.01 + 5.0,
         "connmon counted {counted} segments, the kernel {kernel}"
+    );
+    Ok(())
+}
+
+/// A full ring buffer, forced: connmon (64 KiB ring) is held still in the
+/// middle of a storm while a thousand connections to the watched port are
+/// refused in the client's namespace, several times what the ring holds,
+/// and the storm's client gives up meanwhile, so the records of its end are
+/// among those lost. The loss is counted (every record written is processed
+/// or counted lost), the storm still ends (never left open, never a made-up
+/// outcome), the refused connections start no storm, and a storm after the
+/// flood is found with its own process.
+#[test]
+fn a_full_ring_loses_records_countably_and_detection_stays_right() -> Result<()> {
+    let mut scenario = SeedScenario::start(
+        "fullring",
+        &Options::default(),
+        &["--ring-buffer-kib", "64"],
+    )?;
+    let app = scenario.topology.app.inode();
+    scenario.resume_after_forgotten("set")?;
+    let started = scenario.finding("storm_started", Duration::from_secs(30))?;
+    assert_eq!(started["pid"], scenario.client.pid(), "{started}");
+    let lost_before = scenario.connmon.metric_sum("connmon_lost_records_total")?;
+    {
+        let _paused = scenario.connmon.pause()?;
+        let mut refused = scenario
+            .topology
+            .app_command(env!("CARGO_BIN_EXE_tcp-peer"));
+        refused.args(["churn", &format!("127.0.0.1:{REDIS_PORT}"), "1000", "1"]);
+        Process::spawn("tcp-peer churn", refused)?
+            .stdout
+            .wait_for("churned", Duration::from_secs(20))?;
+        // tcp_retries2 = 4: the client gives up while connmon is held.
+        scenario
+            .client
+            .stdout
+            .wait_for("error", Duration::from_secs(30))?;
+    }
+    let lost = poll::until("the loss to be counted", Duration::from_secs(10), || {
+        let lost = scenario.connmon.metric_sum("connmon_lost_records_total")? - lost_before;
+        Ok((lost > 0.0).then_some(lost))
+    })?;
+    scenario.connmon.drained(Duration::from_secs(20))?;
+
+    // The storm ends: from its own records if they got through, else once
+    // connmon sees the socket gone after the loss; never as another outcome.
+    let ended = poll::until("the storm to end", Duration::from_secs(40), || {
+        Ok(scenario
+            .connmon
+            .findings("storm_ended", app)
+            .into_iter()
+            .find(|r| r["storm_id"] == started["storm_id"]))
+    })
+    .with_context(|| {
+        format!(
+            "{lost} records lost; connmon stdout: {:?}",
+            scenario.connmon.records()
+        )
+    })?;
+    assert!(
+        ended["outcome"] == "timed_out" || ended["outcome"] == "unknown",
+        "{ended}"
+    );
+    let storms = scenario.connmon.findings("storm_started", app);
+    assert_eq!(
+        storms.len(),
+        1,
+        "the refused connections started no storm: {storms:?}"
+    );
+
+    // After the flood: a new idle connection's storm, with its own process.
+    let client = scenario.another_client_resumed_after_forgotten("set")?;
+    let later = poll::until("the storm after the flood", Duration::from_secs(30), || {
+        Ok(scenario
+            .connmon
+            .findings("storm_started", app)
+            .into_iter()
+            .find(|r| r["pid"] == client.pid()))
+    })?;
+    assert_ne!(later["storm_id"], started["storm_id"], "{later}");
+    eprintln!(
+        "full ring: {lost} records lost; the storm ended {}",
+        ended["outcome"]
     );
     Ok(())
 }

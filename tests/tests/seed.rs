@@ -316,6 +316,8 @@ fn middlebox_reset_after_idle_is_reported_as_reset() -> Result<()> {
 
     let reset = scenario.finding("reset_after_idle", Duration::from_secs(20))?;
     assert_eq!(reset["outcome"], "reset", "{reset}");
+    // No FIN came first: the path forgot the connection, not the server.
+    assert_eq!(reset["cause"], "reset", "{reset}");
     assert_eq!(reset["pid"], scenario.client.pid(), "{reset}");
     assert_eq!(
         reset["remote"],
@@ -330,5 +332,76 @@ fn middlebox_reset_after_idle_is_reported_as_reset() -> Result<()> {
         .connmon
         .findings("storm_started", scenario.topology.app.inode());
     assert!(storms.is_empty(), "a reset is not a storm: {storms:?}");
+    Ok(())
+}
+
+/// A client of the kind a pool holds: connects, pings, idles for argv[2]
+/// seconds without reading, then sends a command on the same connection.
+const IDLE_THEN_WRITE: &str = "import socket, sys, time\n\
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+s.sendall(b'PING\\r\\n'); s.recv(100)\n\
+print('connected', flush=True)\n\
+time.sleep(float(sys.argv[2]))\n\
+try:\n    s.sendall(b'SET key value\\r\\n'); print('reply', s.recv(100), flush=True)\n\
+except OSError as e:\n    print('error', e.errno, flush=True)\n";
+
+/// A server that closes idle clients (a real redis-server with `timeout
+/// 2`): the client's next write on the closed connection gets a reset.
+/// connmon tells it from a path that forgot the flow: the server's FIN came
+/// first (`cause` `peer_closed`), and the hint names the pool-side fix.
+#[test]
+fn a_server_closing_an_idle_client_is_told_from_a_forgotten_path() -> Result<()> {
+    const PORT: u16 = 6391;
+    let ns = connmon_tests::netns::NetNs::create("srvclose")?;
+    let mut redis = ns.command("redis-server");
+    redis.args([
+        "--port",
+        &PORT.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--timeout",
+        "2",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ]);
+    let redis = Process::spawn("redis-server", redis)?;
+    redis
+        .stdout
+        .wait_for_containing("Ready to accept connections", Duration::from_secs(10))?;
+    let connmon = Daemon::start(&["--idle-threshold", "1s", "--ports", &PORT.to_string()])?;
+    let mut command = ns.command("python3");
+    command.args(["-c", IDLE_THEN_WRITE, &PORT.to_string(), "4"]);
+    let client = Process::spawn("idle client", command)?;
+    client
+        .stdout
+        .wait_for("connected", Duration::from_secs(10))?;
+
+    let reset = first_finding(
+        &connmon,
+        "reset_after_idle",
+        ns.inode(),
+        Duration::from_secs(20),
+    )?;
+    assert_eq!(reset["pid"], client.pid(), "{reset}");
+    assert_eq!(reset["cause"], "peer_closed", "{reset}");
+    assert_eq!(
+        reset["service"],
+        Value::Null,
+        "port {PORT} is not a known service: {reset}"
+    );
+    assert!(
+        reset["hint"]
+            .as_str()
+            .is_some_and(|hint| hint.contains("server closed") && hint.contains("pool")),
+        "{reset}"
+    );
+    assert!(
+        reset["idle_seconds"].as_f64().unwrap_or(0.0) >= 3.0,
+        "idle from the ping to the write: {reset}"
+    );
     Ok(())
 }

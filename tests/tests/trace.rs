@@ -69,7 +69,7 @@ fn every_retransmit_is_reported_with_the_owning_process() -> Result<()> {
     // Two identical setups in two namespaces: same addresses, same port.
     let mut a = start_pair(&ns_a)?;
     let mut b = start_pair(&ns_b)?;
-    let segments_before = ns_a.retransmitted_segments()?;
+    let namespace_before = ns_a.retransmitted_segments()?;
     ns_a.blackhole_tcp_port(PORT)?;
     ns_b.blackhole_tcp_port(PORT)?;
     a.client.send_line("SET key value")?;
@@ -82,7 +82,18 @@ fn every_retransmit_is_reported_with_the_owning_process() -> Result<()> {
         "client A ended with {outcome:?}"
     );
     b.client.stdout.wait_for("error", Duration::from_secs(60))?;
-    let kernel_segments = ns_a.retransmitted_segments()? - segments_before;
+    // Ground truth: the client socket's own count (TCP_INFO's
+    // tcpi_total_retrans, read after the kernel gave up on it). The
+    // namespace's TcpRetransSegs, which also counts its other sockets, is
+    // shown beside it when they differ.
+    let kernel_segments: u64 = a
+        .client
+        .stdout
+        .snapshot()
+        .iter()
+        .find_map(|line| line.strip_prefix("retransmitted ")?.parse().ok())
+        .context("client A did not say how many segments its socket retransmitted")?;
+    let namespace_segments = ns_a.retransmitted_segments()? - namespace_before;
     ensure!(
         kernel_segments >= 3,
         "the kernel retransmitted only {kernel_segments} segments"
@@ -108,8 +119,8 @@ fn every_retransmit_is_reported_with_the_owning_process() -> Result<()> {
     .with_context(|| {
         let records = trace.records();
         format!(
-            "the kernel retransmitted {kernel_segments} segments, connmon reported {} for A \
-             and {} skipped runs; A's records: {:?}; lost records: {:?}; connmon stderr: {:?}",
+            "A's socket retransmitted {kernel_segments} segments (its namespace \
+             {namespace_segments}), connmon reported {} for A and {} skipped runs; A's records: {:?}; lost records: {:?}; connmon stderr: {:?}",
             segments_of_a(&records),
             skipped_retransmit_runs(&records),
             records
@@ -136,8 +147,8 @@ fn every_retransmit_is_reported_with_the_owning_process() -> Result<()> {
     let skipped = skipped_retransmit_runs(&records);
     assert!(
         segments_a <= kernel_segments && kernel_segments - segments_a <= skipped,
-        "connmon reported {segments_a} segments and {skipped} skipped runs; the namespace's \
-         TcpRetransSegs says {kernel_segments}"
+        "connmon reported {segments_a} segments and {skipped} skipped runs; A's \
+         socket says {kernel_segments} (its namespace's TcpRetransSegs {namespace_segments})"
     );
     for record in &retransmits_a {
         assert_eq!(record["result"], 0, "{record}");

@@ -533,3 +533,61 @@ fn half_open_requests_are_closed_and_metrics_still_answers() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// `connmon top` and `connmon audit --daemon-url` reach a daemon whose web
+/// config asks for TLS, a client certificate and a password, with the same
+/// material as Prometheus; a wrong password is an answer, not a screen.
+#[test]
+fn top_and_audit_reach_a_daemon_behind_tls_and_basic_auth() -> Result<()> {
+    let dir = TempDir::new("web-client")?;
+    write_pki(&dir.0)?;
+    let web = dir.0.join("web.yml").to_string_lossy().into_owned();
+    let connmon = Daemon::start(&["--web-config-file", &web])?;
+    let url = format!("https://{}", connmon.listen);
+    let path = |name: &str| dir.0.join(name).to_string_lossy().into_owned();
+    let client = [
+        "--daemon-url".to_string(),
+        url.clone(),
+        "--daemon-ca-file".to_string(),
+        path("ca.crt"),
+        "--daemon-cert".to_string(),
+        path("client.crt"),
+        "--daemon-key".to_string(),
+        path("client.key"),
+        "--daemon-user".to_string(),
+        "prometheus".to_string(),
+    ];
+    let connmon_with = |command: &[&str], password: &str| -> Result<std::process::Output> {
+        Command::new(binary())
+            .args(command)
+            .args(&client)
+            .env("CONNMON_DAEMON_PASSWORD", password)
+            .output()
+            .context("running connmon")
+    };
+    let top = connmon_with(&["top", "--once", "--interval", "200ms"], PASSWORD)?;
+    let screen = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success() && screen.contains("STORMS IN PROGRESS (0)"),
+        "{screen}{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    let refused = connmon_with(&["top", "--once"], "wrong")?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("401"),
+        "{stderr}"
+    );
+
+    let audit = connmon_with(&["audit", "--json", "--ports", "7304"], PASSWORD)?;
+    let stderr = String::from_utf8_lossy(&audit.stderr);
+    assert!(audit.status.success(), "{stderr}");
+    assert!(!stderr.contains("did not answer"), "{stderr}");
+    let audit = connmon_with(&["audit", "--json", "--ports", "7304"], "wrong")?;
+    let stderr = String::from_utf8_lossy(&audit.stderr);
+    assert!(
+        audit.status.success() && stderr.contains("did not answer") && stderr.contains("401"),
+        "a daemon set up for but not reached is said: {stderr}"
+    );
+    Ok(())
+}

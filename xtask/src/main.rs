@@ -1,11 +1,13 @@
-//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|vm-test|bench|manifests|image|test>`.
+//! Project tasks: `cargo xtask <setup|build|run|fuzz|soak|vm-test|bench|manifests|image|minimal-image|deb|test>`.
 //!
 //! `setup` installs whatever a fresh machine lacks (idempotent); every other
 //! task calls it first, so the README's two commands work on a clean clone.
 
 mod bench;
+mod deb;
 mod image;
 mod manifests;
+mod minimal_image;
 mod pyvenv;
 mod setup;
 mod tasks;
@@ -82,6 +84,34 @@ enum Task {
         #[arg(long = "build-arg")]
         build_args: Vec<String>,
     },
+    /// Write the minimal runtime image (the binary and the libraries it
+    /// links, with its file capabilities; no shell) as an OCI archive,
+    /// without a container runtime: target/image/connmon-oci.tar.
+    MinimalImage {
+        /// Image name and tag.
+        #[arg(long, default_value = "connmon:0.1.0")]
+        tag: String,
+        /// Put this binary in instead of a fresh release build (the size
+        /// limit is checked for release builds only).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+        /// Where the image goes [default: target/image].
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
+    /// Build the Debian package (binary, systemd unit, default config, docs,
+    /// man pages, completions) into target/debian/ with dpkg-deb.
+    Deb {
+        /// Package this binary instead of a fresh release build.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+        /// Where the package goes [default: target/debian].
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+        /// xz (smallest) or fast (gzip -1, for test runs).
+        #[arg(long, value_enum, default_value = "xz")]
+        compression: deb::Compression,
+    },
     /// Measure connmon's overhead and speed next to bcc and bpftrace on
     /// this machine; writes bench/report.md and bench/report.svg.
     Bench(bench::Options),
@@ -133,6 +163,16 @@ fn main() -> Result<()> {
         }
         Task::Manifests { check } => manifests::run(&project, check),
         Task::Image { tag, build_args } => image::run(&project, &tag, &build_args),
+        Task::MinimalImage {
+            tag,
+            binary,
+            out_dir,
+        } => minimal_image::run(&project, binary, out_dir, &tag),
+        Task::Deb {
+            binary,
+            out_dir,
+            compression,
+        } => deb::run(&project, binary, out_dir, compression),
         Task::Bench(options) => {
             setup::run(&project)?;
             bench::run(&project, &options)

@@ -29,6 +29,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The deployment tests: a venv for kubernetes-validate, setcap.
     "python3-venv",
     "libcap2-bin",
+    // The package test: systemd-analyze verify and security on the unit,
+    // groff to format the man pages.
+    "systemd",
+    "groff-base",
+    // connmon top's test drives it in a terminal.
+    "tmux",
 ];
 
 /// Paths of the checkout and its tool cache.

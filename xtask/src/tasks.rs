@@ -50,6 +50,19 @@ pub fn test(project: &Project, args: &[String]) -> Result<()> {
         );
     }
     let binary = build(project, false)?;
+    // Packaged once for the whole run (tests/tests/package.rs installs it).
+    let package = crate::deb::build(
+        project,
+        &binary,
+        &project.target_dir().join("debian-test"),
+        crate::deb::Compression::Fast,
+    )?;
+    // And the minimal image (tests/tests/image.rs runs it).
+    let image = crate::minimal_image::build(
+        &binary,
+        &project.target_dir().join("image-test"),
+        "connmon:test",
+    )?;
     let mut cargo = cargo(project);
     // The kernel tests share the machine's tracepoints and namespaces:
     // run them one at a time.
@@ -64,6 +77,8 @@ pub fn test(project: &Project, args: &[String]) -> Result<()> {
         ])
         .args(args)
         .env("CONNMON_BIN", &binary)
+        .env("CONNMON_DEB", &package)
+        .env("CONNMON_IMAGE", &image.archive)
         .env("RUST_TEST_THREADS", "1")
         .stdout(Stdio::piped());
     let mut child = cargo.spawn().context("starting cargo test")?;

@@ -18,6 +18,12 @@ pub struct Workload {
     pub systemd_unit: Option<String>,
 }
 
+/// A container id as labels and people see it: its first 12 hex digits, as
+/// `docker ps` and `crictl ps` show it.
+pub fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
 /// Parses a cgroup path such as
 /// `/kubepods.slice/.../kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`.
 pub fn workload(path: &str) -> Workload {

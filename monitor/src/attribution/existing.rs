@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// Processes grouped by network namespace inode.
-fn processes_by_netns(proc_root: &Path) -> BTreeMap<u32, Vec<u32>> {
+pub(crate) fn processes_by_netns(proc_root: &Path) -> BTreeMap<u32, Vec<u32>> {
     let mut by_netns: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for pid in procfs::pids(proc_root) {
         if let Some(netns) = procfs::netns_inode(proc_root, pid) {
@@ -231,19 +231,6 @@ impl OwnerResolver {
             .into_iter()
             .find(|&pid| procfs::socket_inodes(proc_root, pid).contains(&inode))?;
         let owner = procfs::owner_of(proc_root, pid, OWNER_SOURCE_PROC, ROLE_UNKNOWN)?;
-        let comm_len = owner
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(owner.comm.len());
-        Some(ProcessRef {
-            pid: owner.tgid,
-            tid: owner.tid,
-            comm: String::from_utf8_lossy(&owner.comm[..comm_len]).into_owned(),
-            cgroup_id: owner.cgroup_id,
-            start_boottime_ns: owner.start_boottime_ns,
-            source: OwnerSource::Proc,
-            shared: false,
-        })
+        ProcessRef::from_owner(&owner, OwnerSource::Proc, false)
     }
 }

@@ -17,7 +17,7 @@ use aya::{
 };
 use monitor_common::{
     counters::UnwatchedRetransmits,
-    globals::{ProbeSettings, watched_port_bits},
+    globals::{ProbeSettings, ring_wake_bytes, watched_port_bits},
     socket::PrimedSocket,
 };
 use tracing::{info, warn};
@@ -182,6 +182,7 @@ impl Capture {
             // connections' retransmits instead of a record each.
             count_busy_retransmits: u32::from(!config.every_state_change),
             retransmit_counts_ticks: 1_000_000_000u64.div_ceil(ns_per_jiffy),
+            ring_wake_bytes: ring_wake_bytes(u64::from(config.ring_buffer_bytes)),
         };
 
         let watched_port_bits = watched_port_bits(config.watched_ports.iter().copied());

@@ -15,7 +15,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    sync::mpsc,
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinHandle,
 };
 use tracing::warn;
@@ -29,16 +29,52 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// consumer wakeup instead of one per record.
 pub const MAX_BATCH: usize = 1024;
 
-/// Batches in flight between the reader and its consumer: with
-/// `MAX_BATCH`, at most this many times that many decoded events are held.
-pub const BATCHES_IN_FLIGHT: usize = 8;
+/// Decoded events held between the reader and its consumer, at most
+/// (about 300 bytes each: some 20 MB, only while a burst is being
+/// processed). The reader empties the kernel's ring as fast as it can
+/// decode, so a burst of records (thousands of storms confirmed in the
+/// same jiffy) waits here, not in the ring, while findings are written.
+pub const MAX_EVENTS_IN_FLIGHT: usize = 65_536;
+
+/// Decoded events and their share of `MAX_EVENTS_IN_FLIGHT`, returned
+/// when the batch is dropped (after the consumer handled it).
+pub struct Batch {
+    pub events: Vec<SocketEvent>,
+    _in_flight: OwnedSemaphorePermit,
+}
+
+/// What `spawn` sends on.
+pub struct BatchSender {
+    batches: mpsc::UnboundedSender<Batch>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl BatchSender {
+    /// Waits until the batch fits under `MAX_EVENTS_IN_FLIGHT`, then hands
+    /// it on; false once the consumer is gone.
+    async fn send(&self, events: Vec<SocketEvent>) -> bool {
+        let Ok(permit) = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(events.len() as u32)
+            .await
+        else {
+            return false;
+        };
+        self.batches
+            .send(Batch {
+                events,
+                _in_flight: permit,
+            })
+            .is_ok()
+    }
+}
 
 /// Creates the channel `spawn` sends on.
-pub fn channel() -> (
-    mpsc::Sender<Vec<SocketEvent>>,
-    mpsc::Receiver<Vec<SocketEvent>>,
-) {
-    mpsc::channel(BATCHES_IN_FLIGHT)
+pub fn channel() -> (BatchSender, mpsc::UnboundedReceiver<Batch>) {
+    let (batches, receiver) = mpsc::unbounded_channel();
+    let in_flight = Arc::new(Semaphore::new(MAX_EVENTS_IN_FLIGHT));
+    (BatchSender { batches, in_flight }, receiver)
 }
 
 /// Counts kept by the reader.
@@ -51,7 +87,7 @@ pub struct ReaderStats {
 /// Spawns the reader. It stops when the receiving side is dropped.
 pub fn spawn(
     ring: RingBuf<MapData>,
-    events: mpsc::Sender<Vec<SocketEvent>>,
+    events: BatchSender,
     stats: Arc<ReaderStats>,
 ) -> std::io::Result<JoinHandle<()>> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same
@@ -75,7 +111,7 @@ pub fn spawn(
                     }
                 },
                 _ = tick.tick() => drain_all(ring.get_mut(), &events, &stats).await,
-                _ = events.closed() => false,
+                _ = events.batches.closed() => false,
             };
             if !open {
                 return;
@@ -85,18 +121,15 @@ pub fn spawn(
 }
 
 /// Hands every record in the ring on, in batches; false once the consumer
-/// is gone. Back-pressure: while the consumer is behind, the kernel's ring
-/// buffer fills and the kernel counts what it drops.
-async fn drain_all(
-    ring: &mut RingBuf<MapData>,
-    events: &mpsc::Sender<Vec<SocketEvent>>,
-    stats: &ReaderStats,
-) -> bool {
+/// is gone. Back-pressure: once `MAX_EVENTS_IN_FLIGHT` wait for the
+/// consumer, the kernel's ring buffer fills and the kernel counts what it
+/// drops.
+async fn drain_all(ring: &mut RingBuf<MapData>, events: &BatchSender, stats: &ReaderStats) -> bool {
     loop {
         let batch = drain(ring, stats);
         // A batch short of the limit emptied the ring.
         let emptied = batch.len() < MAX_BATCH;
-        if !batch.is_empty() && events.send(batch).await.is_err() {
+        if !batch.is_empty() && !events.send(batch).await {
             return false;
         }
         if emptied {

@@ -20,6 +20,7 @@ use crate::{
     },
     cli::AuditArgs,
     config::KNOWN_SERVICES,
+    daemon_client::DaemonClient,
     event::{OwnerSource, ProcessRef},
     risk::{self, Assessment, ConnectionView, PathTimeouts, SettingEffect},
 };
@@ -49,6 +50,8 @@ pub struct NamespaceSettings {
 
 #[derive(Debug, Serialize)]
 pub struct AuditReport {
+    /// `output::SCHEMA_VERSION`.
+    pub schema_version: u32,
     pub at_risk: usize,
     pub connections: Vec<AuditedConnection>,
     pub host_settings: Vec<NamespaceSettings>,
@@ -83,16 +86,18 @@ pub fn inferred_timeouts(storms: &serde_json::Value) -> BTreeMap<String, f64> {
 }
 
 /// Asks a running daemon for its storms; `None` when none answers.
-fn daemon_storms(url: &str) -> Option<serde_json::Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .into();
-    let mut response = agent
-        .get(format!("{}/api/v1/storms", url.trim_end_matches('/')))
-        .call()
-        .ok()?;
-    response.body_mut().read_json().ok()
+/// The daemon's `/api/v1/storms`, or nothing when none answers (said in a
+/// warning when TLS or auth was set up for it: then one was expected).
+fn daemon_storms(client: &DaemonClient, expected: bool) -> Option<serde_json::Value> {
+    match client.get("/api/v1/storms") {
+        Ok(body) => serde_json::from_str(&body).ok(),
+        Err(error) => {
+            if expected {
+                tracing::warn!(url = client.url(), %error, "the daemon did not answer");
+            }
+            None
+        }
+    }
 }
 
 /// Scans the host and assesses every watched connection.
@@ -140,6 +145,7 @@ pub fn audit(
         })
         .collect();
     AuditReport {
+        schema_version: crate::output::SCHEMA_VERSION,
         at_risk: connections.iter().filter(|c| c.assessment.at_risk).count(),
         connections,
         host_settings,
@@ -190,21 +196,8 @@ fn assess_one(
         .holders
         .first()
         .and_then(|&pid| procfs::owner_of(Path::new("/proc"), pid, 0, 0));
-    let process = owner.map(|owner| {
-        let len = owner
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(owner.comm.len());
-        ProcessRef {
-            pid: owner.tgid,
-            tid: owner.tid,
-            comm: String::from_utf8_lossy(&owner.comm[..len]).into_owned(),
-            cgroup_id: owner.cgroup_id,
-            start_boottime_ns: owner.start_boottime_ns,
-            source: OwnerSource::Proc,
-            shared: scanned.holders.len() > 1,
-        }
+    let process = owner.and_then(|owner| {
+        ProcessRef::from_owner(&owner, OwnerSource::Proc, scanned.holders.len() > 1)
     });
     let details = process
         .as_ref()
@@ -234,7 +227,17 @@ fn assess_one(
 pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     let paths = args.path_timeouts().map_err(anyhow::Error::msg)?;
     let ports: BTreeSet<u16> = args.ports.iter().copied().collect();
-    let storms = args.daemon_url.as_deref().and_then(daemon_storms);
+    let storms = match &args.daemon_url {
+        Some(url) => {
+            let client = DaemonClient::new(url, &args.client, Duration::from_secs(2))
+                .map_err(anyhow::Error::msg)?;
+            let expected = args.client.daemon_ca_file.is_some()
+                || args.client.daemon_cert.is_some()
+                || args.client.daemon_user.is_some();
+            daemon_storms(&client, expected)
+        }
+        None => None,
+    };
     let inferred = storms.as_ref().map(inferred_timeouts).unwrap_or_default();
     let report = audit(&ports, args.all_ports, &paths, inferred);
     let mut out = std::io::stdout().lock();

@@ -56,6 +56,14 @@ fn drop_capabilities(settings: &Settings) {
     }
 }
 
+/// Tells systemd how the service is (Type=notify: ready once the programs
+/// are attached, as /readyz); nothing without `NOTIFY_SOCKET`.
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(states) {
+        warn!(%error, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
+}
+
 /// How long receivers get at exit to deliver the last alerts.
 const ALERT_FLUSH_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -88,6 +96,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let reader = reader::spawn(ring, tx, stats).context("polling the event ring buffer")?;
     drop_capabilities(&settings);
     status.set_ready(true);
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     info!(
         ports = ?settings.ports,
         all_ports = settings.all_ports,
@@ -139,12 +148,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings,
     };
     let at_risk = spawn_at_risk_audits(&pipeline.settings, status.clone());
+    let mut losses = LossReconciler::default();
     let mut expire = tokio::time::interval(EXPIRE_INTERVAL);
     let mut stop = std::pin::pin!(shutdown::signal());
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(batch) => batch.into_iter().for_each(|event| pipeline.event(event)),
+                Some(batch) => {
+                    // A batch's findings go out together: one write for
+                    // thousands of storms confirmed in the same jiffy.
+                    let findings: Vec<Finding> = batch
+                        .events
+                        .into_iter()
+                        .flat_map(|event| pipeline.event(event))
+                        .collect();
+                    pipeline.report(&findings);
+                }
                 None => {
                     warn!("event reader stopped");
                     break;
@@ -171,9 +190,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     debug!(expired, "metric label sets quiet past the series expiry removed");
                 }
                 pipeline.report(&findings);
+                let lost = pipeline
+                    .status
+                    .kernel_counters()
+                    .map_or(0, |counters| counters.get(monitor_common::counters::LOST_RINGBUF_FULL));
+                if losses.due(lost) {
+                    let findings = tokio::task::block_in_place(|| {
+                        let live = LiveSockets::of(pipeline.detector.active_storms(), "/proc");
+                        pipeline.detector.reconcile(now, |storm| live.may_exist(storm))
+                    });
+                    if !findings.is_empty() {
+                        warn!(
+                            ended = findings.len(),
+                            "storms whose socket is gone ended as unknown: records of their end may have been lost (connmon_lost_records_total)"
+                        );
+                    }
+                    pipeline.report(&findings);
+                }
             }
             signal = &mut stop => {
                 info!(signal = signal.as_str(), "stopping");
+                notify_systemd(&[sd_notify::NotifyState::Stopping]);
                 break;
             }
         }
@@ -199,6 +236,81 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When to look for storms whose end was lost: one expiry tick after the
+/// kernel's lost-record counter moved, so every record written before the
+/// loss has been processed.
+#[derive(Debug, Default)]
+struct LossReconciler {
+    seen: u64,
+    pending: bool,
+}
+
+impl LossReconciler {
+    /// Called every expiry tick with the kernel's lost-record count;
+    /// whether to reconcile now.
+    fn due(&mut self, lost: u64) -> bool {
+        let due = std::mem::take(&mut self.pending);
+        if lost > self.seen {
+            self.seen = lost;
+            self.pending = true;
+        }
+        due
+    }
+}
+
+/// The sockets of storms in progress that still exist, from one sock_diag
+/// dump per network namespace (entered through an owner's
+/// `/proc/PID/ns/net`). A socket sock_diag does not list is gone (or
+/// closed); a storm whose namespace cannot be read is kept.
+struct LiveSockets {
+    cookies: std::collections::HashSet<u64>,
+    unreadable: std::collections::HashSet<u32>,
+}
+
+impl LiveSockets {
+    fn of<'a>(storms: impl Iterator<Item = &'a crate::detect::Storm>, proc_root: &str) -> Self {
+        use crate::attribution::procfs;
+        let root = std::path::Path::new(proc_root);
+        let mut by_netns: HashMap<u32, Vec<u32>> = HashMap::new();
+        for storm in storms {
+            let pids = by_netns.entry(storm.connection.netns).or_default();
+            pids.extend(storm.owner.as_ref().map(|owner| owner.pid));
+        }
+        let mut live = Self {
+            cookies: Default::default(),
+            unreadable: Default::default(),
+        };
+        // Owners may have exited (a pool's process after its connections
+        // failed): any process still in the namespace will do.
+        let mut others: Option<std::collections::BTreeMap<u32, Vec<u32>>> = None;
+        for (netns, pids) in by_netns {
+            let owner = pids
+                .iter()
+                .copied()
+                .find(|pid| procfs::netns_inode(root, *pid) == Some(netns));
+            let member = owner.or_else(|| {
+                others
+                    .get_or_insert_with(|| crate::attribution::existing::processes_by_netns(root))
+                    .get(&netns)
+                    .and_then(|pids| pids.first().copied())
+            });
+            let entered =
+                member.map(|pid| crate::sockdiag::dump_tcp(Some(&procfs::netns_file(root, pid))));
+            match entered {
+                Some(Ok(sockets)) => live.cookies.extend(sockets.iter().map(|s| s.cookie)),
+                _ => {
+                    live.unreadable.insert(netns);
+                }
+            }
+        }
+        live
+    }
+
+    fn may_exist(&self, storm: &crate::detect::Storm) -> bool {
+        self.cookies.contains(&storm.cookie) || self.unreadable.contains(&storm.connection.netns)
+    }
+}
+
 /// Audits the watched connections periodically, off the async threads, and
 /// exports how many will hang on next use.
 fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task::JoinHandle<()> {
@@ -221,13 +333,9 @@ fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task
             };
             let mut counts: HashMap<(String, String, String), i64> = HashMap::new();
             for connection in report.connections.iter().filter(|c| c.assessment.at_risk) {
-                let container: String = connection
-                    .container_id
-                    .as_deref()
-                    .unwrap_or("")
-                    .chars()
-                    .take(12)
-                    .collect();
+                let container = crate::attribution::container::short_id(
+                    connection.container_id.as_deref().unwrap_or(""),
+                );
                 let key = (
                     connection.comm.clone().unwrap_or_else(|| "unknown".into()),
                     container,
@@ -375,6 +483,16 @@ pub fn prime_existing_sockets(capture: &mut Capture, config: &crate::capture::Ca
                 found = known.len(),
                 added, unowned, shared, "learned existing watched connections"
             );
+            if added < known.len() {
+                warn!(
+                    found = known.len(),
+                    added,
+                    socket_map_entries = config.socket_map_entries,
+                    "the start-up table is full: existing connections beyond --socket-map-entries get their \
+                     owner when next used (a send, or /proc when a storm is reported), and their idle time \
+                     from the kernel's own timestamps"
+                );
+            }
         }
         Err(error) => {
             warn!(%error, "cannot record existing connections; they get owners when next used");
@@ -393,27 +511,27 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn event(&mut self, mut event: SocketEvent) {
+    fn event(&mut self, mut event: SocketEvent) -> Vec<Finding> {
         self.sockets.observe(&mut event);
         self.status.metrics.observe_event(&event);
-        let findings = self.detector.handle(&event);
-        self.report(&findings);
+        self.detector.handle(&event)
     }
 
     fn report(&mut self, findings: &[Finding]) {
         if findings.is_empty() {
             return;
         }
-        let mut out = std::io::stdout().lock();
+        // Buffered: written and flushed once for all of them.
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
         let mut follow_ups = Vec::new();
         for finding in findings {
             self.status.metrics.observe_finding(finding);
             let record = self.reporter.record(finding, &self.settings);
-            let line = match self.settings.log_format {
+            let line = match self.settings.output_format {
                 Format::Json => serde_json::to_string(&record).unwrap_or_default(),
                 Format::Text => text_line(&record),
             };
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            if writeln!(out, "{line}").is_err() {
                 warn!("stdout closed; findings still go to the HTTP API");
             }
             self.status.record(&record);
@@ -426,6 +544,7 @@ impl Pipeline {
                 self.status.metrics.observe_fail_fast(abort.result);
                 let line = json!({
                     "event": "fail_fast",
+                    "schema_version": crate::output::SCHEMA_VERSION,
                     "time": record.time,
                     "storm_id": abort.storm_id,
                     "pid": record.pid,
@@ -437,13 +556,16 @@ impl Pipeline {
                     "result": abort.result,
                     "error": abort.error,
                 });
-                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                if writeln!(out, "{line}").is_err() {
                     warn!("stdout closed");
                 }
                 if abort.result == "aborted" {
                     follow_ups.extend(self.detector.aborted(storm.cookie, monotonic_now_ns()));
                 }
             }
+        }
+        if out.flush().is_err() {
+            warn!("stdout closed; findings still go to the HTTP API");
         }
         drop(out);
         if !follow_ups.is_empty() {

@@ -60,11 +60,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                for mut event in batch {
+                for mut event in batch.events {
                     sockets.observe(&mut event);
                     // Sockets never used in process context while watched (e.g.
                     // accepted but idle): ask /proc, once per socket.
-                    if event.owner.is_none() && !matches!(event.kind, EventKind::StateChange { .. } | EventKind::Destroyed) {
+                    if event.owner.is_none() && !matches!(event.kind, EventKind::StateChange { .. } | EventKind::Destroyed { .. }) {
                         event.owner = owners.resolve(event.cookie, &event.connection);
                     }
                     if netns.is_some_and(|inode| inode != event.connection.netns) {
@@ -154,8 +154,14 @@ fn report_loss(
     }
     warn!(reason, program, lost, total, "kernel records lost");
     if format == Format::Json {
-        let mut record =
-            serde_json::json!({"event": "lost", "reason": reason, "count": lost, "total": total});
+        // docs/schemas/trace-lost.schema.json
+        let mut record = serde_json::json!({
+            "event": "lost",
+            "schema_version": crate::output::SCHEMA_VERSION,
+            "reason": reason,
+            "count": lost,
+            "total": total,
+        });
         if let Some(program) = program {
             record["program"] = program.into();
         }

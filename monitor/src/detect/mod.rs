@@ -41,7 +41,8 @@ pub enum Outcome {
     Aborted,
     /// connmon stopped while the storm was still going.
     MonitorStopped,
-    /// No event for the socket for `DetectorConfig::forget_after_ns`.
+    /// No event for the socket for `DetectorConfig::forget_after_ns`, or
+    /// the socket is gone and the kernel records of its end were lost.
     Unknown,
 }
 
@@ -115,7 +116,9 @@ pub struct Storm {
 }
 
 /// A reset on a connection right after it resumed from idle: the path
-/// forgot the flow and said so (RST) instead of dropping silently.
+/// forgot the flow and said so (RST) instead of dropping silently, or the
+/// peer had closed the idle connection (its FIN came first, e.g. Redis
+/// `timeout`) and this side wrote on it anyway.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct IdleReset {
     pub cookie: u64,
@@ -125,6 +128,9 @@ pub struct IdleReset {
     pub idle_ns: u64,
     pub at_ns: u64,
     pub retransmits: u32,
+    /// The socket was in CLOSE_WAIT when the reset came: the peer had
+    /// closed the connection while it was idle.
+    pub peer_closed: bool,
 }
 
 /// What the detector concluded from an event.
@@ -299,6 +305,7 @@ impl Detector {
                             idle_ns,
                             at_ns: event.timestamp_ns,
                             retransmits,
+                            peer_closed: event.state.0 == monitor_common::tcp::TCP_CLOSE_WAIT,
                         }));
                     }
                 }
@@ -327,13 +334,18 @@ impl Detector {
                     &mut findings,
                 );
             }
-            EventKind::Destroyed => self.end(
-                event.cookie,
-                Outcome::Closed,
-                event.timestamp_ns,
-                None,
-                &mut findings,
-            ),
+            // Normally the error or CLOSE ended the storm already; if
+            // their records were lost, the destroy record repeats the errno.
+            EventKind::Destroyed { errno } => {
+                let errno = (*errno != 0).then_some(*errno);
+                self.end(
+                    event.cookie,
+                    errno.map_or(Outcome::Closed, outcome_for),
+                    event.timestamp_ns,
+                    errno,
+                    &mut findings,
+                );
+            }
             // Busy connections' retransmits: counted, never a storm.
             EventKind::StateChange { .. } | EventKind::RetransmitCounts { .. } => {}
         }
@@ -500,6 +512,23 @@ impl Detector {
             .collect();
         let mut findings = Vec::new();
         for cookie in stale {
+            self.end(cookie, Outcome::Unknown, now_ns, None, &mut findings);
+        }
+        findings
+    }
+
+    /// Ends the storms in progress whose socket `exists` says is gone, as
+    /// `unknown`: records were lost (a full ring), among them maybe their
+    /// end; the outcome is not guessed. Call only after the records written
+    /// before the loss were processed.
+    pub fn reconcile(&mut self, now_ns: u64, exists: impl Fn(&Storm) -> bool) -> Vec<Finding> {
+        let gone: Vec<u64> = self
+            .active_storms()
+            .filter(|storm| !exists(storm))
+            .map(|storm| storm.cookie)
+            .collect();
+        let mut findings = Vec::new();
+        for cookie in gone {
             self.end(cookie, Outcome::Unknown, now_ns, None, &mut findings);
         }
         findings

@@ -109,7 +109,13 @@ fn seed(recording: &Recording, send_ns: u64) -> Vec<SocketEvent> {
                 errno: libc::ETIMEDOUT,
             },
         ),
-        recording.event(send_ns + 6850 * MS, EventKind::Destroyed),
+        // The destroy record repeats the errno the socket ended with.
+        recording.event(
+            send_ns + 6850 * MS,
+            EventKind::Destroyed {
+                errno: libc::ETIMEDOUT,
+            },
+        ),
     ]
 }
 
@@ -119,6 +125,27 @@ fn run(detector: &mut Detector, events: &[SocketEvent]) -> Vec<(usize, Finding)>
         .enumerate()
         .flat_map(|(index, event)| detector.handle(event).into_iter().map(move |f| (index, f)))
         .collect()
+}
+
+#[test]
+fn a_storm_whose_error_and_close_records_were_lost_ends_with_the_destroy_records_errno() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut detector = Detector::new(config());
+    let mut events = seed(&recording, 100 * S);
+    // A full ring lost the CLOSE and the error report.
+    events.retain(|event| {
+        !matches!(
+            event.kind,
+            EventKind::StateChange { .. } | EventKind::SocketError { .. }
+        )
+    });
+    let findings = run(&mut detector, &events);
+    let Some((_, Finding::StormEnded { outcome, errno, .. })) = findings.last() else {
+        panic!("no end: {findings:#?}");
+    };
+    assert_eq!(*outcome, Outcome::TimedOut);
+    assert_eq!(*errno, Some(libc::ETIMEDOUT));
+    assert_eq!(detector.episodes(), 0);
 }
 
 #[test]
@@ -202,7 +229,7 @@ fn an_unconfirmed_episode_closed_without_timeout_stays_quiet() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let events = vec![
         recording.retransmit(100 * S + 400 * MS, RetransmitKind::Timeout, 1),
-        recording.event(101 * S, EventKind::Destroyed),
+        recording.event(101 * S, EventKind::Destroyed { errno: 0 }),
     ];
     assert_eq!(run(&mut Detector::new(config()), &events), vec![]);
 }
@@ -319,7 +346,7 @@ fn middlebox_reset_after_idle_is_reported_without_a_storm() {
                 errno: libc::ECONNRESET,
             },
         ),
-        recording.event(100 * S + MS, EventKind::Destroyed),
+        recording.event(100 * S + MS, EventKind::Destroyed { errno: 0 }),
     ];
     let findings = run(&mut Detector::new(config()), &events);
     assert_eq!(findings.len(), 1, "{findings:#?}");
@@ -500,4 +527,37 @@ fn an_aborted_storm_ends_as_aborted_and_its_echo_is_ignored() {
         ),
     ];
     assert_eq!(run(&mut detector, &echo), vec![]);
+}
+
+#[test]
+fn after_lost_records_only_storms_whose_socket_is_gone_end_and_as_unknown() {
+    let gone = Recording::client().resumed(40 * S, 100 * S);
+    let mut alive = Recording::client().resumed(40 * S, 100 * S);
+    alive.cookie = 43;
+    let mut detector = Detector::new(config());
+    let mut events: Vec<SocketEvent> = seed(&gone, 100 * S).into_iter().take(4).collect();
+    events.extend(seed(&alive, 100 * S).into_iter().take(4));
+    let started = run(&mut detector, &events);
+    assert_eq!(started.len(), 2, "{started:#?}");
+    let findings = detector.reconcile(120 * S, |storm| storm.cookie == alive.cookie);
+    let [
+        Finding::StormEnded {
+            storm,
+            outcome,
+            errno,
+            ..
+        },
+    ] = findings.as_slice()
+    else {
+        panic!("{findings:#?}");
+    };
+    assert_eq!(
+        (storm.cookie, *outcome, *errno),
+        (gone.cookie, Outcome::Unknown, None)
+    );
+    assert_eq!(
+        detector.active_storms().count(),
+        1,
+        "the live socket's storm goes on"
+    );
 }

@@ -172,6 +172,7 @@ fn router_with(
     metrics: Option<&HttpMetrics>,
 ) -> Router {
     let mut router = Router::new()
+        .route("/", get(landing_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
@@ -206,6 +207,27 @@ fn router_with(
     router
 }
 
+/// `/`: what this is and where its endpoints are, for whoever opens the
+/// port in a browser (behind the same auth as the rest).
+async fn landing_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(LANDING_PAGE)
+}
+
+const LANDING_PAGE: &str = concat!(
+    "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>connmon</title></head>\n",
+    "<body><h1>connmon</h1>\n",
+    "<p>Finds the process behind TCP retransmit storms on idle pooled connections. Version ",
+    env!("CARGO_PKG_VERSION"),
+    ", revision ",
+    env!("CONNMON_GIT_REVISION"),
+    ".</p>\n<ul>\n",
+    "<li><a href=\"metrics\">/metrics</a>: Prometheus metrics</li>\n",
+    "<li><a href=\"api/v1/storms\">/api/v1/storms</a>: storms in progress and recent ones (JSON)</li>\n",
+    "<li><a href=\"healthz\">/healthz</a>: liveness</li>\n",
+    "<li><a href=\"readyz\">/readyz</a>: readiness (kernel programs attached)</li>\n",
+    "</ul></body></html>\n"
+);
+
 async fn readyz(State(status): State<Arc<Status>>) -> (StatusCode, &'static str) {
     if status.is_ready() {
         (StatusCode::OK, "ready\n")
@@ -231,6 +253,7 @@ async fn metrics_handler(
 
 #[derive(Serialize)]
 struct StormsResponse {
+    schema_version: u32,
     active: Vec<FindingRecord>,
     recent: Vec<FindingRecord>,
 }
@@ -238,6 +261,7 @@ struct StormsResponse {
 async fn storms(State(status): State<Arc<Status>>) -> Json<StormsResponse> {
     let board = status.board();
     Json(StormsResponse {
+        schema_version: crate::output::SCHEMA_VERSION,
         active: board.active.into_values().collect(),
         recent: board.recent.into_iter().collect(),
     })
@@ -447,6 +471,21 @@ mod tests {
             "{:?}",
             String::from_utf8_lossy(&huge)
         );
+        // The landing page links every endpoint, behind the same password.
+        let landing = answer(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status_of(&landing), "HTTP/1.1 401");
+        let landing =
+            answer(b"GET / HTTP/1.1\r\nAuthorization: Basic cHJvbWV0aGV1czpzM2NyZXQ=\r\n\r\n")
+                .await;
+        assert_eq!(status_of(&landing), "HTTP/1.1 200");
+        let landing = String::from_utf8_lossy(&landing);
+        assert!(landing.contains("text/html"), "{landing}");
+        for link in ["metrics", "api/v1/storms", "healthz", "readyz"] {
+            assert!(
+                landing.contains(&format!("<a href=\"{link}\">")),
+                "{link}: {landing}"
+            );
+        }
         // Half a head, then the end of the stream: closed without an answer.
         assert!(answer(b"GET /metrics HTTP/1.1\r\nHo").await.is_empty());
     }

@@ -88,7 +88,7 @@ pub fn alertmanager_alert(
     let container = record
         .container_id
         .as_deref()
-        .map(|id| escape(&id.chars().take(12).collect::<String>()))
+        .map(|id| escape(&crate::attribution::container::short_id(id)))
         .unwrap_or_default();
     let mut labels = json!({
         "alertname": alertname,
@@ -518,6 +518,7 @@ mod tests {
     fn record() -> FindingRecord {
         FindingRecord {
             event: "storm_started",
+            schema_version: crate::output::SCHEMA_VERSION,
             time: "2026-11-25T09:32:44.689Z".into(),
             storm_id: Some(7),
             pid: Some(4242),
@@ -548,6 +549,7 @@ mod tests {
             outcome: None,
             duration_seconds: None,
             error: None,
+            cause: None,
             tcp_retries2: Some(15),
             cookie: 1,
             hint: "Likely cause: a middlebox ... Fix: Redis `tcp-keepalive 60`".into(),

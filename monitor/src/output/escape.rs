@@ -72,6 +72,34 @@ impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
     }
 }
 
+/// [`EscapingWriter`] for JSON log lines: serde has escaped quotes and
+/// C0 controls already; DEL, C1 and the bidirectional controls are written
+/// as JSON's `\uNNNN`, so the line stays valid JSON and reads as it is.
+pub struct JsonEscapingWriter<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for JsonEscapingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let mut line = String::with_capacity(text.len());
+        for c in text.chars() {
+            if c != '\n' && needs_escape(c) {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(line, "\\u{unit:04x}");
+                }
+            } else {
+                line.push(c);
+            }
+        }
+        self.0.write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +118,19 @@ mod tests {
             Cow::Borrowed(_)
         ));
         assert_eq!(control_owned("tab\there".into()), "tab\\x09here");
+    }
+
+    #[test]
+    fn a_json_log_line_stays_valid_json_and_escaped() {
+        use std::io::Write;
+        let mut out = JsonEscapingWriter(Vec::new());
+        let record = serde_json::json!({"comm": HOSTILE, "bidi": "evil\u{202e}\u{7f}"});
+        out.write_all(format!("{record}\n").as_bytes()).unwrap();
+        let text = String::from_utf8(out.0).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        assert!(!text.contains(['\x1b', '\u{202e}', '\u{7f}']), "{text:?}");
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(parsed, record);
     }
 
     #[test]

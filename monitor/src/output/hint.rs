@@ -55,14 +55,31 @@ pub fn storm_hint(
     }
 }
 
-/// Hint for a reset right after idle.
-pub fn reset_hint(service: Option<&str>, idle_seconds: f64) -> String {
+/// Hint for a reset right after idle. `peer_closed`: the peer had closed
+/// the idle connection first (its FIN arrived), so the fix is on the
+/// client's pool, not the path.
+pub fn reset_hint(service: Option<&str>, idle_seconds: f64, peer_closed: bool) -> String {
     let what = service
         .map(|service| format!("{service} connection"))
         .unwrap_or_else(|| "connection".into());
+    let idle = human_duration(idle_seconds);
+    if peer_closed {
+        return format!(
+            "Likely cause: the server closed this idle {what} after at most {idle} idle ({server_timeout}; its FIN arrived), and the client wrote on it anyway: the server answered with a reset and the request failed. Fix: have the pool drop idle connections before the server does (a client idle timeout below the server's) or check them before use, or {server_fix}.",
+            server_timeout = if service == Some("redis") {
+                "Redis `timeout`"
+            } else {
+                "a server-side idle timeout"
+            },
+            server_fix = if service == Some("redis") {
+                "disable the server's idle timeout (Redis `timeout 0`) and keep connections alive with `tcp-keepalive`"
+            } else {
+                "raise or disable the server's idle timeout"
+            },
+        );
+    }
     format!(
-        "Likely cause: the path (NAT, load balancer, firewall) or the server forgot this idle {what} after {} idle and answered the next request with a reset; the application saw a connection error. Fix: keepalive below the idle timeout{}, and retry on reset in the client.",
-        human_duration(idle_seconds),
+        "Likely cause: the path (NAT, load balancer, firewall) or the server forgot this idle {what} after {idle} idle and answered the next request with a reset; the application saw a connection error. Fix: keepalive below the idle timeout{}, and retry on reset in the client.",
         if service == Some("redis") {
             " (Redis `tcp-keepalive`, client SO_KEEPALIVE)"
         } else {
@@ -111,6 +128,25 @@ mod tests {
                 && hint.contains("tcp-keepalive")
                 && hint.contains("timeout"),
             "{hint}"
+        );
+    }
+
+    #[test]
+    fn reset_hint_tells_a_server_close_from_a_forgotten_path() {
+        let closed = reset_hint(Some("redis"), 310.0, true);
+        for needle in [
+            "server closed",
+            "`timeout`",
+            "pool",
+            "`timeout 0`",
+            "5m 10s",
+        ] {
+            assert!(closed.contains(needle), "{needle} missing from {closed}");
+        }
+        let forgotten = reset_hint(Some("redis"), 310.0, false);
+        assert!(
+            forgotten.contains("path") && !forgotten.contains("server closed"),
+            "{forgotten}"
         );
     }
 }

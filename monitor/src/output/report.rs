@@ -18,6 +18,8 @@ const NS_PER_S: f64 = 1e9;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FindingRecord {
     pub event: &'static str,
+    /// `output::SCHEMA_VERSION`.
+    pub schema_version: u32,
     pub time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm_id: Option<u64>,
@@ -57,6 +59,12 @@ pub struct FindingRecord {
     pub duration_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `reset_after_idle` only: `peer_closed` when the peer had closed the
+    /// idle connection first (its FIN arrived; e.g. Redis `timeout`),
+    /// `reset` when the reset came out of the blue (the path or the server
+    /// forgot the connection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<&'static str>,
     pub tcp_retries2: Option<u8>,
     pub cookie: u64,
     pub hint: String,
@@ -179,7 +187,7 @@ impl Reporter {
         let resolved = self.owner_of(reset.owner.as_ref(), reset.cookie, &reset.connection);
         let service = service_of(&reset.connection, reset.role, settings);
         let idle_seconds = round(reset.idle_ns as f64 / NS_PER_S);
-        let hint = hint::reset_hint(service.as_deref(), idle_seconds);
+        let hint = hint::reset_hint(service.as_deref(), idle_seconds, reset.peer_closed);
         let mut record = self.base(
             "reset_after_idle",
             reset.at_ns,
@@ -193,6 +201,11 @@ impl Reporter {
         record.idle_seconds = idle_seconds;
         record.retransmits = reset.retransmits;
         record.outcome = Some(Outcome::Reset);
+        record.cause = Some(if reset.peer_closed {
+            "peer_closed"
+        } else {
+            "reset"
+        });
         record
     }
 
@@ -220,6 +233,7 @@ impl Reporter {
         };
         FindingRecord {
             event,
+            schema_version: crate::output::SCHEMA_VERSION,
             time: self.clock.rfc3339(at_ns),
             storm_id: None,
             pid: owner.map(|o| o.pid),
@@ -248,6 +262,7 @@ impl Reporter {
             outcome: None,
             duration_seconds: None,
             error: None,
+            cause: None,
             tcp_retries2: None,
             cookie,
             hint,

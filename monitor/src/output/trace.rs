@@ -12,6 +12,10 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
     let mut record = Map::new();
     record.insert("time".into(), json!(clock.rfc3339(event.timestamp_ns)));
     record.insert("event".into(), json!(event.kind.name()));
+    record.insert(
+        "schema_version".into(),
+        json!(crate::output::SCHEMA_VERSION),
+    );
     let owner = event.owner.as_ref();
     record.insert("pid".into(), json!(owner.map(|o| o.pid)));
     record.insert("tid".into(), json!(owner.map(|o| o.tid)));
@@ -55,9 +59,9 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
                 .iter()
                 .map(|(kind, count)| (kind.as_str().to_string(), json!(count)))
                 .collect();
-            record.insert("retransmits".into(), Value::Object(counts));
+            record.insert("retransmit_counts".into(), Value::Object(counts));
         }
-        EventKind::ResetReceived | EventKind::ResetSent | EventKind::Destroyed => {}
+        EventKind::ResetReceived | EventKind::ResetSent | EventKind::Destroyed { .. } => {}
     }
     Value::Object(record)
 }

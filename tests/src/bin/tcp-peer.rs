@@ -2,9 +2,13 @@
 //! on the wire and who owns each socket.
 //!
 //! `tcp-peer server ADDR`: accept connections and echo what arrives.
+//! `tcp-peer shared-server ADDR`: the same, on a listener with
+//! `SO_REUSEPORT`, so several processes share the port (and the
+//! connections: one process may hold only so many descriptors).
 //! `tcp-peer client ADDR`: connect, exchange one line, print
 //! `connected LOCAL_ADDR`, then on each stdin line send it and wait for the
-//! echo; a failed wait prints `error KIND ERRNO` and exits.
+//! echo; a failed wait prints `retransmitted N` (the socket's own count of
+//! retransmitted segments) and `error KIND ERRNO`, and exits.
 //! `tcp-peer many ADDR N`: hold N connections open (prints `opened N`).
 //! `tcp-peer blast ADDR CONNECTIONS SECONDS`: echo bulk data for a while.
 //! `tcp-peer churn ADDR PER_SECOND SECONDS`: open, use and close that many
@@ -14,6 +18,8 @@
 //! (prints `holder PID`, sleeps at most 60 s), send the line without
 //! waiting for the echo, print `sent` and exit: the socket outlives the
 //! process that last used it.
+//! `tcp-peer pool ADDR N`: a connection pool with one writer thread per
+//! connection (see `pool`).
 //!
 //! With `TCP_PEER_COMM` set, the peer first renames itself to it (any
 //! bytes, at most 15, as prctl(PR_SET_NAME) allows any process to do).
@@ -41,7 +47,8 @@ fn main() {
         std::process::exit(2);
     };
     let result = match mode.as_str() {
-        "server" => server(addr),
+        "server" => TcpListener::bind(addr).and_then(serve),
+        "shared-server" => shared_listener(addr).and_then(serve),
         "client" => client(addr),
         "handoff" => handoff(addr),
         "many" => many(addr, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
@@ -55,6 +62,7 @@ fn main() {
             args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
             args.get(4).and_then(|n| n.parse().ok()).unwrap_or(1),
         ),
+        "pool" => pool(addr, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
@@ -69,22 +77,169 @@ fn main() {
     }
 }
 
-fn server(addr: &str) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr)?;
+/// An IPv4 listener on `addr` with `SO_REUSEPORT` set before binding.
+fn shared_listener(addr: &str) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    let addr: std::net::SocketAddrV4 = addr
+        .parse()
+        .map_err(|_| std::io::Error::other("shared-server takes an IPv4 address"))?;
+    // SAFETY: plain socket syscalls on a descriptor this function owns; the
+    // sockaddr_in is fully initialised and its size passed with it; the
+    // descriptor is handed to TcpListener (which closes it) only on success.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let listener = TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let sockaddr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let failed = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+            || libc::bind(
+                fd,
+                (&sockaddr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) != 0
+            || libc::listen(fd, 4096) != 0;
+        if failed {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(listener)
+    }
+}
+
+fn serve(listener: TcpListener) -> std::io::Result<()> {
+    raise_open_files_limit();
     println!("listening {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     for stream in listener.incoming() {
         let mut stream = stream?;
-        thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buffer) {
-                if n == 0 || stream.write_all(&buffer[..n]).is_err() {
-                    break;
+        // Small stacks: a pool test holds thousands of these threads.
+        thread::Builder::new()
+            .stack_size(SMALL_STACK)
+            .spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buffer) {
+                    if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            })?;
     }
     Ok(())
+}
+
+/// Stack of the threads a server or pool runs per connection.
+const SMALL_STACK: usize = 64 * 1024;
+
+/// Lifts the limit on open files as far as allowed (root: past the hard
+/// limit), else the soft limit to the hard one: a server of a large pool
+/// holds one descriptor per connection.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with valid pointers to local rlimits.
+    unsafe {
+        let wide = libc::rlimit {
+            rlim_cur: 1 << 18,
+            rlim_max: 1 << 18,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wide) == 0 {
+            return;
+        }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the epoch.
+fn wall_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_millis())
+        .unwrap_or(0)
+}
+
+/// A pool of `count` connections, each owned by a writer thread of its
+/// own, as a thread-per-connection service holds its Redis pool. Each
+/// thread connects and exchanges a line (one after another, so the
+/// listener's backlog never overflows); then `opened N` is printed. On the
+/// stdin line `send`, every thread sends one line at the same moment and
+/// waits for its echo without a timeout, then prints
+/// `result LOCAL_PORT TID ERRNO SENT_MS ENDED_MS` (ERRNO 0: echoed;
+/// wall-clock milliseconds); `done N` follows the last one.
+fn pool(addr: &str, count: usize) -> std::io::Result<()> {
+    use std::sync::{Arc, Barrier, mpsc};
+    raise_open_files_limit();
+    let go = Arc::new(Barrier::new(count + 1));
+    let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
+    let mut workers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (addr, go, ready) = (addr.to_string(), go.clone(), ready_tx.clone());
+        workers.push(
+            thread::Builder::new()
+                .stack_size(SMALL_STACK)
+                .spawn(move || {
+                    let opened = TcpStream::connect(&addr).and_then(|mut stream| {
+                        exchange(&mut stream, b"hello\n")?;
+                        Ok(stream)
+                    });
+                    let mut stream = match opened {
+                        Ok(stream) => {
+                            let _ = ready.send(Ok(()));
+                            stream
+                        }
+                        Err(error) => {
+                            let _ = ready.send(Err(error));
+                            return;
+                        }
+                    };
+                    drop(ready);
+                    go.wait();
+                    let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+                    // SAFETY: gettid has no arguments and cannot fail.
+                    let tid = unsafe { libc::gettid() };
+                    let sent = wall_ms();
+                    let errno = match exchange(&mut stream, b"stuck\n") {
+                        Ok(()) => 0,
+                        Err(error) => error.raw_os_error().unwrap_or(-1),
+                    };
+                    println!("result {port} {tid} {errno} {sent} {}", wall_ms());
+                })?,
+        );
+        ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("a pool thread vanished"))??;
+    }
+    println!("opened {count}");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line)? > 0 && line.trim() != "send" {
+        line.clear();
+    }
+    go.wait();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    println!("done {count}");
+    std::io::stdout().flush()
 }
 
 fn client(addr: &str) -> std::io::Result<()> {
@@ -94,11 +249,39 @@ fn client(addr: &str) -> std::io::Result<()> {
     std::io::stdout().flush()?;
     for line in std::io::stdin().lock().lines() {
         let line = line?;
-        exchange(&mut stream, format!("{line}\n").as_bytes())?;
+        if let Err(error) = exchange(&mut stream, format!("{line}\n").as_bytes()) {
+            // The socket's own count, kept after the kernel gave up on it:
+            // ground truth for a test that counts its retransmits.
+            if let Some(segments) = total_retransmits(&stream) {
+                println!("retransmitted {segments}");
+            }
+            return Err(error);
+        }
         println!("echoed {line}");
         std::io::stdout().flush()?;
     }
     Ok(())
+}
+
+/// `tcpi_total_retrans` of `stream`: the segments the kernel retransmitted
+/// on this socket in its life.
+fn total_retransmits(stream: &TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is
+    // that large, and updates `len`.
+    let result = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    (result == 0).then_some(info.tcpi_total_retrans)
 }
 
 fn handoff(addr: &str) -> std::io::Result<()> {

@@ -32,6 +32,16 @@ pub struct Options {
     /// Seconds of retransmit workload per tool and repetition.
     #[arg(long, default_value_t = 8)]
     pub seconds: u32,
+    /// Run only this part and print its section instead of writing the
+    /// report (`blackout`: a pool blackholed at once; `scrape`: /metrics
+    /// latency under a record flood; `memory`: memory and CPU with many
+    /// sockets).
+    #[arg(long, value_parser = ["blackout", "scrape", "memory"])]
+    pub only: Option<String>,
+    /// Pool sizes of the blackout part (at most as many as the machine can
+    /// open; processes of 1,000 connections each).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000, 30_000])]
+    pub blackout_sizes: Vec<usize>,
     /// Where the report goes (markdown; the chart is written next to it).
     #[arg(long, default_value = "bench/report.md")]
     pub output: PathBuf,
@@ -63,12 +73,40 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
     let started = Instant::now();
     env::interrupt::install();
     let load_before = env::load_average();
-    env::ensure_packages()?;
-    let kernel_source = env::bcc_kernel_source(project)?;
+    if options.only.is_none() {
+        env::ensure_packages()?;
+    }
     let connmon = tasks::build(project, true)?;
     // SAFETY: set before this process starts any thread; the guards in
     // connmon-tests read it to find the binary under test.
     unsafe { std::env::set_var("CONNMON_BIN", &connmon) };
+    match options.only.as_deref() {
+        Some("blackout") => {
+            let results = report::Results {
+                blackout: workloads::blackout::run(project, &options.blackout_sizes)?,
+                ..report::Results::default()
+            };
+            print!("{}", report::blackout_markdown(&results));
+            return Ok(());
+        }
+        Some("scrape") => {
+            print!(
+                "{}",
+                workloads::scrape::markdown(&workloads::scrape::run()?)
+            );
+            return Ok(());
+        }
+        Some("memory") => {
+            let results = report::Results {
+                memory: workloads::memory::run()?,
+                ..report::Results::default()
+            };
+            print!("{}", report::memory_markdown(&results));
+            return Ok(());
+        }
+        _ => {}
+    }
+    let kernel_source = env::bcc_kernel_source(project)?;
     let scratch = env::Scratch::create()?;
     let _tracefs = env::Tracefs::ensure()?;
     eprintln!("bench: BPF statistics with connmon's defaults");
@@ -112,6 +150,9 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
         "scrape latency under a flood",
         workloads::scrape::run,
     )?;
+    results.blackout = section(&mut results.failures, "a pool blackholed at once", || {
+        workloads::blackout::run(project, &options.blackout_sizes)
+    })?;
     results.load_after = env::load_average();
     results.elapsed = started.elapsed();
 

@@ -8,7 +8,7 @@ use super::{
     peers::Tool,
     stats_check,
     workloads::{
-        PipelineResult, latency,
+        PipelineResult, blackout, latency,
         memory::{self, SIZES},
         redis::{self, Setup},
         retransmit, scrape,
@@ -36,6 +36,7 @@ pub struct Results {
     pub memory: memory::Results,
     pub latency: latency::Results,
     pub scrape: scrape::Results,
+    pub blackout: blackout::Results,
     /// Whether connmon with its defaults left another program's BPF
     /// statistics alone (checked before the run switches them on).
     pub stats_untouched: Option<stats_check::Verdict>,
@@ -401,6 +402,7 @@ pub fn markdown(results: &Results, chart: &str) -> String {
     userspace(&mut md, r);
     latency_section(&mut md, r);
     md.push_str(&scrape::markdown(&r.scrape));
+    md.push_str(&blackout_markdown(r));
     accuracy(&mut md, r);
     let _ = writeln!(md, "![chart]({chart})");
     md
@@ -898,9 +900,15 @@ fn userspace(md: &mut String, r: &Results) {
         spread(&cpu_records, 3),
         spread(&cpu_counted, 3),
     );
+    md.push_str(&memory_markdown(r));
+}
+
+/// The memory table (also printed alone by `--only memory`).
+pub fn memory_markdown(r: &Results) -> String {
+    let mut md = String::new();
     let _ = writeln!(
         md,
-        "**Resident memory** (`VmRSS`) and CPU of `connmon run` with default settings holding the given number of open sockets (both ends of loopback connections on four watched ports in a namespace of their own), opened at about 5,000 connections a second, read once connmon's `connmon_tracked_sockets{{table=\"kernel\"}}` shows them all (or has not grown for 5 s). The kernel keeps each watched socket's state (88 bytes) in the socket's own storage, freed with it, which is kernel memory, not connmon's; userspace keeps only sockets a record was written for:\n"
+        "**Resident memory** (`VmRSS`) and CPU of `connmon run` with default settings holding the given number of open sockets (both ends of loopback connections on four watched ports in a namespace of their own), opened at about 5,000 connections a second, read once connmon's `connmon_tracked_sockets{{table=\"kernel\"}}` shows them all (or has not grown for 5 s). The kernel keeps each watched socket's state (96 bytes) in the socket's own storage, freed with it, which is kernel memory, not connmon's; userspace keeps only sockets a record was written for:\n"
     );
     let _ = writeln!(
         md,
@@ -921,6 +929,7 @@ fn userspace(md: &mut String, r: &Results) {
         }
     }
     let _ = writeln!(md);
+    md
 }
 
 fn latency_section(md: &mut String, r: &Results) {
@@ -941,6 +950,45 @@ fn latency_section(md: &mut String, r: &Results) {
         spread(&metrics, 1),
         spread(&confirm, 0),
     );
+}
+
+/// The blackout section (also printed alone by `--only blackout`).
+pub fn blackout_markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "## 5b. A pool blackholed at once\n");
+    let _ = writeln!(
+        md,
+        "N pooled connections on a watched port (processes of 1,000 connections, one writer thread each, `tcp-peer pool`), idle past `--idle-threshold 2s`, then every flow blackholed at once (an nftables drop, as a NAT gateway that forgot them) and every thread sends; `tcp_retries2 = 4`, so every client ends with ETIMEDOUT. connmon with default settings otherwise (4 MiB ring). Latency: from each storm's `confirmed_at` (the kernel's time of the confirming retransmit) to this benchmark reading `storm_started` on connmon's stdout. Outcomes right: storms that ended `timed_out` like their client. CPU: connmon's user + system time from the send until every storm ended; memory: peak resident set. Target: nothing lost, every outcome right, at most 100 ms after the confirming retransmit.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| connections | storms found (right pid/tid) | confirming retransmit to `storm_started` p50 / p99 / max ms | send to `storm_started` p50 / max ms | records emitted | lost | outcomes right | connmon CPU s | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for row in &r.blackout.rows {
+        let at = |values: &[f64], q| format!("{:.0}", connmon_tests::blackout::quantile(values, q));
+        let _ = writeln!(
+            md,
+            "| {} | {} ({}) | {} / {} / {} | {} / {} | {:.0} | {:.0} | {} | {:.2} | {:.1} |",
+            row.connections,
+            row.found,
+            row.found - row.misattributed.len(),
+            at(&row.latency_ms, 0.5),
+            at(&row.latency_ms, 0.99),
+            at(&row.latency_ms, 1.0),
+            at(&row.send_to_report_ms, 0.5),
+            at(&row.send_to_report_ms, 1.0),
+            row.records_emitted,
+            row.records_lost,
+            row.found - row.wrong_outcome.len(),
+            row.cpu_seconds,
+            row.peak_rss_kib as f64 / 1024.0,
+        );
+    }
+    for (size, why) in &r.blackout.skipped {
+        let _ = writeln!(md, "| {size} | not run: {why} | | | | | | | |");
+    }
+    let _ = writeln!(md);
+    md
 }
 
 fn accuracy(md: &mut String, r: &Results) {

@@ -129,7 +129,7 @@ OLD=$CLIENT
 # ---- connmon on this kernel ----
 start=$(date +%s)
 RUST_LOG=info connmon run --idle-threshold 2s --ports $PORT --listen 127.0.0.1:9878 \
-    --log-format json > /tmp/connmon.out 2> /tmp/connmon.err &
+    --output-format json > /tmp/connmon.out 2> /tmp/connmon.err &
 CONNMON=$!
 ready() {
     gone $CONNMON && return 1

@@ -1,5 +1,6 @@
 //! The measured workloads.
 
+pub mod blackout;
 pub mod latency;
 pub mod memory;
 pub mod redis;

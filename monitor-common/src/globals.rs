@@ -205,16 +205,8 @@ pub struct ProbeSettings {
     /// while it is written instead of overflowing the ring before the
     /// reader's periodic drain.
     pub ring_wake_bytes: u64,
-    /// Non-zero: this kernel's tracing programs have neither socket-local
-    /// storage (`bpf_sk_storage_get`, Linux 5.11) nor the socket cookie
-    /// helper (5.12): a watched socket's state lives in a hash map keyed by
-    /// the socket's address (`SOCKET_STATE_BY_ADDRESS`, deleted when the
-    /// socket is destroyed), and the socket's address is its identity in
-    /// the records.
-    pub state_by_address: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 72);
+const _: () = assert!(core::mem::size_of::<ProbeSettings>() == 64);
 
 /// `ProbeSettings::ring_wake_bytes` for a ring of `ring_bytes`: a quarter
 /// of it, so the reader has the other three quarters of slack to wake up.
@@ -241,7 +233,5 @@ impl ProbeSettings {
         count_busy_retransmits: 0,
         retransmit_counts_ticks: 250,
         ring_wake_bytes: 1 << 18,
-        state_by_address: 0,
-        _pad: 0,
     };
 }

@@ -14,7 +14,7 @@ use monitor_common::{
 use crate::{
     kernel::setting,
     maps::{EVENTS, count},
-    socket::{clocks, cookie, tuple},
+    socket::{SocketStore, clocks, tuple},
 };
 
 /// Wake the reader now: for events that may confirm a storm. Everything
@@ -33,7 +33,7 @@ pub const WAKE_WHEN_FILLING: u8 = 2;
 /// reported too); the tuple is read fresh (ports are assigned after the
 /// SYN_SENT transition, so a cached copy could be incomplete).
 #[inline(always)]
-pub fn emit(
+pub fn emit<S: SocketStore>(
     kind: u32,
     detail: u32,
     sk: *const u8,
@@ -69,7 +69,7 @@ pub fn emit(
         kind,
         detail,
         timestamp_ns: now,
-        cookie: cookie(sk),
+        cookie: S::cookie(sk),
         owner,
         tuple: tuple(sk),
         activity,

@@ -28,9 +28,9 @@ pub static SETTINGS: ProbeSettings = ProbeSettings::DEFAULT;
 #[btf_map]
 pub static SOCKET_STATE: SkStorage<SocketState> = SkStorage::new();
 
-/// Where `SOCKET_STATE` is missing (kernels before 5.11:
-/// `SETTINGS.state_by_address`): each watched socket's state keyed by the
-/// socket's address, deleted when the socket is destroyed. Not
+/// Where tracing programs lack socket-local storage (before Linux 5.11;
+/// the `ByAddress` program variants): each watched socket's state keyed
+/// by the socket's address, deleted when the socket is destroyed. Not
 /// preallocated; the loader sizes it (`--socket-map-entries`) on those
 /// kernels and leaves it at one entry elsewhere.
 #[map]

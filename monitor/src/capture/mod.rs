@@ -122,6 +122,7 @@ impl Default for CaptureConfig {
 /// Loaded and attached programs. Dropping it detaches every program.
 pub struct Capture {
     ebpf: Ebpf,
+    store: StateStore,
     attached: Vec<&'static str>,
     degraded: Vec<&'static Hook>,
     program_fds: Vec<(&'static str, aya::programs::ProgramFd)>,
@@ -202,6 +203,7 @@ impl Capture {
             path: btf_path.clone(),
             reason: source.to_string(),
         })?;
+        let store = plan.store;
         let loaded = load_and_attach(&aya_btf, config, &offsets, settings, &watched_port_bits, plan)?;
         let Loaded {
             ebpf,
@@ -213,6 +215,7 @@ impl Capture {
         info!(hooks = ?attached, ?programs, degraded = degraded.len(), "kernel programs attached");
         Ok(Self {
             ebpf,
+            store,
             attached,
             degraded,
             program_fds,
@@ -223,6 +226,12 @@ impl Capture {
     /// program serves it), in attach order.
     pub fn attached(&self) -> &[&'static str] {
         &self.attached
+    }
+
+    /// Where the programs keep socket state; with `ByAddress`, the
+    /// records' cookies are socket addresses, not sock_diag cookies.
+    pub fn store(&self) -> StateStore {
+        self.store
     }
 
     /// Optional hooks this kernel lacks or refused: each names the
@@ -450,7 +459,7 @@ pub static SOCKET_LOCAL_STORAGE: Hook = Hook {
     by_address: None,
     required: false,
     purpose: "socket cookies (sockets are named by kernel address: sock_diag matches by addresses and ports, \
-              unwatched retransmits are not attributed, fail-fast cannot abort) and unbounded per-socket \
+              unwatched retransmits are not attributed to processes, fail-fast matches the socket to abort by addresses and ports alone) and unbounded per-socket \
               state (a hash map of --socket-map-entries)",
     fallbacks: &[],
 };

@@ -20,8 +20,8 @@ use monitor_common::{
 use crate::{
     kernel::{load_btf, load_btf_16, off, ports, read, read_bytes, setting},
     maps::{
-        PRIMED_SOCKETS, RETRANSMIT_EPOCH, SOCKET_STATE, SOCKET_STATE_BY_ADDRESS,
-        WATCHED_PORT_BITS, count,
+        PRIMED_SOCKETS, RETRANSMIT_EPOCH, SOCKET_STATE, SOCKET_STATE_BY_ADDRESS, WATCHED_PORT_BITS,
+        count,
     },
 };
 
@@ -230,7 +230,9 @@ impl SocketStore for ByAddress {
         // point to whole values; the helper copies both.
         let inserted = unsafe {
             bpf_map_update_elem(
-                core::ptr::addr_of!(SOCKET_STATE_BY_ADDRESS).cast_mut().cast(),
+                core::ptr::addr_of!(SOCKET_STATE_BY_ADDRESS)
+                    .cast_mut()
+                    .cast(),
                 (&raw const key).cast(),
                 (initial as *const SocketState).cast(),
                 INSERT_ONLY,

@@ -17,7 +17,9 @@ use aya::{
 };
 use monitor_common::{
     counters::UnwatchedRetransmits,
-    globals::{KernelOffsets, ProbeSettings, WATCHED_PORT_WORDS, ring_wake_bytes, watched_port_bits},
+    globals::{
+        KernelOffsets, ProbeSettings, WATCHED_PORT_WORDS, ring_wake_bytes, watched_port_bits,
+    },
     socket::PrimedSocket,
 };
 use tracing::{info, warn};
@@ -69,7 +71,7 @@ pub enum CaptureError {
     Attach { hook: &'static str, reason: String },
     #[error(
         "this kernel is too old for connmon: its tracing programs lack the BPF helper {helper} (added in Linux {since}; \
-         connmon needs 5.12 or newer, see docs/kernels.md); refused while loading {hook}"
+         see docs/kernels.md); refused while loading {hook}"
     )]
     KernelTooOld {
         hook: &'static str,
@@ -204,7 +206,14 @@ impl Capture {
             reason: source.to_string(),
         })?;
         let store = plan.store;
-        let loaded = load_and_attach(&aya_btf, config, &offsets, settings, &watched_port_bits, plan)?;
+        let loaded = load_and_attach(
+            &aya_btf,
+            config,
+            &offsets,
+            settings,
+            &watched_port_bits,
+            plan,
+        )?;
         let Loaded {
             ebpf,
             attached,
@@ -643,9 +652,9 @@ fn attach(
     source: Source,
     store: StateStore,
 ) -> Result<Result<aya::programs::ProgramFd, ProgramError>, CaptureError> {
-    let name = source
-        .program(hook, store)
-        .ok_or_else(|| CaptureError::Load(format!("no {store:?} program for {}", hook.tracepoint)))?;
+    let name = source.program(hook, store).ok_or_else(|| {
+        CaptureError::Load(format!("no {store:?} program for {}", hook.tracepoint))
+    })?;
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| CaptureError::Load(format!("program {name} missing from the object")))?;
@@ -802,12 +811,19 @@ mod tests {
         assert_eq!(plan.store, StateStore::ByAddress);
         let programs = programs(&plan);
         assert_eq!(programs.len(), 7, "{programs:?}");
-        assert!(programs.iter().all(|p| p.ends_with("_by_address")), "{programs:?}");
+        assert!(
+            programs.iter().all(|p| p.ends_with("_by_address")),
+            "{programs:?}"
+        );
         assert!(programs.contains(&"tcp_recvmsg6_exit_by_address"));
         let degraded: Vec<_> = plan.degraded.iter().map(|hook| hook.tracepoint).collect();
         assert_eq!(
             degraded,
-            ["tcp_cong_state_set", "inet_sk_error_report", "socket_local_storage"]
+            [
+                "tcp_cong_state_set",
+                "inet_sk_error_report",
+                "socket_local_storage"
+            ]
         );
     }
 
@@ -823,7 +839,11 @@ mod tests {
         .unwrap();
         assert_eq!(plan.store, StateStore::ByAddress);
         // The send/receive tracepoints (6.3+) have no by-address variant.
-        assert!(plan.degraded.iter().any(|hook| hook.tracepoint == "sock_send_length"));
+        assert!(
+            plan.degraded
+                .iter()
+                .any(|hook| hook.tracepoint == "sock_send_length")
+        );
     }
 
     /// A fallback whose function has another shape is not used: the
@@ -839,7 +859,11 @@ mod tests {
         assert_eq!(plan.hooks.len(), HOOKS.len() - 1);
         assert_eq!(plan.degraded.len(), 1);
         assert_eq!(plan.degraded[0].tracepoint, "sock_recv_length");
-        assert!(plan.degraded[0].purpose.contains("recovery by received data"));
+        assert!(
+            plan.degraded[0]
+                .purpose
+                .contains("recovery by received data")
+        );
     }
 
     #[test]

@@ -252,7 +252,10 @@ pub fn resolve(btf: &KernelBtf) -> Result<(KernelOffsets, Vec<String>), CaptureE
     take(opt("cgroup", "kn"), &mut offsets.cgroup_kn)?;
     take(opt("kernfs_node", "id"), &mut offsets.kernfs_node_id)?;
     take(opt("sock", "__sk_common.skc_hash"), &mut offsets.skc_hash)?;
-    take(opt("sock", "__sk_common.skc_cookie"), &mut offsets.skc_cookie)?;
+    take(
+        opt("sock", "__sk_common.skc_cookie"),
+        &mut offsets.skc_cookie,
+    )?;
     Ok((offsets, warnings))
 }
 

@@ -128,8 +128,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let fail_fast = FailFast::new(settings.fail_fast, "/proc")
-        .with_cookies_as_addresses(cookies_are_addresses);
+    let fail_fast =
+        FailFast::new(settings.fail_fast, "/proc").with_cookies_as_addresses(cookies_are_addresses);
     if fail_fast.is_enabled() {
         info!(mode = ?settings.fail_fast, "fail-fast is on: sockets of confirmed storms are aborted");
     }

@@ -283,10 +283,9 @@ pub fn first_sight<S: SocketStore>(
     };
     let cookie = S::primed_key(sk);
     if let Some(primed) = PRIMED_SOCKETS.get_ptr(&cookie) {
-        // SAFETY: pointer from a lookup in this run; read in place (no
-        // stack copy: the retransmit program's stack is near its limit),
-        // and only before the entry is deleted below.
-        let primed = unsafe { &*primed };
+        // SAFETY: pointer from a lookup in this run; copied before the
+        // entry is deleted.
+        let primed = unsafe { *primed };
         let previous = primed.owner;
         // The same rule as a known socket's: the writer names the thread,
         // a reader takes over only from another process.

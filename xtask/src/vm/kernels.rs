@@ -25,6 +25,9 @@ pub struct Series {
     /// Programs connmon must attach; fewer than nine means named
     /// degradations (tracepoints this kernel lacks).
     pub expected_programs: usize,
+    /// Degradations connmon must name and export on this kernel
+    /// (`connmon_degraded_hooks{hook=...}`).
+    pub expected_degraded: &'static [&'static str],
     /// Why this kernel is left out of the default matrix (the whole suite
     /// and CI); `--kernel` still runs it.
     pub not_yet: Option<&'static str>,
@@ -45,6 +48,11 @@ pub const MATRIX: &[Series] = &[
         ],
         // No tcp_cong_state_set and inet_sk_error_report tracepoints.
         expected_programs: 7,
+        expected_degraded: &[
+            "tcp_cong_state_set",
+            "inet_sk_error_report",
+            "socket_local_storage",
+        ],
         not_yet: None,
     },
     Series {
@@ -57,6 +65,7 @@ pub const MATRIX: &[Series] = &[
             "store=LocalStorage",
         ],
         expected_programs: 9,
+        expected_degraded: &[],
         not_yet: None,
     },
     Series {
@@ -69,6 +78,7 @@ pub const MATRIX: &[Series] = &[
             "store=LocalStorage",
         ],
         expected_programs: 9,
+        expected_degraded: &[],
         not_yet: None,
     },
 ];

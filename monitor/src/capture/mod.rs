@@ -467,9 +467,10 @@ pub static SOCKET_LOCAL_STORAGE: Hook = Hook {
     program: "",
     by_address: None,
     required: false,
-    purpose: "socket cookies (sockets are named by kernel address: sock_diag matches by addresses and ports, \
-              unwatched retransmits are not attributed to processes, fail-fast matches the socket to abort by addresses and ports alone) and unbounded per-socket \
-              state (a hash map of --socket-map-entries)",
+    purpose: "socket cookies (sockets are named by kernel address: sock_diag matches by \
+              addresses and ports, unwatched retransmits are not attributed to processes, \
+              fail-fast matches the socket to abort by addresses and ports alone) and unbounded \
+              per-socket state (a hash map of --socket-map-entries)",
     fallbacks: &[],
 };
 

@@ -65,7 +65,11 @@ pub struct TcpSnapshot {
     pub segments: u16,
     /// `RETRANSMIT_*`, retransmits only.
     pub retransmit_kind: u8,
-    pub _pad: u8,
+    /// Low byte of `tcp_sock.total_retrans` (retransmits and ends): the
+    /// kernel's own count of the socket's retransmitted segments, this one
+    /// included, so a jump between two records of one socket is a
+    /// retransmit connmon did not see (`retransmits_not_seen`).
+    pub total_retrans_low: u8,
 }
 const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 16);
 
@@ -98,9 +102,33 @@ pub struct SocketEvent {
 const _: () = assert!(core::mem::size_of::<SocketEvent>() == 168);
 const _: () = assert!(core::mem::align_of::<SocketEvent>() == 8);
 
+/// Retransmitted segments of one socket that no record showed, between a
+/// record whose `total_retrans_low` was `before` and the next one with
+/// `now`, which itself accounts for `segments` (its own retransmit's; 0 for
+/// an end). The kernel counts a retransmit before it goes out, so the
+/// counter includes the record's own segments. Modulo 256: a gap of 256 or
+/// more segments between two records reads short.
+pub const fn retransmits_not_seen(before: u8, now: u8, segments: u16) -> u8 {
+    now.wrapping_sub(before).wrapping_sub(segments as u8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jump_in_the_kernels_retransmit_count_is_what_no_record_showed() {
+        // TLP seen at 1, the first RTO (2) unseen, the second seen at 3.
+        assert_eq!(retransmits_not_seen(1, 3, 1), 1);
+        assert_eq!(retransmits_not_seen(1, 2, 1), 0);
+        // A multi-segment retransmit accounts for all its segments.
+        assert_eq!(retransmits_not_seen(4, 7, 3), 0);
+        // The socket's end carries the count without a retransmit of its own.
+        assert_eq!(retransmits_not_seen(5, 5, 0), 0);
+        assert_eq!(retransmits_not_seen(5, 6, 0), 1);
+        // The low byte wraps.
+        assert_eq!(retransmits_not_seen(255, 1, 1), 1);
+    }
 
     #[test]
     fn state_change_detail_round_trips() {

@@ -425,6 +425,7 @@ fn on_retransmit<S: SocketStore>(ctx: &BtfTracePointContext) -> i32 {
         snapshot.user_timeout_ms = load_btf::<u32>(tcp, off!(icsk_user_timeout));
         snapshot.rto_retransmits = load_btf::<u8>(tcp, off!(icsk_retransmits));
         snapshot.backoff = load_btf::<u8>(tcp, off!(icsk_backoff));
+        snapshot.total_retrans_low = load_btf::<u32>(tcp, off!(tcp_total_retrans)) as u8;
     }
     // Only a timeout retransmit can confirm a storm: wake the reader for it
     // (`emit` also checks the socket's activity allows one).
@@ -571,13 +572,23 @@ fn on_destroy<S: SocketStore>(ctx: &BtfTracePointContext) -> i32 {
     };
     if reported || (every_state_change && (state.is_some() || ports_watched(sk))) {
         // The end's errno again: a storm whose error or CLOSE record was
-        // lost still ends with its real outcome.
+        // lost still ends with its real outcome; and the kernel's count of
+        // retransmits, which shows one no record showed.
+        let tcp = tcp_sock(sk);
+        let snapshot = TcpSnapshot {
+            total_retrans_low: if tcp.is_null() {
+                0
+            } else {
+                load_btf::<u32>(tcp, off!(tcp_total_retrans)) as u8
+            },
+            ..TcpSnapshot::default()
+        };
         emit::<S>(
             EVENT_DESTROY,
             end_errno,
             sk,
             state,
-            TcpSnapshot::default(),
+            snapshot,
             WAKE_WHEN_FILLING,
         );
     }

@@ -89,7 +89,7 @@ fn recorded_stream(events: usize, sockets: u64) -> Vec<Vec<u8>> {
                     } else {
                         RETRANSMIT_FAST
                     },
-                    _pad: 0,
+                    total_retrans_low: 0,
                 },
             };
             encode(&raw)

@@ -60,6 +60,7 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
             snd_una: raw.tcp.snd_una,
             user_timeout_ms: raw.tcp.user_timeout_ms,
             tcp_retries2: raw.tcp.tcp_retries2,
+            total_retrans_low: raw.tcp.total_retrans_low,
         }),
         EVENT_STATE_CHANGE => EventKind::StateChange {
             old: TcpState(split_state_change_detail(raw.detail).0),
@@ -73,6 +74,7 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         },
         EVENT_DESTROY => EventKind::Destroyed {
             errno: raw.detail as i32,
+            total_retrans_low: raw.tcp.total_retrans_low,
         },
         EVENT_RETRANSMIT_COUNTS => EventKind::RetransmitCounts {
             counts: unpack_retransmit_counts(raw.detail)
@@ -239,7 +241,7 @@ mod tests {
                 tcp_retries2: 15,
                 segments: 1,
                 retransmit_kind: RETRANSMIT_TIMEOUT,
-                _pad: 0,
+                total_retrans_low: 3,
             },
         }
     }

@@ -161,6 +161,10 @@ pub struct RetransmitInfo {
     /// 0 when `TCP_USER_TIMEOUT` is unset.
     pub user_timeout_ms: u32,
     pub tcp_retries2: u8,
+    /// Low byte of the kernel's count of the socket's retransmitted
+    /// segments, this one included (`TcpSnapshot::total_retrans_low`).
+    #[serde(skip)]
+    pub total_retrans_low: u8,
 }
 
 /// What happened.
@@ -183,6 +187,9 @@ pub enum EventKind {
     /// as its error or CLOSE record said.
     Destroyed {
         errno: i32,
+        /// As `RetransmitInfo::total_retrans_low`, at the end.
+        #[serde(skip)]
+        total_retrans_low: u8,
     },
     Progress {
         progress: Progress,
@@ -232,4 +239,26 @@ pub struct SocketEvent {
     pub connection: Connection,
     pub state: TcpState,
     pub activity: ActivityTimes,
+}
+
+#[cfg(test)]
+impl SocketEvent {
+    /// A client socket's event in namespace 1 with no owner known, for
+    /// tests.
+    pub(crate) fn unowned(cookie: u64, kind: EventKind, local: &str, remote: &str) -> Self {
+        Self {
+            timestamp_ns: 1,
+            cookie,
+            kind,
+            owner: None,
+            role: Role::Client,
+            connection: Connection {
+                local: local.parse().expect("addr"),
+                remote: remote.parse().expect("addr"),
+                netns: 1,
+            },
+            state: TcpState(monitor_common::tcp::TCP_ESTABLISHED),
+            activity: ActivityTimes::default(),
+        }
+    }
 }

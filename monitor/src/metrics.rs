@@ -8,7 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -19,9 +19,10 @@ use prometheus::{
 
 use crate::{
     attribution::{container, procfs, unwatched::OwnerIncrement},
-    capture::{counters::CounterSnapshot, stats::ProgramStats},
+    capture::counters::CounterSnapshot,
     detect::{Finding, Storm},
     event::{Connection, EventKind, ProcessRef, RetransmitKind, Role, SocketEvent},
+    kernel_metrics::{self, KernelCollector, KernelSources},
 };
 
 /// Default cap on label sets per metric family.
@@ -39,21 +40,14 @@ pub struct Metrics {
     idle_before_storm: HistogramVec,
     resets_after_idle: IntCounterVec,
     events: IntCounterVec,
-    lost_records: IntCounterVec,
-    kernel_retransmits: IntCounterVec,
-    kernel_segments: prometheus::IntCounter,
-    kernel_events_emitted: prometheus::IntCounter,
-    tracked_sockets: IntGaugeVec,
-    program_run_seconds: prometheus::CounterVec,
-    program_runs: IntCounterVec,
-    program_recursion_misses: IntCounterVec,
-    program_verified_instructions: IntGaugeVec,
     series_capped: IntCounterVec,
     fail_fast: IntCounterVec,
     alert_deliveries: IntCounterVec,
     at_risk: IntGaugeVec,
     inferred_timeout: prometheus::GaugeVec,
     degraded_hooks: IntGaugeVec,
+    /// Kernel-side families, read at every scrape.
+    kernel: Arc<KernelCollector>,
     state: Mutex<State>,
 }
 
@@ -64,8 +58,6 @@ struct State {
     series: HashMap<&'static str, HashSet<Vec<String>>>,
     /// Labels each active storm was counted under, to decrement the same.
     active_storm_labels: HashMap<u64, Vec<String>>,
-    /// Last cumulative kernel values, to export deltas.
-    kernel_seen: HashMap<String, u64>,
     /// cgroup id -> container label.
     containers: HashMap<u64, String>,
     /// Retransmit counters already resolved, by what their labels are made
@@ -185,63 +177,6 @@ impl Metrics {
             ),
             &["event"],
         )?;
-        let lost_records = IntCounterVec::new(
-            Opts::new(
-                "connmon_lost_records_total",
-                "Kernel records lost, by reason: ring_buffer_full, socket_map_full, decode_error.",
-            ),
-            &["reason"],
-        )?;
-        let kernel_retransmits = IntCounterVec::new(
-            Opts::new(
-                "connmon_kernel_retransmits_total",
-                "Retransmit attempts on every TCP socket of the host, by kind.",
-            ),
-            &["kind"],
-        )?;
-        let kernel_segments = prometheus::IntCounter::new(
-            "connmon_kernel_retransmitted_segments_total",
-            "Segments in successful retransmits on every TCP socket of the host: what nstat's TcpRetransSegs counts.",
-        )?;
-        let kernel_events_emitted = prometheus::IntCounter::new(
-            "connmon_kernel_events_emitted_total",
-            "Records the kernel programs wrote to the ring buffer; each is processed (connmon_events_total) or lost (connmon_lost_records_total).",
-        )?;
-        let tracked_sockets = IntGaugeVec::new(
-            Opts::new(
-                "connmon_tracked_sockets",
-                "Sockets connmon tracks: table=kernel (watched sockets with kernel state), userspace (sockets a record was seen for).",
-            ),
-            &["table"],
-        )?;
-        let program_run_seconds = prometheus::CounterVec::new(
-            Opts::new(
-                "connmon_bpf_program_run_seconds_total",
-                "Time spent in each BPF program, as the kernel accounts it: it accounts only while BPF run-time statistics are on (sysctl kernel.bpf_stats_enabled=1 on the node, or connmon --bpf-run-time-stats, both costing every BPF program on the host two clock reads per run); otherwise this stays 0.",
-            ),
-            &["program"],
-        )?;
-        let program_runs = IntCounterVec::new(
-            Opts::new(
-                "connmon_bpf_program_runs_total",
-                "Runs of each BPF program, counted by the kernel only while BPF run-time statistics are on (see connmon_bpf_program_run_seconds_total).",
-            ),
-            &["program"],
-        )?;
-        let program_recursion_misses = IntCounterVec::new(
-            Opts::new(
-                "connmon_bpf_program_recursion_misses_total",
-                "Runs the kernel skipped because the program was already running on that CPU (lost events).",
-            ),
-            &["program"],
-        )?;
-        let program_verified_instructions = IntGaugeVec::new(
-            Opts::new(
-                "connmon_bpf_program_verified_instructions",
-                "Instructions the verifier processed per program.",
-            ),
-            &["program"],
-        )?;
         let series_capped = IntCounterVec::new(
             Opts::new(
                 "connmon_series_capped_total",
@@ -257,16 +192,9 @@ impl Metrics {
         registry.register(Box::new(idle_before_storm.clone()))?;
         registry.register(Box::new(resets_after_idle.clone()))?;
         registry.register(Box::new(events.clone()))?;
-        registry.register(Box::new(lost_records.clone()))?;
-        registry.register(Box::new(kernel_retransmits.clone()))?;
-        registry.register(Box::new(tracked_sockets.clone()))?;
-        registry.register(Box::new(kernel_segments.clone()))?;
-        registry.register(Box::new(kernel_events_emitted.clone()))?;
-        registry.register(Box::new(program_run_seconds.clone()))?;
-        registry.register(Box::new(program_runs.clone()))?;
-        registry.register(Box::new(program_recursion_misses.clone()))?;
-        registry.register(Box::new(program_verified_instructions.clone()))?;
         registry.register(Box::new(series_capped.clone()))?;
+        let kernel = Arc::new(KernelCollector::new()?);
+        registry.register(Box::new(kernel_metrics::Registered(kernel.clone())))?;
         let fail_fast = IntCounterVec::new(
             Opts::new(
                 "connmon_fail_fast_total",
@@ -325,9 +253,6 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         // Present from the start, so rules on them see 0 rather than nothing.
-        for reason in ["ring_buffer_full", "socket_map_full", "decode_error"] {
-            lost_records.with_label_values(&[reason]);
-        }
         for outcome in [
             "recovered",
             "timed_out",
@@ -350,21 +275,13 @@ impl Metrics {
             idle_before_storm,
             resets_after_idle,
             events,
-            lost_records,
-            kernel_retransmits,
-            kernel_segments,
-            kernel_events_emitted,
-            tracked_sockets,
-            program_run_seconds,
-            program_runs,
-            program_recursion_misses,
-            program_verified_instructions,
             series_capped,
             fail_fast,
             alert_deliveries,
             at_risk,
             inferred_timeout,
             degraded_hooks,
+            kernel,
             state: Mutex::new(State::default()),
         })
     }
@@ -580,62 +497,6 @@ impl Metrics {
         self.capped(state, "connmon_storms_started_total", labels, 3)
     }
 
-    /// Exports a cumulative kernel value as a counter increment.
-    fn kernel_delta(state: &mut State, key: String, total: u64) -> u64 {
-        let seen = state.kernel_seen.entry(key).or_insert(0);
-        // A per-owner LRU entry can be evicted and start again from 0.
-        let delta = if total >= *seen { total - *seen } else { total };
-        *seen = total;
-        delta
-    }
-
-    /// Kernel-side counters, read at scrape time.
-    pub fn observe_kernel(&self, counters: &CounterSnapshot, decode_errors: u64) {
-        use monitor_common::counters::{
-            LOST_RINGBUF_FULL, LOST_SOCKET_MAP_FULL, RETRANSMITS_BASE, SOCKETS_ADDED,
-            SOCKETS_REMOVED,
-        };
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        for (reason, total) in [
-            ("ring_buffer_full", counters.get(LOST_RINGBUF_FULL)),
-            ("socket_map_full", counters.get(LOST_SOCKET_MAP_FULL)),
-            ("decode_error", decode_errors),
-        ] {
-            let delta = Self::kernel_delta(&mut state, format!("lost/{reason}"), total);
-            self.lost_records.with_label_values(&[reason]).inc_by(delta);
-        }
-        for (kind, label) in ["unknown", "timeout", "fast", "tail_loss_probe"]
-            .iter()
-            .enumerate()
-        {
-            let total = counters.get(RETRANSMITS_BASE + kind as u32);
-            let delta = Self::kernel_delta(&mut state, format!("retransmits/{label}"), total);
-            self.kernel_retransmits
-                .with_label_values(&[label])
-                .inc_by(delta);
-        }
-        use monitor_common::counters::{EVENTS_EMITTED, RETRANSMITTED_SEGMENTS};
-        let segments = Self::kernel_delta(
-            &mut state,
-            "segments".into(),
-            counters.get(RETRANSMITTED_SEGMENTS),
-        );
-        self.kernel_segments.inc_by(segments);
-        let emitted =
-            Self::kernel_delta(&mut state, "emitted".into(), counters.get(EVENTS_EMITTED));
-        self.kernel_events_emitted.inc_by(emitted);
-        // Storage is freed with its socket; every socket with storage ends
-        // in tcp_destroy_sock, which counts the removal.
-        let live = counters
-            .get(SOCKETS_ADDED)
-            .saturating_sub(counters.get(SOCKETS_REMOVED));
-        self.tracked_sockets
-            .with_label_values(&["kernel"])
-            .set(i64::try_from(live).unwrap_or(i64::MAX));
-    }
-
     /// Retransmits of unwatched sockets, counted in the kernel per socket
     /// and handed out per owner (`attribution::unwatched`).
     pub fn observe_unwatched_retransmits(&self, increments: &[OwnerIncrement]) {
@@ -669,31 +530,6 @@ impl Metrics {
             self.retransmits
                 .with_label_values(&labels.iter().map(String::as_str).collect::<Vec<_>>())
                 .inc_by(increment.count);
-        }
-    }
-
-    pub fn observe_programs(&self, programs: &[(&'static str, ProgramStats)]) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        for (program, stats) in programs {
-            let runs = Self::kernel_delta(&mut state, format!("runs/{program}"), stats.run_count);
-            self.program_runs.with_label_values(&[program]).inc_by(runs);
-            let time = Self::kernel_delta(&mut state, format!("time/{program}"), stats.run_time_ns);
-            self.program_run_seconds
-                .with_label_values(&[program])
-                .inc_by(time as f64 / 1e9);
-            let misses = Self::kernel_delta(
-                &mut state,
-                format!("misses/{program}"),
-                stats.recursion_misses,
-            );
-            self.program_recursion_misses
-                .with_label_values(&[program])
-                .inc_by(misses);
-            self.program_verified_instructions
-                .with_label_values(&[program])
-                .set(i64::try_from(stats.verified_instructions).unwrap_or(i64::MAX));
         }
     }
 
@@ -841,9 +677,17 @@ impl Metrics {
     }
 
     pub fn set_userspace_sockets(&self, count: usize) {
-        self.tracked_sockets
-            .with_label_values(&["userspace"])
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.kernel.set_userspace_sockets(count);
+    }
+
+    /// Hands over the kernel-side sources, read at every scrape.
+    pub fn set_kernel_sources(&self, sources: KernelSources) {
+        self.kernel.set_sources(sources);
+    }
+
+    /// The kernel's counters now, once the sources are set.
+    pub fn kernel_counters(&self) -> Option<CounterSnapshot> {
+        self.kernel.counters()
     }
 
     /// The text exposition format.
@@ -885,6 +729,7 @@ mod tests {
                 snd_una: 0,
                 user_timeout_ms: 0,
                 tcp_retries2: 15,
+                total_retrans_low: 0,
             }),
             owner: Some(ProcessRef {
                 pid: 1,
@@ -1135,29 +980,6 @@ mod tests {
         );
         assert!(
             text.contains(r#"connmon_series_capped_total{metric="connmon_retransmits_total"} 7"#),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn kernel_counters_are_exported_as_deltas() {
-        let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
-        let mut values = vec![0u64; monitor_common::counters::COUNTER_SLOTS as usize];
-        values[monitor_common::counters::LOST_RINGBUF_FULL as usize] = 5;
-        metrics.observe_kernel(
-            &CounterSnapshot {
-                values: values.clone(),
-            },
-            0,
-        );
-        metrics.observe_kernel(&CounterSnapshot { values }, 2);
-        let text = metrics.render();
-        assert!(
-            text.contains("connmon_lost_records_total{reason=\"ring_buffer_full\"} 5"),
-            "{text}"
-        );
-        assert!(
-            text.contains("connmon_lost_records_total{reason=\"decode_error\"} 2"),
             "{text}"
         );
     }

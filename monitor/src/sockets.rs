@@ -195,23 +195,10 @@ impl Default for SocketTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{ActivityTimes, Role, TcpState};
+    use crate::event::Role;
 
     fn event(cookie: u64, kind: EventKind, local: &str, remote: &str) -> SocketEvent {
-        SocketEvent {
-            timestamp_ns: 1,
-            cookie,
-            kind,
-            owner: None,
-            role: Role::Client,
-            connection: Connection {
-                local: local.parse().expect("addr"),
-                remote: remote.parse().expect("addr"),
-                netns: 1,
-            },
-            state: TcpState(1),
-            activity: ActivityTimes::default(),
-        }
+        SocketEvent::unowned(cookie, kind, local, remote)
     }
 
     #[test]
@@ -234,7 +221,10 @@ mod tests {
         assert_eq!(error.connection.local.to_string(), "10.0.0.1:40000");
         let mut destroyed = event(
             7,
-            EventKind::Destroyed { errno: 0 },
+            EventKind::Destroyed {
+                errno: 0,
+                total_retrans_low: 0,
+            },
             "10.0.0.1:0",
             "10.0.0.2:6379",
         );

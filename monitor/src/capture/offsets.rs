@@ -253,6 +253,10 @@ pub fn resolve(btf: &KernelBtf) -> Result<(KernelOffsets, Vec<String>), CaptureE
     take(opt("kernfs_node", "id"), &mut offsets.kernfs_node_id)?;
     take(opt("sock", "__sk_common.skc_hash"), &mut offsets.skc_hash)?;
     take(
+        opt("tcp_sock", "total_retrans"),
+        &mut offsets.tcp_total_retrans,
+    )?;
+    take(
         opt("sock", "__sk_common.skc_cookie"),
         &mut offsets.skc_cookie,
     )?;

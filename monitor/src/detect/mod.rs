@@ -336,7 +336,7 @@ impl Detector {
             }
             // Normally the error or CLOSE ended the storm already; if
             // their records were lost, the destroy record repeats the errno.
-            EventKind::Destroyed { errno } => {
+            EventKind::Destroyed { errno, .. } => {
                 let errno = (*errno != 0).then_some(*errno);
                 self.end(
                     event.cookie,

@@ -79,6 +79,7 @@ impl Recording {
                 snd_una: 1000,
                 user_timeout_ms: 0,
                 tcp_retries2: 4,
+                total_retrans_low: 0,
             }),
         )
     }
@@ -114,6 +115,7 @@ fn seed(recording: &Recording, send_ns: u64) -> Vec<SocketEvent> {
             send_ns + 6850 * MS,
             EventKind::Destroyed {
                 errno: libc::ETIMEDOUT,
+                total_retrans_low: 0,
             },
         ),
     ]
@@ -229,7 +231,13 @@ fn an_unconfirmed_episode_closed_without_timeout_stays_quiet() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let events = vec![
         recording.retransmit(100 * S + 400 * MS, RetransmitKind::Timeout, 1),
-        recording.event(101 * S, EventKind::Destroyed { errno: 0 }),
+        recording.event(
+            101 * S,
+            EventKind::Destroyed {
+                errno: 0,
+                total_retrans_low: 0,
+            },
+        ),
     ];
     assert_eq!(run(&mut Detector::new(config()), &events), vec![]);
 }
@@ -346,7 +354,13 @@ fn middlebox_reset_after_idle_is_reported_without_a_storm() {
                 errno: libc::ECONNRESET,
             },
         ),
-        recording.event(100 * S + MS, EventKind::Destroyed { errno: 0 }),
+        recording.event(
+            100 * S + MS,
+            EventKind::Destroyed {
+                errno: 0,
+                total_retrans_low: 0,
+            },
+        ),
     ];
     let findings = run(&mut Detector::new(config()), &events);
     assert_eq!(findings.len(), 1, "{findings:#?}");

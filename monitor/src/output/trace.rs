@@ -148,6 +148,7 @@ mod tests {
                 snd_una: 0,
                 user_timeout_ms: 0,
                 tcp_retries2: 15,
+                total_retrans_low: 0,
             }),
             owner: Some(ProcessRef {
                 pid: 10,

@@ -56,6 +56,7 @@ pub fn emit<S: SocketStore>(
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let record = entry.as_mut_ptr();
+    let state = state.unwrap_or(core::ptr::null_mut());
     // The record is written field by field into the reserved entry, never
     // built on the stack first: with 168 bytes the retransmit program's
     // stack (512 bytes) would not hold it beside the socket's start-up
@@ -68,19 +69,18 @@ pub fn emit<S: SocketStore>(
         (&raw mut (*record).detail).write(detail);
         (&raw mut (*record).timestamp_ns).write(now);
         (&raw mut (*record).cookie).write(S::cookie(sk));
-        match state {
-            Some(state) => {
-                // The pointer came from this socket's storage in this
-                // run; the kernel keeps it while the socket lives.
-                let state = &mut *state;
-                state.flags |= SOCKET_FLAG_REPORTED;
-                (&raw mut (*record).owner).write(state.owner);
-                (&raw mut (*record).activity).write(state.activity.to_wire(&clocks(now)));
-            }
-            None => {
-                (&raw mut (*record).owner).write(Owner::default());
-                (&raw mut (*record).activity).write(Activity::default());
-            }
+        // The pointer came from this socket's storage in this run; the
+        // kernel keeps it while the socket lives. Null rather than `None`
+        // here: LLVM then keeps the register defined on both paths (it
+        // would spill an undefined one, which the verifier refuses).
+        if !state.is_null() {
+            let state = &mut *state;
+            state.flags |= SOCKET_FLAG_REPORTED;
+            (&raw mut (*record).owner).write(state.owner);
+            (&raw mut (*record).activity).write(state.activity.to_wire(&clocks(now)));
+        } else {
+            (&raw mut (*record).owner).write(Owner::default());
+            (&raw mut (*record).activity).write(Activity::default());
         }
         (&raw mut (*record).tuple).write(tuple(sk));
         (&raw mut (*record).tcp).write(tcp);

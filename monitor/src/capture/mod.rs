@@ -467,10 +467,9 @@ pub static SOCKET_LOCAL_STORAGE: Hook = Hook {
     program: "",
     by_address: None,
     required: false,
-    purpose: "socket cookies (sockets are named by kernel address: sock_diag matches by \
-              addresses and ports, unwatched retransmits are not attributed to processes, \
-              fail-fast matches the socket to abort by addresses and ports alone) and unbounded \
-              per-socket state (a hash map of --socket-map-entries)",
+    purpose: "socket cookies (records name sockets by kernel address; owners from sock_diag and \
+              /proc, unwatched retransmits' owners and fail-fast aborts are matched by addresses and \
+              ports instead) and unbounded per-socket state (a hash map of --socket-map-entries)",
     fallbacks: &[],
 };
 

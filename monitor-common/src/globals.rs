@@ -75,8 +75,12 @@ pub struct KernelOffsets {
     /// `tcp_sock.total_retrans` (u32): segments the socket retransmitted,
     /// counted by the kernel itself; a check on the records connmon saw.
     pub tcp_total_retrans: u32,
+    /// `sock.__sk_common.skc_cookie` (atomic64): the cookie once something
+    /// (sock_diag) asked for it; read where tracing programs lack the
+    /// cookie helper, to find sockets userspace found at start-up.
+    pub skc_cookie: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 33 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 34 * 4);
 
 /// Words of the watched-port bitmap (`WATCHED_PORT_BITS`): one bit per
 /// TCP port, in a read-only global the loader fills, so the programs test
@@ -165,6 +169,7 @@ impl KernelOffsets {
         kernfs_node_id: OFFSET_ABSENT,
         skc_hash: OFFSET_ABSENT,
         tcp_total_retrans: OFFSET_ABSENT,
+        skc_cookie: OFFSET_ABSENT,
     };
 }
 

@@ -18,6 +18,9 @@ pub const PRIMED_SOCKETS: &str = "PRIMED_SOCKETS";
 /// Retransmits of unwatched sockets by cookie
 /// (`counters::UnwatchedRetransmits`).
 pub const UNWATCHED_RETRANSMITS: &str = "UNWATCHED_RETRANSMITS";
+/// Socket state by socket address, on kernels whose tracing programs lack
+/// socket-local storage (5.10, 5.11); the loader sizes it.
+pub const SOCKET_STATE_BY_ADDRESS: &str = "SOCKET_STATE_BY_ADDRESS";
 
 /// Whether two names are the same, at compile time.
 pub const fn same_name(a: &str, b: &str) -> bool {

@@ -29,6 +29,15 @@ pub static SETTINGS: ProbeSettings = ProbeSettings::DEFAULT;
 #[btf_map]
 pub static SOCKET_STATE: SkStorage<SocketState> = SkStorage::new();
 
+/// Where tracing programs lack socket-local storage (before Linux 5.11;
+/// the `ByAddress` program variants): each watched socket's state keyed
+/// by the socket's address, deleted when the socket is destroyed. Not
+/// preallocated; the loader sizes it (`--socket-map-entries`) on those
+/// kernels and leaves it at one entry elsewhere.
+#[map]
+pub static SOCKET_STATE_BY_ADDRESS: HashMap<u64, SocketState> =
+    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
 /// Watched sockets that predate the daemon, written by userspace at
 /// start-up and moved into `SOCKET_STATE` the first time a program sees
 /// the socket. Not preallocated: it costs memory only for what it holds.
@@ -92,6 +101,7 @@ named_as_shared!(
     COUNTERS,
     PRIMED_SOCKETS,
     UNWATCHED_RETRANSMITS,
+    SOCKET_STATE_BY_ADDRESS,
 );
 
 /// Adds `by` to counter `index` on this CPU.

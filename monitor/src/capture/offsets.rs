@@ -256,6 +256,10 @@ pub fn resolve(btf: &KernelBtf) -> Result<(KernelOffsets, Vec<String>), CaptureE
         opt("tcp_sock", "total_retrans"),
         &mut offsets.tcp_total_retrans,
     )?;
+    take(
+        opt("sock", "__sk_common.skc_cookie"),
+        &mut offsets.skc_cookie,
+    )?;
     Ok((offsets, warnings))
 }
 

@@ -80,6 +80,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Capture::start(&settings.capture_config()).context("starting kernel capture")?;
     let ring = capture.take_events()?;
     status.metrics.set_degraded_hooks(capture.degraded());
+    let cookies_are_addresses = capture.store() == crate::capture::StateStore::ByAddress;
 
     prime_existing_sockets(&mut capture, &settings.capture_config());
     crate::memory::release_freed_memory();
@@ -129,7 +130,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let fail_fast = FailFast::new(settings.fail_fast, "/proc");
+    let fail_fast =
+        FailFast::new(settings.fail_fast, "/proc").with_cookies_as_addresses(cookies_are_addresses);
     if fail_fast.is_enabled() {
         info!(mode = ?settings.fail_fast, "fail-fast is on: sockets of confirmed storms are aborted");
     }

@@ -65,9 +65,17 @@ pub struct TcpSnapshot {
     pub segments: u16,
     /// `RETRANSMIT_*`, retransmits only.
     pub retransmit_kind: u8,
-    pub _pad: u8,
+    /// `icsk_probes_out`: zero-window (persist) or keepalive probes sent
+    /// without an answer. Ends only (CLOSE or error on a watched socket),
+    /// as are the two fields after it.
+    pub probes_out: u8,
+    /// `write_seq - snd_nxt`: bytes written by the application that never
+    /// left the host.
+    pub unsent_bytes: u32,
+    /// `snd_wnd`: the peer's last advertised receive window.
+    pub send_window: u32,
 }
-const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 16);
+const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 24);
 
 /// One ring-buffer record. Every kind has the same layout: the socket's
 /// identity, owner and activity, plus a kind-specific `detail`:
@@ -75,9 +83,9 @@ const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 16);
 /// | kind | detail |
 /// |---|---|
 /// | retransmit | the attempt's result: 0 or a negative errno, as `i32` bits |
-/// | state change | `errno << 16 \| old_state << 8 \| new_state`; errno is `sk_err` on CLOSE |
+/// | state change | `errno << 16 \| old_state << 8 \| new_state`; errno is `sk_err` on CLOSE, with the end's `TcpSnapshot` |
 /// | reset sent | `sk_rst_reason` on kernels that have it, else 0 |
-/// | socket error | the positive errno (`sk_err`) |
+/// | socket error | the positive errno (`sk_err`), with the end's `TcpSnapshot` |
 /// | progress | `PROGRESS_*` |
 /// | destroy | the errno the socket ended with (`SocketState::end_errno`), 0 if none |
 #[repr(C)]
@@ -95,7 +103,7 @@ pub struct SocketEvent {
     pub activity: Activity,
     pub tcp: TcpSnapshot,
 }
-const _: () = assert!(core::mem::size_of::<SocketEvent>() == 168);
+const _: () = assert!(core::mem::size_of::<SocketEvent>() == 176);
 const _: () = assert!(core::mem::align_of::<SocketEvent>() == 8);
 
 #[cfg(test)]

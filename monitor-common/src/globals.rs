@@ -72,8 +72,17 @@ pub struct KernelOffsets {
     pub kernfs_node_id: u32,
     /// `sock.__sk_common.skc_hash` (u32): the established-table hash.
     pub skc_hash: u32,
+    /// `tcp_sock.write_seq` and `tcp_sock.snd_nxt` (u32): their difference
+    /// is what the application wrote that never left the host.
+    pub tcp_write_seq: u32,
+    pub tcp_snd_nxt: u32,
+    /// `tcp_sock.snd_wnd` (u32): the peer's advertised window.
+    pub tcp_snd_wnd: u32,
+    /// `inet_connection_sock.icsk_probes_out` (u8): unanswered zero-window
+    /// or keepalive probes.
+    pub icsk_probes_out: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36 * 4);
 
 /// Words of the watched-port bitmap (`WATCHED_PORT_BITS`): one bit per
 /// TCP port, in a read-only global the loader fills, so the programs test
@@ -161,6 +170,10 @@ impl KernelOffsets {
         cgroup_kn: OFFSET_ABSENT,
         kernfs_node_id: OFFSET_ABSENT,
         skc_hash: OFFSET_ABSENT,
+        tcp_write_seq: OFFSET_ABSENT,
+        tcp_snd_nxt: OFFSET_ABSENT,
+        tcp_snd_wnd: OFFSET_ABSENT,
+        icsk_probes_out: OFFSET_ABSENT,
     };
 }
 

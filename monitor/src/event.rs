@@ -219,6 +219,24 @@ pub struct ActivityTimes {
     pub idle_before_burst_ns: u64,
 }
 
+/// How a watched socket that failed ended, read by the kernel at its error
+/// or CLOSE: what tells a connect, zero-window probe or keepalive timeout
+/// from a retransmit storm's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EndState {
+    /// RTO retransmits in a row without an acknowledgement.
+    pub rto_retransmits: u8,
+    /// Zero-window or keepalive probes sent without an answer.
+    pub probes_out: u8,
+    /// Bytes the application wrote that never left the host.
+    pub unsent_bytes: u32,
+    /// The peer's last advertised receive window.
+    pub send_window: u32,
+    pub tcp_retries2: u8,
+    /// 0 when `TCP_USER_TIMEOUT` is unset.
+    pub user_timeout_ms: u32,
+}
+
 /// One decoded kernel event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketEvent {
@@ -232,4 +250,6 @@ pub struct SocketEvent {
     pub connection: Connection,
     pub state: TcpState,
     pub activity: ActivityTimes,
+    /// The end's TCP state: errors, and CLOSE with an error, only.
+    pub end: Option<EndState>,
 }

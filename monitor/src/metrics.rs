@@ -38,6 +38,7 @@ pub struct Metrics {
     storm_duration: HistogramVec,
     idle_before_storm: HistogramVec,
     resets_after_idle: IntCounterVec,
+    connection_failures: IntCounterVec,
     events: IntCounterVec,
     lost_records: IntCounterVec,
     kernel_retransmits: IntCounterVec,
@@ -178,6 +179,14 @@ impl Metrics {
             ),
             &owner_labels,
         )?;
+        let failure_labels: Vec<&str> = owner_labels.iter().copied().chain(["mode"]).collect();
+        let connection_failures = IntCounterVec::new(
+            Opts::new(
+                "connmon_connection_failures_total",
+                "Watched connections that failed without a retransmit storm, by mode: egress_blocked (a local firewall drop), connect_stalled (SYN retransmits), keepalive_timeout.",
+            ),
+            &failure_labels,
+        )?;
         let events = IntCounterVec::new(
             Opts::new(
                 "connmon_events_total",
@@ -256,6 +265,7 @@ impl Metrics {
         registry.register(Box::new(storm_duration.clone()))?;
         registry.register(Box::new(idle_before_storm.clone()))?;
         registry.register(Box::new(resets_after_idle.clone()))?;
+        registry.register(Box::new(connection_failures.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(lost_records.clone()))?;
         registry.register(Box::new(kernel_retransmits.clone()))?;
@@ -349,6 +359,7 @@ impl Metrics {
             storm_duration,
             idle_before_storm,
             resets_after_idle,
+            connection_failures,
             events,
             lost_records,
             kernel_retransmits,
@@ -572,6 +583,19 @@ impl Metrics {
                 let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                 self.resets_after_idle.with_label_values(&refs).inc();
             }
+            Finding::ConnectionFailed(failure) => {
+                let mut labels = Self::owner_labels(
+                    &mut state,
+                    failure.owner.as_ref(),
+                    &failure.connection,
+                    failure.role,
+                );
+                labels.push(failure.mode.as_str().to_string());
+                let labels =
+                    self.capped(&mut state, "connmon_connection_failures_total", labels, 3);
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                self.connection_failures.with_label_values(&refs).inc();
+            }
         }
     }
 
@@ -754,6 +778,9 @@ impl Metrics {
                     "connmon_resets_after_idle_total" => {
                         self.resets_after_idle.with_label_values(&refs).get() as f64
                     }
+                    "connmon_connection_failures_total" => {
+                        self.connection_failures.with_label_values(&refs).get() as f64
+                    }
                     "connmon_storms_started_total" => {
                         // An active storm keeps its labels, however long.
                         if self.storms_active.with_label_values(&refs).get() > 0 {
@@ -787,6 +814,9 @@ impl Metrics {
                 "connmon_retransmits_total" => self.retransmits.remove_label_values(&refs),
                 "connmon_resets_after_idle_total" => {
                     self.resets_after_idle.remove_label_values(&refs)
+                }
+                "connmon_connection_failures_total" => {
+                    self.connection_failures.remove_label_values(&refs)
                 }
                 _ => {
                     let _ = self.storms_active.remove_label_values(&refs);
@@ -903,6 +933,7 @@ mod tests {
             },
             state: TcpState(1),
             activity: ActivityTimes::default(),
+            end: None,
         }
     }
 

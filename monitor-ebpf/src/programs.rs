@@ -481,6 +481,9 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let errno = load_btf::<i32>(sk, off!(sk_err)) as u32;
+    // Read before the storage lookup: taken after it, the verifier
+    // refused a spill of the lookup's register on the no-storage path.
+    let snapshot = end_snapshot(sk);
     let state = existing_storage(sk);
     if let Some(state) = state {
         // SAFETY: pointer to this socket's storage, from this run.
@@ -496,14 +499,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     } else if !ports_watched(sk) {
         return 0;
     }
-    emit(
-        EVENT_SOCKET_ERROR,
-        errno,
-        sk,
-        state,
-        end_snapshot(sk),
-        WAKE_NOW,
-    );
+    emit(EVENT_SOCKET_ERROR, errno, sk, state, snapshot, WAKE_NOW);
     0
 }
 

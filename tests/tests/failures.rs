@@ -50,27 +50,6 @@ fn client(ns: &NetNs, port: u16) -> Result<Process> {
     Ok(client)
 }
 
-/// Waits until the kernel says the connection to `port` has carried
-/// nothing either way for longer than connmon's idle threshold.
-fn wait_idle(ns: &NetNs, port: u16) -> Result<()> {
-    poll::until(
-        "the connection to idle past the threshold",
-        Duration::from_secs(20),
-        || {
-            let ss = ns.exec("ss", &["-tni", "dport", "=", &format!(":{port}")])?;
-            let field = |name: &str| -> Option<u64> {
-                ss.split_whitespace()
-                    .find_map(|word| word.strip_prefix(name))
-                    .and_then(|value| value.parse().ok())
-            };
-            let idle = field("lastsnd:")
-                .zip(field("lastrcv:"))
-                .map(|(a, b)| a.min(b));
-            Ok(idle.filter(|ms| *ms >= 1500).map(|_| ()))
-        },
-    )
-}
-
 fn assert_valid(finding: &Value) -> Result<()> {
     let (ok, report) = validate_schemas(&BTreeMap::from([(
         "finding.schema.json",
@@ -128,7 +107,7 @@ fn a_local_egress_drop_is_reported_as_egress_blocked() -> Result<()> {
     let _server = echo_server(&ns, PORT)?;
     let connmon = daemon(PORT)?;
     let mut client = client(&ns, PORT)?;
-    wait_idle(&ns, PORT)?;
+    ns.wait_until_idle(PORT, Duration::from_millis(1500))?;
     let retransmitted_before = ns.retransmitted_segments()?;
     ns.nft(&format!(
         "table inet cmt_egress {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    tcp dport {PORT} drop\n  }}\n}}\n"
@@ -181,7 +160,7 @@ fn an_idle_connection_used_again_without_a_drop_is_no_egress_failure() -> Result
     let _server = echo_server(&ns, PORT)?;
     let connmon = daemon(PORT)?;
     let mut client = client(&ns, PORT)?;
-    wait_idle(&ns, PORT)?;
+    ns.wait_until_idle(PORT, Duration::from_millis(1500))?;
     // An unrelated OUTPUT drop is in place: only the watched flow's matter.
     ns.nft("table inet cmt_egress {\n  chain output {\n    type filter hook output priority 0; policy accept;\n    tcp dport 9 drop\n  }\n}\n")?;
     client.send_line("fine")?;
@@ -305,35 +284,19 @@ fn answered_connects_are_not_stalled() -> Result<()> {
     none_of(&settled_findings(&connmon, &ns)?, &FAILURES)
 }
 
-/// A pooled client with short keepalive settings, as the runbook advises:
-/// connects, pings, then idles in recv (a timeout of its own prints
-/// `quiet`, the kernel's error `error ERRNO`). argv: port, TCP_KEEPIDLE,
-/// TCP_KEEPINTVL, TCP_KEEPCNT, seconds to wait at most.
-const KEEPALIVE_CLIENT: &str = "import socket, sys\n\
-port, idle, intvl, cnt, wait = (int(a) for a in sys.argv[1:6])\n\
-s = socket.create_connection(('127.0.0.1', port))\n\
-s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)\n\
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)\n\
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, intvl)\n\
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cnt)\n\
-s.sendall(b'ping\\n'); s.recv(100)\n\
-print('connected', flush=True)\n\
-s.settimeout(wait)\n\
-try:\n    s.recv(100); print('closed', flush=True)\n\
-except OSError as e:\n    print('quiet' if e.errno is None else f'error {e.errno}', flush=True)\n";
-
+/// A pooled client with keepalive as the runbook advises, scaled down:
+/// first probe after 1 s idle, then every 1 s, three unanswered close it.
 fn keepalive_client(ns: &NetNs, port: u16, wait_seconds: u32) -> Result<Process> {
-    let mut command = ns.command("python3");
+    let mut command = ns.command(env!("CARGO_BIN_EXE_tcp-peer"));
     command.args([
-        "-c",
-        KEEPALIVE_CLIENT,
-        &port.to_string(),
+        "keepalive",
+        &format!("127.0.0.1:{port}"),
         "1",
         "1",
         "3",
         &wait_seconds.to_string(),
     ]);
-    let client = Process::spawn("keepalive client", command)?;
+    let client = Process::spawn("tcp-peer keepalive", command)?;
     client
         .stdout
         .wait_for("connected", Duration::from_secs(10))?;
@@ -364,7 +327,7 @@ fn keepalive_probes_that_go_unanswered_are_a_keepalive_timeout() -> Result<()> {
         Duration::from_secs(10),
     )?;
     assert_eq!(dead["pid"], client.pid(), "{dead}");
-    assert_eq!(dead["comm"], "python3", "{dead}");
+    assert_eq!(dead["comm"], "tcp-peer", "{dead}");
     assert_eq!(dead["remote"], format!("127.0.0.1:{PORT}"), "{dead}");
     assert_eq!(dead["outcome"], "timed_out", "{dead}");
     assert_eq!(dead["probes"], 3, "TCP_KEEPCNT: {dead}");

@@ -87,10 +87,12 @@ pub fn alertmanager_alert(
         "keepalive_timeout" => KEEPALIVE_TIMEOUTS,
         _ => IDLE_CONNECTION_STORM,
     };
-    // A storm and a blocked egress hang requests; the others fail them.
-    let severity = match alertname {
-        IDLE_CONNECTION_STORM | EGRESS_BLOCKED => "page",
-        _ => "ticket",
+    // Only a storm pages: a request is hanging now. The others are
+    // reported when the connection has failed already.
+    let severity = if alertname == IDLE_CONNECTION_STORM {
+        "page"
+    } else {
+        "ticket"
     };
     let pid = record
         .pid

@@ -973,6 +973,19 @@ fn connection_failures_fire_their_rules_from_real_metrics() -> Result<()> {
         "{stalled}"
     );
     assert_runbook(&stalled, "connmonconnectstalled");
+    // The SYNs met the same OUTPUT drop: the finding says they never left.
+    let finding = rig
+        .connmon
+        .findings("connect_stalled", rig.topology.app.inode())
+        .into_iter()
+        .next()
+        .context("connect_stalled on stdout")?;
+    assert!(
+        finding["hint"]
+            .as_str()
+            .is_some_and(|hint| hint.contains("never leave the host")),
+        "{finding}"
+    );
 
     rig.topology
         .app

@@ -191,6 +191,9 @@ pub struct ConnectionFailure {
     /// The kernel gave up (ETIMEDOUT); `false`: still hanging (a connect
     /// whose SYN retransmits confirmed it).
     pub timed_out: bool,
+    /// A SYN retransmit failed inside the host (EPERM: a local firewall
+    /// dropped it), so the connect never reached the wire.
+    pub dropped_in_host: bool,
     pub tcp_retries2: u8,
 }
 
@@ -214,6 +217,8 @@ struct ConnectAttempt {
     first_retransmit_ns: u64,
     last_event_ns: u64,
     retransmits: u32,
+    /// One of them failed with EPERM (see `ConnectionFailure`).
+    dropped_in_host: bool,
     /// `connect_stalled` was reported for it.
     reported: bool,
 }
@@ -449,9 +454,13 @@ impl Detector {
                 first_retransmit_ns: event.timestamp_ns,
                 last_event_ns: event.timestamp_ns,
                 retransmits: 0,
+                dropped_in_host: false,
                 reported: false,
             });
         attempt.retransmits += 1;
+        if let EventKind::Retransmit(info) = &event.kind {
+            attempt.dropped_in_host |= info.result == -libc::EPERM;
+        }
         attempt.last_event_ns = event.timestamp_ns;
         if attempt.reported || attempt.retransmits < self.config.confirm_retransmits {
             return;
@@ -474,6 +483,7 @@ impl Detector {
             probes: 0,
             unsent_bytes: 0,
             timed_out: false,
+            dropped_in_host: attempt.dropped_in_host,
             tcp_retries2,
         }));
     }
@@ -545,12 +555,18 @@ impl Detector {
             idle_ns,
             started_ns,
             at_ns: event.timestamp_ns,
-            retransmits: attempt.map_or(u32::from(end.rto_retransmits), |attempt| {
-                attempt.retransmits.max(u32::from(end.rto_retransmits))
-            }),
+            retransmits: attempt
+                .as_ref()
+                .map_or(u32::from(end.rto_retransmits), |attempt| {
+                    attempt.retransmits.max(u32::from(end.rto_retransmits))
+                }),
             probes: end.probes_out,
             unsent_bytes: end.unsent_bytes,
             timed_out: true,
+            dropped_in_host: mode == FailureMode::EgressBlocked
+                || attempt
+                    .as_ref()
+                    .is_some_and(|attempt| attempt.dropped_in_host),
             tcp_retries2: end.tcp_retries2,
         }));
     }

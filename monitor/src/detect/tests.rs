@@ -722,6 +722,7 @@ fn a_connect_whose_syn_is_retransmitted_is_stalled_once() {
     assert_eq!(failure.retransmits, 3);
     assert_eq!(failure.started_ns, 11 * S);
     assert!(!failure.timed_out, "reported while the connect hangs");
+    assert!(!failure.dropped_in_host, "the SYNs went out");
     assert_eq!(detector.episodes(), 0, "no storm episode for a SYN");
 }
 
@@ -760,4 +761,22 @@ fn a_connect_answered_after_one_lost_syn_is_quiet_and_forgotten() {
             .is_empty()
     );
     assert!(detector.connects.is_empty());
+}
+
+#[test]
+fn a_connect_whose_syns_fail_inside_the_host_says_so() {
+    let recording = Recording::client();
+    let mut events = syn_retransmits(&recording, 10 * S, 3);
+    for event in &mut events {
+        if let EventKind::Retransmit(info) = &mut event.kind {
+            info.result = -libc::EPERM;
+        }
+    }
+    let mut detector = Detector::new(config());
+    let findings = run(&mut detector, &events);
+    let [failure] = failures(&findings)[..] else {
+        panic!("{findings:#?}")
+    };
+    assert_eq!(failure.mode, FailureMode::ConnectStalled);
+    assert!(failure.dropped_in_host);
 }

@@ -109,6 +109,15 @@ pub fn failure_hint(
             unsent = failure.unsent_bytes,
             probes = failure.probes,
         ),
+        FailureMode::ConnectStalled if failure.dropped_in_host => format!(
+            "Likely cause: a firewall on this host or in the pod's network namespace (an nftables/iptables OUTPUT rule, an egress NetworkPolicy) drops the SYNs to {remote}: they never leave the host, the connect {state} while the kernel retries ({retransmits} so far), and a pool reconnecting hangs with it. Fix: allow {remote} in the host firewall and the pod's egress NetworkPolicy; give connects their own short timeout in the client.",
+            state = if failure.timed_out {
+                "timed out"
+            } else {
+                "hangs"
+            },
+            retransmits = failure.retransmits,
+        ),
         FailureMode::ConnectStalled => format!(
             "Likely cause: nothing answers SYNs to {remote} (a dead path, a firewall dropping them, a host down or a stale address): the connect {state} while the kernel retransmits the SYN ({retransmits} so far; `net.ipv4.tcp_syn_retries` 6 gives up after about 2 minutes), and a pool reconnecting hangs with it. Fix: check the address and the firewalls on the path; give connects their own short timeout in the client.",
             state = if failure.timed_out {
@@ -191,6 +200,7 @@ mod tests {
             probes: 5,
             unsent_bytes: 31,
             timed_out: true,
+            dropped_in_host: false,
             tcp_retries2: 15,
         }
     }
@@ -211,6 +221,18 @@ mod tests {
         for needle in ["SYN", "tcp_syn_retries", "connect", "timed out"] {
             assert!(connect.contains(needle), "{needle} missing from {connect}");
         }
+        let local = failure_hint(
+            &ConnectionFailure {
+                dropped_in_host: true,
+                ..failure(FailureMode::ConnectStalled)
+            },
+            None,
+            0.0,
+        );
+        assert!(
+            local.contains("never leave the host") && local.contains("NetworkPolicy"),
+            "{local}"
+        );
         let keepalive = failure_hint(
             &failure(FailureMode::KeepaliveTimeout),
             Some("redis"),

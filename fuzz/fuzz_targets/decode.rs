@@ -1,6 +1,6 @@
-//! The kernel-record decoder takes any bytes without panicking (the
-//! property is `connmon::fuzzing::decode`, also replayed on the corpus by
-//! `cargo test`).
+//! The kernel-record decoder takes any bytes without panicking, and what it
+//! decodes round-trips through the encoder (the property is
+//! `connmon::fuzzing::decode`, also replayed on the corpus by `cargo test`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -15,6 +15,11 @@ pub const EVENT_PROGRESS: u32 = 7;
 /// connection's), counted in its storage and handed over at most once a
 /// second: `detail` packs the counts per kind (`pack_retransmit_counts`).
 pub const EVENT_RETRANSMIT_COUNTS: u32 = 8;
+/// A watched socket received payload after an idle gap (the reply to a
+/// request sent after the gap, or the peer speaking first): the path still
+/// knew the flow. `detail` is the gap in milliseconds (saturated). Only
+/// `connmon run` asks for these (evidence for the path's idle timeout).
+pub const EVENT_REPLY_AFTER_IDLE: u32 = 9;
 
 /// `detail` of a retransmit-counts record: one byte per `RETRANSMIT_*`
 /// kind, kind 0 lowest.
@@ -65,15 +70,22 @@ pub struct TcpSnapshot {
     pub segments: u16,
     /// `RETRANSMIT_*`, retransmits only.
     pub retransmit_kind: u8,
-    /// `icsk_probes_out`: zero-window (persist) or keepalive probes sent
-    /// without an answer. Ends only (CLOSE or error on a watched socket),
-    /// as are the two fields after it.
-    pub probes_out: u8,
-    /// `write_seq - snd_nxt`: bytes written by the application that never
-    /// left the host.
+    /// Low byte of `tcp_sock.total_retrans` (retransmits and ends): the
+    /// kernel's own count of the socket's retransmitted segments, this one
+    /// included, so a jump between two records of one socket is a
+    /// retransmit connmon did not see (`retransmits_not_seen`).
+    pub total_retrans_low: u8,
+    /// Ends only (CLOSE or error with an errno, on a watched socket), as
+    /// are the fields after it: `write_seq - snd_nxt`, bytes written by
+    /// the application that never left the host.
     pub unsent_bytes: u32,
-    /// `snd_wnd`: the peer's last advertised receive window.
-    pub send_window: u32,
+    /// `snd_wnd`, the peer's last advertised receive window, clamped to
+    /// 65535 (what matters is whether it is shut).
+    pub send_window: u16,
+    /// `icsk_probes_out`: zero-window (persist) or keepalive probes sent
+    /// without an answer.
+    pub probes_out: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 24);
 
@@ -88,6 +100,7 @@ const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 24);
 /// | socket error | the positive errno (`sk_err`), with the end's `TcpSnapshot` |
 /// | progress | `PROGRESS_*` |
 /// | destroy | the errno the socket ended with (`SocketState::end_errno`), 0 if none |
+/// | reply after idle | the idle gap the flow survived, milliseconds |
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketEvent {
@@ -106,9 +119,33 @@ pub struct SocketEvent {
 const _: () = assert!(core::mem::size_of::<SocketEvent>() == 176);
 const _: () = assert!(core::mem::align_of::<SocketEvent>() == 8);
 
+/// Retransmitted segments of one socket that no record showed, between a
+/// record whose `total_retrans_low` was `before` and the next one with
+/// `now`, which itself accounts for `segments` (its own retransmit's; 0 for
+/// an end). The kernel counts a retransmit before it goes out, so the
+/// counter includes the record's own segments. Modulo 256: a gap of 256 or
+/// more segments between two records reads short.
+pub const fn retransmits_not_seen(before: u8, now: u8, segments: u16) -> u8 {
+    now.wrapping_sub(before).wrapping_sub(segments as u8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jump_in_the_kernels_retransmit_count_is_what_no_record_showed() {
+        // TLP seen at 1, the first RTO (2) unseen, the second seen at 3.
+        assert_eq!(retransmits_not_seen(1, 3, 1), 1);
+        assert_eq!(retransmits_not_seen(1, 2, 1), 0);
+        // A multi-segment retransmit accounts for all its segments.
+        assert_eq!(retransmits_not_seen(4, 7, 3), 0);
+        // The socket's end carries the count without a retransmit of its own.
+        assert_eq!(retransmits_not_seen(5, 5, 0), 0);
+        assert_eq!(retransmits_not_seen(5, 6, 0), 1);
+        // The low byte wraps.
+        assert_eq!(retransmits_not_seen(255, 1, 1), 1);
+    }
 
     #[test]
     fn state_change_detail_round_trips() {

@@ -72,6 +72,13 @@ pub struct KernelOffsets {
     pub kernfs_node_id: u32,
     /// `sock.__sk_common.skc_hash` (u32): the established-table hash.
     pub skc_hash: u32,
+    /// `tcp_sock.total_retrans` (u32): segments the socket retransmitted,
+    /// counted by the kernel itself; a check on the records connmon saw.
+    pub tcp_total_retrans: u32,
+    /// `sock.__sk_common.skc_cookie` (atomic64): the cookie once something
+    /// (sock_diag) asked for it; read where tracing programs lack the
+    /// cookie helper, to find sockets userspace found at start-up.
+    pub skc_cookie: u32,
     /// `tcp_sock.write_seq` and `tcp_sock.snd_nxt` (u32): their difference
     /// is what the application wrote that never left the host.
     pub tcp_write_seq: u32,
@@ -82,7 +89,7 @@ pub struct KernelOffsets {
     /// or keepalive probes.
     pub icsk_probes_out: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
 
 /// Words of the watched-port bitmap (`WATCHED_PORT_BITS`): one bit per
 /// TCP port, in a read-only global the loader fills, so the programs test
@@ -170,6 +177,8 @@ impl KernelOffsets {
         cgroup_kn: OFFSET_ABSENT,
         kernfs_node_id: OFFSET_ABSENT,
         skc_hash: OFFSET_ABSENT,
+        tcp_total_retrans: OFFSET_ABSENT,
+        skc_cookie: OFFSET_ABSENT,
         tcp_write_seq: OFFSET_ABSENT,
         tcp_snd_nxt: OFFSET_ABSENT,
         tcp_snd_wnd: OFFSET_ABSENT,
@@ -233,13 +242,13 @@ impl ProbeSettings {
     pub const DEFAULT: Self = Self {
         activity_granularity_ticks: 250,
         idle_threshold_ticks: 7_500,
-        idle_threshold_ns: 30_000_000_000,
+        idle_threshold_ns: crate::defaults::IDLE_THRESHOLD_NS,
         watch_all_ports: 0,
         retransmit_has_err: 0,
         ns_per_jiffy: 4_000_000,
         every_state_change: 1,
         count_busy_retransmits: 0,
         retransmit_counts_ticks: 250,
-        ring_wake_bytes: 1 << 18,
+        ring_wake_bytes: ring_wake_bytes(crate::defaults::RING_BUFFER_KIB as u64 * 1024),
     };
 }

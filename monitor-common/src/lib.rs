@@ -7,11 +7,13 @@
 #![no_std]
 
 pub mod counters;
+pub mod defaults;
 pub mod event;
 pub mod globals;
+pub mod maps;
 pub mod retransmit;
 pub mod socket;
 pub mod tcp;
 
-#[cfg(feature = "user")]
-mod user;
+#[cfg(any(feature = "user", test))]
+pub mod user;

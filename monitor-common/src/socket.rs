@@ -28,6 +28,24 @@ pub struct Owner {
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 48);
 
+impl Owner {
+    /// Whether the task `tgid`/`tid` using the socket (`is_send`: writing
+    /// to it) becomes its owner: the writer names the thread; a reader
+    /// takes over only a socket another process (or nobody) owned.
+    #[inline(always)]
+    pub const fn taken_over_by(&self, tgid: u32, tid: u32, is_send: bool) -> bool {
+        self.tgid != tgid || (is_send && self.tid != tid)
+    }
+
+    /// `process_changes` once `tgid` took the socket over from this owner:
+    /// one more when it is another process than a known one.
+    #[inline(always)]
+    pub const fn process_changes_after(&self, tgid: u32) -> u8 {
+        let another_process = self.tgid != 0 && self.tgid != tgid;
+        self.process_changes.saturating_add(another_process as u8)
+    }
+}
+
 pub const OWNER_SOURCE_NONE: u8 = 0;
 pub const OWNER_SOURCE_CONNECT: u8 = 1;
 pub const OWNER_SOURCE_SEND: u8 = 2;
@@ -40,6 +58,19 @@ pub const ROLE_UNKNOWN: u8 = 0;
 pub const ROLE_CLIENT: u8 = 1;
 /// The socket was accepted (SYN_RECV -> ESTABLISHED).
 pub const ROLE_SERVER: u8 = 2;
+
+/// The role of a socket whose connect or accept was not seen (it predates
+/// the daemon, or its state was lost), from which end uses a watched port:
+/// ours makes it the server, the far end's the client; both or neither
+/// (every port watched) tell nothing.
+#[inline(always)]
+pub const fn role_from_watched_ports(local_watched: bool, remote_watched: bool) -> u8 {
+    match (local_watched, remote_watched) {
+        (true, false) => ROLE_SERVER,
+        (false, true) => ROLE_CLIENT,
+        _ => ROLE_UNKNOWN,
+    }
+}
 
 /// The connection's addresses as the kernel holds them.
 ///
@@ -246,6 +277,31 @@ impl RecentSocket {
     }
 }
 
+/// When a socket last received anything (data or an ACK), as a tick of
+/// `now`'s 64-bit jiffies, from the kernel's own 32-bit jiffies stamps of
+/// the last ACK (`rcv_tstamp`) and the last data (`icsk_ack.lrcvtime`): the
+/// more recent of the two, across the 32-bit wrap. 0 when unknown (both
+/// stamps 0, or the more recent one is in the future or more than half the
+/// 32-bit range ago).
+#[inline(always)]
+pub const fn last_receive_tick(now: u64, ack_stamp: u32, data_stamp: u32) -> u64 {
+    // Both zero: unreadable (or the jiffies counter's own zero, harmless).
+    if ack_stamp == 0 && data_stamp == 0 {
+        return 0;
+    }
+    let since_ack = (now as u32).wrapping_sub(ack_stamp);
+    let since_data = (now as u32).wrapping_sub(data_stamp);
+    let quiet = if since_ack < since_data {
+        since_ack
+    } else {
+        since_data
+    };
+    if quiet > u32::MAX / 2 {
+        return 0;
+    }
+    now.saturating_sub(quiet as u64)
+}
+
 /// A watched socket's retransmits that cannot start a storm are counted,
 /// not each written as a record: `pending` per kind, handed over when one
 /// count is full or `interval` ticks passed since the last hand-over
@@ -316,6 +372,25 @@ impl TickActivity {
         } else {
             self.last_recv = now;
         }
+    }
+
+    /// The idle gap (ticks) a receive at tick `now` shows the path
+    /// survived, judged before `note` records it: the first receive after a
+    /// burst that followed an idle gap (the reply to the request that ended
+    /// it), or a receive that itself ends an idle gap (the peer spoke
+    /// first). `None` for every other receive.
+    #[inline(always)]
+    pub fn gap_survived_by_receive(&self, now: u64, idle_threshold: u64) -> Option<u64> {
+        if self.may_confirm_storm(idle_threshold) {
+            return Some(self.idle_before_burst);
+        }
+        let last_active = if self.last_send > self.last_recv {
+            self.last_send
+        } else {
+            self.last_recv
+        };
+        let gap = now.saturating_sub(last_active);
+        (last_active != 0 && gap >= idle_threshold).then_some(gap)
     }
 
     /// The same activity in nanoseconds, as records carry it.
@@ -505,6 +580,40 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_after_an_idle_burst_or_a_peer_ending_the_gap_shows_the_gap_survived() {
+        let mut activity = TickActivity::default();
+        activity.note(1_000, true, THRESHOLD);
+        activity.note(1_010, false, THRESHOLD);
+        assert_eq!(
+            activity.gap_survived_by_receive(1_020, THRESHOLD),
+            None,
+            "busy"
+        );
+        // A request after 290 idle ticks, answered 5 ticks later.
+        activity.note(1_300, true, THRESHOLD);
+        assert_eq!(
+            activity.gap_survived_by_receive(1_305, THRESHOLD),
+            Some(290)
+        );
+        activity.note(1_305, false, THRESHOLD);
+        assert_eq!(
+            activity.gap_survived_by_receive(1_306, THRESHOLD),
+            None,
+            "only the first reply"
+        );
+        // The peer speaks first after 400 quiet ticks.
+        assert_eq!(
+            activity.gap_survived_by_receive(1_705, THRESHOLD),
+            Some(400)
+        );
+        assert_eq!(
+            TickActivity::default().gap_survived_by_receive(5_000, THRESHOLD),
+            None,
+            "no payload before"
+        );
+    }
+
+    #[test]
     fn the_rule_is_the_same_in_ticks_and_nanoseconds() {
         let ticks = TickActivity {
             last_send: 50,
@@ -521,6 +630,53 @@ mod tests {
         };
         assert!(may_confirm_storm(&ticks.to_wire(&clocks), 30_000));
         assert!(!may_confirm_storm(&ticks.to_wire(&clocks), 41_000));
+    }
+
+    #[test]
+    fn the_last_receive_is_the_more_recent_stamp_across_the_wrap() {
+        assert_eq!(last_receive_tick(10_000, 9_000, 9_500), 9_500, "data later");
+        assert_eq!(last_receive_tick(10_000, 9_800, 9_500), 9_800, "ACK later");
+        assert_eq!(last_receive_tick(10_000, 0, 0), 0, "unreadable");
+        assert_eq!(last_receive_tick(10_000, 0, 9_000), 9_000);
+        // `now` past the 32-bit wrap, a stamp from just before it.
+        let now = (1u64 << 32) + 100;
+        assert_eq!(
+            last_receive_tick(now, u32::MAX - 99, u32::MAX - 199),
+            now - 200
+        );
+        // Stamps ahead of `now` read as more than half the range ago.
+        assert_eq!(last_receive_tick(10_000, 10_001, 10_002), 0);
+        assert_eq!(last_receive_tick(10_000, 10_000, 0), 10_000);
+    }
+
+    #[test]
+    fn the_writer_names_the_thread_and_a_reader_only_another_process() {
+        let owner = Owner {
+            tgid: 10,
+            tid: 11,
+            ..Owner::default()
+        };
+        assert!(!owner.taken_over_by(10, 11, true));
+        assert!(owner.taken_over_by(10, 12, true), "another writing thread");
+        assert!(!owner.taken_over_by(10, 12, false), "a reading thread");
+        assert!(owner.taken_over_by(20, 20, false), "another process");
+        assert!(Owner::default().taken_over_by(20, 20, false), "nobody's");
+        assert_eq!(owner.process_changes_after(10), 0);
+        assert_eq!(owner.process_changes_after(20), 1);
+        assert_eq!(Owner::default().process_changes_after(20), 0, "nobody's");
+        let busy = Owner {
+            process_changes: u8::MAX,
+            ..owner
+        };
+        assert_eq!(busy.process_changes_after(20), u8::MAX, "saturates");
+    }
+
+    #[test]
+    fn a_role_is_inferred_only_when_one_end_is_watched() {
+        assert_eq!(role_from_watched_ports(true, false), ROLE_SERVER);
+        assert_eq!(role_from_watched_ports(false, true), ROLE_CLIENT);
+        assert_eq!(role_from_watched_ports(true, true), ROLE_UNKNOWN);
+        assert_eq!(role_from_watched_ports(false, false), ROLE_UNKNOWN);
     }
 
     #[test]

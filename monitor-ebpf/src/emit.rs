@@ -14,7 +14,7 @@ use monitor_common::{
 use crate::{
     kernel::setting,
     maps::{EVENTS, count},
-    socket::{clocks, cookie, tuple},
+    socket::{SocketStore, clocks, tuple},
 };
 
 /// Wake the reader now: for events that may confirm a storm. Everything
@@ -33,7 +33,7 @@ pub const WAKE_WHEN_FILLING: u8 = 2;
 /// reported too); the tuple is read fresh (ports are assigned after the
 /// SYN_SENT transition, so a cached copy could be incomplete).
 #[inline(always)]
-pub fn emit(
+pub fn emit<S: SocketStore>(
     kind: u32,
     detail: u32,
     sk: *const u8,
@@ -55,37 +55,42 @@ pub fn emit(
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (owner, activity) = match state {
-        Some(state) => {
-            // SAFETY: the pointer came from this socket's storage in this
-            // run; the kernel keeps it while the socket lives.
-            let state = unsafe { &mut *state };
-            state.flags |= SOCKET_FLAG_REPORTED;
-            (state.owner, state.activity.to_wire(&clocks(now)))
-        }
-        None => (Owner::default(), Activity::default()),
-    };
-    // Field by field into the reserved record: a whole `SocketEvent` built
-    // first would take 176 bytes of the programs' 512-byte stack.
     let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to the reserved, writable ring-buffer space
-    // of one `SocketEvent`; every field is written before the submit.
+    let state = state.unwrap_or(core::ptr::null_mut());
+    // The record is written field by field into the reserved entry, never
+    // built on the stack first: with 168 bytes the retransmit program's
+    // stack (512 bytes) would not hold it beside the socket's start-up
+    // state on kernels whose state goes into a hash map.
+    // SAFETY: `record` points to this run's reserved entry, sized and
+    // aligned for a `SocketEvent`; every field is written exactly once
+    // below, through raw pointers (nothing reads the entry before).
     unsafe {
-        (*record).kind = kind;
-        (*record).detail = detail;
-        (*record).timestamp_ns = now;
-        (*record).cookie = cookie(sk);
-        (*record).owner = owner;
-        (*record).tuple = tuple(sk);
-        (*record).activity = activity;
-        (*record).tcp = tcp;
+        (&raw mut (*record).kind).write(kind);
+        (&raw mut (*record).detail).write(detail);
+        (&raw mut (*record).timestamp_ns).write(now);
+        (&raw mut (*record).cookie).write(S::cookie(sk));
+        // The pointer came from this socket's storage in this run; the
+        // kernel keeps it while the socket lives. Null rather than `None`
+        // here: LLVM then keeps the register defined on both paths (it
+        // would spill an undefined one, which the verifier refuses).
+        if !state.is_null() {
+            let state = &mut *state;
+            state.flags |= SOCKET_FLAG_REPORTED;
+            (&raw mut (*record).owner).write(state.owner);
+            (&raw mut (*record).activity).write(state.activity.to_wire(&clocks(now)));
+        } else {
+            (&raw mut (*record).owner).write(Owner::default());
+            (&raw mut (*record).activity).write(Activity::default());
+        }
+        (&raw mut (*record).tuple).write(tuple(sk));
+        (&raw mut (*record).tcp).write(tcp);
     }
     // A retransmit can confirm a storm only after an idle gap with nothing
     // received since (the detector requires the same): on busy connections
     // with random loss each wakeup would cost an interrupt for nothing.
     // Read back from the record, so no extra stack. A `false` here only
     // delays the record to the reader's next drain.
-    // SAFETY: the record was fully written just above.
+    // SAFETY: every field of the record was written just above.
     let wake = wake == WAKE_NOW
         && (kind != EVENT_RETRANSMIT
             || may_confirm_storm(

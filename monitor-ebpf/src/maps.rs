@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     counters::{COUNTER_SLOTS, UnwatchedRetransmits},
+    defaults::{RING_BUFFER_KIB, SOCKET_MAP_ENTRIES},
     event::SocketEvent,
     globals::{KernelOffsets, ProbeSettings, WATCHED_PORT_WORDS},
     socket::{PrimedSocket, RECENT_SLOTS, RecentSocket, SocketState},
@@ -28,13 +29,22 @@ pub static SETTINGS: ProbeSettings = ProbeSettings::DEFAULT;
 #[btf_map]
 pub static SOCKET_STATE: SkStorage<SocketState> = SkStorage::new();
 
+/// Where tracing programs lack socket-local storage (before Linux 5.11;
+/// the `ByAddress` program variants): each watched socket's state keyed
+/// by the socket's address, deleted when the socket is destroyed. Not
+/// preallocated; the loader sizes it (`--socket-map-entries`) on those
+/// kernels and leaves it at one entry elsewhere.
+#[map]
+pub static SOCKET_STATE_BY_ADDRESS: HashMap<u64, SocketState> =
+    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
 /// Watched sockets that predate the daemon, written by userspace at
 /// start-up and moved into `SOCKET_STATE` the first time a program sees
 /// the socket. Not preallocated: it costs memory only for what it holds.
 /// The loader sizes it (`--socket-map-entries`).
 #[map]
 pub static PRIMED_SOCKETS: HashMap<u64, PrimedSocket> =
-    HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(SOCKET_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Retransmits of unwatched sockets by cookie (no events; userspace names
 /// the owners). Only the retransmit path touches it; the LRU bounds it.
@@ -56,7 +66,7 @@ pub static mut RETRANSMIT_EPOCH: u64 = 0;
 
 /// Events for watched sockets. The loader sizes it.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_KIB * 1024, 0);
 
 /// What the programs count instead of emitting (`monitor_common::counters`).
 #[map]
@@ -69,6 +79,30 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 pub static WATCHED_PORT_BITS: [u64; WATCHED_PORT_WORDS] = [0; WATCHED_PORT_WORDS];
 
 const _: () = assert!(core::mem::size_of::<SocketEvent>() % 8 == 0);
+
+/// Each static the loader finds by name carries the name
+/// `monitor_common::maps` gives it: a build error otherwise.
+macro_rules! named_as_shared {
+    ($($name:ident),* $(,)?) => {$(
+        const _: () = {
+            let _ = &raw const $name;
+            assert!(monitor_common::maps::same_name(
+                monitor_common::maps::$name,
+                stringify!($name),
+            ));
+        };
+    )*};
+}
+named_as_shared!(
+    OFFSETS,
+    SETTINGS,
+    WATCHED_PORT_BITS,
+    EVENTS,
+    COUNTERS,
+    PRIMED_SOCKETS,
+    UNWATCHED_RETRANSMITS,
+    SOCKET_STATE_BY_ADDRESS,
+);
 
 /// Adds `by` to counter `index` on this CPU.
 #[inline(always)]

@@ -18,9 +18,10 @@ use monitor_common::{
         RETRANSMITTED_SEGMENTS, SOCKETS_REMOVED, UnwatchedRetransmits,
     },
     event::{
-        EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
-        EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED,
-        PROGRESS_DATA_RECEIVED, TcpSnapshot, pack_retransmit_counts,
+        EVENT_DESTROY, EVENT_PROGRESS, EVENT_REPLY_AFTER_IDLE, EVENT_RESET_RECEIVED,
+        EVENT_RESET_SENT, EVENT_RETRANSMIT, EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR,
+        EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED, PROGRESS_DATA_RECEIVED, TcpSnapshot,
+        pack_retransmit_counts,
     },
     retransmit::{RETRANSMIT_TIMEOUT, classify_retransmit},
     socket::{
@@ -36,9 +37,9 @@ use crate::{
     kernel::{is_inet, is_inet_tcp, is_tcp, load_btf, off, ports, setting},
     maps::{RECENT_SOCKETS, UNWATCHED_RETRANSMITS, count},
     socket::{
-        INSERT_ONLY, bump_retransmit_epoch, cookie, create_storage, current_owner,
-        either_port_watched, existing_storage, first_sight, last_receive, net_of, now_ticks,
-        ports_watched, recent_key, retransmit_epoch, socket_cgroup_id, storage, tcp_sock, tuple,
+        ByAddress, INSERT_ONLY, LocalStorage, SocketStore, bump_retransmit_epoch, current_owner,
+        either_port_watched, first_sight, last_receive, net_of, now_ticks, ports_watched,
+        recent_key, retransmit_epoch, socket_cgroup_id, tcp_sock, tuple,
     },
 };
 
@@ -52,14 +53,14 @@ fn sock_arg(ctx: &BtfTracePointContext) -> *const u8 {
 /// `sock:sock_send_length(sk, ret, flags)`: after every sendmsg.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    on_payload(sock_arg(&ctx), ctx.arg(1), true);
+    on_payload::<LocalStorage>(sock_arg(&ctx), ctx.arg(1), true);
     0
 }
 
 /// `sock:sock_recv_length(sk, ret, flags)`: after every recvmsg.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    on_payload(sock_arg(&ctx), ctx.arg(1), false);
+    on_payload::<LocalStorage>(sock_arg(&ctx), ctx.arg(1), false);
     0
 }
 
@@ -71,7 +72,14 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 #[fexit(function = "tcp_sendmsg")]
 pub fn tcp_sendmsg_exit(ctx: FExitContext) -> i32 {
     // The return value follows the arguments.
-    on_payload(ctx.arg::<*const u8>(0), ctx.arg(3), true);
+    on_payload::<LocalStorage>(ctx.arg::<*const u8>(0), ctx.arg(3), true);
+    0
+}
+
+/// `tcp_sendmsg_exit` for kernels before 5.11 (`ByAddress`).
+#[fexit(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_exit_by_address(ctx: FExitContext) -> i32 {
+    on_payload::<ByAddress>(ctx.arg::<*const u8>(0), ctx.arg(3), true);
     0
 }
 
@@ -81,7 +89,22 @@ pub fn tcp_sendmsg_exit(ctx: FExitContext) -> i32 {
 /// tracepoint.
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
-    on_payload(ctx.arg::<*const u8>(0), ctx.arg(5), false);
+    on_payload::<LocalStorage>(ctx.arg::<*const u8>(0), ctx.arg(5), false);
+    0
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len,
+/// int nonblock, int flags, int *addr_len)`: the shape before 5.19.
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg6_exit(ctx: FExitContext) -> i32 {
+    on_payload::<LocalStorage>(ctx.arg::<*const u8>(0), ctx.arg(6), false);
+    0
+}
+
+/// `tcp_recvmsg6_exit` for kernels before 5.11 (`ByAddress`).
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg6_exit_by_address(ctx: FExitContext) -> i32 {
+    on_payload::<ByAddress>(ctx.arg::<*const u8>(0), ctx.arg(6), false);
     0
 }
 
@@ -90,7 +113,7 @@ pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
 /// one costs a storage lookup and a compare, and a write only when the
 /// owner changed or its activity time is a granule old.
 #[inline(always)]
-fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
+fn on_payload<S: SocketStore>(sk: *const u8, bytes: i32, is_send: bool) {
     // Cheapest first: what most sockets fail leaves soonest.
     if bytes <= 0 || !is_tcp(sk) {
         return;
@@ -115,10 +138,11 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     } else {
         OWNER_SOURCE_RECV
     };
-    let Some(state) = storage(sk) else {
+    let Some(state) = S::storage(sk) else {
         // First seen mid-life: the socket predates connmon (or its storage
         // was refused earlier).
-        let Some(state) = first_sight(sk, current_owner(source, ROLE_UNKNOWN), now, is_send) else {
+        let Some(state) = first_sight::<S>(sk, current_owner(source, ROLE_UNKNOWN), now, is_send)
+        else {
             return;
         };
         let idle_threshold = setting!(idle_threshold_ticks);
@@ -147,21 +171,22 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     // thread that sent the stuck request.
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    // The writer names the thread; a reader only takes over a socket that
-    // another process (or nobody) owned.
-    let owner_changed = if is_send {
-        state.owner.tgid != tgid || state.owner.tid != tid
-    } else {
-        state.owner.tgid != tgid
-    };
-    if owner_changed {
+    if state.owner.taken_over_by(tgid, tid, is_send) {
         let previous = state.owner;
         state.owner = current_owner(source, previous.role);
-        let another_process = previous.tgid != 0 && previous.tgid != tgid;
-        state.owner.process_changes = previous
-            .process_changes
-            .saturating_add(u8::from(another_process));
+        state.owner.process_changes = previous.process_changes_after(tgid);
     }
+    // `connmon run` wants the idle gaps flows survived (the path's idle
+    // timeout is above them); judged before this receive is noted. A
+    // retransmitting socket's receive is progress instead: its gap, if it
+    // was a storm's, is reported with the storm.
+    let survived_gap = if is_send || progress || setting!(every_state_change) != 0 {
+        None
+    } else {
+        state
+            .activity
+            .gap_survived_by_receive(now, setting!(idle_threshold_ticks))
+    };
     if state.activity.last_send == 0 && state.activity.last_recv == 0 {
         // The first payload since connect or accept: the handshake was the
         // flow's last packet, so the idle gap runs from the kernel's own
@@ -174,13 +199,25 @@ fn on_payload(sk: *const u8, bytes: i32, is_send: bool) {
     note_recent(recent, (addrs, hash_ports), state, granularity, epoch);
     if progress {
         state.flags &= !SOCKET_FLAG_RETRANSMITTING;
-        emit(
+        emit::<S>(
             EVENT_PROGRESS,
             PROGRESS_DATA_RECEIVED,
             sk,
             Some(state),
             TcpSnapshot::default(),
             WAKE_WHEN_FILLING,
+        );
+    } else if let Some(gap) = survived_gap {
+        // A gap in jiffies times the tick length: no overflow for any real gap
+        // (and no 128-bit multiply, which BPF lacks).
+        let gap_ms = gap.wrapping_mul(setting!(ns_per_jiffy)) / 1_000_000;
+        emit::<S>(
+            EVENT_REPLY_AFTER_IDLE,
+            gap_ms.min(u32::MAX as u64) as u32,
+            sk,
+            Some(state),
+            TcpSnapshot::default(),
+            WAKE_LATER,
         );
     }
 }
@@ -218,7 +255,18 @@ fn note_recent(
 /// `sock:inet_sock_set_state(sk, oldstate, newstate)`.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    let sk = sock_arg(&ctx);
+    on_state_change::<LocalStorage>(&ctx)
+}
+
+/// `inet_sock_set_state` for kernels before 5.11 (`ByAddress`).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_by_address(ctx: BtfTracePointContext) -> i32 {
+    on_state_change::<ByAddress>(&ctx)
+}
+
+#[inline(always)]
+fn on_state_change<S: SocketStore>(ctx: &BtfTracePointContext) -> i32 {
+    let sk = sock_arg(ctx);
     if !is_tcp(sk) {
         return 0;
     }
@@ -230,13 +278,13 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             // connect(): the one state change that runs in the owner's
             // context. A socket reconnecting keeps its storage.
             let owner = current_owner(OWNER_SOURCE_CONNECT, ROLE_CLIENT);
-            match storage(sk) {
+            match S::storage(sk) {
                 Some(state) => {
                     // SAFETY: pointer to this socket's storage, from this run.
                     unsafe { (*state).owner = owner };
                     Some(state)
                 }
-                None => create_storage(
+                None => S::create_storage(
                     sk,
                     &SocketState {
                         owner,
@@ -249,16 +297,16 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             // known, the owner is whoever first sends or receives on it.
             let mut initial = SocketState::default();
             initial.owner.role = ROLE_SERVER;
-            create_storage(sk, &initial)
+            S::create_storage(sk, &initial)
         } else if every_state_change || new_state == TCP_CLOSE {
-            storage(sk)
+            S::storage(sk)
         } else {
             return 0;
         }
     } else if new_state == TCP_CLOSE {
         // The kernel clears a closing socket's local port before this
         // runs: a watched server socket is known by its storage.
-        match existing_storage(sk) {
+        match S::existing_storage(sk) {
             Some(state) => Some(state),
             None => return 0,
         }
@@ -295,7 +343,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     } else {
         TcpSnapshot::default()
     };
-    emit(
+    emit::<S>(
         EVENT_STATE_CHANGE,
         monitor_common::event::state_change_detail(old_state, new_state, errno),
         sk,
@@ -324,7 +372,7 @@ fn end_snapshot(sk: *const u8) -> TcpSnapshot {
         tcp_retries2: load_btf::<u8>(net_of(sk), off!(net_tcp_retries2)),
         probes_out: load_btf::<u8>(tcp, off!(icsk_probes_out)),
         unsent_bytes: write_seq.wrapping_sub(snd_nxt),
-        send_window: load_btf::<u32>(tcp, off!(tcp_snd_wnd)),
+        send_window: load_btf::<u32>(tcp, off!(tcp_snd_wnd)).min(u16::MAX as u32) as u16,
         ..TcpSnapshot::default()
     }
 }
@@ -334,7 +382,18 @@ fn end_snapshot(sk: *const u8) -> TcpSnapshot {
 /// `tcp:tcp_retransmit_skb(sk, skb[, err])`.
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
-    let sk = sock_arg(&ctx);
+    on_retransmit::<LocalStorage>(&ctx)
+}
+
+/// `tcp_retransmit_skb` for kernels before 5.11 (`ByAddress`).
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_by_address(ctx: BtfTracePointContext) -> i32 {
+    on_retransmit::<ByAddress>(&ctx)
+}
+
+#[inline(always)]
+fn on_retransmit<S: SocketStore>(ctx: &BtfTracePointContext) -> i32 {
+    let sk = sock_arg(ctx);
     let skb = ctx.arg::<*const u8>(1);
     let err: i32 = if setting!(retransmit_has_err) != 0 {
         ctx.arg(2)
@@ -358,12 +417,12 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     };
 
     let state = if ports_watched(sk) {
-        storage(sk).or_else(|| first_sight(sk, Owner::default(), now_ticks(), false))
+        S::storage(sk).or_else(|| first_sight::<S>(sk, Owner::default(), now_ticks(), false))
     } else {
-        match existing_storage(sk) {
+        match S::existing_storage(sk) {
             Some(state) => Some(state),
             None => {
-                count_unwatched_retransmit(sk, kind);
+                count_unwatched_retransmit::<S>(sk, kind);
                 return 0;
             }
         }
@@ -389,7 +448,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
                 now,
                 setting!(retransmit_counts_ticks) as u32,
             ) {
-                hand_over_retransmit_counts(sk, state, now);
+                hand_over_retransmit_counts::<S>(sk, state, now);
             }
             return 0;
         }
@@ -412,6 +471,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         snapshot.user_timeout_ms = load_btf::<u32>(tcp, off!(icsk_user_timeout));
         snapshot.rto_retransmits = load_btf::<u8>(tcp, off!(icsk_retransmits));
         snapshot.backoff = load_btf::<u8>(tcp, off!(icsk_backoff));
+        snapshot.total_retrans_low = load_btf::<u32>(tcp, off!(tcp_total_retrans)) as u8;
     }
     // Only a timeout retransmit can confirm a storm: wake the reader for it
     // (`emit` also checks the socket's activity allows one).
@@ -420,7 +480,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     } else {
         WAKE_LATER
     };
-    emit(EVENT_RETRANSMIT, err as u32, sk, state, snapshot, wake);
+    emit::<S>(EVENT_RETRANSMIT, err as u32, sk, state, snapshot, wake);
     0
 }
 
@@ -433,7 +493,7 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let sk = sock_arg(&ctx);
-    let Some(state) = existing_storage(sk) else {
+    let Some(state) = LocalStorage::existing_storage(sk) else {
         return 0;
     };
     // SAFETY: pointer to this socket's storage, from this run.
@@ -442,7 +502,7 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     state.flags &= !SOCKET_FLAG_RETRANSMITTING;
-    emit(
+    emit::<LocalStorage>(
         EVENT_PROGRESS,
         PROGRESS_ACKNOWLEDGED,
         sk,
@@ -456,7 +516,14 @@ pub fn tcp_cong_state_set(ctx: BtfTracePointContext) -> i32 {
 /// `tcp:tcp_receive_reset(sk)`.
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
-    emit_for_watched(sock_arg(&ctx), EVENT_RESET_RECEIVED, 0, WAKE_NOW);
+    emit_for_watched::<LocalStorage>(sock_arg(&ctx), EVENT_RESET_RECEIVED, 0, WAKE_NOW);
+    0
+}
+
+/// `tcp_receive_reset` for kernels before 5.11 (`ByAddress`).
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset_by_address(ctx: BtfTracePointContext) -> i32 {
+    emit_for_watched::<ByAddress>(sock_arg(&ctx), EVENT_RESET_RECEIVED, 0, WAKE_NOW);
     0
 }
 
@@ -464,12 +531,23 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
 /// answers a packet of no known socket.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
-    let sk = sock_arg(&ctx);
+    on_reset_sent::<LocalStorage>(&ctx)
+}
+
+/// `tcp_send_reset` for kernels before 5.11 (`ByAddress`).
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_by_address(ctx: BtfTracePointContext) -> i32 {
+    on_reset_sent::<ByAddress>(&ctx)
+}
+
+#[inline(always)]
+fn on_reset_sent<S: SocketStore>(ctx: &BtfTracePointContext) -> i32 {
+    let sk = sock_arg(ctx);
     if sk.is_null() {
         count(RESETS_SENT_WITHOUT_SOCKET, 1);
         return 0;
     }
-    emit_for_watched(sk, EVENT_RESET_SENT, 0, WAKE_NOW);
+    emit_for_watched::<S>(sk, EVENT_RESET_SENT, 0, WAKE_NOW);
     0
 }
 
@@ -484,7 +562,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     // Read before the storage lookup: taken after it, the verifier
     // refused a spill of the lookup's register on the no-storage path.
     let snapshot = end_snapshot(sk);
-    let state = existing_storage(sk);
+    let state = LocalStorage::existing_storage(sk);
     if let Some(state) = state {
         // SAFETY: pointer to this socket's storage, from this run.
         let state = unsafe { &mut *state };
@@ -499,7 +577,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     } else if !ports_watched(sk) {
         return 0;
     }
-    emit(EVENT_SOCKET_ERROR, errno, sk, state, snapshot, WAKE_NOW);
+    emit::<LocalStorage>(EVENT_SOCKET_ERROR, errno, sk, state, snapshot, WAKE_NOW);
     0
 }
 
@@ -507,8 +585,20 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
 /// with the socket; a record only for a socket userspace heard of.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
-    let sk = sock_arg(&ctx);
-    let state = existing_storage(sk);
+    on_destroy::<LocalStorage>(&ctx)
+}
+
+/// `tcp_destroy_sock` for kernels before 5.11 (`ByAddress`), which also
+/// frees the socket's map entry.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock_by_address(ctx: BtfTracePointContext) -> i32 {
+    on_destroy::<ByAddress>(&ctx)
+}
+
+#[inline(always)]
+fn on_destroy<S: SocketStore>(ctx: &BtfTracePointContext) -> i32 {
+    let sk = sock_arg(ctx);
+    let state = S::existing_storage(sk);
     let every_state_change = setting!(every_state_change) != 0;
     let (reported, end_errno) = match state {
         Some(state) => {
@@ -516,7 +606,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
             // SAFETY: pointer to this socket's storage, from this run.
             let state = unsafe { &mut *state };
             if state.pending_retransmits != [0; 4] {
-                hand_over_retransmit_counts(sk, state, now_ticks() as u32);
+                hand_over_retransmit_counts::<S>(sk, state, now_ticks() as u32);
             }
             (state.flags & SOCKET_FLAG_REPORTED != 0, state.end_errno)
         }
@@ -524,26 +614,39 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     };
     if reported || (every_state_change && (state.is_some() || ports_watched(sk))) {
         // The end's errno again: a storm whose error or CLOSE record was
-        // lost still ends with its real outcome.
-        emit(
+        // lost still ends with its real outcome; and the kernel's count of
+        // retransmits, which shows one no record showed.
+        let tcp = tcp_sock(sk);
+        let snapshot = TcpSnapshot {
+            total_retrans_low: if tcp.is_null() {
+                0
+            } else {
+                load_btf::<u32>(tcp, off!(tcp_total_retrans)) as u8
+            },
+            ..TcpSnapshot::default()
+        };
+        emit::<S>(
             EVENT_DESTROY,
             end_errno,
             sk,
             state,
-            TcpSnapshot::default(),
+            snapshot,
             WAKE_WHEN_FILLING,
         );
+    }
+    if state.is_some() {
+        S::release(sk);
     }
     0
 }
 
 /// Writes the socket's pending retransmit counts as one record.
 #[inline(always)]
-fn hand_over_retransmit_counts(sk: *const u8, state: &mut SocketState, now: u32) {
+fn hand_over_retransmit_counts<S: SocketStore>(sk: *const u8, state: &mut SocketState, now: u32) {
     let counts = pack_retransmit_counts(state.pending_retransmits);
     state.pending_retransmits = [0; 4];
     state.counts_sent_at = now;
-    emit(
+    emit::<S>(
         EVENT_RETRANSMIT_COUNTS,
         counts,
         sk,
@@ -556,20 +659,20 @@ fn hand_over_retransmit_counts(sk: *const u8, state: &mut SocketState, now: u32)
 /// Resets and errors: rare, so every one of a watched socket is emitted.
 /// `sk`: a non-NULL socket argument (see `load_btf`).
 #[inline(always)]
-fn emit_for_watched(sk: *const u8, kind: u32, detail: u32, wake: u8) {
-    let state = existing_storage(sk);
+fn emit_for_watched<S: SocketStore>(sk: *const u8, kind: u32, detail: u32, wake: u8) {
+    let state = S::existing_storage(sk);
     if state.is_none() && !ports_watched(sk) {
         return;
     }
-    emit(kind, detail, sk, state, TcpSnapshot::default(), wake);
+    emit::<S>(kind, detail, sk, state, TcpSnapshot::default(), wake);
 }
 
 /// Counts a retransmit of an unwatched socket under its cookie, in the
 /// kernel: per-socket totals without an event each; userspace names the
 /// owner. Not atomic: one socket's retransmits run under its lock.
 #[inline(always)]
-fn count_unwatched_retransmit(sk: *const u8, kind: u8) {
-    let cookie = cookie(sk);
+fn count_unwatched_retransmit<S: SocketStore>(sk: *const u8, kind: u8) {
+    let cookie = S::cookie(sk);
     let one = one_of_kind(kind).map(u32::from);
     match UNWATCHED_RETRANSMITS.get_ptr_mut(&cookie) {
         Some(counts) => {

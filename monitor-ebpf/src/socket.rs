@@ -6,31 +6,24 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie, bpf_jiffies64,
-            bpf_sk_storage_get, bpf_skc_to_tcp_sock,
+            bpf_map_update_elem, bpf_sk_storage_get, bpf_skc_to_tcp_sock,
         },
     },
 };
 use monitor_common::{
     counters::{LOST_SOCKET_MAP_FULL, SOCKETS_ADDED},
     globals::OFFSET_ABSENT,
-    socket::{ClockPair, Owner, RecentSocket, SocketState, TickActivity, Tuple},
+    socket::{ClockPair, Owner, RecentSocket, SocketState, TickActivity, Tuple, last_receive_tick},
     tcp::AF_INET6,
 };
 
 use crate::{
     kernel::{load_btf, load_btf_16, off, ports, read, read_bytes, setting},
-    maps::{PRIMED_SOCKETS, RETRANSMIT_EPOCH, SOCKET_STATE, WATCHED_PORT_BITS, count},
+    maps::{
+        PRIMED_SOCKETS, RETRANSMIT_EPOCH, SOCKET_STATE, SOCKET_STATE_BY_ADDRESS, WATCHED_PORT_BITS,
+        count,
+    },
 };
-
-/// The kernel's cookie for `sk`: never reused, and what sock_diag reports.
-/// A helper call: taken only when a record is written or a socket is
-/// first seen, never on the hot path.
-#[inline(always)]
-pub fn cookie(sk: *const u8) -> u64 {
-    // SAFETY: `sk` is the `struct sock *` argument of a BTF tracepoint or
-    // fexit program, the pointer type this helper takes for tracing programs.
-    unsafe { bpf_get_socket_cookie(sk as *mut _) }
-}
 
 /// Jiffies now: the verifier inlines this helper into one load, which
 /// makes it the hot path's clock (socket activity is kept in jiffies).
@@ -77,24 +70,6 @@ fn port_watched(port: u16) -> bool {
     bits & bit != 0
 }
 
-/// The storage of a socket that has one (a watched socket), without
-/// creating it.
-#[inline(always)]
-pub fn storage(sk: *const u8) -> Option<*mut SocketState> {
-    // SAFETY: `SOCKET_STATE` is an sk-storage map (the loader relocates its
-    // address to the map); `sk` is a BTF-typed `struct sock *`, which the
-    // helper takes in tracing programs; NULL value and flags 0 only look up.
-    let state = unsafe {
-        bpf_sk_storage_get(
-            core::ptr::addr_of!(SOCKET_STATE).cast_mut().cast(),
-            sk as *mut _,
-            core::ptr::null_mut(),
-            0,
-        )
-    } as *mut SocketState;
-    (!state.is_null()).then_some(state)
-}
-
 /// The recent-socket key of `sk` (`RecentSocket`): its address pair and
 /// its hash with the ports, all scalars.
 #[inline(always)]
@@ -127,39 +102,166 @@ pub fn bump_retransmit_epoch() {
     }
 }
 
-/// `storage`, but first one direct load: a socket that no BPF program keeps
-/// storage on has `sk_bpf_storage == NULL`, and most sockets are such. For
-/// the paths where the ports no longer tell (a closing socket has lost its
-/// local port) and for events of any socket.
-#[inline(always)]
-pub fn existing_storage(sk: *const u8) -> Option<*mut SocketState> {
-    let field = off!(sk_bpf_storage);
-    if field != OFFSET_ABSENT && load_btf::<u64>(sk, field) == 0 {
-        return None;
-    }
-    storage(sk)
+/// Where a watched socket's state lives and what names the socket in the
+/// records. Chosen per kernel by the loader (which program variant it
+/// attaches), so each program is compiled for one store and carries no
+/// test or code of the other.
+pub trait SocketStore {
+    /// What names `sk` in the records; taken only when a record is written
+    /// or a socket is first seen, never on the hot path.
+    fn cookie(sk: *const u8) -> u64;
+    /// The state of a socket that has one (a watched socket), without
+    /// creating it.
+    fn storage(sk: *const u8) -> Option<*mut SocketState>;
+    /// `storage` for the paths where the ports no longer tell (a closing
+    /// socket has lost its local port) and for events of any socket.
+    fn existing_storage(sk: *const u8) -> Option<*mut SocketState>;
+    /// Gives `sk` its state, starting as `initial`; `None` when refused
+    /// (full or out of memory: counted). Used only after `storage` missed.
+    fn create_storage(sk: *const u8, initial: &SocketState) -> Option<*mut SocketState>;
+    /// Frees `sk`'s state at the socket's end where it does not go with
+    /// the socket.
+    fn release(sk: *const u8);
+    /// The key userspace primed `sk` under (`PRIMED_SOCKETS`).
+    fn primed_key(sk: *const u8) -> u64;
 }
 
-/// Gives `sk` its storage, starting as `initial`; `None` when the kernel
-/// refused (out of memory: counted). Used only after `storage` missed.
-#[inline(always)]
-pub fn create_storage(sk: *const u8, initial: &SocketState) -> Option<*mut SocketState> {
-    // SAFETY: as in `storage`; `initial` is a whole value on the stack that
-    // the helper copies into the new storage.
-    let state = unsafe {
-        bpf_sk_storage_get(
-            core::ptr::addr_of!(SOCKET_STATE).cast_mut().cast(),
-            sk as *mut _,
-            (initial as *const SocketState).cast_mut().cast(),
-            BPF_SK_STORAGE_GET_F_CREATE as u64,
-        )
-    } as *mut SocketState;
-    if state.is_null() {
-        count(LOST_SOCKET_MAP_FULL, 1);
-        return None;
+/// Linux 5.12 and newer: the state is socket-local storage (`SOCKET_STATE`,
+/// tracing programs got it in 5.11) and the kernel's socket cookie (the
+/// helper, 5.12) names the socket: never reused, and what sock_diag
+/// reports.
+pub struct LocalStorage;
+
+impl SocketStore for LocalStorage {
+    #[inline(always)]
+    fn cookie(sk: *const u8) -> u64 {
+        // SAFETY: `sk` is the `struct sock *` argument of a BTF tracepoint
+        // or fexit program, the pointer type this helper takes for tracing
+        // programs.
+        unsafe { bpf_get_socket_cookie(sk as *mut _) }
     }
-    count(SOCKETS_ADDED, 1);
-    Some(state)
+
+    #[inline(always)]
+    fn storage(sk: *const u8) -> Option<*mut SocketState> {
+        // SAFETY: `SOCKET_STATE` is an sk-storage map (the loader relocates
+        // its address to the map); `sk` is a BTF-typed `struct sock *`,
+        // which the helper takes in tracing programs; NULL value and flags
+        // 0 only look up.
+        let state = unsafe {
+            bpf_sk_storage_get(
+                core::ptr::addr_of!(SOCKET_STATE).cast_mut().cast(),
+                sk as *mut _,
+                core::ptr::null_mut(),
+                0,
+            )
+        } as *mut SocketState;
+        (!state.is_null()).then_some(state)
+    }
+
+    /// First one direct load: a socket that no BPF program keeps storage
+    /// on has `sk_bpf_storage == NULL`, and most sockets are such.
+    #[inline(always)]
+    fn existing_storage(sk: *const u8) -> Option<*mut SocketState> {
+        let field = off!(sk_bpf_storage);
+        if field != OFFSET_ABSENT && load_btf::<u64>(sk, field) == 0 {
+            return None;
+        }
+        Self::storage(sk)
+    }
+
+    #[inline(always)]
+    fn create_storage(sk: *const u8, initial: &SocketState) -> Option<*mut SocketState> {
+        // SAFETY: as in `storage`; `initial` is a whole value on the stack
+        // that the helper copies into the new storage.
+        let state = unsafe {
+            bpf_sk_storage_get(
+                core::ptr::addr_of!(SOCKET_STATE).cast_mut().cast(),
+                sk as *mut _,
+                (initial as *const SocketState).cast_mut().cast(),
+                BPF_SK_STORAGE_GET_F_CREATE as u64,
+            )
+        } as *mut SocketState;
+        if state.is_null() {
+            count(LOST_SOCKET_MAP_FULL, 1);
+            return None;
+        }
+        count(SOCKETS_ADDED, 1);
+        Some(state)
+    }
+
+    /// The kernel frees the storage with the socket.
+    #[inline(always)]
+    fn release(_sk: *const u8) {}
+
+    #[inline(always)]
+    fn primed_key(sk: *const u8) -> u64 {
+        Self::cookie(sk)
+    }
+}
+
+/// Linux 5.10 (tracing programs have neither socket-local storage nor the
+/// cookie helper): the state lives in a hash map keyed by the socket's
+/// address (`SOCKET_STATE_BY_ADDRESS`), deleted when the socket is
+/// destroyed, and the address names the socket: unique while the socket
+/// lives, which is as long as userspace tracks it (it matches sockets to
+/// sock_diag and /proc by addresses and ports instead of by cookie).
+pub struct ByAddress;
+
+impl SocketStore for ByAddress {
+    #[inline(always)]
+    fn cookie(sk: *const u8) -> u64 {
+        sk as u64
+    }
+
+    #[inline(always)]
+    fn storage(sk: *const u8) -> Option<*mut SocketState> {
+        SOCKET_STATE_BY_ADDRESS.get_ptr_mut(&(sk as u64))
+    }
+
+    #[inline(always)]
+    fn existing_storage(sk: *const u8) -> Option<*mut SocketState> {
+        Self::storage(sk)
+    }
+
+    #[inline(always)]
+    fn create_storage(sk: *const u8, initial: &SocketState) -> Option<*mut SocketState> {
+        let key = sk as u64;
+        // SAFETY: the map is a hash of u64 to SocketState; key and value
+        // point to whole values; the helper copies both.
+        let inserted = unsafe {
+            bpf_map_update_elem(
+                core::ptr::addr_of!(SOCKET_STATE_BY_ADDRESS)
+                    .cast_mut()
+                    .cast(),
+                (&raw const key).cast(),
+                (initial as *const SocketState).cast(),
+                INSERT_ONLY,
+            )
+        };
+        // Full (the loader's size) or out of memory: counted as refused.
+        if inserted != 0 {
+            count(LOST_SOCKET_MAP_FULL, 1);
+            return None;
+        }
+        count(SOCKETS_ADDED, 1);
+        Self::storage(sk)
+    }
+
+    #[inline(always)]
+    fn release(sk: *const u8) {
+        let _ = SOCKET_STATE_BY_ADDRESS.remove(&(sk as u64));
+    }
+
+    /// The cookie sock_diag itself stored in the socket when userspace
+    /// listed it at start-up (0: never listed, so not primed).
+    #[inline(always)]
+    fn primed_key(sk: *const u8) -> u64 {
+        let field = off!(skc_cookie);
+        if field == OFFSET_ABSENT {
+            return 0;
+        }
+        load_btf::<u64>(sk, field)
+    }
 }
 
 /// A watched socket seen for the first time mid-life (it predates the
@@ -169,7 +271,7 @@ pub fn create_storage(sk: *const u8, initial: &SocketState) -> Option<*mut Socke
 /// not lost. `owner` is the current task in process context (`is_send`
 /// says which hook), or no one (tgid 0) in softirq.
 #[inline(always)]
-pub fn first_sight(
+pub fn first_sight<S: SocketStore>(
     sk: *const u8,
     owner: Owner,
     now: u64,
@@ -179,22 +281,16 @@ pub fn first_sight(
         owner,
         ..SocketState::default()
     };
-    let cookie = cookie(sk);
+    let cookie = S::primed_key(sk);
     if let Some(primed) = PRIMED_SOCKETS.get_ptr(&cookie) {
         // SAFETY: pointer from a lookup in this run; copied before the
         // entry is deleted.
         let primed = unsafe { *primed };
         let previous = primed.owner;
-        // The same rule as a known socket's: the writer names the thread,
-        // a reader takes over only from another process.
-        let changed = owner.tgid != 0
-            && (previous.tgid != owner.tgid || (is_send && previous.tid != owner.tid));
-        if changed {
+        // The same rule as a known socket's.
+        if owner.tgid != 0 && previous.taken_over_by(owner.tgid, owner.tid, is_send) {
             initial.owner.role = previous.role;
-            let another_process = previous.tgid != 0 && previous.tgid != owner.tgid;
-            initial.owner.process_changes = previous
-                .process_changes
-                .saturating_add(u8::from(another_process));
+            initial.owner.process_changes = previous.process_changes_after(owner.tgid);
         } else {
             initial.owner = previous;
         }
@@ -205,7 +301,7 @@ pub fn first_sight(
     } else {
         initial.activity.last_recv = last_receive(sk, now);
     }
-    create_storage(sk, &initial)
+    S::create_storage(sk, &initial)
 }
 
 /// When `sk` last received anything (data or an ACK), in jiffies, from the
@@ -218,22 +314,7 @@ pub fn last_receive(sk: *const u8, now: u64) -> u64 {
     }
     let ack = load_btf::<u32>(tcp, off!(tcp_rcv_tstamp));
     let data = load_btf::<u32>(tcp, off!(icsk_ack_lrcvtime));
-    // Both zero: unreadable (or the jiffies counter's own zero, harmless).
-    if ack == 0 && data == 0 {
-        return 0;
-    }
-    // The more recent of the two, on wrapping 32-bit jiffies.
-    let since_ack = (now as u32).wrapping_sub(ack);
-    let since_data = (now as u32).wrapping_sub(data);
-    let quiet = if since_ack < since_data {
-        since_ack
-    } else {
-        since_data
-    };
-    if quiet > u32::MAX / 2 {
-        return 0;
-    }
-    now.saturating_sub(u64::from(quiet))
+    last_receive_tick(now, ack, data)
 }
 
 /// `sk` as a `struct tcp_sock *` the verifier lets programs load fields
@@ -241,7 +322,7 @@ pub fn last_receive(sk: *const u8, now: u64) -> u64 {
 /// TCP socket.
 #[inline(always)]
 pub fn tcp_sock(sk: *const u8) -> *const u8 {
-    // SAFETY: `sk` as in `cookie`; the helper checks the socket's type and
+    // SAFETY: `sk` as in `SocketStore::cookie`; the helper checks the socket's type and
     // returns NULL when it is no `tcp_sock`.
     unsafe { bpf_skc_to_tcp_sock(sk as *mut _) as *const u8 }
 }

@@ -3,6 +3,7 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use monitor_common::defaults;
 
 use crate::{
     capture::CaptureConfig,
@@ -164,7 +165,7 @@ pub struct RunArgs {
     /// Sockets the kernel's socket table can hold [default: 65536].
     #[arg(long, env = "CONNMON_SOCKET_MAP_ENTRIES")]
     pub socket_map_entries: Option<u32>,
-    /// Event ring buffer size in KiB, a power of two [default: 1024].
+    /// Event ring buffer size in KiB, a power of two [default: 4096].
     #[arg(long, env = "CONNMON_RING_BUFFER_KIB")]
     pub ring_buffer_kib: Option<u32>,
     /// Name pods from the kubelet's log directory (e.g. /var/log/pods) [default: off].
@@ -225,6 +226,16 @@ pub struct RunArgs {
     /// [default: false].
     #[arg(long, env = "CONNMON_BPF_RUN_TIME_STATS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub bpf_run_time_stats: Option<bool>,
+    /// Only watch sockets in this network namespace (one pod, or a test's
+    /// stand-in for a node): an inode number or a path such as
+    /// /run/netns/NAME or /proc/PID/ns/net [default: every namespace].
+    #[arg(long, env = "CONNMON_NETNS", value_name = "INODE|PATH")]
+    pub netns: Option<String>,
+    /// A Prometheus scraping every node's connmon with the shipped fleet
+    /// rules: the at-risk audits take each destination's path timeout from
+    /// the whole fleet's evidence when it is shorter [default: off].
+    #[arg(long, env = "CONNMON_PROMETHEUS_URL", value_name = "URL")]
+    pub prometheus_url: Option<String>,
 }
 
 impl RunArgs {
@@ -273,6 +284,8 @@ impl RunArgs {
             web_config_file: self.web_config_file.clone(),
             alert_ca_file: self.alert_ca_file.clone(),
             bpf_run_time_stats: self.bpf_run_time_stats,
+            netns: self.netns.clone(),
+            prometheus_url: self.prometheus_url.clone(),
         });
         Settings::resolve(&layers)
     }
@@ -281,7 +294,7 @@ impl RunArgs {
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// TCP ports (local or remote) to audit, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "6379", value_parser = parse_port, env = "CONNMON_PORTS")]
+    #[arg(long, value_delimiter = ',', default_values_t = [defaults::WATCHED_PORT], value_parser = parse_port, env = "CONNMON_PORTS")]
     pub ports: Vec<u16>,
     /// Audit every TCP port.
     #[arg(long)]
@@ -301,6 +314,12 @@ pub struct AuditArgs {
     /// skipped silently when none answers.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9878")]
     pub daemon_url: Option<String>,
+    /// A Prometheus that scrapes the fleet's connmon instances with the
+    /// shipped rules (its base URL, e.g. http://prometheus:9090): each
+    /// destination's path timeout is at most the shortest idle gap that
+    /// failed on any node [default: off].
+    #[arg(long, value_name = "URL")]
+    pub prometheus_url: Option<String>,
     #[command(flatten)]
     pub client: DaemonClientArgs,
 }
@@ -326,13 +345,13 @@ impl AuditArgs {
 #[derive(Debug, Args, Clone)]
 pub struct CaptureArgs {
     /// TCP ports (local or remote) to watch, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "6379", value_parser = parse_port, env = "CONNMON_PORTS")]
+    #[arg(long, value_delimiter = ',', default_values_t = [defaults::WATCHED_PORT], value_parser = parse_port, env = "CONNMON_PORTS")]
     pub ports: Vec<u16>,
     /// Watch every TCP port (overrides --ports).
     #[arg(long, env = "CONNMON_ALL_PORTS")]
     pub all_ports: bool,
     /// Sockets the kernel's socket table can hold.
-    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=4_194_304), env = "CONNMON_SOCKET_MAP_ENTRIES")]
+    #[arg(long, default_value_t = defaults::SOCKET_MAP_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=4_194_304), env = "CONNMON_SOCKET_MAP_ENTRIES")]
     pub socket_map_entries: u32,
     /// Event ring buffer size in KiB (a power of two, at least 64).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib, env = "CONNMON_RING_BUFFER_KIB")]

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use monitor_common::defaults;
 use serde::Deserialize;
 
 use crate::{
@@ -98,22 +99,26 @@ pub struct Settings {
     /// `connmon_bpf_program_run_seconds_total`. Off by default: it costs
     /// every BPF program on the host, not only connmon's.
     pub bpf_run_time_stats: bool,
+    /// Only sockets in this network namespace (inode) are watched.
+    pub netns: Option<u32>,
+    /// A Prometheus with the fleet rules, for the at-risk audits.
+    pub prometheus_url: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            ports: BTreeSet::from([6379]),
+            ports: BTreeSet::from([defaults::WATCHED_PORT]),
             all_ports: false,
-            idle_threshold: Duration::from_secs(30),
+            idle_threshold: Duration::from_nanos(defaults::IDLE_THRESHOLD_NS),
             confirm_retransmits: 3,
             listen: DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9878))),
             output_format: Format::Json,
             log_format: LogFormat::Plain,
-            socket_map_entries: 65_536,
-            ring_buffer_kib: 4096,
+            socket_map_entries: defaults::SOCKET_MAP_ENTRIES,
+            ring_buffer_kib: defaults::RING_BUFFER_KIB,
             services: KNOWN_SERVICES
                 .iter()
                 .map(|(port, name)| (*port, (*name).to_string()))
@@ -130,6 +135,8 @@ impl Default for Settings {
             web_config: WebConfig::default(),
             alert_ca_certs: None,
             bpf_run_time_stats: false,
+            netns: None,
+            prometheus_url: None,
         }
     }
 }
@@ -164,6 +171,9 @@ pub struct Layer {
     /// PEM CA bundle for https alert and webhook URLs.
     pub alert_ca_file: Option<PathBuf>,
     pub bpf_run_time_stats: Option<bool>,
+    /// A namespace inode or file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub netns: Option<String>,
+    pub prometheus_url: Option<String>,
 }
 
 impl Layer {
@@ -296,6 +306,13 @@ impl Settings {
         }
         if let Some(url) = &layer.runbook_url {
             self.runbook_url = url.trim().to_string();
+        }
+        if let Some(url) = &layer.prometheus_url {
+            self.prometheus_url = Some(http_url("prometheus_url", url)?);
+        }
+        if let Some(netns) = &layer.netns {
+            self.netns =
+                Some(crate::cli::resolve_netns(netns.trim()).map_err(|e| invalid("netns", e))?);
         }
         if let Some(name) = &layer.node_name {
             if name.trim().is_empty() {
@@ -444,6 +461,43 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netns_scope_takes_an_inode_or_a_namespace_file_and_names_a_bad_one() {
+        assert_eq!(Settings::resolve(&[]).expect("defaults").netns, None);
+        let file = Layer::from_toml("netns = \"4026531840\"\n").expect("valid toml");
+        assert_eq!(
+            Settings::resolve(&[file]).expect("valid").netns,
+            Some(4026531840)
+        );
+        let own = Layer {
+            netns: Some("/proc/self/ns/net".into()),
+            ..Layer::default()
+        };
+        assert!(Settings::resolve(&[own]).expect("valid").netns.is_some());
+        let missing = Layer {
+            netns: Some("/run/netns/no-such-namespace".into()),
+            ..Layer::default()
+        };
+        let error = Settings::resolve(&[missing]).expect_err("no such file");
+        assert!(error.to_string().contains("netns"), "{error}");
+    }
+
+    #[test]
+    fn prometheus_url_must_be_an_http_url() {
+        let file =
+            Layer::from_toml("prometheus_url = \"http://prometheus:9090/\"\n").expect("toml");
+        assert_eq!(
+            Settings::resolve(&[file])
+                .expect("valid")
+                .prometheus_url
+                .as_deref(),
+            Some("http://prometheus:9090")
+        );
+        let bad = Layer::from_toml("prometheus_url = \"prometheus:9090\"\n").expect("toml");
+        let error = Settings::resolve(&[bad]).expect_err("no scheme");
+        assert!(error.to_string().contains("prometheus_url"), "{error}");
+    }
 
     #[test]
     fn defaults_watch_redis_with_a_30s_idle_threshold() {

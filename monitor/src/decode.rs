@@ -3,23 +3,17 @@
 
 use monitor_common::{
     event::{
-        EVENT_DESTROY, EVENT_PROGRESS, EVENT_RESET_RECEIVED, EVENT_RESET_SENT, EVENT_RETRANSMIT,
-        EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR, EVENT_STATE_CHANGE, PROGRESS_ACKNOWLEDGED,
-        PROGRESS_DATA_RECEIVED, SocketEvent as RawEvent, split_state_change_detail,
-        unpack_retransmit_counts,
+        EVENT_DESTROY, EVENT_PROGRESS, EVENT_REPLY_AFTER_IDLE, EVENT_RESET_RECEIVED,
+        EVENT_RESET_SENT, EVENT_RETRANSMIT, EVENT_RETRANSMIT_COUNTS, EVENT_SOCKET_ERROR,
+        EVENT_STATE_CHANGE, SocketEvent as RawEvent, TcpSnapshot, pack_retransmit_counts,
+        split_state_change_detail, state_change_detail, unpack_retransmit_counts,
     },
-    retransmit::{
-        RETRANSMIT_FAST, RETRANSMIT_TAIL_LOSS_PROBE, RETRANSMIT_TIMEOUT, RETRANSMIT_UNKNOWN,
-    },
-    socket::{
-        OWNER_SOURCE_CONNECT, OWNER_SOURCE_PROC, OWNER_SOURCE_RECV, OWNER_SOURCE_SEND, ROLE_CLIENT,
-        ROLE_SERVER, ROLE_UNKNOWN,
-    },
+    socket::Tuple,
 };
 
 use crate::event::{
     ActivityTimes, Connection, EndState, EventKind, OwnerSource, ProcessRef, Progress,
-    RetransmitInfo, RetransmitKind, Role, SocketEvent, TcpState,
+    RetransmitInfo, RetransmitKind, Role, SocketEvent, TcpState, wire_owner,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +54,7 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
             snd_una: raw.tcp.snd_una,
             user_timeout_ms: raw.tcp.user_timeout_ms,
             tcp_retries2: raw.tcp.tcp_retries2,
+            total_retrans_low: raw.tcp.total_retrans_low,
         }),
         EVENT_STATE_CHANGE => EventKind::StateChange {
             old: TcpState(split_state_change_detail(raw.detail).0),
@@ -73,6 +68,7 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         },
         EVENT_DESTROY => EventKind::Destroyed {
             errno: raw.detail as i32,
+            total_retrans_low: raw.tcp.total_retrans_low,
         },
         EVENT_RETRANSMIT_COUNTS => EventKind::RetransmitCounts {
             counts: unpack_retransmit_counts(raw.detail)
@@ -83,46 +79,33 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
                 .collect::<Result<_, DecodeError>>()?,
         },
         EVENT_PROGRESS => EventKind::Progress {
-            progress: match raw.detail {
-                PROGRESS_DATA_RECEIVED => Progress::DataReceived,
-                PROGRESS_ACKNOWLEDGED => Progress::Acknowledged,
-                other => {
-                    return Err(DecodeError::Tag {
-                        field: "progress",
-                        value: other,
-                    });
-                }
-            },
+            progress: Progress::try_from(raw.detail).map_err(|tag| DecodeError::Tag {
+                field: "progress",
+                value: tag,
+            })?,
+        },
+        EVENT_REPLY_AFTER_IDLE => EventKind::ReplyAfterIdle {
+            gap_ns: u64::from(raw.detail) * 1_000_000,
         },
         other => return Err(DecodeError::Kind(other)),
     };
     let owner = &raw.owner;
-    let source = match owner.source {
-        OWNER_SOURCE_CONNECT => OwnerSource::Connect,
-        OWNER_SOURCE_SEND => OwnerSource::Send,
-        OWNER_SOURCE_RECV => OwnerSource::Receive,
-        OWNER_SOURCE_PROC => OwnerSource::Proc,
+    let source = match OwnerSource::try_from(owner.source) {
+        Ok(source) => source,
         // A record without an owner carries no source.
-        _ if owner.tgid == 0 => OwnerSource::Proc,
-        other => {
+        Err(_) if owner.tgid == 0 => OwnerSource::Proc,
+        Err(tag) => {
             return Err(DecodeError::Tag {
                 field: "owner source",
-                value: other.into(),
+                value: tag.into(),
             });
         }
     };
     let process = ProcessRef::from_owner(owner, source, owner.process_changes > 0);
-    let role = match owner.role {
-        ROLE_CLIENT => Role::Client,
-        ROLE_SERVER => Role::Server,
-        ROLE_UNKNOWN => Role::Unknown,
-        other => {
-            return Err(DecodeError::Tag {
-                field: "role",
-                value: other.into(),
-            });
-        }
-    };
+    let role = Role::try_from(owner.role).map_err(|tag| DecodeError::Tag {
+        field: "role",
+        value: tag.into(),
+    })?;
     let failed = match &kind {
         EventKind::SocketError { .. } => true,
         EventKind::StateChange { errno, .. } => *errno != 0,
@@ -136,46 +119,92 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         tcp_retries2: raw.tcp.tcp_retries2,
         user_timeout_ms: raw.tcp.user_timeout_ms,
     });
-    let tuple = &raw.tuple;
-    let nonzero = |ns: u64| (ns != 0).then_some(ns);
     Ok(SocketEvent {
         timestamp_ns: raw.timestamp_ns,
         cookie: raw.cookie,
         kind,
         owner: process,
         role,
-        connection: Connection::from_raw(
-            tuple.family,
-            tuple.local_addr,
-            tuple.local_port,
-            tuple.remote_addr,
-            tuple.remote_port,
-            tuple.netns,
-        ),
-        state: TcpState(tuple.state),
-        activity: ActivityTimes {
-            last_send_ns: nonzero(raw.activity.last_send_ns),
-            last_recv_ns: nonzero(raw.activity.last_recv_ns),
-            burst_start_ns: nonzero(raw.activity.burst_start_ns),
-            idle_before_burst_ns: raw.activity.idle_before_burst_ns,
-        },
+        connection: Connection::from_tuple(&raw.tuple),
+        state: TcpState(raw.tuple.state),
+        activity: ActivityTimes::from_wire(&raw.activity),
         end,
     })
 }
 
 fn retransmit_kind(tag: u8) -> Result<RetransmitKind, DecodeError> {
-    Ok(match tag {
-        RETRANSMIT_TIMEOUT => RetransmitKind::Timeout,
-        RETRANSMIT_FAST => RetransmitKind::Fast,
-        RETRANSMIT_TAIL_LOSS_PROBE => RetransmitKind::TailLossProbe,
-        RETRANSMIT_UNKNOWN => RetransmitKind::Unknown,
-        other => {
-            return Err(DecodeError::Tag {
-                field: "retransmit kind",
-                value: other.into(),
-            });
-        }
+    RetransmitKind::try_from(tag).map_err(|tag| DecodeError::Tag {
+        field: "retransmit kind",
+        value: tag.into(),
     })
+}
+
+/// The record the kernel writes for `event`: the decoder's inverse, with
+/// `detail` packed by the same functions as the kernel programs'. For
+/// tests, replay files and fuzzing (`fuzzing::decode` checks the round
+/// trip). What records carry but events drop (`ca_state`, a reset's
+/// reason, padding, `total_retrans_low` but at retransmits and ends) is 0.
+pub fn encode_event(event: &SocketEvent) -> RawEvent {
+    let mut tcp = TcpSnapshot::default();
+    let (kind, detail) = match &event.kind {
+        EventKind::Retransmit(info) => {
+            tcp = TcpSnapshot {
+                snd_una: info.snd_una,
+                user_timeout_ms: info.user_timeout_ms,
+                rto_retransmits: info.rto_retransmits,
+                backoff: info.backoff,
+                tcp_retries2: info.tcp_retries2,
+                segments: info.segments,
+                retransmit_kind: info.kind.tag(),
+                total_retrans_low: info.total_retrans_low,
+                ..TcpSnapshot::default()
+            };
+            (EVENT_RETRANSMIT, info.result as u32)
+        }
+        EventKind::StateChange { old, new, errno } => (
+            EVENT_STATE_CHANGE,
+            state_change_detail(old.0, new.0, *errno),
+        ),
+        EventKind::ResetReceived => (EVENT_RESET_RECEIVED, 0),
+        EventKind::ResetSent => (EVENT_RESET_SENT, 0),
+        EventKind::SocketError { errno } => (EVENT_SOCKET_ERROR, *errno as u32),
+        EventKind::Destroyed {
+            errno,
+            total_retrans_low,
+        } => {
+            tcp.total_retrans_low = *total_retrans_low;
+            (EVENT_DESTROY, *errno as u32)
+        }
+        EventKind::Progress { progress } => (EVENT_PROGRESS, progress.tag()),
+        EventKind::ReplyAfterIdle { gap_ns } => (
+            EVENT_REPLY_AFTER_IDLE,
+            u32::try_from(gap_ns / 1_000_000).unwrap_or(u32::MAX),
+        ),
+        EventKind::RetransmitCounts { counts } => {
+            let mut pending = [0u8; 4];
+            for (kind, count) in counts {
+                if let Some(slot) = pending.get_mut(usize::from(kind.tag())) {
+                    *slot = u8::try_from(*count).unwrap_or(u8::MAX);
+                }
+            }
+            (EVENT_RETRANSMIT_COUNTS, pack_retransmit_counts(pending))
+        }
+    };
+    RawEvent {
+        kind,
+        detail,
+        timestamp_ns: event.timestamp_ns,
+        cookie: event.cookie,
+        owner: wire_owner(event.owner.as_ref(), event.role.tag()),
+        tuple: Tuple::from_addrs(
+            event.connection.local,
+            event.connection.remote,
+            event.state.0,
+            event.connection.netns,
+        ),
+        activity: event.activity.to_wire(),
+        tcp,
+    }
 }
 
 /// Encodes a raw record to bytes, as the kernel lays it out. For tests,
@@ -194,7 +223,8 @@ mod tests {
 
     use monitor_common::{
         event::TcpSnapshot,
-        socket::{Activity, Owner, Tuple},
+        retransmit::RETRANSMIT_TIMEOUT,
+        socket::{Activity, OWNER_SOURCE_SEND, Owner, ROLE_CLIENT, Tuple},
         tcp::{AF_INET, AF_INET6, TCP_CA_LOSS},
     };
 
@@ -253,7 +283,9 @@ mod tests {
                 tcp_retries2: 15,
                 segments: 1,
                 retransmit_kind: RETRANSMIT_TIMEOUT,
+                total_retrans_low: 3,
                 probes_out: 0,
+                _pad: 0,
                 unsent_bytes: 0,
                 send_window: 0,
             },
@@ -289,6 +321,22 @@ mod tests {
             (2, 2, 15)
         );
         assert_eq!(event.activity.idle_before_burst_ns, 3_000_000_000);
+    }
+
+    #[test]
+    fn an_event_encodes_to_the_record_it_came_from() {
+        let mut raw = retransmit_record();
+        // Events do not keep the congestion state.
+        raw.tcp.ca_state = 0;
+        let event = decode(&encode(&raw)).expect("valid record");
+        assert_eq!(encode_event(&event), raw);
+        raw.kind = EVENT_STATE_CHANGE;
+        raw.detail = state_change_detail(1, 7, 110);
+        raw.tcp = TcpSnapshot::default();
+        assert_eq!(
+            encode_event(&decode(&encode(&raw)).expect("valid record")),
+            raw
+        );
     }
 
     #[test]

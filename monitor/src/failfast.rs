@@ -34,6 +34,10 @@ pub struct Abort {
 pub struct FailFast {
     mode: FailFastMode,
     proc_root: PathBuf,
+    /// The records' cookies are kernel socket addresses, not sock_diag
+    /// cookies (Linux 5.10): the socket is matched by its addresses and
+    /// ports in its namespace alone.
+    cookies_are_addresses: bool,
 }
 
 impl FailFast {
@@ -41,7 +45,14 @@ impl FailFast {
         Self {
             mode,
             proc_root: proc_root.into(),
+            cookies_are_addresses: false,
         }
+    }
+
+    /// See `cookies_are_addresses`.
+    pub fn with_cookies_as_addresses(mut self, yes: bool) -> Self {
+        self.cookies_are_addresses = yes;
+        self
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -71,7 +82,14 @@ impl FailFast {
                             storm.connection.netns
                         ))
                     })
-                    .and_then(|netns| sockdiag::destroy(Some(&netns), storm.cookie, local, remote));
+                    .and_then(|netns| {
+                        let cookie = if self.cookies_are_addresses {
+                            sockdiag::ANY_COOKIE
+                        } else {
+                            storm.cookie
+                        };
+                        sockdiag::destroy(Some(&netns), cookie, local, remote)
+                    });
                 Some(match result {
                     Ok(()) => {
                         info!(storm_id = storm.id, %local, %remote, "fail-fast: aborted the socket");

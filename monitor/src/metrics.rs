@@ -8,7 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -19,9 +19,13 @@ use prometheus::{
 
 use crate::{
     attribution::{container, procfs, unwatched::OwnerIncrement},
-    capture::{counters::CounterSnapshot, stats::ProgramStats},
-    detect::{Finding, Storm},
+    capture::counters::CounterSnapshot,
+    detect::{
+        Finding, Storm,
+        reuse::{IdleReuse, ReuseOutcome},
+    },
     event::{Connection, EventKind, ProcessRef, RetransmitKind, Role, SocketEvent},
+    kernel_metrics::{self, KernelCollector, KernelSources},
 };
 
 /// Default cap on label sets per metric family.
@@ -40,22 +44,67 @@ pub struct Metrics {
     resets_after_idle: IntCounterVec,
     connection_failures: IntCounterVec,
     events: IntCounterVec,
-    lost_records: IntCounterVec,
-    kernel_retransmits: IntCounterVec,
-    kernel_segments: prometheus::IntCounter,
-    kernel_events_emitted: prometheus::IntCounter,
-    tracked_sockets: IntGaugeVec,
-    program_run_seconds: prometheus::CounterVec,
-    program_runs: IntCounterVec,
-    program_recursion_misses: IntCounterVec,
-    program_verified_instructions: IntGaugeVec,
     series_capped: IntCounterVec,
     fail_fast: IntCounterVec,
     alert_deliveries: IntCounterVec,
     at_risk: IntGaugeVec,
     inferred_timeout: prometheus::GaugeVec,
+    idle_reuse: IdleReuseMetrics,
     degraded_hooks: IntGaugeVec,
+    /// Kernel-side families, read at every scrape.
+    kernel: Arc<KernelCollector>,
     state: Mutex<State>,
+}
+
+/// Idle-gap evidence per destination (`detect::reuse`): what the fleet view
+/// aggregates across nodes.
+struct IdleReuseMetrics {
+    gaps: HistogramVec,
+    longest_survived: prometheus::GaugeVec,
+    shortest_failed: prometheus::GaugeVec,
+}
+
+const IDLE_REUSE_FAMILY: &str = "connmon_idle_reuse_gap_seconds";
+
+impl IdleReuseMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let gaps = HistogramVec::new(
+            HistogramOpts::new(
+                IDLE_REUSE_FAMILY,
+                "Idle gaps before each reuse of a watched connection, by destination, role and outcome: survived (payload came back), blackholed (a storm), reset, peer_closed (the server had closed it). The path's idle timeout lies between the longest survived gap and the shortest blackholed or reset one.",
+            )
+            // Short ones for tests and chatty pools; then the idle timeouts
+            // of real middleboxes: Azure LB 240 s, AWS NAT/NLB 350 s, IPVS
+            // 900 s, GCP Cloud NAT 1200 s, Linux keepalive's 7200 s.
+            .buckets(vec![
+                1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 350.0, 600.0, 900.0, 1200.0,
+                3600.0, 7200.0,
+            ]),
+            &["destination", "role", "outcome"],
+        )?;
+        let longest_survived = prometheus::GaugeVec::new(
+            Opts::new(
+                "connmon_idle_reuse_longest_survived_gap_seconds",
+                "Per destination, the longest idle gap after which a reused connection got payload back: the path's idle timeout is above it.",
+            ),
+            &["destination"],
+        )?;
+        let shortest_failed = prometheus::GaugeVec::new(
+            Opts::new(
+                "connmon_idle_reuse_shortest_failed_gap_seconds",
+                "Per destination, the shortest idle gap after which a reused connection was blackholed or reset: the path's idle timeout is at most this.",
+            ),
+            &["destination"],
+        )?;
+        registry.register(Box::new(gaps.clone()))?;
+        registry.register(Box::new(longest_survived.clone()))?;
+        registry.register(Box::new(shortest_failed.clone()))?;
+        Ok(Self {
+            gaps,
+            longest_survived,
+            shortest_failed,
+        })
+    }
 }
 
 /// What the metrics remember between updates.
@@ -65,8 +114,6 @@ struct State {
     series: HashMap<&'static str, HashSet<Vec<String>>>,
     /// Labels each active storm was counted under, to decrement the same.
     active_storm_labels: HashMap<u64, Vec<String>>,
-    /// Last cumulative kernel values, to export deltas.
-    kernel_seen: HashMap<String, u64>,
     /// cgroup id -> container label.
     containers: HashMap<u64, String>,
     /// Retransmit counters already resolved, by what their labels are made
@@ -104,25 +151,10 @@ struct CachedSeries {
 /// cap; past it the cache starts over (the counters live on in the registry).
 const RETRANSMIT_CACHE_FACTOR: usize = 4;
 
-fn role_label(role: Role) -> &'static str {
-    match role {
-        Role::Client => "client",
-        Role::Server => "server",
-        Role::Unknown => "unknown",
-    }
-}
-
 /// The watched endpoint of a connection: the far side for a client, our
 /// side for a server.
-pub fn destination(connection: &Connection, role: Role) -> String {
-    destination_addr(connection, role).to_string()
-}
-
 fn destination_addr(connection: &Connection, role: Role) -> std::net::SocketAddr {
-    match role {
-        Role::Server => connection.local,
-        _ => connection.remote,
-    }
+    role.destination(connection.local, connection.remote)
 }
 
 impl Metrics {
@@ -194,63 +226,6 @@ impl Metrics {
             ),
             &["event"],
         )?;
-        let lost_records = IntCounterVec::new(
-            Opts::new(
-                "connmon_lost_records_total",
-                "Kernel records lost, by reason: ring_buffer_full, socket_map_full, decode_error.",
-            ),
-            &["reason"],
-        )?;
-        let kernel_retransmits = IntCounterVec::new(
-            Opts::new(
-                "connmon_kernel_retransmits_total",
-                "Retransmit attempts on every TCP socket of the host, by kind.",
-            ),
-            &["kind"],
-        )?;
-        let kernel_segments = prometheus::IntCounter::new(
-            "connmon_kernel_retransmitted_segments_total",
-            "Segments in successful retransmits on every TCP socket of the host: what nstat's TcpRetransSegs counts.",
-        )?;
-        let kernel_events_emitted = prometheus::IntCounter::new(
-            "connmon_kernel_events_emitted_total",
-            "Records the kernel programs wrote to the ring buffer; each is processed (connmon_events_total) or lost (connmon_lost_records_total).",
-        )?;
-        let tracked_sockets = IntGaugeVec::new(
-            Opts::new(
-                "connmon_tracked_sockets",
-                "Sockets connmon tracks: table=kernel (watched sockets with kernel state), userspace (sockets a record was seen for).",
-            ),
-            &["table"],
-        )?;
-        let program_run_seconds = prometheus::CounterVec::new(
-            Opts::new(
-                "connmon_bpf_program_run_seconds_total",
-                "Time spent in each BPF program, as the kernel accounts it: it accounts only while BPF run-time statistics are on (sysctl kernel.bpf_stats_enabled=1 on the node, or connmon --bpf-run-time-stats, both costing every BPF program on the host two clock reads per run); otherwise this stays 0.",
-            ),
-            &["program"],
-        )?;
-        let program_runs = IntCounterVec::new(
-            Opts::new(
-                "connmon_bpf_program_runs_total",
-                "Runs of each BPF program, counted by the kernel only while BPF run-time statistics are on (see connmon_bpf_program_run_seconds_total).",
-            ),
-            &["program"],
-        )?;
-        let program_recursion_misses = IntCounterVec::new(
-            Opts::new(
-                "connmon_bpf_program_recursion_misses_total",
-                "Runs the kernel skipped because the program was already running on that CPU (lost events).",
-            ),
-            &["program"],
-        )?;
-        let program_verified_instructions = IntGaugeVec::new(
-            Opts::new(
-                "connmon_bpf_program_verified_instructions",
-                "Instructions the verifier processed per program.",
-            ),
-            &["program"],
-        )?;
         let series_capped = IntCounterVec::new(
             Opts::new(
                 "connmon_series_capped_total",
@@ -267,16 +242,9 @@ impl Metrics {
         registry.register(Box::new(resets_after_idle.clone()))?;
         registry.register(Box::new(connection_failures.clone()))?;
         registry.register(Box::new(events.clone()))?;
-        registry.register(Box::new(lost_records.clone()))?;
-        registry.register(Box::new(kernel_retransmits.clone()))?;
-        registry.register(Box::new(tracked_sockets.clone()))?;
-        registry.register(Box::new(kernel_segments.clone()))?;
-        registry.register(Box::new(kernel_events_emitted.clone()))?;
-        registry.register(Box::new(program_run_seconds.clone()))?;
-        registry.register(Box::new(program_runs.clone()))?;
-        registry.register(Box::new(program_recursion_misses.clone()))?;
-        registry.register(Box::new(program_verified_instructions.clone()))?;
         registry.register(Box::new(series_capped.clone()))?;
+        let kernel = Arc::new(KernelCollector::new()?);
+        registry.register(Box::new(kernel_metrics::Registered(kernel.clone())))?;
         let fail_fast = IntCounterVec::new(
             Opts::new(
                 "connmon_fail_fast_total",
@@ -309,6 +277,7 @@ impl Metrics {
             &["destination"],
         )?;
         registry.register(Box::new(inferred_timeout.clone()))?;
+        let idle_reuse = IdleReuseMetrics::register(&registry)?;
         let degraded_hooks = IntGaugeVec::new(
             Opts::new(
                 "connmon_degraded_hooks",
@@ -335,9 +304,6 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         // Present from the start, so rules on them see 0 rather than nothing.
-        for reason in ["ring_buffer_full", "socket_map_full", "decode_error"] {
-            lost_records.with_label_values(&[reason]);
-        }
         for outcome in [
             "recovered",
             "timed_out",
@@ -361,21 +327,14 @@ impl Metrics {
             resets_after_idle,
             connection_failures,
             events,
-            lost_records,
-            kernel_retransmits,
-            kernel_segments,
-            kernel_events_emitted,
-            tracked_sockets,
-            program_run_seconds,
-            program_runs,
-            program_recursion_misses,
-            program_verified_instructions,
             series_capped,
             fail_fast,
             alert_deliveries,
             at_risk,
             inferred_timeout,
+            idle_reuse,
             degraded_hooks,
+            kernel,
             state: Mutex::new(State::default()),
         })
     }
@@ -435,16 +394,14 @@ impl Metrics {
         vec![
             process,
             container,
-            destination(connection, role),
-            role_label(role).to_string(),
+            destination_addr(connection, role).to_string(),
+            role.as_str().to_string(),
         ]
     }
 
-    pub fn observe_event(&self, event: &SocketEvent) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        // Seven kinds: a scan of the ones seen beats hashing the label.
+    /// Counts a processed record in `connmon_events_total`.
+    fn count_event(&self, state: &mut State, event: &SocketEvent) {
+        // A few kinds: a scan of the ones seen beats hashing the label.
         let name = event.kind.name();
         match state.event_counters.iter().find(|(seen, _)| *seen == name) {
             Some((_, counter)) => counter.inc(),
@@ -454,6 +411,22 @@ impl Metrics {
                 state.event_counters.push((name, counter));
             }
         }
+    }
+
+    /// A record about a socket outside `--netns`: processed (counted in
+    /// `connmon_events_total`, so every record the kernel wrote is still
+    /// accounted for) but nothing else.
+    pub fn observe_out_of_scope(&self, event: &SocketEvent) {
+        if let Ok(mut state) = self.state.lock() {
+            self.count_event(&mut state, event);
+        }
+    }
+
+    pub fn observe_event(&self, event: &SocketEvent) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        self.count_event(&mut state, event);
         let counts: Vec<(RetransmitKind, u64)> = match &event.kind {
             EventKind::Retransmit(info) => vec![(info.kind, 1)],
             EventKind::RetransmitCounts { counts } => counts
@@ -543,7 +516,7 @@ impl Metrics {
                 self.storms_started.with_label_values(&refs).inc();
                 self.storms_active.with_label_values(&refs).inc();
                 self.idle_before_storm
-                    .with_label_values(&[role_label(storm.role)])
+                    .with_label_values(&[storm.role.as_str()])
                     .observe(storm.idle_ns as f64 / 1e9);
                 // The path forgot the flow within this idle gap: its timeout
                 // is at most the shortest gap seen.
@@ -569,7 +542,7 @@ impl Metrics {
                     self.storms_active.with_label_values(&refs).dec();
                 }
                 self.storm_duration
-                    .with_label_values(&[role_label(storm.role), outcome.as_str()])
+                    .with_label_values(&[storm.role.as_str(), outcome.as_str()])
                     .observe(ended_ns.saturating_sub(storm.started_ns) as f64 / 1e9);
             }
             Finding::ResetAfterIdle(reset) => {
@@ -599,65 +572,39 @@ impl Metrics {
         }
     }
 
-    fn storm_labels(&self, state: &mut State, storm: &Storm) -> Vec<String> {
-        let labels = Self::owner_labels(state, storm.owner.as_ref(), &storm.connection, storm.role);
-        self.capped(state, "connmon_storms_started_total", labels, 3)
-    }
-
-    /// Exports a cumulative kernel value as a counter increment.
-    fn kernel_delta(state: &mut State, key: String, total: u64) -> u64 {
-        let seen = state.kernel_seen.entry(key).or_insert(0);
-        // A per-owner LRU entry can be evicted and start again from 0.
-        let delta = if total >= *seen { total - *seen } else { total };
-        *seen = total;
-        delta
-    }
-
-    /// Kernel-side counters, read at scrape time.
-    pub fn observe_kernel(&self, counters: &CounterSnapshot, decode_errors: u64) {
-        use monitor_common::counters::{
-            LOST_RINGBUF_FULL, LOST_SOCKET_MAP_FULL, RETRANSMITS_BASE, SOCKETS_ADDED,
-            SOCKETS_REMOVED,
-        };
+    /// One reuse after an idle gap, into the histogram and the per-destination
+    /// bounds. Destinations are under the series cap (past it: `other`).
+    pub fn observe_idle_reuse(&self, reuse: &IdleReuse) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        for (reason, total) in [
-            ("ring_buffer_full", counters.get(LOST_RINGBUF_FULL)),
-            ("socket_map_full", counters.get(LOST_SOCKET_MAP_FULL)),
-            ("decode_error", decode_errors),
-        ] {
-            let delta = Self::kernel_delta(&mut state, format!("lost/{reason}"), total);
-            self.lost_records.with_label_values(&[reason]).inc_by(delta);
-        }
-        for (kind, label) in ["unknown", "timeout", "fast", "tail_loss_probe"]
-            .iter()
-            .enumerate()
-        {
-            let total = counters.get(RETRANSMITS_BASE + kind as u32);
-            let delta = Self::kernel_delta(&mut state, format!("retransmits/{label}"), total);
-            self.kernel_retransmits
-                .with_label_values(&[label])
-                .inc_by(delta);
-        }
-        use monitor_common::counters::{EVENTS_EMITTED, RETRANSMITTED_SEGMENTS};
-        let segments = Self::kernel_delta(
-            &mut state,
-            "segments".into(),
-            counters.get(RETRANSMITTED_SEGMENTS),
-        );
-        self.kernel_segments.inc_by(segments);
-        let emitted =
-            Self::kernel_delta(&mut state, "emitted".into(), counters.get(EVENTS_EMITTED));
-        self.kernel_events_emitted.inc_by(emitted);
-        // Storage is freed with its socket; every socket with storage ends
-        // in tcp_destroy_sock, which counts the removal.
-        let live = counters
-            .get(SOCKETS_ADDED)
-            .saturating_sub(counters.get(SOCKETS_REMOVED));
-        self.tracked_sockets
-            .with_label_values(&["kernel"])
-            .set(i64::try_from(live).unwrap_or(i64::MAX));
+        let labels = vec![
+            destination_addr(reuse.connection, reuse.role).to_string(),
+            reuse.role.as_str().to_string(),
+            reuse.outcome.as_str().to_string(),
+        ];
+        let labels = self.capped(&mut state, IDLE_REUSE_FAMILY, labels, 1);
+        let gap = reuse.gap_ns as f64 / 1e9;
+        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+        self.idle_reuse.gaps.with_label_values(&refs).observe(gap);
+        let (gauge, pick): (_, fn(f64, f64) -> f64) = match reuse.outcome {
+            ReuseOutcome::Survived => (&self.idle_reuse.longest_survived, f64::max),
+            outcome if outcome.path_forgot() => (&self.idle_reuse.shortest_failed, f64::min),
+            _ => return,
+        };
+        let gauge = gauge.with_label_values(&[refs[0]]);
+        // A new gauge reads 0: the first gap is taken as it is.
+        let kept = if gauge.get() == 0.0 {
+            gap
+        } else {
+            pick(gauge.get(), gap)
+        };
+        gauge.set(kept);
+    }
+
+    fn storm_labels(&self, state: &mut State, storm: &Storm) -> Vec<String> {
+        let labels = Self::owner_labels(state, storm.owner.as_ref(), &storm.connection, storm.role);
+        self.capped(state, "connmon_storms_started_total", labels, 3)
     }
 
     /// Retransmits of unwatched sockets, counted in the kernel per socket
@@ -668,19 +615,16 @@ impl Metrics {
         };
         for increment in increments {
             let container = Self::container_of(&mut state, increment.cgroup_id);
-            let kind = match increment.kind {
-                monitor_common::retransmit::RETRANSMIT_TIMEOUT => "timeout",
-                monitor_common::retransmit::RETRANSMIT_FAST => "fast",
-                monitor_common::retransmit::RETRANSMIT_TAIL_LOSS_PROBE => "tail_loss_probe",
-                _ => "unknown",
-            };
+            let kind = RetransmitKind::try_from(increment.kind)
+                .unwrap_or(RetransmitKind::Unknown)
+                .as_str();
             let labels = vec![
                 // The process names itself: no control characters in a label.
                 crate::output::escape::control(&increment.comm).into_owned(),
                 container,
                 OTHER.to_string(),
                 kind.to_string(),
-                role_label(increment.role).to_string(),
+                increment.role.as_str().to_string(),
             ];
             let folded_from = labels.clone();
             let labels = self.capped(&mut state, "connmon_retransmits_total", labels, 3);
@@ -693,31 +637,6 @@ impl Metrics {
             self.retransmits
                 .with_label_values(&labels.iter().map(String::as_str).collect::<Vec<_>>())
                 .inc_by(increment.count);
-        }
-    }
-
-    pub fn observe_programs(&self, programs: &[(&'static str, ProgramStats)]) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        for (program, stats) in programs {
-            let runs = Self::kernel_delta(&mut state, format!("runs/{program}"), stats.run_count);
-            self.program_runs.with_label_values(&[program]).inc_by(runs);
-            let time = Self::kernel_delta(&mut state, format!("time/{program}"), stats.run_time_ns);
-            self.program_run_seconds
-                .with_label_values(&[program])
-                .inc_by(time as f64 / 1e9);
-            let misses = Self::kernel_delta(
-                &mut state,
-                format!("misses/{program}"),
-                stats.recursion_misses,
-            );
-            self.program_recursion_misses
-                .with_label_values(&[program])
-                .inc_by(misses);
-            self.program_verified_instructions
-                .with_label_values(&[program])
-                .set(i64::try_from(stats.verified_instructions).unwrap_or(i64::MAX));
         }
     }
 
@@ -871,9 +790,17 @@ impl Metrics {
     }
 
     pub fn set_userspace_sockets(&self, count: usize) {
-        self.tracked_sockets
-            .with_label_values(&["userspace"])
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.kernel.set_userspace_sockets(count);
+    }
+
+    /// Hands over the kernel-side sources, read at every scrape.
+    pub fn set_kernel_sources(&self, sources: KernelSources) {
+        self.kernel.set_sources(sources);
+    }
+
+    /// The kernel's counters now, once the sources are set.
+    pub fn kernel_counters(&self) -> Option<CounterSnapshot> {
+        self.kernel.counters()
     }
 
     /// The text exposition format.
@@ -915,6 +842,7 @@ mod tests {
                 snd_una: 0,
                 user_timeout_ms: 0,
                 tcp_retries2: 15,
+                total_retrans_low: 0,
             }),
             owner: Some(ProcessRef {
                 pid: 1,
@@ -1171,29 +1099,6 @@ mod tests {
     }
 
     #[test]
-    fn kernel_counters_are_exported_as_deltas() {
-        let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
-        let mut values = vec![0u64; monitor_common::counters::COUNTER_SLOTS as usize];
-        values[monitor_common::counters::LOST_RINGBUF_FULL as usize] = 5;
-        metrics.observe_kernel(
-            &CounterSnapshot {
-                values: values.clone(),
-            },
-            0,
-        );
-        metrics.observe_kernel(&CounterSnapshot { values }, 2);
-        let text = metrics.render();
-        assert!(
-            text.contains("connmon_lost_records_total{reason=\"ring_buffer_full\"} 5"),
-            "{text}"
-        );
-        assert!(
-            text.contains("connmon_lost_records_total{reason=\"decode_error\"} 2"),
-            "{text}"
-        );
-    }
-
-    #[test]
     fn counted_retransmits_of_a_busy_watched_socket_add_to_its_series() {
         let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
         let one = retransmit("app", "10.0.0.2:6379");
@@ -1211,6 +1116,77 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }
+    }
+
+    /// The fleet view's evidence: gaps per destination, role and outcome in
+    /// a histogram, and per destination the longest gap that survived and
+    /// the shortest that did not (a peer's own close counts for neither).
+    #[test]
+    fn idle_reuse_gaps_bound_the_path_timeout_per_destination() {
+        use crate::detect::reuse::{IdleReuse, ReuseOutcome};
+        let metrics = Metrics::new(DEFAULT_SERIES_CAP).expect("metrics");
+        let x = retransmit("app", "10.0.1.5:6379").connection;
+        let y = retransmit("app", "10.0.1.6:6380").connection;
+        for (connection, seconds, outcome) in [
+            (&x, 200, ReuseOutcome::Survived),
+            (&x, 300, ReuseOutcome::Survived),
+            (&x, 250, ReuseOutcome::Survived),
+            (&x, 400, ReuseOutcome::Blackholed),
+            (&x, 380, ReuseOutcome::Reset),
+            (&x, 100, ReuseOutcome::PeerClosed),
+            (&y, 900, ReuseOutcome::Survived),
+        ] {
+            metrics.observe_idle_reuse(&IdleReuse {
+                role: Role::Client,
+                connection,
+                gap_ns: seconds * 1_000_000_000,
+                outcome,
+            });
+        }
+        let text = metrics.render();
+        for line in [
+            r#"connmon_idle_reuse_gap_seconds_bucket{destination="10.0.1.5:6379",outcome="survived",role="client",le="240"} 1"#,
+            r#"connmon_idle_reuse_gap_seconds_bucket{destination="10.0.1.5:6379",outcome="survived",role="client",le="350"} 3"#,
+            r#"connmon_idle_reuse_gap_seconds_count{destination="10.0.1.5:6379",outcome="blackholed",role="client"} 1"#,
+            r#"connmon_idle_reuse_gap_seconds_count{destination="10.0.1.5:6379",outcome="reset",role="client"} 1"#,
+            r#"connmon_idle_reuse_gap_seconds_count{destination="10.0.1.5:6379",outcome="peer_closed",role="client"} 1"#,
+            r#"connmon_idle_reuse_longest_survived_gap_seconds{destination="10.0.1.5:6379"} 300"#,
+            r#"connmon_idle_reuse_shortest_failed_gap_seconds{destination="10.0.1.5:6379"} 380"#,
+            r#"connmon_idle_reuse_longest_survived_gap_seconds{destination="10.0.1.6:6380"} 900"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(
+            !text.contains(
+                r#"connmon_idle_reuse_shortest_failed_gap_seconds{destination="10.0.1.6:6380"}"#
+            ),
+            "nothing failed on the way to y:\n{text}"
+        );
+    }
+
+    #[test]
+    fn idle_reuse_destinations_past_the_cap_are_other() {
+        use crate::detect::reuse::{IdleReuse, ReuseOutcome};
+        let metrics = Metrics::new(1).expect("metrics");
+        for remote in ["10.0.1.5:6379", "10.0.1.6:6379"] {
+            metrics.observe_idle_reuse(&IdleReuse {
+                role: Role::Client,
+                connection: &retransmit("app", remote).connection,
+                gap_ns: 5_000_000_000,
+                outcome: ReuseOutcome::Blackholed,
+            });
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"connmon_idle_reuse_gap_seconds_count{destination="other",outcome="blackholed",role="client"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"connmon_idle_reuse_shortest_failed_gap_seconds{destination="other"} 5"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub fn dump_tcp(netns_file: Option<&Path>) -> io::Result<Vec<DiagSocket>> {
     in_netns(netns_file, dump_here)
 }
 
+/// The cookie that matches any socket (`INET_DIAG_NOCOOKIE` in both
+/// words): the addresses and ports alone select it.
+pub const ANY_COOKIE: u64 = u64::MAX;
+
 /// Aborts one TCP socket (sock_diag `SOCK_DESTROY`, what `ss -K` does): the
 /// owner's blocked call fails with ECONNABORTED now, instead of when the
 /// kernel gives up. The cookie must match, so no other socket can be hit.

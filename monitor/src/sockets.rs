@@ -15,11 +15,12 @@
 
 // Keys are kernel cookies, not attacker-chosen input: a fast hasher is
 // safe here and the table is on the per-event path.
-use std::{
-    collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::{collections::BTreeSet, net::SocketAddr};
 
+use monitor_common::{
+    socket::role_from_watched_ports,
+    user::{ip_from_wire, ip_to_wire},
+};
 use rustc_hash::FxHashMap;
 
 use crate::event::{Connection, EventKind, Role, SocketEvent};
@@ -37,7 +38,7 @@ struct Known {
     netns: u32,
     local_port: u16,
     remote_port: u16,
-    ipv6: bool,
+    family: u16,
     role: Role,
 }
 
@@ -50,7 +51,7 @@ impl Known {
             netns: 0,
             local_port: 0,
             remote_port: 0,
-            ipv6: false,
+            family: 0,
             role,
         };
         known.set_connection(connection);
@@ -58,31 +59,16 @@ impl Known {
     }
 
     fn set_connection(&mut self, connection: &Connection) {
-        let ip_bytes = |ip: IpAddr| match ip {
-            IpAddr::V4(v4) => {
-                let mut bytes = [0; 16];
-                bytes[..4].copy_from_slice(&v4.octets());
-                bytes
-            }
-            IpAddr::V6(v6) => v6.octets(),
-        };
-        self.local_ip = ip_bytes(connection.local.ip());
-        self.remote_ip = ip_bytes(connection.remote.ip());
+        (self.family, self.local_ip) = ip_to_wire(connection.local.ip());
+        (_, self.remote_ip) = ip_to_wire(connection.remote.ip());
         self.local_port = connection.local.port();
         self.remote_port = connection.remote.port();
         self.netns = connection.netns;
-        self.ipv6 = connection.local.is_ipv6();
     }
 
     fn connection(&self) -> Connection {
-        let address = |bytes: [u8; 16], port: u16| {
-            let ip = if self.ipv6 {
-                IpAddr::V6(Ipv6Addr::from(bytes))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-            };
-            SocketAddr::new(ip, port)
-        };
+        let address =
+            |bytes: [u8; 16], port: u16| SocketAddr::new(ip_from_wire(self.family, bytes), port);
         Connection {
             local: address(self.local_ip, self.local_port),
             remote: address(self.remote_ip, self.remote_port),
@@ -90,6 +76,7 @@ impl Known {
         }
     }
 }
+const _: () = assert!(size_of::<Known>() <= 56);
 
 #[derive(Debug)]
 pub struct SocketTable {
@@ -123,13 +110,11 @@ impl SocketTable {
     }
 
     fn inferred_role(&self, connection: &Connection) -> Role {
-        let local = self.watched_ports.contains(&connection.local.port());
-        let remote = self.watched_ports.contains(&connection.remote.port());
-        match (local, remote) {
-            (true, false) => Role::Server,
-            (false, true) => Role::Client,
-            _ => Role::Unknown,
-        }
+        let tag = role_from_watched_ports(
+            self.watched_ports.contains(&connection.local.port()),
+            self.watched_ports.contains(&connection.remote.port()),
+        );
+        Role::try_from(tag).unwrap_or(Role::Unknown)
     }
 
     /// Forgets sockets silent for `silent_ns` up to `now_ns`; returns how
@@ -195,24 +180,10 @@ impl Default for SocketTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{ActivityTimes, Role, TcpState};
+    use crate::event::Role;
 
     fn event(cookie: u64, kind: EventKind, local: &str, remote: &str) -> SocketEvent {
-        SocketEvent {
-            timestamp_ns: 1,
-            cookie,
-            kind,
-            owner: None,
-            role: Role::Client,
-            connection: Connection {
-                local: local.parse().expect("addr"),
-                remote: remote.parse().expect("addr"),
-                netns: 1,
-            },
-            state: TcpState(1),
-            activity: ActivityTimes::default(),
-            end: None,
-        }
+        SocketEvent::unowned(cookie, kind, local, remote)
     }
 
     #[test]
@@ -235,7 +206,10 @@ mod tests {
         assert_eq!(error.connection.local.to_string(), "10.0.0.1:40000");
         let mut destroyed = event(
             7,
-            EventKind::Destroyed { errno: 0 },
+            EventKind::Destroyed {
+                errno: 0,
+                total_retrans_low: 0,
+            },
             "10.0.0.1:0",
             "10.0.0.2:6379",
         );

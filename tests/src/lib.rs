@@ -11,6 +11,7 @@ pub mod blackout;
 pub mod cgroup;
 pub mod cmd;
 pub mod connmon;
+pub mod fleet;
 pub mod netns;
 pub mod peer;
 pub mod poll;

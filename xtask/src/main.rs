@@ -60,8 +60,8 @@ enum Task {
     /// qemu: start-up, hook choice and an idle-connection storm inside the
     /// guest.
     VmTest {
-        /// Only this kernel series (e.g. `6.12`, or `5.10`, which is not in
-        /// the default matrix yet); default: the default matrix.
+        /// Only this kernel series (e.g. `6.12`); default: the whole
+        /// matrix.
         #[arg(long)]
         kernel: Option<String>,
         /// Rewrite docs/kernels.md's per-kernel tables from the runs'

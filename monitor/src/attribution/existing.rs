@@ -14,7 +14,7 @@ use std::{
 };
 
 use monitor_common::socket::{
-    Activity, OWNER_SOURCE_PROC, Owner, PrimedSocket, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
+    Activity, OWNER_SOURCE_PROC, Owner, PrimedSocket, ROLE_UNKNOWN, role_from_watched_ports,
 };
 use tracing::debug;
 
@@ -167,15 +167,12 @@ pub fn inventory(
     known
 }
 
-/// The watched port on our side makes us the server.
+/// `ROLE_*` inferred from which end's port is watched.
 fn role_for(socket: &sockdiag::DiagSocket, watched: &dyn Fn(u16, u16) -> bool) -> u8 {
-    if watched(socket.local.port(), 0) {
-        ROLE_SERVER
-    } else if watched(0, socket.remote.port()) {
-        ROLE_CLIENT
-    } else {
-        ROLE_UNKNOWN
-    }
+    role_from_watched_ports(
+        watched(socket.local.port(), 0),
+        watched(0, socket.remote.port()),
+    )
 }
 
 /// Resolves owners of sockets the kernel never saw used in process context,

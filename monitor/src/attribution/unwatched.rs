@@ -13,12 +13,11 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use monitor_common::{counters::UnwatchedRetransmits, socket::Tuple, tcp::AF_INET6};
+use monitor_common::counters::UnwatchedRetransmits;
 
 use super::procfs;
 use crate::{event::Role, sockdiag};
@@ -245,7 +244,7 @@ pub fn resolve_from_proc(
             Err(_) => (HashMap::new(), None),
         };
         for (cookie, counts) in sockets {
-            let (local, remote) = endpoints(&counts.tuple);
+            let (local, remote) = (counts.tuple.local(), counts.tuple.remote());
             let inode = inodes
                 .get(cookie)
                 .copied()
@@ -314,20 +313,6 @@ pub fn role_by_ports(local: u16, remote: u16, ephemeral: Option<(u16, u16)>) -> 
         (false, true) => Role::Server,
         _ => Role::Unknown,
     }
-}
-
-fn endpoints(tuple: &Tuple) -> (SocketAddr, SocketAddr) {
-    let ip = |bytes: [u8; 16]| -> IpAddr {
-        if tuple.family == AF_INET6 {
-            IpAddr::V6(Ipv6Addr::from(bytes))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-        }
-    };
-    (
-        SocketAddr::new(ip(tuple.local_addr), tuple.local_port),
-        SocketAddr::new(ip(tuple.remote_addr), tuple.remote_port),
-    )
 }
 
 #[cfg(test)]

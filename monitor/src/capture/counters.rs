@@ -38,10 +38,7 @@ impl KernelCounters {
             let per_cpu = self
                 .array
                 .get(&index, 0)
-                .map_err(|error| CaptureError::Map {
-                    name: "COUNTERS",
-                    reason: error.to_string(),
-                })?;
+                .map_err(super::map_error(monitor_common::maps::COUNTERS))?;
             values.push(
                 per_cpu
                     .iter()

@@ -7,12 +7,17 @@ pub struct Hook {
     pub tracepoint: &'static str,
     /// Program name in the object.
     pub program: &'static str,
+    /// The program's variant for kernels whose tracing programs lack
+    /// socket-local storage and the cookie helper (`StateStore::ByAddress`);
+    /// `None`: the tracepoint is newer than those kernels.
+    pub by_address: Option<&'static str>,
     /// Without it connmon cannot do its job at all.
     pub required: bool,
     /// What the hook gives; named in errors and degradation warnings.
     pub purpose: &'static str,
-    /// Where the same facts come from on kernels without the tracepoint.
-    pub fallback: Option<Fallback>,
+    /// Where the same facts come from on kernels without the tracepoint,
+    /// in order of preference.
+    pub fallbacks: &'static [Fallback],
 }
 
 /// An fexit program on a kernel function, used when a tracepoint is
@@ -23,6 +28,8 @@ pub struct Fallback {
     /// Kernel function (must be in BTF with `args` parameters).
     pub function: &'static str,
     pub program: &'static str,
+    /// As `Hook::by_address`.
+    pub by_address: Option<&'static str>,
     /// Parameter count the program was written for; the return value is
     /// read right after them.
     pub args: usize,
@@ -34,73 +41,93 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         tracepoint: "sock_send_length",
         program: "sock_send_length",
+        by_address: None,
         required: false,
         purpose: "socket owner and idle time from sends",
-        fallback: Some(Fallback {
+        fallbacks: &[Fallback {
             function: "tcp_sendmsg",
             program: "tcp_sendmsg_exit",
+            by_address: Some("tcp_sendmsg_exit_by_address"),
             args: 3,
-        }),
+        }],
     },
     Hook {
         tracepoint: "sock_recv_length",
         program: "sock_recv_length",
+        by_address: None,
         required: false,
         purpose: "socket owner and idle time from receives, recovery by received data",
-        fallback: Some(Fallback {
-            function: "tcp_recvmsg",
-            program: "tcp_recvmsg_exit",
-            // 5.19 to 6.2 (6.1 included); the tracepoint came in 6.3.
-            args: 5,
-        }),
+        fallbacks: &[
+            Fallback {
+                function: "tcp_recvmsg",
+                program: "tcp_recvmsg_exit",
+                // 5.19 to 6.2 (6.1 included); the tracepoint came in 6.3.
+                by_address: None,
+                args: 5,
+            },
+            Fallback {
+                function: "tcp_recvmsg",
+                program: "tcp_recvmsg6_exit",
+                // Before 5.19 (with `nonblock`), 5.10 included.
+                by_address: Some("tcp_recvmsg6_exit_by_address"),
+                args: 6,
+            },
+        ],
     },
     Hook {
         tracepoint: "inet_sock_set_state",
         program: "inet_sock_set_state",
+        by_address: Some("inet_sock_set_state_by_address"),
         required: true,
         purpose: "connection state changes and the owner of outgoing connections",
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         tracepoint: "tcp_retransmit_skb",
         program: "tcp_retransmit_skb",
+        by_address: Some("tcp_retransmit_skb_by_address"),
         required: true,
         purpose: "retransmits",
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         tracepoint: "tcp_cong_state_set",
         program: "tcp_cong_state_set",
+        by_address: None,
         required: false,
         purpose: "recovery by acknowledged data",
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         tracepoint: "tcp_receive_reset",
         program: "tcp_receive_reset",
+        by_address: Some("tcp_receive_reset_by_address"),
         required: false,
         purpose: "resets received",
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         tracepoint: "tcp_send_reset",
         program: "tcp_send_reset",
+        by_address: Some("tcp_send_reset_by_address"),
         required: false,
         purpose: "resets sent",
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         tracepoint: "inet_sk_error_report",
         program: "inet_sk_error_report",
+        by_address: None,
         required: false,
         purpose: "socket errors such as ETIMEDOUT when the kernel gives up",
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         tracepoint: "tcp_destroy_sock",
         program: "tcp_destroy_sock",
+        by_address: Some("tcp_destroy_sock_by_address"),
         required: true,
         purpose: "socket teardown (frees the socket's map entry)",
-        fallback: None,
+        fallbacks: &[],
     },
 ];

@@ -17,19 +17,16 @@ use aya::{
 };
 use monitor_common::{
     counters::UnwatchedRetransmits,
-    globals::{ProbeSettings, ring_wake_bytes, watched_port_bits},
+    globals::{
+        KernelOffsets, ProbeSettings, WATCHED_PORT_WORDS, ring_wake_bytes, watched_port_bits,
+    },
+    maps,
     socket::PrimedSocket,
 };
 use tracing::{info, warn};
 
 pub use self::hooks::{HOOKS, Hook};
 use self::offsets::KernelBtf;
-
-/// Names of the kernel object's maps, in one place.
-pub mod map_names {
-    pub const PRIMED_SOCKETS: &str = "PRIMED_SOCKETS";
-    pub const UNWATCHED_RETRANSMITS: &str = "UNWATCHED_RETRANSMITS";
-}
 
 /// Where the kernel publishes its own BTF.
 pub const KERNEL_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -68,7 +65,7 @@ pub enum CaptureError {
     Attach { hook: &'static str, reason: String },
     #[error(
         "this kernel is too old for connmon: its tracing programs lack the BPF helper {helper} (added in Linux {since}; \
-         connmon needs 5.12 or newer, see docs/kernels.md); refused while loading {hook}"
+         see docs/kernels.md); refused while loading {hook}"
     )]
     KernelTooOld {
         hook: &'static str,
@@ -104,23 +101,10 @@ pub struct CaptureConfig {
     pub fail_fast: bool,
 }
 
-impl Default for CaptureConfig {
-    fn default() -> Self {
-        Self {
-            watched_ports: BTreeSet::from([6379]),
-            watch_all_ports: false,
-            every_state_change: false,
-            idle_threshold_ns: 30_000_000_000,
-            socket_map_entries: 65_536,
-            ring_buffer_bytes: 1 << 20,
-            fail_fast: false,
-        }
-    }
-}
-
 /// Loaded and attached programs. Dropping it detaches every program.
 pub struct Capture {
     ebpf: Ebpf,
+    store: StateStore,
     attached: Vec<&'static str>,
     degraded: Vec<&'static Hook>,
     program_fds: Vec<(&'static str, aya::programs::ProgramFd)>,
@@ -154,11 +138,21 @@ impl Capture {
             warn!(field = %field, "kernel has no such field; the value it feeds is reported as 0");
         }
 
-        let (plan, mut degraded) = choose_hooks(&kernel_btf)?;
+        let plan = choose_hooks(&kernel_btf)?;
         info!(
-            hooks = ?plan.iter().map(|(hook, source)| source.describe(hook)).collect::<Vec<_>>(),
+            hooks = ?plan.hooks.iter().map(|(hook, source)| source.describe(hook)).collect::<Vec<_>>(),
+            store = ?plan.store,
             "hooks chosen for this kernel"
         );
+        if plan.store == StateStore::ByAddress {
+            warn!(
+                hook = SOCKET_LOCAL_STORAGE.tracepoint,
+                lost = SOCKET_LOCAL_STORAGE.purpose,
+                map_entries = config.socket_map_entries,
+                "this kernel's BPF tracing programs have no socket-local storage (5.11) or socket cookie \
+                 helper (5.12); capability degraded"
+            );
+        }
 
         let ns_per_jiffy = ns_per_jiffy().ok_or(CaptureError::Clock)?;
         let idle_threshold_ticks = config.idle_threshold_ns.div_ceil(ns_per_jiffy);
@@ -191,62 +185,26 @@ impl Capture {
             path: btf_path.clone(),
             reason: source.to_string(),
         })?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&aya_btf))
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("SETTINGS", &settings, true)
-            .override_global("WATCHED_PORT_BITS", &watched_port_bits, true)
-            .map_max_entries(map_names::PRIMED_SOCKETS, config.socket_map_entries.max(1))
-            .map_max_entries("EVENTS", config.ring_buffer_bytes)
-            .load(PROGRAMS_OBJECT)
-            .map_err(load_error)?;
-
-        let mut attached = Vec::new();
-        let mut programs = Vec::new();
-        let mut program_fds = Vec::new();
-        for (hook, source) in plan {
-            let started = std::time::Instant::now();
-            let fd = match attach(&mut ebpf, &aya_btf, hook, source) {
-                Ok(fd) => fd,
-                // Trampolines can be refused (e.g. lockdown or a kernel that
-                // blocks them): an optional hook then degrades, as if absent.
-                // (A kernel too old for the programs is not a refused
-                // trampoline: it stops start-up below, with its reason.)
-                Err(error)
-                    if !hook.required
-                        && matches!(source, Source::FExit(_))
-                        && !matches!(error, CaptureError::KernelTooOld { .. }) =>
-                {
-                    warn!(
-                        hook = source.describe(hook),
-                        lost = hook.purpose,
-                        %error,
-                        "fallback hook refused; capability degraded"
-                    );
-                    degraded.push(hook);
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            let program = source.program(hook);
-            match fd {
-                Ok(fd) => {
-                    info!(
-                        program,
-                        verified_insns = verified_insns(&fd),
-                        load_ms = started.elapsed().as_millis() as u64,
-                        "kernel program attached"
-                    );
-                    program_fds.push((program, fd));
-                }
-                Err(error) => warn!(program, %error, "no statistics for this program"),
-            }
-            attached.push(hook.tracepoint);
-            programs.push(program);
-        }
+        let store = plan.store;
+        let loaded = load_and_attach(
+            &aya_btf,
+            config,
+            &offsets,
+            settings,
+            &watched_port_bits,
+            plan,
+        )?;
+        let Loaded {
+            ebpf,
+            attached,
+            programs,
+            program_fds,
+            degraded,
+        } = loaded;
         info!(hooks = ?attached, ?programs, degraded = degraded.len(), "kernel programs attached");
         Ok(Self {
             ebpf,
+            store,
             attached,
             degraded,
             program_fds,
@@ -257,6 +215,12 @@ impl Capture {
     /// program serves it), in attach order.
     pub fn attached(&self) -> &[&'static str] {
         &self.attached
+    }
+
+    /// Where the programs keep socket state; with `ByAddress`, the
+    /// records' cookies are socket addresses, not sock_diag cookies.
+    pub fn store(&self) -> StateStore {
+        self.store
     }
 
     /// Optional hooks this kernel lacks or refused: each names the
@@ -272,16 +236,13 @@ impl Capture {
         &mut self,
         known: &[crate::attribution::existing::KnownSocket],
     ) -> Result<usize, CaptureError> {
-        let name = map_names::PRIMED_SOCKETS;
+        let name = maps::PRIMED_SOCKETS;
         let map = self.ebpf.map_mut(name).ok_or(CaptureError::Map {
             name,
             reason: "missing from the object".into(),
         })?;
         let mut primed: aya::maps::HashMap<&mut MapData, u64, PrimedSocket> =
-            aya::maps::HashMap::try_from(map).map_err(|error| CaptureError::Map {
-                name,
-                reason: error.to_string(),
-            })?;
+            aya::maps::HashMap::try_from(map).map_err(map_error(name))?;
         let mut added = 0;
         for socket in known {
             if primed.insert(socket.cookie, socket.state, 0).is_ok() {
@@ -313,40 +274,36 @@ impl Capture {
     pub fn take_unwatched_retransmits(
         &mut self,
     ) -> Result<aya::maps::HashMap<MapData, u64, UnwatchedRetransmits>, CaptureError> {
-        let name = map_names::UNWATCHED_RETRANSMITS;
-        let map = self.ebpf.take_map(name).ok_or(CaptureError::Map {
-            name,
-            reason: "already taken".into(),
-        })?;
-        aya::maps::HashMap::try_from(map).map_err(|error| CaptureError::Map {
-            name,
-            reason: error.to_string(),
-        })
+        let name = maps::UNWATCHED_RETRANSMITS;
+        aya::maps::HashMap::try_from(self.take_map(name)?).map_err(map_error(name))
     }
 
     /// Takes the event ring buffer (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(CaptureError::Map {
-            name: "EVENTS",
-            reason: "already taken".into(),
-        })?;
-        RingBuf::try_from(map).map_err(|error| CaptureError::Map {
-            name: "EVENTS",
-            reason: error.to_string(),
-        })
+        RingBuf::try_from(self.take_map(maps::EVENTS)?).map_err(map_error(maps::EVENTS))
     }
 
     /// Takes the kernel counters (once).
     pub fn take_counters(&mut self) -> Result<counters::KernelCounters, CaptureError> {
-        let map = self.ebpf.take_map("COUNTERS").ok_or(CaptureError::Map {
-            name: "COUNTERS",
-            reason: "already taken".into(),
-        })?;
-        let array = PerCpuArray::try_from(map).map_err(|error| CaptureError::Map {
-            name: "COUNTERS",
-            reason: error.to_string(),
-        })?;
+        let array = PerCpuArray::try_from(self.take_map(maps::COUNTERS)?)
+            .map_err(map_error(maps::COUNTERS))?;
         Ok(counters::KernelCounters::new(array))
+    }
+
+    /// Takes the map `name` out of the object (once).
+    fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
+        self.ebpf.take_map(name).ok_or(CaptureError::Map {
+            name,
+            reason: "already taken".into(),
+        })
+    }
+}
+
+/// A map error as a capture error naming the map.
+pub(crate) fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> CaptureError {
+    move |error| CaptureError::Map {
+        name,
+        reason: error.to_string(),
     }
 }
 
@@ -434,10 +391,16 @@ enum Source {
 }
 
 impl Source {
-    fn program(self, hook: &'static Hook) -> &'static str {
-        match self {
-            Self::Tracepoint => hook.program,
-            Self::FExit(fallback) => fallback.program,
+    /// The program serving `hook` from this source with `store`; `None`:
+    /// the object has no such variant.
+    fn program(self, hook: &'static Hook, store: StateStore) -> Option<&'static str> {
+        let (local, by_address) = match self {
+            Self::Tracepoint => (hook.program, hook.by_address),
+            Self::FExit(fallback) => (fallback.program, fallback.by_address),
+        };
+        match store {
+            StateStore::LocalStorage => Some(local),
+            StateStore::ByAddress => by_address,
         }
     }
 
@@ -452,8 +415,45 @@ impl Source {
     }
 }
 
-/// The hooks to attach with their sources, and the capabilities lost.
-type HookPlan = (Vec<(&'static Hook, Source)>, Vec<&'static Hook>);
+/// Where the programs keep a watched socket's state, which decides the
+/// program variants attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateStore {
+    /// Socket-local storage, sockets named by the kernel's cookie (tracing
+    /// programs got `bpf_sk_storage_get` in 5.11, `bpf_get_socket_cookie`
+    /// in 5.12).
+    LocalStorage,
+    /// A hash map keyed by the socket's address, which also names the
+    /// socket in the records (5.10).
+    ByAddress,
+}
+
+/// Functions the kernel has exactly when its tracing programs may call the
+/// helper: the helpers' tracing variants (`BPF_CALL_*` definitions).
+const TRACING_SK_STORAGE_FN: &str = "bpf_sk_storage_get_tracing";
+const TRACING_SOCKET_COOKIE_FN: &str = "bpf_get_socket_ptr_cookie";
+
+/// Not a hook: what a kernel without `StateStore::LocalStorage` lacks,
+/// logged and exported with the degraded hooks.
+pub static SOCKET_LOCAL_STORAGE: Hook = Hook {
+    tracepoint: "socket_local_storage",
+    program: "",
+    by_address: None,
+    required: false,
+    purpose: "socket cookies (records name sockets by kernel address; owners from sock_diag and \
+              /proc, unwatched retransmits' owners and fail-fast aborts are matched by addresses and \
+              ports instead) and unbounded per-socket state (a hash map of --socket-map-entries)",
+    fallbacks: &[],
+};
+
+/// The hooks to attach with their sources, the state store their programs
+/// use, and the capabilities lost.
+#[derive(Debug)]
+pub struct HookPlan {
+    store: StateStore,
+    hooks: Vec<(&'static Hook, Source)>,
+    degraded: Vec<&'static Hook>,
+}
 
 /// Decides per hook, from the kernel's BTF, what serves it (see
 /// `plan_hooks`).
@@ -465,25 +465,131 @@ fn choose_hooks(kernel_btf: &KernelBtf) -> Result<HookPlan, CaptureError> {
     )
 }
 
-/// Per hook: the BTF tracepoint when the kernel has it, else a fallback
-/// whose function has the expected number of parameters, else nothing: an
-/// error for a required hook, a warning naming the capability lost for an
-/// optional one (also returned, for `Capture::degraded`).
+/// What `load_and_attach` gives `Capture`.
+struct Loaded {
+    ebpf: Ebpf,
+    attached: Vec<&'static str>,
+    programs: Vec<&'static str>,
+    program_fds: Vec<(&'static str, aya::programs::ProgramFd)>,
+    degraded: Vec<&'static Hook>,
+}
+
+/// Loads the object with `settings` and attaches each planned hook; on an
+/// error, whatever was attached is detached again (dropped).
+fn load_and_attach(
+    aya_btf: &Btf,
+    config: &CaptureConfig,
+    offsets: &KernelOffsets,
+    settings: ProbeSettings,
+    watched_port_bits: &[u64; WATCHED_PORT_WORDS],
+    plan: HookPlan,
+) -> Result<Loaded, CaptureError> {
+    let HookPlan {
+        store,
+        hooks,
+        mut degraded,
+    } = plan;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(aya_btf))
+        .override_global(maps::OFFSETS, offsets, true)
+        .override_global(maps::SETTINGS, &settings, true)
+        .override_global(maps::WATCHED_PORT_BITS, watched_port_bits, true)
+        .map_max_entries(maps::PRIMED_SOCKETS, config.socket_map_entries.max(1))
+        .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
+        .map_max_entries(
+            maps::SOCKET_STATE_BY_ADDRESS,
+            if store == StateStore::ByAddress {
+                config.socket_map_entries.max(1)
+            } else {
+                1
+            },
+        )
+        .load(PROGRAMS_OBJECT)
+        .map_err(load_error)?;
+
+    let mut attached = Vec::new();
+    let mut programs = Vec::new();
+    let mut program_fds = Vec::new();
+    for (hook, source) in hooks {
+        let started = std::time::Instant::now();
+        let fd = match attach(&mut ebpf, aya_btf, hook, source, store) {
+            Ok(fd) => fd,
+            // Trampolines can be refused (e.g. lockdown or a kernel that
+            // blocks them): an optional hook then degrades, as if absent.
+            // (A kernel too old for the programs is not a refused
+            // trampoline: it stops start-up below, with its reason.)
+            Err(error)
+                if !hook.required
+                    && matches!(source, Source::FExit(_))
+                    && !matches!(error, CaptureError::KernelTooOld { .. }) =>
+            {
+                warn!(
+                    hook = source.describe(hook),
+                    lost = hook.purpose,
+                    %error,
+                    "fallback hook refused; capability degraded"
+                );
+                degraded.push(hook);
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let program = source.program(hook, store).unwrap_or(hook.program);
+        match fd {
+            Ok(fd) => {
+                info!(
+                    program,
+                    verified_insns = verified_insns(&fd),
+                    load_ms = started.elapsed().as_millis() as u64,
+                    "kernel program attached"
+                );
+                program_fds.push((program, fd));
+            }
+            Err(error) => warn!(program, %error, "no statistics for this program"),
+        }
+        attached.push(hook.tracepoint);
+        programs.push(program);
+    }
+    Ok(Loaded {
+        ebpf,
+        attached,
+        programs,
+        program_fds,
+        degraded,
+    })
+}
+
+/// First the state store: socket-local storage where tracing programs
+/// have it and the cookie helper (both tracing helpers' functions are in
+/// BTF), else the by-address map. Then per hook: the BTF tracepoint when
+/// the kernel has it, else the first fallback whose function has the
+/// expected number of parameters, either with a program variant for the
+/// store; else nothing: an error for a required hook, a warning naming the
+/// capability lost for an optional one (also returned, for
+/// `Capture::degraded`).
 fn plan_hooks(
     hooks: &'static [Hook],
     has_tracepoint: impl Fn(&str) -> bool,
     function_args: impl Fn(&str) -> Option<usize>,
 ) -> Result<HookPlan, CaptureError> {
+    let store = if function_args(TRACING_SK_STORAGE_FN).is_some()
+        && function_args(TRACING_SOCKET_COOKIE_FN).is_some()
+    {
+        StateStore::LocalStorage
+    } else {
+        StateStore::ByAddress
+    };
     let mut plan = Vec::new();
     let mut degraded = Vec::new();
     for hook in hooks {
-        if has_tracepoint(hook.tracepoint) {
+        if has_tracepoint(hook.tracepoint) && Source::Tracepoint.program(hook, store).is_some() {
             plan.push((hook, Source::Tracepoint));
             continue;
         }
-        if let Some(fallback) = &hook.fallback
-            && function_args(fallback.function) == Some(fallback.args)
-        {
+        if let Some(fallback) = hook.fallbacks.iter().find(|fallback| {
+            function_args(fallback.function) == Some(fallback.args)
+                && Source::FExit(fallback).program(hook, store).is_some()
+        }) {
             plan.push((hook, Source::FExit(fallback)));
             continue;
         }
@@ -500,7 +606,14 @@ fn plan_hooks(
         );
         degraded.push(hook);
     }
-    Ok((plan, degraded))
+    if store == StateStore::ByAddress {
+        degraded.push(&SOCKET_LOCAL_STORAGE);
+    }
+    Ok(HookPlan {
+        store,
+        hooks: plan,
+        degraded,
+    })
 }
 
 /// Loads and attaches one hook's program; on success, a second fd on the
@@ -510,8 +623,11 @@ fn attach(
     btf: &Btf,
     hook: &'static Hook,
     source: Source,
+    store: StateStore,
 ) -> Result<Result<aya::programs::ProgramFd, ProgramError>, CaptureError> {
-    let name = source.program(hook);
+    let name = source.program(hook, store).ok_or_else(|| {
+        CaptureError::Load(format!("no {store:?} program for {}", hook.tracepoint))
+    })?;
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| CaptureError::Load(format!("program {name} missing from the object")))?;
@@ -563,61 +679,174 @@ fn verified_insns(fd: &aya::programs::ProgramFd) -> u64 {
 mod tests {
     use super::*;
 
-    fn described(plan: &[(&'static Hook, Source)]) -> Vec<String> {
-        plan.iter()
+    fn described(plan: &HookPlan) -> Vec<String> {
+        plan.hooks
+            .iter()
             .map(|(hook, source)| source.describe(hook))
             .collect()
+    }
+
+    fn programs(plan: &HookPlan) -> Vec<&'static str> {
+        plan.hooks
+            .iter()
+            .map(|(hook, source)| source.program(hook, plan.store).unwrap())
+            .collect()
+    }
+
+    /// A kernel from 5.12 on: its tracing programs have socket-local
+    /// storage and the cookie helper; `others` answers for the rest.
+    fn with_tracing_helpers(
+        others: impl Fn(&str) -> Option<usize>,
+    ) -> impl Fn(&str) -> Option<usize> {
+        move |function| match function {
+            TRACING_SK_STORAGE_FN => Some(5),
+            TRACING_SOCKET_COOKIE_FN => Some(1),
+            other => others(other),
+        }
     }
 
     /// Linux 6.18: every tracepoint exists; no fallback is used.
     #[test]
     fn every_tracepoint_present_uses_tracepoints_only() {
-        let (plan, degraded) = plan_hooks(HOOKS, |_| true, |_| None).unwrap();
-        assert_eq!(plan.len(), HOOKS.len());
-        assert!(degraded.is_empty());
+        let plan = plan_hooks(HOOKS, |_| true, with_tracing_helpers(|_| None)).unwrap();
+        assert_eq!(plan.store, StateStore::LocalStorage);
+        assert_eq!(plan.hooks.len(), HOOKS.len());
+        assert!(plan.degraded.is_empty());
         assert!(described(&plan).iter().all(|d| d.starts_with("tp_btf/")));
+        let hook_programs: Vec<_> = HOOKS.iter().map(|hook| hook.program).collect();
+        assert_eq!(programs(&plan), hook_programs);
     }
 
     /// Linux 6.1: no send/receive tracepoints; the TCP functions' exits
     /// serve them, with the argument counts the programs were written for.
     #[test]
     fn missing_send_receive_tracepoints_fall_back_to_fexit() {
-        let (plan, degraded) = plan_hooks(
+        let plan = plan_hooks(
             HOOKS,
             |tp| !matches!(tp, "sock_send_length" | "sock_recv_length"),
-            |function| match function {
+            with_tracing_helpers(|function| match function {
                 "tcp_sendmsg" => Some(3),
                 "tcp_recvmsg" => Some(5),
+                _ => None,
+            }),
+        )
+        .unwrap();
+        assert_eq!(plan.store, StateStore::LocalStorage);
+        assert!(plan.degraded.is_empty());
+        let described = described(&plan);
+        assert!(described.contains(&"fexit/tcp_sendmsg (no tracepoint sock_send_length)".into()));
+        assert!(described.contains(&"fexit/tcp_recvmsg (no tracepoint sock_recv_length)".into()));
+        assert_eq!(plan.hooks.len(), HOOKS.len());
+        assert!(programs(&plan).contains(&"tcp_recvmsg_exit"));
+    }
+
+    /// 5.12 to 5.18: `tcp_recvmsg` still has `nonblock` (six parameters).
+    #[test]
+    fn six_parameter_recvmsg_gets_its_own_program() {
+        let plan = plan_hooks(
+            HOOKS,
+            |tp| !matches!(tp, "sock_send_length" | "sock_recv_length"),
+            with_tracing_helpers(|function| match function {
+                "tcp_sendmsg" => Some(3),
+                "tcp_recvmsg" => Some(6),
+                _ => None,
+            }),
+        )
+        .unwrap();
+        assert!(plan.degraded.is_empty());
+        assert!(programs(&plan).contains(&"tcp_recvmsg6_exit"));
+    }
+
+    /// Linux 5.10: no socket-local storage or cookie helper for tracing
+    /// programs, no congestion-state or error-report tracepoint, a
+    /// six-parameter `tcp_recvmsg`: every program is the by-address
+    /// variant, and each thing lost is named.
+    #[test]
+    fn kernel_without_tracing_socket_helpers_uses_by_address_programs() {
+        let plan = plan_hooks(
+            HOOKS,
+            |tp| {
+                !matches!(
+                    tp,
+                    "sock_send_length"
+                        | "sock_recv_length"
+                        | "tcp_cong_state_set"
+                        | "inet_sk_error_report"
+                )
+            },
+            |function| match function {
+                "tcp_sendmsg" => Some(3),
+                "tcp_recvmsg" => Some(6),
                 _ => None,
             },
         )
         .unwrap();
-        assert!(degraded.is_empty());
-        let described = described(&plan);
-        assert!(described.contains(&"fexit/tcp_sendmsg (no tracepoint sock_send_length)".into()));
-        assert!(described.contains(&"fexit/tcp_recvmsg (no tracepoint sock_recv_length)".into()));
-        assert_eq!(plan.len(), HOOKS.len());
+        assert_eq!(plan.store, StateStore::ByAddress);
+        let programs = programs(&plan);
+        assert_eq!(programs.len(), 7, "{programs:?}");
+        assert!(
+            programs.iter().all(|p| p.ends_with("_by_address")),
+            "{programs:?}"
+        );
+        assert!(programs.contains(&"tcp_recvmsg6_exit_by_address"));
+        let degraded: Vec<_> = plan.degraded.iter().map(|hook| hook.tracepoint).collect();
+        assert_eq!(
+            degraded,
+            [
+                "tcp_cong_state_set",
+                "inet_sk_error_report",
+                "socket_local_storage"
+            ]
+        );
+    }
+
+    /// 5.11 has socket-local storage for tracing programs but not the
+    /// cookie helper: the by-address variants, which need neither.
+    #[test]
+    fn storage_without_cookie_helper_is_not_enough() {
+        let plan = plan_hooks(
+            HOOKS,
+            |_| true,
+            |function| (function == TRACING_SK_STORAGE_FN).then_some(5),
+        )
+        .unwrap();
+        assert_eq!(plan.store, StateStore::ByAddress);
+        // The send/receive tracepoints (6.3+) have no by-address variant.
+        assert!(
+            plan.degraded
+                .iter()
+                .any(|hook| hook.tracepoint == "sock_send_length")
+        );
     }
 
     /// A fallback whose function has another shape is not used: the
     /// program would read the wrong argument as the return value.
     #[test]
     fn fallback_with_other_shape_degrades_the_capability() {
-        let (plan, degraded) = plan_hooks(
+        let plan = plan_hooks(
             HOOKS,
             |tp| tp != "sock_recv_length",
-            |function| (function == "tcp_recvmsg").then_some(6),
+            with_tracing_helpers(|function| (function == "tcp_recvmsg").then_some(4)),
         )
         .unwrap();
-        assert_eq!(plan.len(), HOOKS.len() - 1);
-        assert_eq!(degraded.len(), 1);
-        assert_eq!(degraded[0].tracepoint, "sock_recv_length");
-        assert!(degraded[0].purpose.contains("recovery by received data"));
+        assert_eq!(plan.hooks.len(), HOOKS.len() - 1);
+        assert_eq!(plan.degraded.len(), 1);
+        assert_eq!(plan.degraded[0].tracepoint, "sock_recv_length");
+        assert!(
+            plan.degraded[0]
+                .purpose
+                .contains("recovery by received data")
+        );
     }
 
     #[test]
     fn missing_required_tracepoint_is_an_error_naming_it() {
-        let error = plan_hooks(HOOKS, |tp| tp != "tcp_retransmit_skb", |_| None).unwrap_err();
+        let error = plan_hooks(
+            HOOKS,
+            |tp| tp != "tcp_retransmit_skb",
+            with_tracing_helpers(|_| None),
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 error,

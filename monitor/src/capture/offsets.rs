@@ -252,6 +252,14 @@ pub fn resolve(btf: &KernelBtf) -> Result<(KernelOffsets, Vec<String>), CaptureE
     take(opt("cgroup", "kn"), &mut offsets.cgroup_kn)?;
     take(opt("kernfs_node", "id"), &mut offsets.kernfs_node_id)?;
     take(opt("sock", "__sk_common.skc_hash"), &mut offsets.skc_hash)?;
+    take(
+        opt("tcp_sock", "total_retrans"),
+        &mut offsets.tcp_total_retrans,
+    )?;
+    take(
+        opt("sock", "__sk_common.skc_cookie"),
+        &mut offsets.skc_cookie,
+    )?;
     take(opt("tcp_sock", "write_seq"), &mut offsets.tcp_write_seq)?;
     take(opt("tcp_sock", "snd_nxt"), &mut offsets.tcp_snd_nxt)?;
     take(opt("tcp_sock", "snd_wnd"), &mut offsets.tcp_snd_wnd)?;

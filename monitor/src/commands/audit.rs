@@ -21,7 +21,8 @@ use crate::{
     cli::AuditArgs,
     config::KNOWN_SERVICES,
     daemon_client::DaemonClient,
-    event::{OwnerSource, ProcessRef},
+    event::{OwnerSource, ProcessRef, Role},
+    fleet::FleetTimeouts,
     risk::{self, Assessment, ConnectionView, PathTimeouts, SettingEffect},
 };
 
@@ -40,6 +41,10 @@ pub struct AuditedConnection {
     pub assessment: Assessment,
     pub verdict: &'static str,
     pub fix: Option<String>,
+    /// Where `path_timeout_seconds` came from: `configured` (the path
+    /// timeouts), `daemon_storms` (the local daemon's storms) or `fleet`
+    /// (every node's evidence, from `--prometheus-url`).
+    pub path_timeout_source: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +63,9 @@ pub struct AuditReport {
     /// Path idle timeouts inferred from a running daemon's storms: at most
     /// the shortest idle gap that ended in a storm, per destination.
     pub inferred_path_timeouts: BTreeMap<String, f64>,
+    /// Path idle timeout windows across the fleet (`--prometheus-url`),
+    /// with the URL they came from; `null` without one.
+    pub fleet_path_timeouts: Option<FleetTimeouts>,
 }
 
 /// Per destination, the shortest idle gap before a storm in the daemon's
@@ -69,11 +77,8 @@ pub fn inferred_timeouts(storms: &serde_json::Value) -> BTreeMap<String, f64> {
         .filter_map(|key| storms[key].as_array())
         .flatten();
     for record in records.filter(|r| r["event"] == "storm_started" || r["event"] == "storm_ended") {
-        let destination = if record["role"] == "server" {
-            &record["local"]
-        } else {
-            &record["remote"]
-        };
+        let destination = Role::from_name(record["role"].as_str())
+            .destination(&record["local"], &record["remote"]);
         let (Some(destination), Some(idle)) =
             (destination.as_str(), record["idle_seconds"].as_f64())
         else {
@@ -106,6 +111,7 @@ pub fn audit(
     all_ports: bool,
     paths: &PathTimeouts,
     inferred: BTreeMap<String, f64>,
+    fleet: Option<FleetTimeouts>,
 ) -> AuditReport {
     let proc_root = Path::new("/proc");
     let watched =
@@ -122,7 +128,7 @@ pub fn audit(
         .iter()
         .flat_map(|scan| &scan.sockets)
         .filter(|s| s.socket.state == monitor_common::tcp::TCP_ESTABLISHED)
-        .map(|s| assess_one(s, paths, &inferred, &mut attributor))
+        .map(|s| assess_one(s, paths, &inferred, fleet.as_ref(), &mut attributor))
         .collect();
     connections.sort_by_key(|c| {
         (
@@ -150,6 +156,7 @@ pub fn audit(
         connections,
         host_settings,
         inferred_path_timeouts: inferred,
+        fleet_path_timeouts: fleet,
     }
 }
 
@@ -157,6 +164,7 @@ fn assess_one(
     scanned: &ScannedSocket,
     paths: &PathTimeouts,
     inferred: &BTreeMap<String, f64>,
+    fleet: Option<&FleetTimeouts>,
     attributor: &mut Attributor,
 ) -> AuditedConnection {
     let socket = &scanned.socket;
@@ -167,29 +175,33 @@ fn assess_one(
         last_ack_recv: ms(socket.last_ack_recv_ms),
         keepalive_in: socket.keepalive_in,
     };
-    let service_port = if scanned.role == monitor_common::socket::ROLE_SERVER {
-        socket.local.port()
-    } else {
-        socket.remote.port()
-    };
+    let destination = Role::try_from(scanned.role)
+        .unwrap_or(Role::Unknown)
+        .destination(socket.local, socket.remote);
     let service = KNOWN_SERVICES
         .iter()
-        .find(|(port, _)| *port == service_port)
+        .find(|(port, _)| *port == destination.port())
         .map(|(_, name)| name.to_string());
     // A storm after a shorter idle gap is evidence the path forgets sooner
     // than configured.
-    let destination = if scanned.role == monitor_common::socket::ROLE_SERVER {
-        socket.local
-    } else {
-        socket.remote
-    };
     let mut path_timeout = paths.for_addr(socket.remote.ip());
+    let mut path_timeout_source = "configured";
     // Whatever answered at --daemon-url, only a sane number counts.
     if let Some(inferred) = inferred
         .get(&destination.to_string())
         .and_then(|seconds| Duration::try_from_secs_f64(seconds.max(1.0)).ok())
+        .filter(|inferred| *inferred < path_timeout)
     {
-        path_timeout = path_timeout.min(inferred);
+        path_timeout = inferred;
+        path_timeout_source = "daemon_storms";
+    }
+    // Every node's evidence (--prometheus-url), when it is tighter still.
+    if let Some(fleet) = fleet
+        .and_then(|fleet| fleet.at_most(&destination.to_string()))
+        .filter(|fleet| *fleet < path_timeout)
+    {
+        path_timeout = fleet;
+        path_timeout_source = "fleet";
     }
     let assessment = risk::assess(&view, path_timeout);
     let owner = scanned
@@ -221,6 +233,7 @@ fn assess_one(
             .then(|| risk::fix(&assessment, service.as_deref())),
         service,
         assessment,
+        path_timeout_source,
     }
 }
 
@@ -239,7 +252,13 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
         None => None,
     };
     let inferred = storms.as_ref().map(inferred_timeouts).unwrap_or_default();
-    let report = audit(&ports, args.all_ports, &paths, inferred);
+    // Asked for by name: a Prometheus that does not answer is an error.
+    let fleet = args
+        .prometheus_url
+        .as_deref()
+        .map(|url| FleetTimeouts::query(url, Duration::from_secs(5)))
+        .transpose()?;
+    let report = audit(&ports, args.all_ports, &paths, inferred, fleet);
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
@@ -271,14 +290,22 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 .map_or("off".to_string(), |s| format!("in {s}s"));
             writeln!(
                 out,
-                "{:<24} {:<13} {:<45} {:>7}s {:>7}s {:>10} {:>7}s  {}",
+                "{:<24} {:<13} {:<45} {:>7}s {:>7}s {:>10} {:>8}  {}",
                 c.verdict,
                 who,
                 format!("{} -> {}", c.local, c.remote),
                 c.assessment.idle_seconds,
                 c.assessment.quiet_seconds,
                 keepalive,
-                c.assessment.path_timeout_seconds,
+                format!(
+                    "{}s{}",
+                    c.assessment.path_timeout_seconds,
+                    match c.path_timeout_source {
+                        "fleet" => " fleet",
+                        "daemon_storms" => " storms",
+                        _ => "",
+                    }
+                ),
                 crate::output::escape::control(c.fix.as_deref().unwrap_or(""))
             )?;
         }
@@ -290,6 +317,22 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
         )?;
         for (destination, seconds) in &report.inferred_path_timeouts {
             writeln!(out, "  {destination}: {seconds:.0}s")?;
+        }
+    }
+    if let Some(fleet) = &report.fleet_path_timeouts {
+        writeln!(
+            out,
+            "\nPath idle timeouts across the fleet (every node's idle gaps, from {}):",
+            fleet.source
+        )?;
+        let seconds = |value: Option<f64>| value.map_or("?".to_string(), |s| format!("{s:.0}s"));
+        for (destination, window) in &fleet.windows {
+            writeln!(
+                out,
+                "  {destination}: above {}, at most {}",
+                seconds(window.above_seconds),
+                seconds(window.at_most_seconds)
+            )?;
         }
     }
     writeln!(out, "\nHost settings (by network namespace):")?;

@@ -80,6 +80,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Capture::start(&settings.capture_config()).context("starting kernel capture")?;
     let ring = capture.take_events()?;
     status.metrics.set_degraded_hooks(capture.degraded());
+    let cookies_are_addresses = capture.store() == crate::capture::StateStore::ByAddress;
 
     prime_existing_sockets(&mut capture, &settings.capture_config());
     crate::memory::release_freed_memory();
@@ -100,6 +101,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     info!(
         ports = ?settings.ports,
         all_ports = settings.all_ports,
+        netns = ?settings.netns,
+        prometheus_url = ?settings.prometheus_url,
         idle_threshold = ?settings.idle_threshold,
         confirm_retransmits = settings.confirm_retransmits,
         listen = %settings.listen,
@@ -127,7 +130,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let fail_fast = FailFast::new(settings.fail_fast, "/proc");
+    let fail_fast =
+        FailFast::new(settings.fail_fast, "/proc").with_cookies_as_addresses(cookies_are_addresses);
     if fail_fast.is_enabled() {
         info!(mode = ?settings.fail_fast, "fail-fast is on: sockets of confirmed storms are aborted");
     }
@@ -146,8 +150,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         status: status.clone(),
         alerts,
         settings,
+        latest_fleet: LatestFleet::default(),
     };
-    let at_risk = spawn_at_risk_audits(&pipeline.settings, status.clone());
+    let at_risk = spawn_at_risk_audits(
+        &pipeline.settings,
+        status.clone(),
+        pipeline.latest_fleet.clone(),
+    );
     let mut losses = LossReconciler::default();
     let mut expire = tokio::time::interval(EXPIRE_INTERVAL);
     let mut stop = std::pin::pin!(shutdown::signal());
@@ -313,26 +322,55 @@ impl LiveSockets {
 
 /// Audits the watched connections periodically, off the async threads, and
 /// exports how many will hang on next use.
-fn spawn_at_risk_audits(settings: &Settings, status: Arc<Status>) -> tokio::task::JoinHandle<()> {
-    let (ports, all_ports, paths) = (
+/// The fleet's latest windows (`--prometheus-url`), shared by the at-risk
+/// audits that fetch them and the findings' hints.
+type LatestFleet = Arc<std::sync::Mutex<Option<crate::fleet::FleetTimeouts>>>;
+
+fn spawn_at_risk_audits(
+    settings: &Settings,
+    status: Arc<Status>,
+    latest_fleet: LatestFleet,
+) -> tokio::task::JoinHandle<()> {
+    let (ports, all_ports, paths, netns) = (
         settings.ports.clone(),
         settings.all_ports,
         settings.path_timeouts.clone(),
+        settings.netns,
     );
+    let prometheus_url = settings.prometheus_url.clone();
     let mut tick = tokio::time::interval(settings.at_risk_interval);
     tokio::spawn(async move {
         loop {
             tick.tick().await;
             let (audited_ports, paths) = (ports.clone(), paths.clone());
+            let prometheus_url = prometheus_url.clone();
+            let latest_fleet = latest_fleet.clone();
             let Ok(report) = tokio::task::spawn_blocking(move || {
-                audit::audit(&audited_ports, all_ports, &paths, Default::default())
+                // The fleet's evidence when it answers; the configured path
+                // timeouts (and a warning) when it does not.
+                let fleet = prometheus_url.as_deref().and_then(|url| {
+                    crate::fleet::FleetTimeouts::query(url, Duration::from_secs(5))
+                        .inspect_err(|error| {
+                            warn!(%error, "no fleet path timeouts this round; at-risk uses the configured ones");
+                        })
+                        .ok()
+                });
+                if let (Some(fleet), Ok(mut latest)) = (&fleet, latest_fleet.lock()) {
+                    *latest = Some(fleet.clone());
+                }
+                audit::audit(&audited_ports, all_ports, &paths, Default::default(), fleet)
             })
             .await
             else {
                 continue;
             };
             let mut counts: HashMap<(String, String, String), i64> = HashMap::new();
-            for connection in report.connections.iter().filter(|c| c.assessment.at_risk) {
+            let in_scope = |netns_of: u32| netns.is_none_or(|netns| netns == netns_of);
+            for connection in report
+                .connections
+                .iter()
+                .filter(|c| c.assessment.at_risk && in_scope(c.netns))
+            {
                 let container = crate::attribution::container::short_id(
                     connection.container_id.as_deref().unwrap_or(""),
                 );
@@ -508,12 +546,49 @@ struct Pipeline {
     status: Arc<Status>,
     alerts: Option<AlertQueue>,
     settings: Settings,
+    latest_fleet: LatestFleet,
 }
 
 impl Pipeline {
+    /// With `--prometheus-url`: what the whole fleet knows about the path of
+    /// a storm or reset after idle, after the node's own hint.
+    fn add_fleet_hint(&self, finding: &Finding, record: &mut crate::output::report::FindingRecord) {
+        // A storm's start or a reset after idle, not a server's own close.
+        let Some(reuse) =
+            crate::detect::reuse::failed(finding).filter(|reuse| reuse.outcome.path_forgot())
+        else {
+            return;
+        };
+        let destination = reuse
+            .role
+            .destination(reuse.connection.local, reuse.connection.remote)
+            .to_string();
+        let hint = self
+            .latest_fleet
+            .lock()
+            .ok()
+            .and_then(|fleet| fleet.as_ref()?.hint(&destination));
+        if let Some(hint) = hint {
+            record.hint.push(' ');
+            record.hint.push_str(&hint);
+        }
+    }
+
     fn event(&mut self, mut event: SocketEvent) -> Vec<Finding> {
+        // The kernel programs see every namespace; `--netns` keeps one.
+        if self
+            .settings
+            .netns
+            .is_some_and(|netns| netns != event.connection.netns)
+        {
+            self.status.metrics.observe_out_of_scope(&event);
+            return Vec::new();
+        }
         self.sockets.observe(&mut event);
         self.status.metrics.observe_event(&event);
+        if let Some(reuse) = crate::detect::reuse::survived(&event) {
+            self.status.metrics.observe_idle_reuse(&reuse);
+        }
         self.detector.handle(&event)
     }
 
@@ -526,7 +601,11 @@ impl Pipeline {
         let mut follow_ups = Vec::new();
         for finding in findings {
             self.status.metrics.observe_finding(finding);
-            let record = self.reporter.record(finding, &self.settings);
+            if let Some(reuse) = crate::detect::reuse::failed(finding) {
+                self.status.metrics.observe_idle_reuse(&reuse);
+            }
+            let mut record = self.reporter.record(finding, &self.settings);
+            self.add_fleet_hint(finding, &mut record);
             let line = match self.settings.output_format {
                 Format::Json => serde_json::to_string(&record).unwrap_or_default(),
                 Format::Text => text_line(&record),

@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{cli::TopArgs, daemon_client::DaemonClient, output::escape};
+use crate::{cli::TopArgs, daemon_client::DaemonClient, event::Role, output::escape};
 
 /// One look at the daemon.
 struct Sample {
@@ -108,11 +108,7 @@ fn cell(value: &Value) -> String {
 }
 
 fn destination(record: &Value) -> String {
-    cell(if record["role"] == "server" {
-        &record["local"]
-    } else {
-        &record["remote"]
-    })
+    cell(Role::from_name(record["role"].as_str()).destination(&record["local"], &record["remote"]))
 }
 
 fn seconds(value: Option<f64>) -> String {
@@ -127,6 +123,87 @@ fn gives_up_in(record: &Value, now: SystemTime) -> Option<f64> {
     Some(total - since.as_secs_f64())
 }
 
+/// A table column: its title, width and alignment. Each table's header
+/// and rows are drawn from one list of columns, so they line up.
+struct Column {
+    title: &'static str,
+    width: usize,
+    right: bool,
+}
+
+const fn left(title: &'static str, width: usize) -> Column {
+    Column {
+        title,
+        width,
+        right: false,
+    }
+}
+
+const fn right(title: &'static str, width: usize) -> Column {
+    Column {
+        title,
+        width,
+        right: true,
+    }
+}
+
+const STORM_COLUMNS: [Column; 7] = [
+    left("PROCESS", 16),
+    right("PID", 8),
+    left("CONTAINER", 12),
+    left("DESTINATION", 24),
+    right("IDLE", 6),
+    right("RETRANS", 8),
+    right("GIVES UP IN", 12),
+];
+const RECENT_COLUMNS: [Column; 7] = [
+    left("TIME", 24),
+    left("EVENT", 18),
+    left("PROCESS", 16),
+    right("PID", 8),
+    left("DESTINATION", 24),
+    right("IDLE", 6),
+    left("OUTCOME", 16),
+];
+const AT_RISK_COLUMNS: [Column; 4] = [
+    left("PROCESS", 16),
+    left("CONTAINER", 12),
+    left("DESTINATION", 24),
+    right("CONNECTIONS", 11),
+];
+const RATE_COLUMNS: [Column; 4] = [
+    left("PROCESS", 16),
+    left("CONTAINER", 12),
+    left("DESTINATION", 24),
+    right("PER SECOND", 10),
+];
+
+/// One line of a table: `cells` padded to their columns.
+fn row<const N: usize>(screen: &mut String, columns: &[Column; N], cells: [String; N]) {
+    let cells: Vec<String> = columns
+        .iter()
+        .zip(cells)
+        .map(|(column, cell)| {
+            let width = column.width;
+            if column.right {
+                format!("{cell:>width$}")
+            } else {
+                format!("{cell:<width$}")
+            }
+        })
+        .collect();
+    let _ = writeln!(screen, "{}", cells.join(" "));
+}
+
+/// A table's header line.
+fn header<const N: usize>(screen: &mut String, columns: &[Column; N]) {
+    row(
+        screen,
+        columns,
+        columns.each_ref().map(|column| column.title.to_string()),
+    );
+}
+
 fn render(url: &str, sample: &Sample, previous: Option<&Sample>, now: SystemTime) -> String {
     let mut screen = String::new();
     let _ = writeln!(
@@ -137,42 +214,38 @@ fn render(url: &str, sample: &Sample, previous: Option<&Sample>, now: SystemTime
     let records = |key: &str| sample.storms[key].as_array().cloned().unwrap_or_default();
     let active = records("active");
     let _ = writeln!(screen, "STORMS IN PROGRESS ({})", active.len());
-    let _ = writeln!(
-        screen,
-        "{:<16} {:>8} {:<12} {:<24} {:>6} {:>8} {:>12}",
-        "PROCESS", "PID", "CONTAINER", "DESTINATION", "IDLE", "RETRANS", "GIVES UP IN"
-    );
+    header(&mut screen, &STORM_COLUMNS);
     for record in &active {
-        let _ = writeln!(
-            screen,
-            "{:<16} {:>8} {:<12} {:<24} {:>6} {:>8} {:>12}",
-            cell(&record["comm"]),
-            cell(&record["pid"]),
-            crate::attribution::container::short_id(&cell(&record["container_id"])),
-            destination(record),
-            seconds(record["idle_seconds"].as_f64()),
-            cell(&record["retransmits"]),
-            seconds(gives_up_in(record, now)),
+        row(
+            &mut screen,
+            &STORM_COLUMNS,
+            [
+                cell(&record["comm"]),
+                cell(&record["pid"]),
+                crate::attribution::container::short_id(&cell(&record["container_id"])),
+                destination(record),
+                seconds(record["idle_seconds"].as_f64()),
+                cell(&record["retransmits"]),
+                seconds(gives_up_in(record, now)),
+            ],
         );
     }
     let recent = records("recent");
     let _ = writeln!(screen, "\nRECENT ({})", recent.len());
-    let _ = writeln!(
-        screen,
-        "{:<24} {:<18} {:<16} {:>8} {:<24} {:>6} {:<16}",
-        "TIME", "EVENT", "PROCESS", "PID", "DESTINATION", "IDLE", "OUTCOME"
-    );
+    header(&mut screen, &RECENT_COLUMNS);
     for record in recent.iter().take(10) {
-        let _ = writeln!(
-            screen,
-            "{:<24} {:<18} {:<16} {:>8} {:<24} {:>6} {:<16}",
-            cell(&record["time"]),
-            cell(&record["event"]),
-            cell(&record["comm"]),
-            cell(&record["pid"]),
-            destination(record),
-            seconds(record["idle_seconds"].as_f64()),
-            cell(&record["outcome"]),
+        row(
+            &mut screen,
+            &RECENT_COLUMNS,
+            [
+                cell(&record["time"]),
+                cell(&record["event"]),
+                cell(&record["comm"]),
+                cell(&record["pid"]),
+                destination(record),
+                seconds(record["idle_seconds"].as_f64()),
+                cell(&record["outcome"]),
+            ],
         );
     }
     let at_risk = samples(&sample.metrics, "connmon_idle_connections_at_risk");
@@ -180,27 +253,21 @@ fn render(url: &str, sample: &Sample, previous: Option<&Sample>, now: SystemTime
         screen,
         "\nCONNECTIONS AT RISK (idle past their path's timeout)"
     );
-    let _ = writeln!(
-        screen,
-        "{:<16} {:<12} {:<24} {:>11}",
-        "PROCESS", "CONTAINER", "DESTINATION", "CONNECTIONS"
-    );
+    header(&mut screen, &AT_RISK_COLUMNS);
     for (labels, count) in at_risk.iter().filter(|(_, count)| *count > 0.0) {
-        let _ = writeln!(
-            screen,
-            "{:<16} {:<12} {:<24} {:>11}",
-            label(labels, "process"),
-            label(labels, "container"),
-            label(labels, "destination"),
-            count
+        row(
+            &mut screen,
+            &AT_RISK_COLUMNS,
+            [
+                label(labels, "process"),
+                label(labels, "container"),
+                label(labels, "destination"),
+                count.to_string(),
+            ],
         );
     }
     let _ = writeln!(screen, "\nRETRANSMITS PER SECOND BY PROCESS");
-    let _ = writeln!(
-        screen,
-        "{:<16} {:<12} {:<24} {:>10}",
-        "PROCESS", "CONTAINER", "DESTINATION", "PER SECOND"
-    );
+    header(&mut screen, &RATE_COLUMNS);
     match previous {
         None => {
             let _ = writeln!(screen, "(from the next refresh on)");
@@ -209,9 +276,10 @@ fn render(url: &str, sample: &Sample, previous: Option<&Sample>, now: SystemTime
             for ((process, container, destination), rate) in
                 retransmit_rates(sample, previous).into_iter().take(15)
             {
-                let _ = writeln!(
-                    screen,
-                    "{process:<16} {container:<12} {destination:<24} {rate:>10.1}"
+                row(
+                    &mut screen,
+                    &RATE_COLUMNS,
+                    [process, container, destination, format!("{rate:.1}")],
                 );
             }
         }
@@ -331,6 +399,37 @@ mod tests {
         assert_eq!(samples[0].1, 4.0);
         let at_risk = super::samples(METRICS, "connmon_idle_connections_at_risk");
         assert_eq!(at_risk.len(), 1, "{at_risk:?}");
+    }
+
+    #[test]
+    fn headers_and_rows_keep_their_columns() {
+        let mut screen = String::new();
+        header(&mut screen, &STORM_COLUMNS);
+        row(
+            &mut screen,
+            &RATE_COLUMNS,
+            [
+                "app".into(),
+                "-".into(),
+                "10.0.0.2:6379".into(),
+                "2.5".into(),
+            ],
+        );
+        let expected = format!(
+            "{:<16} {:>8} {:<12} {:<24} {:>6} {:>8} {:>12}\n{:<16} {:<12} {:<24} {:>10}\n",
+            "PROCESS",
+            "PID",
+            "CONTAINER",
+            "DESTINATION",
+            "IDLE",
+            "RETRANS",
+            "GIVES UP IN",
+            "app",
+            "-",
+            "10.0.0.2:6379",
+            "2.5"
+        );
+        assert_eq!(screen, expected);
     }
 
     #[test]

@@ -16,11 +16,12 @@ use crate::{
     },
     cli::{TraceArgs, resolve_netns},
     clock::WallClock,
-    event::EventKind,
+    event::{EventKind, SocketEvent},
     output::{
         Format,
         trace::{json_record, text_line},
     },
+    retransmit_gaps::RetransmitGaps,
     shutdown,
     sockets::SocketTable,
 };
@@ -36,7 +37,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     // trace has no idle detection; the threshold only shapes burst times.
-    let config = args.capture.to_config(30_000_000_000);
+    let config = args
+        .capture
+        .to_config(monitor_common::defaults::IDLE_THRESHOLD_NS);
     let mut capture = Capture::start(&config).context("starting kernel capture")?;
     let counters = capture.take_counters()?;
     let ring = capture.take_events()?;
@@ -54,6 +57,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut losses = LossReporter::default();
     let mut sockets = SocketTable::default();
+    let mut gaps = RetransmitGaps::new(crate::sockets::DEFAULT_CAPACITY);
     let mut loss_tick = tokio::time::interval(LOSS_CHECK_INTERVAL);
     let mut stop = std::pin::pin!(shutdown::signal());
     'events: loop {
@@ -70,6 +74,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                     if netns.is_some_and(|inode| inode != event.connection.netns) {
                         continue;
                     }
+                    let unseen = gaps.observe(&event);
+                    losses.report_unseen_retransmits(unseen, &event, format, &mut out);
                     let line = match format {
                         Format::Json => json_record(&event, &clock).to_string(),
                         Format::Text => text_line(&event, &clock),
@@ -103,9 +109,34 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 struct LossReporter {
     last: CounterSnapshot,
     last_misses: std::collections::HashMap<&'static str, u64>,
+    unseen_retransmits: u64,
 }
 
 impl LossReporter {
+    /// Retransmits the kernel counted on `event`'s socket that no record
+    /// showed (`RetransmitGaps`): reported at once, with the socket.
+    fn report_unseen_retransmits(
+        &mut self,
+        unseen: u8,
+        event: &SocketEvent,
+        format: Format,
+        out: &mut impl Write,
+    ) {
+        if unseen == 0 {
+            return;
+        }
+        self.unseen_retransmits += u64::from(unseen);
+        report_loss(
+            "retransmit_not_seen",
+            None,
+            Some(event),
+            u64::from(unseen),
+            self.unseen_retransmits,
+            format,
+            out,
+        );
+    }
+
     fn report(
         &mut self,
         counters: &KernelCounters,
@@ -120,7 +151,7 @@ impl LossReporter {
                     (LOST_SOCKET_MAP_FULL, "socket_map_full"),
                 ] {
                     let lost = now.get(index).saturating_sub(self.last.get(index));
-                    report_loss(reason, None, lost, now.get(index), format, out);
+                    report_loss(reason, None, None, lost, now.get(index), format, out);
                 }
                 self.last = now;
             }
@@ -132,6 +163,7 @@ impl LossReporter {
             report_loss(
                 "program_busy",
                 Some(program),
+                None,
                 lost,
                 stats.recursion_misses,
                 format,
@@ -144,6 +176,7 @@ impl LossReporter {
 fn report_loss(
     reason: &str,
     program: Option<&str>,
+    socket: Option<&SocketEvent>,
     lost: u64,
     total: u64,
     format: Format,
@@ -152,7 +185,8 @@ fn report_loss(
     if lost == 0 {
         return;
     }
-    warn!(reason, program, lost, total, "kernel records lost");
+    let cookie = socket.map(|event| event.cookie);
+    warn!(reason, program, cookie, lost, total, "kernel records lost");
     if format == Format::Json {
         // docs/schemas/trace-lost.schema.json
         let mut record = serde_json::json!({
@@ -164,6 +198,12 @@ fn report_loss(
         });
         if let Some(program) = program {
             record["program"] = program.into();
+        }
+        if let Some(event) = socket {
+            record["cookie"] = event.cookie.into();
+            record["netns"] = event.connection.netns.into();
+            record["local"] = event.connection.local.to_string().into();
+            record["remote"] = event.connection.remote.to_string().into();
         }
         let _ = writeln!(out, "{record}");
     }

@@ -14,9 +14,11 @@
 //! sequences.
 
 pub mod giveup;
+pub mod reuse;
 
 // Keys are kernel cookies, not attacker-chosen input: a fast hasher is
 // safe here and the table is on the per-event path.
+use monitor_common::socket::may_confirm_storm;
 use rustc_hash::FxHashMap;
 
 use serde::Serialize;
@@ -284,13 +286,8 @@ fn idle_before_stuck_burst(
 ) -> Option<u64> {
     let activity = &event.activity;
     let burst_start = activity.burst_start_ns?;
-    if activity.idle_before_burst_ns < config.idle_threshold_ns {
-        return None;
-    }
-    if activity
-        .last_recv_ns
-        .is_some_and(|recv| recv >= burst_start)
-    {
+    // The kernel's rule for waking the reader, the same function.
+    if !may_confirm_storm(&activity.to_wire(), config.idle_threshold_ns) {
         return None;
     }
     if at_ns.saturating_sub(burst_start) > config.burst_window_ns {
@@ -421,7 +418,7 @@ impl Detector {
             }
             // Normally the error or CLOSE ended the storm already; if
             // their records were lost, the destroy record repeats the errno.
-            EventKind::Destroyed { errno } => {
+            EventKind::Destroyed { errno, .. } => {
                 self.connects.remove(&event.cookie);
                 let errno = (*errno != 0).then_some(*errno);
                 self.end(
@@ -433,7 +430,9 @@ impl Detector {
                 );
             }
             // Busy connections' retransmits: counted, never a storm.
-            EventKind::StateChange { .. } | EventKind::RetransmitCounts { .. } => {}
+            EventKind::StateChange { .. }
+            | EventKind::RetransmitCounts { .. }
+            | EventKind::ReplyAfterIdle { .. } => {}
         }
         findings
     }

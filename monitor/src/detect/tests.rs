@@ -80,6 +80,7 @@ impl Recording {
                 snd_una: 1000,
                 user_timeout_ms: 0,
                 tcp_retries2: 4,
+                total_retrans_low: 0,
             }),
         )
     }
@@ -115,6 +116,7 @@ fn seed(recording: &Recording, send_ns: u64) -> Vec<SocketEvent> {
             send_ns + 6850 * MS,
             EventKind::Destroyed {
                 errno: libc::ETIMEDOUT,
+                total_retrans_low: 0,
             },
         ),
     ]
@@ -230,7 +232,13 @@ fn an_unconfirmed_episode_closed_without_timeout_stays_quiet() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let events = vec![
         recording.retransmit(100 * S + 400 * MS, RetransmitKind::Timeout, 1),
-        recording.event(101 * S, EventKind::Destroyed { errno: 0 }),
+        recording.event(
+            101 * S,
+            EventKind::Destroyed {
+                errno: 0,
+                total_retrans_low: 0,
+            },
+        ),
     ];
     assert_eq!(run(&mut Detector::new(config()), &events), vec![]);
 }
@@ -347,7 +355,13 @@ fn middlebox_reset_after_idle_is_reported_without_a_storm() {
                 errno: libc::ECONNRESET,
             },
         ),
-        recording.event(100 * S + MS, EventKind::Destroyed { errno: 0 }),
+        recording.event(
+            100 * S + MS,
+            EventKind::Destroyed {
+                errno: 0,
+                total_retrans_low: 0,
+            },
+        ),
     ];
     let findings = run(&mut Detector::new(config()), &events);
     assert_eq!(findings.len(), 1, "{findings:#?}");
@@ -779,4 +793,67 @@ fn a_connect_whose_syns_fail_inside_the_host_says_so() {
     };
     assert_eq!(failure.mode, FailureMode::ConnectStalled);
     assert!(failure.dropped_in_host);
+}
+
+/// Every reuse after an idle gap is evidence for the path's idle timeout:
+/// the reply to one (survived), the storm of another (blackholed), the
+/// reset of a third, each with the gap it came after.
+#[test]
+fn each_reuse_after_idle_is_evidence_with_its_gap_and_outcome() {
+    use super::reuse::{self, ReuseOutcome};
+    let mut detector = Detector::new(config());
+    // A reply 2 ms after a request sent after 45 s of quiet.
+    let answered = Recording::client().resumed(55 * S, 100 * S);
+    let reply = answered.event(
+        100 * S + 2 * MS,
+        EventKind::ReplyAfterIdle { gap_ns: 45 * S },
+    );
+    assert_eq!(detector.handle(&reply), vec![], "a reply is no finding");
+    let survived = reuse::survived(&reply).expect("a reply after idle is evidence");
+    assert_eq!(
+        (survived.outcome, survived.gap_ns, survived.role),
+        (ReuseOutcome::Survived, 45 * S, Role::Client)
+    );
+    assert_eq!(survived.connection.remote.to_string(), "10.0.1.5:6379");
+
+    let stormed = Recording::client().resumed(40 * S, 100 * S);
+    let evidence: Vec<_> = run(&mut detector, &seed(&stormed, 100 * S))
+        .iter()
+        .filter_map(|(_, finding)| reuse::failed(finding).map(|r| (r.outcome, r.gap_ns)))
+        .collect();
+    assert_eq!(
+        evidence,
+        vec![(ReuseOutcome::Blackholed, 60 * S)],
+        "the start counts, the end does not"
+    );
+
+    let reset = Recording::client().resumed(20 * S, 100 * S);
+    let findings = run(
+        &mut detector,
+        &[reset.event(100 * S + MS, EventKind::ResetReceived)],
+    );
+    let evidence: Vec<_> = findings
+        .iter()
+        .filter_map(|(_, finding)| reuse::failed(finding).map(|r| (r.outcome, r.gap_ns)))
+        .collect();
+    assert_eq!(evidence, vec![(ReuseOutcome::Reset, 80 * S)]);
+
+    // A busy connection's events are no evidence.
+    let busy = Recording::client().resumed(99 * S, 100 * S);
+    assert!(reuse::survived(&busy.retransmit(100 * S, RetransmitKind::Fast, 0)).is_none());
+}
+
+#[test]
+fn a_reset_from_a_peer_that_closed_the_idle_connection_says_nothing_about_the_path() {
+    use super::reuse::{self, ReuseOutcome};
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut reset = recording.event(100 * S + MS, EventKind::ResetReceived);
+    reset.state = TcpState(monitor_common::tcp::TCP_CLOSE_WAIT);
+    let findings = run(&mut Detector::new(config()), &[reset]);
+    let [(_, finding)] = &findings[..] else {
+        panic!("{findings:#?}")
+    };
+    let evidence = reuse::failed(finding).expect("evidence");
+    assert_eq!(evidence.outcome, ReuseOutcome::PeerClosed);
+    assert!(!evidence.outcome.path_forgot());
 }

@@ -19,11 +19,9 @@ use std::{
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde::Serialize;
 
-use crate::{
-    capture::{counters::KernelCounters, reader::ReaderStats, stats::ProgramStatsReader},
-    metrics::Metrics,
-    output::report::FindingRecord,
-};
+pub use crate::kernel_metrics::KernelSources;
+
+use crate::{metrics::Metrics, output::report::FindingRecord};
 
 /// Ended storms kept for `/api/v1/storms`.
 const RECENT_STORMS: usize = 100;
@@ -33,26 +31,6 @@ pub struct Status {
     ready: AtomicBool,
     storms: Mutex<StormBoard>,
     pub metrics: Metrics,
-    kernel: Mutex<Option<KernelSources>>,
-}
-
-/// The kernel-side numbers read at every scrape (never per event).
-pub struct KernelSources {
-    pub counters: KernelCounters,
-    pub programs: ProgramStatsReader,
-    pub reader: Arc<ReaderStats>,
-}
-
-impl KernelSources {
-    fn observe(&self, metrics: &Metrics) {
-        match self.counters.snapshot() {
-            Ok(snapshot) => {
-                metrics.observe_kernel(&snapshot, self.reader.decode_errors.load(Ordering::Relaxed))
-            }
-            Err(error) => tracing::warn!(%error, "cannot read kernel counters"),
-        }
-        metrics.observe_programs(&self.programs.read());
-    }
 }
 
 #[derive(Default, Serialize, Clone)]
@@ -69,29 +47,20 @@ impl Status {
             ready: AtomicBool::new(false),
             storms: Mutex::default(),
             metrics,
-            kernel: Mutex::new(None),
         }
     }
 
     /// Hands over the kernel-side sources, read at every scrape.
     pub fn set_kernel_sources(&self, sources: KernelSources) {
-        if let Ok(mut slot) = self.kernel.lock() {
-            *slot = Some(sources);
-        }
+        self.metrics.set_kernel_sources(sources);
     }
 
     /// The kernel's counters now, if the sources are set.
     pub fn kernel_counters(&self) -> Option<crate::capture::counters::CounterSnapshot> {
-        let slot = self.kernel.lock().ok()?;
-        slot.as_ref()?.counters.snapshot().ok()
+        self.metrics.kernel_counters()
     }
 
     fn scrape(&self) -> String {
-        if let Ok(slot) = self.kernel.lock()
-            && let Some(sources) = slot.as_ref()
-        {
-            sources.observe(&self.metrics);
-        }
         self.metrics.render()
     }
 

@@ -323,10 +323,7 @@ impl Reporter {
 
 /// The watched service on the far side (client) or this side (server).
 fn service_of(connection: &Connection, role: Role, settings: &Settings) -> Option<String> {
-    let (first, second) = match role {
-        Role::Server => (connection.local.port(), connection.remote.port()),
-        _ => (connection.remote.port(), connection.local.port()),
-    };
+    let (first, second) = role.service_then_peer(connection.local.port(), connection.remote.port());
     settings
         .service(first)
         .or_else(|| settings.service(second))

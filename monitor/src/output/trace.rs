@@ -61,7 +61,11 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
                 .collect();
             record.insert("retransmit_counts".into(), Value::Object(counts));
         }
-        EventKind::ResetReceived | EventKind::ResetSent | EventKind::Destroyed { .. } => {}
+        // Asked for by `connmon run` only, never by trace.
+        EventKind::ResetReceived
+        | EventKind::ResetSent
+        | EventKind::Destroyed { .. }
+        | EventKind::ReplyAfterIdle { .. } => {}
     }
     Value::Object(record)
 }
@@ -148,6 +152,7 @@ mod tests {
                 snd_una: 0,
                 user_timeout_ms: 0,
                 tcp_retries2: 15,
+                total_retrans_low: 0,
             }),
             owner: Some(ProcessRef {
                 pid: 10,

@@ -154,6 +154,13 @@ while read -r what value; do
             [ "$(grep -c 'kernel program attached' /tmp/connmon.err)" -eq "$value" ] \
                 || fail "connmon did not attach $value programs"
             ;;
+        degraded)
+            grep 'capability degraded' /tmp/connmon.err | grep -q "$value" \
+                || fail "connmon did not log the degradation $value"
+            wget -q -O - http://127.0.0.1:9878/metrics \
+                | grep -q "^connmon_degraded_hooks{hook=\"$value\"" \
+                || fail "connmon did not export the degradation $value"
+            ;;
     esac
 done < /vm/expect
 # The 6.1 verifier once needed 221k of its 1M instructions for one program;

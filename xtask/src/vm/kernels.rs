@@ -19,12 +19,15 @@ pub struct Series {
     pub name: &'static str,
     /// Debian suite whose package lists carry it.
     pub suite: &'static str,
-    /// Hooks (`kind/target`) connmon must choose, as in its
-    /// `hooks chosen for this kernel` line.
+    /// Hooks (`kind/target`) and the state store (`store=...`) connmon
+    /// must choose, as in its `hooks chosen for this kernel` line.
     pub expected_hooks: &'static [&'static str],
     /// Programs connmon must attach; fewer than nine means named
     /// degradations (tracepoints this kernel lacks).
     pub expected_programs: usize,
+    /// Degradations connmon must name and export on this kernel
+    /// (`connmon_degraded_hooks{hook=...}`).
+    pub expected_degraded: &'static [&'static str],
     /// Why this kernel is left out of the default matrix (the whole suite
     /// and CI); `--kernel` still runs it.
     pub not_yet: Option<&'static str>,
@@ -39,13 +42,18 @@ pub const MATRIX: &[Series] = &[
             "fexit/tcp_sendmsg",
             "fexit/tcp_recvmsg",
             "tp_btf/tcp_retransmit_skb",
+            // Tracing programs get bpf_sk_storage_get in 5.11 and
+            // bpf_get_socket_cookie in 5.12: the by-address variants.
+            "store=ByAddress",
         ],
         // No tcp_cong_state_set and inet_sk_error_report tracepoints.
         expected_programs: 7,
-        not_yet: Some(
-            "tracing programs get bpf_sk_storage_get in 5.11 and bpf_get_socket_cookie in 5.12; \
-             connmon has no fallback for either yet (docs/kernels.md)",
-        ),
+        expected_degraded: &[
+            "tcp_cong_state_set",
+            "inet_sk_error_report",
+            "socket_local_storage",
+        ],
+        not_yet: None,
     },
     Series {
         name: "6.1",
@@ -54,8 +62,10 @@ pub const MATRIX: &[Series] = &[
             "fexit/tcp_sendmsg",
             "fexit/tcp_recvmsg",
             "tp_btf/tcp_retransmit_skb",
+            "store=LocalStorage",
         ],
         expected_programs: 9,
+        expected_degraded: &[],
         not_yet: None,
     },
     Series {
@@ -65,8 +75,10 @@ pub const MATRIX: &[Series] = &[
             "tp_btf/sock_send_length",
             "tp_btf/sock_recv_length",
             "tp_btf/tcp_retransmit_skb",
+            "store=LocalStorage",
         ],
         expected_programs: 9,
+        expected_degraded: &[],
         not_yet: None,
     },
 ];

@@ -260,6 +260,9 @@ fn build_initramfs(
     for hook in kernel.series.expected_hooks {
         expect.push_str(&format!("hook {hook}\n"));
     }
+    for degraded in kernel.series.expected_degraded {
+        expect.push_str(&format!("degraded {degraded}\n"));
+    }
     fs::write(root.join("vm/expect"), expect)?;
 
     let init = root.join("init");

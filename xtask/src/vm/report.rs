@@ -214,6 +214,8 @@ pub fn markdown(reports: &[KernelReport]) -> String {
         let cells: Vec<String> = reports
             .iter()
             .map(|r| match r.programs.iter().find(|p| &p.name == name) {
+                // Kernels before 5.16 do not report the count.
+                Some(p) if p.verified_insns == 0 => format!("not reported ({})", p.load_ms),
                 Some(p) => format!("{} ({})", thousands(p.verified_insns), p.load_ms),
                 None => "—".to_string(),
             })

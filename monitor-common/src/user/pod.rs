@@ -1,4 +1,4 @@
-//! Userspace-only impls: aya's `Pod` lets the loader pass these as globals
+//! aya's `Pod` lets the loader pass these as globals
 //! and read them out of maps.
 
 use crate::{

@@ -75,8 +75,19 @@ pub struct TcpSnapshot {
     /// included, so a jump between two records of one socket is a
     /// retransmit connmon did not see (`retransmits_not_seen`).
     pub total_retrans_low: u8,
+    /// Ends only (CLOSE or error with an errno, on a watched socket), as
+    /// are the fields after it: `write_seq - snd_nxt`, bytes written by
+    /// the application that never left the host.
+    pub unsent_bytes: u32,
+    /// `snd_wnd`, the peer's last advertised receive window, clamped to
+    /// 65535 (what matters is whether it is shut).
+    pub send_window: u16,
+    /// `icsk_probes_out`: zero-window (persist) or keepalive probes sent
+    /// without an answer.
+    pub probes_out: u8,
+    pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 16);
+const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 24);
 
 /// One ring-buffer record. Every kind has the same layout: the socket's
 /// identity, owner and activity, plus a kind-specific `detail`:
@@ -84,9 +95,9 @@ const _: () = assert!(core::mem::size_of::<TcpSnapshot>() == 16);
 /// | kind | detail |
 /// |---|---|
 /// | retransmit | the attempt's result: 0 or a negative errno, as `i32` bits |
-/// | state change | `errno << 16 \| old_state << 8 \| new_state`; errno is `sk_err` on CLOSE |
+/// | state change | `errno << 16 \| old_state << 8 \| new_state`; errno is `sk_err` on CLOSE, with the end's `TcpSnapshot` |
 /// | reset sent | `sk_rst_reason` on kernels that have it, else 0 |
-/// | socket error | the positive errno (`sk_err`) |
+/// | socket error | the positive errno (`sk_err`), with the end's `TcpSnapshot` |
 /// | progress | `PROGRESS_*` |
 /// | destroy | the errno the socket ended with (`SocketState::end_errno`), 0 if none |
 /// | reply after idle | the idle gap the flow survived, milliseconds |
@@ -105,7 +116,7 @@ pub struct SocketEvent {
     pub activity: Activity,
     pub tcp: TcpSnapshot,
 }
-const _: () = assert!(core::mem::size_of::<SocketEvent>() == 168);
+const _: () = assert!(core::mem::size_of::<SocketEvent>() == 176);
 const _: () = assert!(core::mem::align_of::<SocketEvent>() == 8);
 
 /// Retransmitted segments of one socket that no record showed, between a

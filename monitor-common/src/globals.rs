@@ -79,8 +79,17 @@ pub struct KernelOffsets {
     /// (sock_diag) asked for it; read where tracing programs lack the
     /// cookie helper, to find sockets userspace found at start-up.
     pub skc_cookie: u32,
+    /// `tcp_sock.write_seq` and `tcp_sock.snd_nxt` (u32): their difference
+    /// is what the application wrote that never left the host.
+    pub tcp_write_seq: u32,
+    pub tcp_snd_nxt: u32,
+    /// `tcp_sock.snd_wnd` (u32): the peer's advertised window.
+    pub tcp_snd_wnd: u32,
+    /// `inet_connection_sock.icsk_probes_out` (u8): unanswered zero-window
+    /// or keepalive probes.
+    pub icsk_probes_out: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 34 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
 
 /// Words of the watched-port bitmap (`WATCHED_PORT_BITS`): one bit per
 /// TCP port, in a read-only global the loader fills, so the programs test
@@ -170,6 +179,10 @@ impl KernelOffsets {
         skc_hash: OFFSET_ABSENT,
         tcp_total_retrans: OFFSET_ABSENT,
         skc_cookie: OFFSET_ABSENT,
+        tcp_write_seq: OFFSET_ABSENT,
+        tcp_snd_nxt: OFFSET_ABSENT,
+        tcp_snd_wnd: OFFSET_ABSENT,
+        icsk_probes_out: OFFSET_ABSENT,
     };
 }
 

@@ -5,6 +5,10 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
 
+/// The errno a socket ends with when the kernel gives up on it (a
+/// retransmit, zero-window probe, keepalive or SYN timer ran out).
+pub const ETIMEDOUT: u32 = 110;
+
 /// `enum tcp_ca_state` (include/net/tcp.h): the congestion state machine.
 pub const TCP_CA_OPEN: u8 = 0;
 pub const TCP_CA_DISORDER: u8 = 1;

@@ -58,7 +58,7 @@ pub fn emit<S: SocketStore>(
     let record = entry.as_mut_ptr();
     let state = state.unwrap_or(core::ptr::null_mut());
     // The record is written field by field into the reserved entry, never
-    // built on the stack first: with 168 bytes the retransmit program's
+    // built on the stack first: with 176 bytes the retransmit program's
     // stack (512 bytes) would not hold it beside the socket's start-up
     // state on kernels whose state goes into a hash map.
     // SAFETY: `record` points to this run's reserved entry, sized and

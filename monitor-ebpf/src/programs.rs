@@ -29,7 +29,7 @@ use monitor_common::{
         ROLE_SERVER, ROLE_UNKNOWN, RecentSocket, SOCKET_FLAG_REPORTED, SOCKET_FLAG_RETRANSMITTING,
         SocketState, count_retransmit, end_already_reported, one_of_kind, retransmit_counts_due,
     },
-    tcp::{TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
+    tcp::{ETIMEDOUT, TCP_CA_OPEN, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
 };
 
 use crate::{
@@ -320,32 +320,61 @@ fn on_state_change<S: SocketStore>(ctx: &BtfTracePointContext) -> i32 {
     } else {
         0
     };
-    // `connmon run` hears only a reported socket's end, once; `trace`
-    // every move.
+    // `connmon run` hears only a reported socket's end, once, and any
+    // watched socket's timeout (a connect, zero-window probe or keepalive
+    // that gave up sends no retransmit first); `trace` every move.
     let wanted = every_state_change
         || (new_state == TCP_CLOSE
             && state.is_some_and(|state| {
                 // SAFETY: pointer to this socket's storage, from this run.
                 let state = unsafe { &mut *state };
-                let reported = state.flags & SOCKET_FLAG_REPORTED != 0
+                let wanted = (state.flags & SOCKET_FLAG_REPORTED != 0 || errno as u32 == ETIMEDOUT)
                     && !end_already_reported(state.end_errno, errno as u32);
                 if errno != 0 {
                     state.end_errno = errno as u32;
                 }
-                reported
+                wanted
             }));
     if !wanted {
         return 0;
     }
+    let snapshot = if errno != 0 {
+        end_snapshot(sk)
+    } else {
+        TcpSnapshot::default()
+    };
     emit::<S>(
         EVENT_STATE_CHANGE,
         monitor_common::event::state_change_detail(old_state, new_state, errno),
         sk,
         state,
-        TcpSnapshot::default(),
+        snapshot,
         WAKE_WHEN_FILLING,
     );
     0
+}
+
+/// How a failing socket ended: RTO retransmits in a row, unanswered
+/// probes, bytes that never left the host, the peer's window. Read only at
+/// a watched socket's error, never on a hot path.
+#[inline(always)]
+fn end_snapshot(sk: *const u8) -> TcpSnapshot {
+    let tcp = tcp_sock(sk);
+    if tcp.is_null() {
+        return TcpSnapshot::default();
+    }
+    let write_seq = load_btf::<u32>(tcp, off!(tcp_write_seq));
+    let snd_nxt = load_btf::<u32>(tcp, off!(tcp_snd_nxt));
+    TcpSnapshot {
+        snd_una: load_btf::<u32>(tcp, off!(tcp_snd_una)),
+        user_timeout_ms: load_btf::<u32>(tcp, off!(icsk_user_timeout)),
+        rto_retransmits: load_btf::<u8>(tcp, off!(icsk_retransmits)),
+        tcp_retries2: load_btf::<u8>(net_of(sk), off!(net_tcp_retries2)),
+        probes_out: load_btf::<u8>(tcp, off!(icsk_probes_out)),
+        unsent_bytes: write_seq.wrapping_sub(snd_nxt),
+        send_window: load_btf::<u32>(tcp, off!(tcp_snd_wnd)).min(u16::MAX as u32) as u16,
+        ..TcpSnapshot::default()
+    }
 }
 
 // ---- softirq / timer context: the socket's owner comes from its storage ----
@@ -401,10 +430,13 @@ fn on_retransmit<S: SocketStore>(ctx: &BtfTracePointContext) -> i32 {
     if let Some(state) = state {
         // SAFETY: pointer to this socket's storage, from this run.
         let state = unsafe { &mut *state };
+        // A SYN retransmit is never a busy connection's: each reaches
+        // userspace (a connect hanging on a dead path).
         if setting!(count_busy_retransmits) != 0
             && !state
                 .activity
                 .may_confirm_storm(setting!(idle_threshold_ticks))
+            && load_btf::<u8>(sk, off!(skc_state)) != TCP_SYN_SENT
         {
             // A busy connection's retransmit cannot start a storm: count
             // it, and hand the counts over at most once a second.
@@ -527,6 +559,9 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let errno = load_btf::<i32>(sk, off!(sk_err)) as u32;
+    // Read before the storage lookup: taken after it, the verifier
+    // refused a spill of the lookup's register on the no-storage path.
+    let snapshot = end_snapshot(sk);
     let state = LocalStorage::existing_storage(sk);
     if let Some(state) = state {
         // SAFETY: pointer to this socket's storage, from this run.
@@ -542,14 +577,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     } else if !ports_watched(sk) {
         return 0;
     }
-    emit::<LocalStorage>(
-        EVENT_SOCKET_ERROR,
-        errno,
-        sk,
-        state,
-        TcpSnapshot::default(),
-        WAKE_NOW,
-    );
+    emit::<LocalStorage>(EVENT_SOCKET_ERROR, errno, sk, state, snapshot, WAKE_NOW);
     0
 }
 

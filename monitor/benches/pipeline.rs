@@ -90,6 +90,10 @@ fn recorded_stream(events: usize, sockets: u64) -> Vec<Vec<u8>> {
                         RETRANSMIT_FAST
                     },
                     total_retrans_low: 0,
+                    probes_out: 0,
+                    _pad: 0,
+                    unsent_bytes: 0,
+                    send_window: 0,
                 },
             };
             encode(&raw)

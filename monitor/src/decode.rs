@@ -12,8 +12,8 @@ use monitor_common::{
 };
 
 use crate::event::{
-    ActivityTimes, Connection, EventKind, OwnerSource, ProcessRef, Progress, RetransmitInfo,
-    RetransmitKind, Role, SocketEvent, TcpState, wire_owner,
+    ActivityTimes, Connection, EndState, EventKind, OwnerSource, ProcessRef, Progress,
+    RetransmitInfo, RetransmitKind, Role, SocketEvent, TcpState, wire_owner,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +106,19 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         field: "role",
         value: tag.into(),
     })?;
+    let failed = match &kind {
+        EventKind::SocketError { .. } => true,
+        EventKind::StateChange { errno, .. } => *errno != 0,
+        _ => false,
+    };
+    let end = failed.then_some(EndState {
+        rto_retransmits: raw.tcp.rto_retransmits,
+        probes_out: raw.tcp.probes_out,
+        unsent_bytes: raw.tcp.unsent_bytes,
+        send_window: raw.tcp.send_window,
+        tcp_retries2: raw.tcp.tcp_retries2,
+        user_timeout_ms: raw.tcp.user_timeout_ms,
+    });
     Ok(SocketEvent {
         timestamp_ns: raw.timestamp_ns,
         cookie: raw.cookie,
@@ -115,6 +128,7 @@ pub fn convert(raw: &RawEvent) -> Result<SocketEvent, DecodeError> {
         connection: Connection::from_tuple(&raw.tuple),
         state: TcpState(raw.tuple.state),
         activity: ActivityTimes::from_wire(&raw.activity),
+        end,
     })
 }
 
@@ -270,6 +284,10 @@ mod tests {
                 segments: 1,
                 retransmit_kind: RETRANSMIT_TIMEOUT,
                 total_retrans_low: 3,
+                probes_out: 0,
+                _pad: 0,
+                unsent_bytes: 0,
+                send_window: 0,
             },
         }
     }
@@ -384,6 +402,24 @@ mod tests {
             panic!()
         };
         assert_eq!(info.result, -16);
+    }
+
+    #[test]
+    fn a_failed_end_carries_its_tcp_state_and_nothing_else_does() {
+        let mut raw = retransmit_record();
+        assert_eq!(decode(&encode(&raw)).expect("valid").end, None);
+        raw.kind = EVENT_STATE_CHANGE;
+        raw.detail = (110 << 16) | (1 << 8) | 7;
+        raw.tcp.probes_out = 4;
+        raw.tcp.unsent_bytes = 31;
+        raw.tcp.send_window = 65_000;
+        let end = decode(&encode(&raw)).expect("valid").end.expect("an end");
+        assert_eq!(
+            (end.probes_out, end.unsent_bytes, end.send_window),
+            (4, 31, 65_000)
+        );
+        raw.detail = (1 << 8) | 7;
+        assert_eq!(decode(&encode(&raw)).expect("valid").end, None, "no error");
     }
 
     #[test]

@@ -357,6 +357,24 @@ impl ActivityTimes {
     }
 }
 
+/// How a watched socket that failed ended, read by the kernel at its error
+/// or CLOSE: what tells a connect, zero-window probe or keepalive timeout
+/// from a retransmit storm's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EndState {
+    /// RTO retransmits in a row without an acknowledgement.
+    pub rto_retransmits: u8,
+    /// Zero-window or keepalive probes sent without an answer.
+    pub probes_out: u8,
+    /// Bytes the application wrote that never left the host.
+    pub unsent_bytes: u32,
+    /// The peer's last advertised receive window, clamped to 65535.
+    pub send_window: u16,
+    pub tcp_retries2: u8,
+    /// 0 when `TCP_USER_TIMEOUT` is unset.
+    pub user_timeout_ms: u32,
+}
+
 /// One decoded kernel event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketEvent {
@@ -370,6 +388,8 @@ pub struct SocketEvent {
     pub connection: Connection,
     pub state: TcpState,
     pub activity: ActivityTimes,
+    /// The end's TCP state: errors, and CLOSE with an error, only.
+    pub end: Option<EndState>,
 }
 
 #[cfg(test)]
@@ -390,6 +410,7 @@ impl SocketEvent {
             },
             state: TcpState(monitor_common::tcp::TCP_ESTABLISHED),
             activity: ActivityTimes::default(),
+            end: None,
         }
     }
 }

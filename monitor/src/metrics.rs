@@ -42,6 +42,7 @@ pub struct Metrics {
     storm_duration: HistogramVec,
     idle_before_storm: HistogramVec,
     resets_after_idle: IntCounterVec,
+    connection_failures: IntCounterVec,
     events: IntCounterVec,
     series_capped: IntCounterVec,
     fail_fast: IntCounterVec,
@@ -210,6 +211,14 @@ impl Metrics {
             ),
             &owner_labels,
         )?;
+        let failure_labels: Vec<&str> = owner_labels.iter().copied().chain(["mode"]).collect();
+        let connection_failures = IntCounterVec::new(
+            Opts::new(
+                "connmon_connection_failures_total",
+                "Watched connections that failed without a retransmit storm, by mode: egress_blocked (a local firewall drop), connect_stalled (SYN retransmits), keepalive_timeout.",
+            ),
+            &failure_labels,
+        )?;
         let events = IntCounterVec::new(
             Opts::new(
                 "connmon_events_total",
@@ -231,6 +240,7 @@ impl Metrics {
         registry.register(Box::new(storm_duration.clone()))?;
         registry.register(Box::new(idle_before_storm.clone()))?;
         registry.register(Box::new(resets_after_idle.clone()))?;
+        registry.register(Box::new(connection_failures.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(series_capped.clone()))?;
         let kernel = Arc::new(KernelCollector::new()?);
@@ -315,6 +325,7 @@ impl Metrics {
             storm_duration,
             idle_before_storm,
             resets_after_idle,
+            connection_failures,
             events,
             series_capped,
             fail_fast,
@@ -545,6 +556,19 @@ impl Metrics {
                 let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                 self.resets_after_idle.with_label_values(&refs).inc();
             }
+            Finding::ConnectionFailed(failure) => {
+                let mut labels = Self::owner_labels(
+                    &mut state,
+                    failure.owner.as_ref(),
+                    &failure.connection,
+                    failure.role,
+                );
+                labels.push(failure.mode.as_str().to_string());
+                let labels =
+                    self.capped(&mut state, "connmon_connection_failures_total", labels, 3);
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                self.connection_failures.with_label_values(&refs).inc();
+            }
         }
     }
 
@@ -673,6 +697,9 @@ impl Metrics {
                     "connmon_resets_after_idle_total" => {
                         self.resets_after_idle.with_label_values(&refs).get() as f64
                     }
+                    "connmon_connection_failures_total" => {
+                        self.connection_failures.with_label_values(&refs).get() as f64
+                    }
                     "connmon_storms_started_total" => {
                         // An active storm keeps its labels, however long.
                         if self.storms_active.with_label_values(&refs).get() > 0 {
@@ -706,6 +733,9 @@ impl Metrics {
                 "connmon_retransmits_total" => self.retransmits.remove_label_values(&refs),
                 "connmon_resets_after_idle_total" => {
                     self.resets_after_idle.remove_label_values(&refs)
+                }
+                "connmon_connection_failures_total" => {
+                    self.connection_failures.remove_label_values(&refs)
                 }
                 _ => {
                     let _ = self.storms_active.remove_label_values(&refs);
@@ -831,6 +861,7 @@ mod tests {
             },
             state: TcpState(1),
             activity: ActivityTimes::default(),
+            end: None,
         }
     }
 

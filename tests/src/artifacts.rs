@@ -51,6 +51,24 @@ pub fn run(command: &mut Command) -> Result<(bool, String)> {
     ))
 }
 
+/// Validates `records` (schema file name -> records) against docs/schemas/
+/// with Python's jsonschema from the venv `cargo xtask setup` makes:
+/// whether they all pass, and the validator's report.
+pub fn validate_schemas(
+    records: &std::collections::BTreeMap<&str, Vec<serde_json::Value>>,
+) -> Result<(bool, String)> {
+    let scratch = scratch_dir("schema-records")?;
+    let file = scratch.0.join("records.json");
+    std::fs::write(&file, serde_json::to_vec(records)?)?;
+    let root = workspace_root();
+    run(
+        Command::new(root.join(".cache/kubernetes-validate/bin/python"))
+            .arg(root.join("tests/deploy/schemas.py"))
+            .arg(root.join("docs/schemas"))
+            .arg(&file),
+    )
+}
+
 /// The artifact `cargo xtask test` built once and named in `variable`;
 /// without it, `cargo xtask <task> --binary <connmon under test> --out-dir
 /// <the binary's directory>/<task>-test <extra>` builds it here (the task

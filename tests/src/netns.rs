@@ -82,6 +82,21 @@ impl NetNs {
         ))
     }
 
+    /// Waits until the kernel says the connection to remote `port` has
+    /// carried nothing either way (`ss` `lastsnd`, `lastrcv`) for `quiet`.
+    pub fn wait_until_idle(&self, port: u16, quiet: std::time::Duration) -> Result<()> {
+        crate::poll::until(
+            "the connection to idle",
+            quiet + std::time::Duration::from_secs(20),
+            || {
+                let ss = self.exec("ss", &["-tni", "dport", "=", &format!(":{port}")])?;
+                Ok(idle_ms(&ss)
+                    .filter(|ms| *ms >= quiet.as_millis() as u64)
+                    .map(|_| ()))
+            },
+        )
+    }
+
     /// The namespace's own `TcpRetransSegs` (from its /proc/net/snmp):
     /// ground truth for retransmitted segments.
     pub fn retransmitted_segments(&self) -> Result<u64> {
@@ -101,6 +116,16 @@ impl Drop for NetNs {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// The shorter of `lastsnd` and `lastrcv` in `ss -ti` output.
+fn idle_ms(ss: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        ss.split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .and_then(|value| value.parse().ok())
+    };
+    Some(field("lastsnd:")?.min(field("lastrcv:")?))
 }
 
 /// A value from /proc/net/snmp: a header line and a value line per protocol.

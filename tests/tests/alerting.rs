@@ -930,3 +930,78 @@ fn resets_after_idle_fire_their_rule_from_real_metrics() -> Result<()> {
     assert_runbook(&alert, "connmonresetsafteridle");
     Ok(())
 }
+
+/// ConnmonEgressBlocked, ConnmonConnectStalled and ConnmonKeepaliveTimeouts
+/// from real failures of the app's connections to Redis, one after another:
+/// an OUTPUT drop in the app's namespace keeps an idle client's SET in the
+/// host until the kernel gives up, then holds a new connect's SYNs; with
+/// the drop gone, a keepalive client's probes find the path dead.
+#[test]
+fn connection_failures_fire_their_rules_from_real_metrics() -> Result<()> {
+    let options = Options {
+        forget_after: None,
+        ..Options::default()
+    };
+    let mut rig = RuleRig::start("failed", &options, 1)?;
+    let redis = format!("{CACHE_V4}:{REDIS_PORT}");
+    rig.topology
+        .app
+        .wait_until_idle(REDIS_PORT, Duration::from_millis(2500))?;
+    rig.topology.app.nft(&format!(
+        "table inet cmt_egress {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    tcp dport {REDIS_PORT} drop\n  }}\n}}\n"
+    ))?;
+    rig.clients[0].send_line("set")?;
+    let blocked = rig.fired("ConnmonEgressBlocked", Duration::from_secs(60))?;
+    assert_eq!(blocked["labels"]["process"], "cmt-redis-clien", "{blocked}");
+    assert_eq!(
+        blocked["labels"]["destination"],
+        redis.as_str(),
+        "{blocked}"
+    );
+    assert_eq!(blocked["labels"]["severity"], "ticket", "{blocked}");
+    assert_runbook(&blocked, "connmonegressblocked");
+
+    let peer = env!("CARGO_BIN_EXE_tcp-peer");
+    let mut connect = rig.topology.app.command(peer);
+    connect.args(["client", &redis]);
+    let _connecting = connmon_tests::process::Process::spawn("tcp-peer client", connect)?;
+    let stalled = rig.fired("ConnmonConnectStalled", Duration::from_secs(60))?;
+    assert_eq!(stalled["labels"]["process"], "tcp-peer", "{stalled}");
+    assert_eq!(
+        stalled["labels"]["destination"],
+        redis.as_str(),
+        "{stalled}"
+    );
+    assert_runbook(&stalled, "connmonconnectstalled");
+    // The SYNs met the same OUTPUT drop: the finding says they never left.
+    let finding = rig
+        .connmon
+        .findings("connect_stalled", rig.topology.app.inode())
+        .into_iter()
+        .next()
+        .context("connect_stalled on stdout")?;
+    assert!(
+        finding["hint"]
+            .as_str()
+            .is_some_and(|hint| hint.contains("never leave the host")),
+        "{finding}"
+    );
+
+    rig.topology
+        .app
+        .exec("nft", &["delete", "table", "inet", "cmt_egress"])?;
+    let mut keepalive = rig.topology.app.command(peer);
+    keepalive.args(["keepalive", &redis, "1", "1", "3", "30"]);
+    let keepalive = connmon_tests::process::Process::spawn("tcp-peer keepalive", keepalive)?;
+    keepalive
+        .stdout
+        .wait_for("connected", Duration::from_secs(10))?;
+    rig.topology.app.nft(&format!(
+        "table inet cmt_dead_path {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp sport {REDIS_PORT} drop\n  }}\n}}\n"
+    ))?;
+    let dead = rig.fired("ConnmonKeepaliveTimeouts", Duration::from_secs(60))?;
+    assert_eq!(dead["labels"]["process"], "tcp-peer", "{dead}");
+    assert_eq!(dead["labels"]["destination"], redis.as_str(), "{dead}");
+    assert_runbook(&dead, "connmonkeepalivetimeouts");
+    Ok(())
+}

@@ -10,27 +10,13 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use connmon_tests::{
-    artifacts::{run, scratch_dir, workspace_root},
+    artifacts::validate_schemas,
     connmon::{Trace, binary},
     poll,
     scenario::SeedScenario,
     topology::{Options, REDIS_PORT},
 };
 use serde_json::Value;
-
-/// Validates `records` (schema file name -> records) against docs/schemas/.
-fn validate(records: &BTreeMap<&str, Vec<Value>>) -> Result<(bool, String)> {
-    let scratch = scratch_dir("schema-records")?;
-    let file = scratch.0.join("records.json");
-    std::fs::write(&file, serde_json::to_vec(records)?)?;
-    let root = workspace_root();
-    run(
-        Command::new(root.join(".cache/kubernetes-validate/bin/python"))
-            .arg(root.join("tests/deploy/schemas.py"))
-            .arg(root.join("docs/schemas"))
-            .arg(&file),
-    )
-}
 
 /// The trace stream's gap records, from records the kernel really lost: a
 /// trace with the smallest ring is held still while a thousand connections
@@ -142,14 +128,14 @@ fn every_json_record_matches_its_schema() -> Result<()> {
     for (schema, items) in &records {
         assert!(!items.is_empty(), "no record for {schema}");
     }
-    let (ok, text) = validate(&records)?;
+    let (ok, text) = validate_schemas(&records)?;
     assert!(ok && text.starts_with("valid"), "{text}");
 
     // A record that drifts from its schema is caught: the check is real.
     let mut drifted = records["finding.schema.json"][0].clone();
     drifted["pid"] = Value::String("4242".into());
     drifted["new_field"] = Value::Bool(true);
-    let (ok, text) = validate(&BTreeMap::from([("finding.schema.json", vec![drifted])]))?;
+    let (ok, text) = validate_schemas(&BTreeMap::from([("finding.schema.json", vec![drifted])]))?;
     assert!(
         !ok && text.contains("new_field") && text.contains("pid"),
         "{text}"

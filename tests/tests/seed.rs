@@ -266,16 +266,9 @@ fn idle_connection_used_again_over_an_intact_path_is_quiet() -> Result<()> {
     let connmon = daemon()?;
     let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
     // Idle past connmon's threshold, measured by the kernel itself.
-    poll::until(
-        "the connection to idle past the threshold",
-        Duration::from_secs(30),
-        || {
-            let ss = topology
-                .app
-                .exec("ss", &["-tni", "dport", "=", &format!(":{REDIS_PORT}")])?;
-            Ok(idle_ms(&ss).filter(|ms| *ms >= 2500).map(|_| ()))
-        },
-    )?;
+    topology
+        .app
+        .wait_until_idle(REDIS_PORT, Duration::from_millis(2500))?;
     client.send_line("set")?;
     client.stdout.wait_for("ok", Duration::from_secs(10))?;
     close_and_sync(&connmon, &mut client)?;
@@ -289,16 +282,6 @@ fn idle_connection_used_again_over_an_intact_path_is_quiet() -> Result<()> {
         "an intact path gave findings: {findings:?}"
     );
     Ok(())
-}
-
-/// The shorter of `lastsnd` and `lastrcv` from `ss -ti` output.
-fn idle_ms(ss: &str) -> Option<u64> {
-    let field = |name: &str| -> Option<u64> {
-        ss.split_whitespace()
-            .find_map(|word| word.strip_prefix(name))
-            .and_then(|value| value.parse().ok())
-    };
-    Some(field("lastsnd:")?.min(field("lastrcv:")?))
 }
 
 #[test]

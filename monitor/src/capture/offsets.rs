@@ -260,6 +260,13 @@ pub fn resolve(btf: &KernelBtf) -> Result<(KernelOffsets, Vec<String>), CaptureE
         opt("sock", "__sk_common.skc_cookie"),
         &mut offsets.skc_cookie,
     )?;
+    take(opt("tcp_sock", "write_seq"), &mut offsets.tcp_write_seq)?;
+    take(opt("tcp_sock", "snd_nxt"), &mut offsets.tcp_snd_nxt)?;
+    take(opt("tcp_sock", "snd_wnd"), &mut offsets.tcp_snd_wnd)?;
+    take(
+        opt("inet_connection_sock", "icsk_probes_out"),
+        &mut offsets.icsk_probes_out,
+    )?;
     Ok((offsets, warnings))
 }
 
@@ -287,6 +294,15 @@ mod tests {
         assert!(offsets.sk_bpf_storage > offsets.sk_protocol.min(offsets.skc_net));
         assert_ne!(offsets.sk_cgroup, OFFSET_ABSENT);
         assert_ne!(offsets.kernfs_node_id, OFFSET_ABSENT);
+        // What a failing socket's end is classified by.
+        for offset in [
+            offsets.tcp_write_seq,
+            offsets.tcp_snd_nxt,
+            offsets.tcp_snd_wnd,
+        ] {
+            assert!(offset > offsets.icsk_retransmits && offset != OFFSET_ABSENT);
+        }
+        assert!(offsets.icsk_probes_out < offsets.tcp_snd_una);
     }
 
     #[test]

@@ -23,6 +23,8 @@ use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
+use monitor_common::tcp::TCP_SYN_SENT;
+
 use crate::event::{
     Connection, EventKind, ProcessRef, RetransmitKind, Role, SocketEvent, TcpState,
 };
@@ -135,6 +137,68 @@ pub struct IdleReset {
     pub peer_closed: bool,
 }
 
+/// A way a watched connection fails with no retransmit storm to show for
+/// it: each has its own cause and fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Data written after the peer's window was open never left the host
+    /// (a local firewall drop: the send fails inside the host, so the
+    /// kernel probes instead of retransmitting), until it gave up.
+    EgressBlocked,
+    /// The SYN was retransmitted: a connect to a dead path hangs.
+    ConnectStalled,
+    /// Keepalive probes on an idle connection went unanswered.
+    KeepaliveTimeout,
+}
+
+impl FailureMode {
+    pub const ALL: [Self; 3] = [
+        Self::EgressBlocked,
+        Self::ConnectStalled,
+        Self::KeepaliveTimeout,
+    ];
+
+    /// The finding's `event` name, and the metric's `mode` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EgressBlocked => "egress_blocked",
+            Self::ConnectStalled => "connect_stalled",
+            Self::KeepaliveTimeout => "keepalive_timeout",
+        }
+    }
+}
+
+/// A connection that failed in one of the `FailureMode`s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConnectionFailure {
+    pub mode: FailureMode,
+    pub cookie: u64,
+    pub owner: Option<ProcessRef>,
+    pub role: Role,
+    pub connection: Connection,
+    /// No payload either way for this long before the failure began (the
+    /// stuck write's idle gap; for a keepalive, until the kernel gave up).
+    pub idle_ns: u64,
+    /// When it began: the stuck write, the last payload (keepalive), the
+    /// first SYN retransmit (connect).
+    pub started_ns: u64,
+    pub at_ns: u64,
+    /// SYN retransmits (connect), else RTO retransmits in a row.
+    pub retransmits: u32,
+    /// Zero-window or keepalive probes sent without an answer.
+    pub probes: u8,
+    /// Bytes written that never left the host.
+    pub unsent_bytes: u32,
+    /// The kernel gave up (ETIMEDOUT); `false`: still hanging (a connect
+    /// whose SYN retransmits confirmed it).
+    pub timed_out: bool,
+    /// A SYN retransmit failed inside the host (EPERM: a local firewall
+    /// dropped it), so the connect never reached the wire.
+    pub dropped_in_host: bool,
+    pub tcp_retries2: u8,
+}
+
 /// What the detector concluded from an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finding {
@@ -146,6 +210,19 @@ pub enum Finding {
         errno: Option<i32>,
     },
     ResetAfterIdle(IdleReset),
+    ConnectionFailed(ConnectionFailure),
+}
+
+/// A connect whose SYN is being retransmitted.
+#[derive(Debug)]
+struct ConnectAttempt {
+    first_retransmit_ns: u64,
+    last_event_ns: u64,
+    retransmits: u32,
+    /// One of them failed with EPERM (see `ConnectionFailure`).
+    dropped_in_host: bool,
+    /// `connect_stalled` was reported for it.
+    reported: bool,
 }
 
 /// Retransmits in flight on one socket.
@@ -169,6 +246,8 @@ const RTO_TIMES_KEPT: usize = 8;
 pub struct Detector {
     config: DetectorConfig,
     episodes: FxHashMap<u64, Episode>,
+    /// Connects with SYN retransmits, bounded by `max_episodes` too.
+    connects: FxHashMap<u64, ConnectAttempt>,
     next_storm_id: u64,
     /// Episodes not tracked because `max_episodes` was reached.
     pub episodes_dropped: u64,
@@ -222,6 +301,7 @@ impl Detector {
         Self {
             config,
             episodes: FxHashMap::default(),
+            connects: FxHashMap::default(),
             next_storm_id: 1,
             episodes_dropped: 0,
         }
@@ -247,6 +327,9 @@ impl Detector {
     pub fn handle(&mut self, event: &SocketEvent) -> Vec<Finding> {
         let mut findings = Vec::new();
         match &event.kind {
+            EventKind::Retransmit(_) if event.state.0 == TCP_SYN_SENT => {
+                self.on_syn_retransmit(event, &mut findings);
+            }
             EventKind::Retransmit(info) => {
                 // The kernel's count of RTOs in a row went down: an ACK made
                 // progress that we did not see as an event. The old episode
@@ -308,6 +391,7 @@ impl Detector {
                 }
             }
             EventKind::SocketError { errno } => {
+                self.on_failed_end(event, *errno, event.state, &mut findings);
                 self.end(
                     event.cookie,
                     outcome_for(*errno),
@@ -318,9 +402,10 @@ impl Detector {
             }
             // The kernel closes a socket before it reports the error, so the
             // CLOSE carries the errno (0 for an orderly close).
-            EventKind::StateChange { new, errno, .. }
+            EventKind::StateChange { old, new, errno }
                 if new.0 == monitor_common::tcp::TCP_CLOSE =>
             {
+                self.on_failed_end(event, *errno, *old, &mut findings);
                 let errno = (*errno != 0).then_some(*errno);
                 let outcome = errno.map_or(Outcome::Closed, outcome_for);
                 self.end(
@@ -334,6 +419,7 @@ impl Detector {
             // Normally the error or CLOSE ended the storm already; if
             // their records were lost, the destroy record repeats the errno.
             EventKind::Destroyed { errno, .. } => {
+                self.connects.remove(&event.cookie);
                 let errno = (*errno != 0).then_some(*errno);
                 self.end(
                     event.cookie,
@@ -349,6 +435,139 @@ impl Detector {
             | EventKind::ReplyAfterIdle { .. } => {}
         }
         findings
+    }
+
+    /// A SYN retransmit: `confirm_retransmits` of them in a row report the
+    /// connect as stalled, once.
+    fn on_syn_retransmit(&mut self, event: &SocketEvent, findings: &mut Vec<Finding>) {
+        if !self.connects.contains_key(&event.cookie)
+            && self.connects.len() >= self.config.max_episodes
+        {
+            self.episodes_dropped += 1;
+            return;
+        }
+        let attempt = self
+            .connects
+            .entry(event.cookie)
+            .or_insert_with(|| ConnectAttempt {
+                first_retransmit_ns: event.timestamp_ns,
+                last_event_ns: event.timestamp_ns,
+                retransmits: 0,
+                dropped_in_host: false,
+                reported: false,
+            });
+        attempt.retransmits += 1;
+        if let EventKind::Retransmit(info) = &event.kind {
+            attempt.dropped_in_host |= info.result == -libc::EPERM;
+        }
+        attempt.last_event_ns = event.timestamp_ns;
+        if attempt.reported || attempt.retransmits < self.config.confirm_retransmits {
+            return;
+        }
+        attempt.reported = true;
+        let tcp_retries2 = match &event.kind {
+            EventKind::Retransmit(info) => info.tcp_retries2,
+            _ => 0,
+        };
+        findings.push(Finding::ConnectionFailed(ConnectionFailure {
+            mode: FailureMode::ConnectStalled,
+            cookie: event.cookie,
+            owner: event.owner.clone(),
+            role: event.role,
+            connection: event.connection.clone(),
+            idle_ns: 0,
+            started_ns: attempt.first_retransmit_ns,
+            at_ns: event.timestamp_ns,
+            retransmits: attempt.retransmits,
+            probes: 0,
+            unsent_bytes: 0,
+            timed_out: false,
+            dropped_in_host: attempt.dropped_in_host,
+            tcp_retries2,
+        }));
+    }
+
+    /// A socket that the kernel gave up on (ETIMEDOUT) without a storm on
+    /// it: its end state says how. `before` is its state before it failed.
+    fn on_failed_end(
+        &mut self,
+        event: &SocketEvent,
+        errno: i32,
+        before: TcpState,
+        findings: &mut Vec<Finding>,
+    ) {
+        let attempt = self.connects.remove(&event.cookie);
+        if errno != libc::ETIMEDOUT {
+            return;
+        }
+        let storm = self
+            .episodes
+            .get(&event.cookie)
+            .is_some_and(|episode| episode.storm.is_some() || episode.candidate.is_some());
+        let Some(end) = event.end.filter(|_| !storm) else {
+            return;
+        };
+        let activity = &event.activity;
+        let last_active = activity.last_send_ns.max(activity.last_recv_ns);
+        let (mode, idle_ns, started_ns) = if before.0 == TCP_SYN_SENT || attempt.is_some() {
+            if attempt.as_ref().is_some_and(|attempt| attempt.reported) {
+                return;
+            }
+            let started = attempt
+                .as_ref()
+                .map_or(event.timestamp_ns, |attempt| attempt.first_retransmit_ns);
+            (FailureMode::ConnectStalled, 0, started)
+        } else if end.probes_out > 0 && end.unsent_bytes > 0 && end.send_window > 0 {
+            // The peer's window was open, nothing was in flight, yet the
+            // data stayed: every transmit failed inside the host. (A shut
+            // window, `send_window` 0, is a peer that stopped reading.)
+            let started = activity.burst_start_ns.or(activity.last_send_ns);
+            let idle = idle_before_stuck_burst(event, &self.config, event.timestamp_ns)
+                .or_else(|| {
+                    (activity.idle_before_burst_ns >= self.config.idle_threshold_ns)
+                        .then_some(activity.idle_before_burst_ns)
+                })
+                .unwrap_or(0);
+            (
+                FailureMode::EgressBlocked,
+                idle,
+                started.unwrap_or(event.timestamp_ns),
+            )
+        } else if end.probes_out > 0 && end.unsent_bytes == 0 && end.rto_retransmits == 0 {
+            // Nothing to send and nothing retransmitted: only keepalive
+            // probes go out on such a socket.
+            let last = last_active.unwrap_or(event.timestamp_ns);
+            (
+                FailureMode::KeepaliveTimeout,
+                event.timestamp_ns.saturating_sub(last),
+                last,
+            )
+        } else {
+            return;
+        };
+        findings.push(Finding::ConnectionFailed(ConnectionFailure {
+            mode,
+            cookie: event.cookie,
+            owner: event.owner.clone(),
+            role: event.role,
+            connection: event.connection.clone(),
+            idle_ns,
+            started_ns,
+            at_ns: event.timestamp_ns,
+            retransmits: attempt
+                .as_ref()
+                .map_or(u32::from(end.rto_retransmits), |attempt| {
+                    attempt.retransmits.max(u32::from(end.rto_retransmits))
+                }),
+            probes: end.probes_out,
+            unsent_bytes: end.unsent_bytes,
+            timed_out: true,
+            dropped_in_host: mode == FailureMode::EgressBlocked
+                || attempt
+                    .as_ref()
+                    .is_some_and(|attempt| attempt.dropped_in_host),
+            tcp_retries2: end.tcp_retries2,
+        }));
     }
 
     fn on_retransmit(&mut self, event: &SocketEvent, findings: &mut Vec<Finding>) {
@@ -503,6 +722,8 @@ impl Detector {
     /// `unknown`. Call periodically with the current monotonic time.
     pub fn expire(&mut self, now_ns: u64) -> Vec<Finding> {
         let forget_after = self.config.forget_after_ns;
+        self.connects
+            .retain(|_, attempt| now_ns.saturating_sub(attempt.last_event_ns) < forget_after);
         let stale: Vec<u64> = self
             .episodes
             .iter()

@@ -89,6 +89,8 @@ pub fn failed(finding: &Finding) -> Option<IdleReuse<'_>> {
                 ReuseOutcome::Reset
             },
         }),
-        Finding::StormEnded { .. } => None,
+        // A local drop, a connect and a keepalive that gave up are no
+        // reuse of an idle connection through the path.
+        Finding::StormEnded { .. } | Finding::ConnectionFailed(_) => None,
     }
 }

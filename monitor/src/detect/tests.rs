@@ -2,7 +2,7 @@
 //! server side, and the negatives that must not be storms.
 
 use super::*;
-use crate::event::{ActivityTimes, OwnerSource, Progress, RetransmitInfo};
+use crate::event::{ActivityTimes, EndState, OwnerSource, Progress, RetransmitInfo};
 
 const S: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
@@ -64,6 +64,7 @@ impl Recording {
             connection: self.connection.clone(),
             state: TcpState(1),
             activity: self.activity,
+            end: None,
         }
     }
 
@@ -574,6 +575,224 @@ fn after_lost_records_only_storms_whose_socket_is_gone_end_and_as_unknown() {
         1,
         "the live socket's storm goes on"
     );
+}
+
+// ---- failures without a storm: egress blocked, connect stalled, keepalive ----
+
+/// The end a kernel timeout gives: CLOSE with ETIMEDOUT from `before`,
+/// carrying the socket's end state.
+fn timed_out(recording: &Recording, at_ns: u64, before: u8, end: EndState) -> SocketEvent {
+    let mut event = recording.event(
+        at_ns,
+        EventKind::StateChange {
+            old: TcpState(before),
+            new: TcpState(7),
+            errno: libc::ETIMEDOUT,
+        },
+    );
+    event.end = Some(end);
+    event
+}
+
+fn failures(findings: &[(usize, Finding)]) -> Vec<&ConnectionFailure> {
+    findings
+        .iter()
+        .filter_map(|(_, finding)| match finding {
+            Finding::ConnectionFailed(failure) => Some(failure),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn data_that_never_left_the_host_is_egress_blocked_with_its_idle_gap() {
+    // SET after 60 s idle; an OUTPUT drop keeps it in the host: no
+    // retransmit, only zero-window-style probes, then ETIMEDOUT.
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let end = EndState {
+        probes_out: 4,
+        unsent_bytes: 31,
+        send_window: 65_483,
+        tcp_retries2: 4,
+        ..EndState::default()
+    };
+    let mut detector = Detector::new(config());
+    let findings = run(&mut detector, &[timed_out(&recording, 106 * S, 1, end)]);
+    let [failure] = failures(&findings)[..] else {
+        panic!("{findings:#?}")
+    };
+    assert_eq!(failure.mode, FailureMode::EgressBlocked);
+    assert_eq!(
+        (failure.idle_ns, failure.started_ns, failure.at_ns),
+        (60 * S, 100 * S, 106 * S)
+    );
+    assert_eq!((failure.probes, failure.unsent_bytes), (4, 31));
+    assert!(failure.timed_out);
+    assert_eq!(findings.len(), 1, "and nothing else: {findings:#?}");
+}
+
+#[test]
+fn unanswered_keepalive_probes_on_an_idle_connection_are_a_keepalive_timeout() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let end = EndState {
+        probes_out: 3,
+        send_window: 65_483,
+        ..EndState::default()
+    };
+    let mut detector = Detector::new(config());
+    let findings = run(&mut detector, &[timed_out(&recording, 130 * S, 1, end)]);
+    let [failure] = failures(&findings)[..] else {
+        panic!("{findings:#?}")
+    };
+    assert_eq!(failure.mode, FailureMode::KeepaliveTimeout);
+    assert_eq!(failure.idle_ns, 30 * S, "quiet since the last payload");
+    assert_eq!(failure.probes, 3);
+}
+
+#[test]
+fn a_storm_that_timed_out_is_no_other_failure() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut events = seed(&recording, 100 * S);
+    for event in &mut events {
+        if matches!(
+            event.kind,
+            EventKind::StateChange { .. } | EventKind::SocketError { .. }
+        ) {
+            event.end = Some(EndState {
+                rto_retransmits: 4,
+                ..EndState::default()
+            });
+        }
+    }
+    let mut detector = Detector::new(config());
+    let findings = run(&mut detector, &events);
+    assert!(failures(&findings).is_empty(), "{findings:#?}");
+    assert_eq!(findings.len(), 2, "{findings:#?}");
+}
+
+#[test]
+fn other_ends_are_no_failure() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut detector = Detector::new(config());
+    let mut reset = recording.event(
+        101 * S,
+        EventKind::SocketError {
+            errno: libc::ECONNRESET,
+        },
+    );
+    reset.end = Some(EndState {
+        probes_out: 2,
+        unsent_bytes: 10,
+        send_window: 100,
+        ..EndState::default()
+    });
+    // A timeout whose end state shows neither probes nor a SYN: a
+    // data timeout connmon saw no retransmit of.
+    let unexplained = timed_out(&recording, 102 * S, 1, EndState::default());
+    let findings = run(&mut detector, &[reset, unexplained]);
+    assert!(findings.is_empty(), "{findings:#?}");
+}
+
+/// A connect to a dead path as the kernel reports it: SYN retransmits at
+/// 1, 3, 7 s (the socket still in SYN_SENT).
+fn syn_retransmits(recording: &Recording, connect_ns: u64, count: usize) -> Vec<SocketEvent> {
+    [1, 3, 7, 15, 31]
+        .iter()
+        .take(count)
+        .enumerate()
+        .map(|(index, seconds)| {
+            let mut event = recording.retransmit(
+                connect_ns + seconds * S,
+                RetransmitKind::Timeout,
+                index as u8 + 1,
+            );
+            event.state = TcpState(TCP_SYN_SENT);
+            event
+        })
+        .collect()
+}
+
+#[test]
+fn a_connect_whose_syn_is_retransmitted_is_stalled_once() {
+    let mut recording = Recording::client();
+    recording.owner.source = OwnerSource::Connect;
+    let mut events = syn_retransmits(&recording, 10 * S, 5);
+    events.push(timed_out(
+        &recording,
+        73 * S,
+        TCP_SYN_SENT,
+        EndState {
+            rto_retransmits: 5,
+            ..EndState::default()
+        },
+    ));
+    let mut detector = Detector::new(config());
+    let findings = run(&mut detector, &events);
+    let [(index, Finding::ConnectionFailed(failure))] = &findings[..] else {
+        panic!("{findings:#?}")
+    };
+    assert_eq!(*index, 2, "confirmed by the third SYN retransmit");
+    assert_eq!(failure.mode, FailureMode::ConnectStalled);
+    assert_eq!(failure.retransmits, 3);
+    assert_eq!(failure.started_ns, 11 * S);
+    assert!(!failure.timed_out, "reported while the connect hangs");
+    assert!(!failure.dropped_in_host, "the SYNs went out");
+    assert_eq!(detector.episodes(), 0, "no storm episode for a SYN");
+}
+
+#[test]
+fn a_connect_that_times_out_before_confirmation_is_stalled_and_timed_out() {
+    let recording = Recording::client();
+    let mut events = syn_retransmits(&recording, 10 * S, 1);
+    events.push(timed_out(
+        &recording,
+        13 * S,
+        TCP_SYN_SENT,
+        EndState {
+            rto_retransmits: 1,
+            ..EndState::default()
+        },
+    ));
+    let mut detector = Detector::new(config());
+    let findings = run(&mut detector, &events);
+    let [failure] = failures(&findings)[..] else {
+        panic!("{findings:#?}")
+    };
+    assert_eq!(failure.mode, FailureMode::ConnectStalled);
+    assert!(failure.timed_out);
+    assert_eq!(failure.retransmits, 1);
+}
+
+#[test]
+fn a_connect_answered_after_one_lost_syn_is_quiet_and_forgotten() {
+    let recording = Recording::client();
+    let mut detector = Detector::new(config());
+    let findings = run(&mut detector, &syn_retransmits(&recording, 10 * S, 1));
+    assert!(findings.is_empty(), "{findings:#?}");
+    assert!(
+        detector
+            .expire(10 * S + config().forget_after_ns + 2 * S)
+            .is_empty()
+    );
+    assert!(detector.connects.is_empty());
+}
+
+#[test]
+fn a_connect_whose_syns_fail_inside_the_host_says_so() {
+    let recording = Recording::client();
+    let mut events = syn_retransmits(&recording, 10 * S, 3);
+    for event in &mut events {
+        if let EventKind::Retransmit(info) = &mut event.kind {
+            info.result = -libc::EPERM;
+        }
+    }
+    let mut detector = Detector::new(config());
+    let findings = run(&mut detector, &events);
+    let [failure] = failures(&findings)[..] else {
+        panic!("{findings:#?}")
+    };
+    assert_eq!(failure.mode, FailureMode::ConnectStalled);
+    assert!(failure.dropped_in_host);
 }
 
 /// Every reuse after an idle gap is evidence for the path's idle timeout:

@@ -27,6 +27,9 @@ const FIRING_HORIZON: Duration = Duration::from_secs(300);
 /// Alert names, shared with the rules of deploy/prometheus/connmon-rules.yml.
 pub const IDLE_CONNECTION_STORM: &str = "ConnmonIdleConnectionStorm";
 pub const RESETS_AFTER_IDLE: &str = "ConnmonResetsAfterIdle";
+pub const EGRESS_BLOCKED: &str = "ConnmonEgressBlocked";
+pub const CONNECT_STALLED: &str = "ConnmonConnectStalled";
+pub const KEEPALIVE_TIMEOUTS: &str = "ConnmonKeepaliveTimeouts";
 
 /// Attempts per delivery.
 const ATTEMPTS: u32 = 3;
@@ -77,10 +80,19 @@ pub fn alertmanager_alert(
     // The names of the shipped rules that say the same (checked against
     // deploy/prometheus/connmon-rules.yml by a test): one runbook section,
     // one route, whichever of the two fired.
-    let alertname = if record.event == "reset_after_idle" {
-        RESETS_AFTER_IDLE
+    let alertname = match record.event {
+        "reset_after_idle" => RESETS_AFTER_IDLE,
+        "egress_blocked" => EGRESS_BLOCKED,
+        "connect_stalled" => CONNECT_STALLED,
+        "keepalive_timeout" => KEEPALIVE_TIMEOUTS,
+        _ => IDLE_CONNECTION_STORM,
+    };
+    // Only a storm pages: a request is hanging now. The others are
+    // reported when the connection has failed already.
+    let severity = if alertname == IDLE_CONNECTION_STORM {
+        "page"
     } else {
-        IDLE_CONNECTION_STORM
+        "ticket"
     };
     let pid = record
         .pid
@@ -92,7 +104,7 @@ pub fn alertmanager_alert(
         .unwrap_or_default();
     let mut labels = json!({
         "alertname": alertname,
-        "severity": if alertname == RESETS_AFTER_IDLE { "ticket" } else { "page" },
+        "severity": severity,
         "instance": config.instance,
         "process": process,
         "container": container,
@@ -114,13 +126,24 @@ pub fn alertmanager_alert(
         (_, _, Some(_)) => format!(" in container {container}"),
         _ => String::new(),
     };
-    let summary = if alertname == RESETS_AFTER_IDLE {
-        format!(
+    let summary = match alertname {
+        RESETS_AFTER_IDLE => format!(
             "{process} (pid {pid}){where_}: connection to {destination} reset after {} idle",
             human_duration(record.idle_seconds)
-        )
-    } else {
-        format!("{process} (pid {pid}){where_} is hanging on an idle connection to {destination}")
+        ),
+        EGRESS_BLOCKED => format!(
+            "{process} (pid {pid}){where_}: packets to {destination} dropped inside the host; the connection timed out"
+        ),
+        CONNECT_STALLED => {
+            format!("{process} (pid {pid}){where_}: connect to {destination} gets no answer")
+        }
+        KEEPALIVE_TIMEOUTS => format!(
+            "{process} (pid {pid}){where_}: keepalive found the idle connection to {destination} dead after {}",
+            human_duration(record.idle_seconds)
+        ),
+        _ => format!(
+            "{process} (pid {pid}){where_} is hanging on an idle connection to {destination}"
+        ),
     };
     let mut description = format!(
         "{process} pid {pid} tid {} on {}: {} -> {} (netns {}), idle {} before the stuck send at {}, {} retransmits.",
@@ -550,6 +573,8 @@ mod tests {
             duration_seconds: None,
             error: None,
             cause: None,
+            probes: None,
+            unsent_bytes: None,
             tcp_retries2: Some(15),
             cookie: 1,
             hint: "Likely cause: a middlebox ... Fix: Redis `tcp-keepalive 60`".into(),
@@ -855,10 +880,19 @@ mod tests {
     /// connmon's pushed alerts, one per kind of finding it pushes.
     fn pushed_alerts() -> Vec<Value> {
         let now = humantime::parse_rfc3339("2026-11-25T09:32:45Z").expect("time");
-        let mut reset = record();
-        reset.event = "reset_after_idle";
-        reset.storm_id = None;
-        [record(), reset]
+        let mut records = vec![record()];
+        for event in [
+            "reset_after_idle",
+            "egress_blocked",
+            "connect_stalled",
+            "keepalive_timeout",
+        ] {
+            let mut other = record();
+            other.event = event;
+            other.storm_id = None;
+            records.push(other);
+        }
+        records
             .iter()
             .map(|record| alertmanager_alert(record, &config(), now, None))
             .collect()

@@ -1,6 +1,9 @@
 //! The one-line hint each finding carries: the likely cause and the fixes.
 
-use crate::event::Role;
+use crate::{
+    detect::{ConnectionFailure, FailureMode},
+    event::Role,
+};
 
 /// Formats seconds for people: "45s", "6m 10s", "2h 3m".
 pub fn human_duration(seconds: f64) -> String {
@@ -88,6 +91,54 @@ pub fn reset_hint(service: Option<&str>, idle_seconds: f64, peer_closed: bool) -
     )
 }
 
+/// Hint for a connection that failed in one of the `FailureMode`s.
+pub fn failure_hint(
+    failure: &ConnectionFailure,
+    service: Option<&str>,
+    idle_seconds: f64,
+) -> String {
+    let what = service
+        .map(|service| format!("{service} connection"))
+        .unwrap_or_else(|| "connection".into());
+    let idle = human_duration(idle_seconds);
+    let remote = &failure.connection.remote;
+    let redis = service == Some("redis");
+    match failure.mode {
+        FailureMode::EgressBlocked => format!(
+            "Likely cause: a firewall on this host or in the pod's network namespace (an nftables/iptables OUTPUT rule, an egress NetworkPolicy) drops this {what}'s packets to {remote}: {unsent} bytes written after {idle} idle never left the host, the kernel probed {probes} times without sending anything and gave up (ETIMEDOUT); the wire shows no retransmits. Fix: allow {remote} in the host firewall and the pod's egress NetworkPolicy (`nft list ruleset`, `iptables -S OUTPUT` in the network namespace).",
+            unsent = failure.unsent_bytes,
+            probes = failure.probes,
+        ),
+        FailureMode::ConnectStalled if failure.dropped_in_host => format!(
+            "Likely cause: a firewall on this host or in the pod's network namespace (an nftables/iptables OUTPUT rule, an egress NetworkPolicy) drops the SYNs to {remote}: they never leave the host, the connect {state} while the kernel retries ({retransmits} so far), and a pool reconnecting hangs with it. Fix: allow {remote} in the host firewall and the pod's egress NetworkPolicy; give connects their own short timeout in the client.",
+            state = if failure.timed_out {
+                "timed out"
+            } else {
+                "hangs"
+            },
+            retransmits = failure.retransmits,
+        ),
+        FailureMode::ConnectStalled => format!(
+            "Likely cause: nothing answers SYNs to {remote} (a dead path, a firewall dropping them, a host down or a stale address): the connect {state} while the kernel retransmits the SYN ({retransmits} so far; `net.ipv4.tcp_syn_retries` 6 gives up after about 2 minutes), and a pool reconnecting hangs with it. Fix: check the address and the firewalls on the path; give connects their own short timeout in the client.",
+            state = if failure.timed_out {
+                "timed out"
+            } else {
+                "hangs"
+            },
+            retransmits = failure.retransmits,
+        ),
+        FailureMode::KeepaliveTimeout => format!(
+            "Likely cause: the path (NAT, load balancer, firewall) forgot this idle {what} to {remote}, or the peer is gone: {probes} keepalive probes went unanswered after {idle} idle and the kernel closed it (ETIMEDOUT). Keepalive turned a hang into an error here. Fix: if the path has an idle timeout, keep the keepalive idle time ({keepalive}TCP_KEEPIDLE) well below it, and below {idle}, so the flow stays alive; reconnect on ETIMEDOUT.",
+            probes = failure.probes,
+            keepalive = if redis {
+                "Redis `tcp-keepalive`, client "
+            } else {
+                ""
+            },
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +180,75 @@ mod tests {
                 && hint.contains("timeout"),
             "{hint}"
         );
+    }
+
+    fn failure(mode: FailureMode) -> ConnectionFailure {
+        ConnectionFailure {
+            mode,
+            cookie: 1,
+            owner: None,
+            role: Role::Client,
+            connection: crate::event::Connection {
+                local: "10.0.0.2:41000".parse().expect("addr"),
+                remote: "10.0.1.5:6379".parse().expect("addr"),
+                netns: 1,
+            },
+            idle_ns: 0,
+            started_ns: 0,
+            at_ns: 0,
+            retransmits: 3,
+            probes: 5,
+            unsent_bytes: 31,
+            timed_out: true,
+            dropped_in_host: false,
+            tcp_retries2: 15,
+        }
+    }
+
+    #[test]
+    fn each_failure_mode_names_its_own_fix() {
+        let egress = failure_hint(&failure(FailureMode::EgressBlocked), Some("redis"), 400.0);
+        for needle in [
+            "firewall",
+            "NetworkPolicy",
+            "31 bytes",
+            "10.0.1.5:6379",
+            "6m 40s",
+        ] {
+            assert!(egress.contains(needle), "{needle} missing from {egress}");
+        }
+        let connect = failure_hint(&failure(FailureMode::ConnectStalled), None, 0.0);
+        for needle in ["SYN", "tcp_syn_retries", "connect", "timed out"] {
+            assert!(connect.contains(needle), "{needle} missing from {connect}");
+        }
+        let local = failure_hint(
+            &ConnectionFailure {
+                dropped_in_host: true,
+                ..failure(FailureMode::ConnectStalled)
+            },
+            None,
+            0.0,
+        );
+        assert!(
+            local.contains("never leave the host") && local.contains("NetworkPolicy"),
+            "{local}"
+        );
+        let keepalive = failure_hint(
+            &failure(FailureMode::KeepaliveTimeout),
+            Some("redis"),
+            400.0,
+        );
+        for needle in [
+            "keepalive probes",
+            "TCP_KEEPIDLE",
+            "tcp-keepalive",
+            "below 6m 40s",
+        ] {
+            assert!(
+                keepalive.contains(needle),
+                "{needle} missing from {keepalive}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::{
     attribution::{Attributor, existing::OwnerResolver, pods::PodDirectory},
     clock::WallClock,
     config::Settings,
-    detect::{Finding, IdleReset, Outcome, Storm},
+    detect::{ConnectionFailure, Finding, IdleReset, Outcome, Storm},
     event::{Connection, OwnerSource, ProcessRef, Role},
     output::{hint, trace::errno_name},
 };
@@ -65,6 +65,14 @@ pub struct FindingRecord {
     /// forgot the connection).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<&'static str>,
+    /// `egress_blocked`, `keepalive_timeout`: zero-window or keepalive
+    /// probes the kernel sent without an answer before it gave up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u8>,
+    /// `egress_blocked`: bytes the application wrote that never left the
+    /// host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsent_bytes: Option<u32>,
     pub tcp_retries2: Option<u8>,
     pub cookie: u64,
     pub hint: String,
@@ -125,6 +133,7 @@ impl Reporter {
                 record
             }
             Finding::ResetAfterIdle(reset) => self.reset_record(reset, settings),
+            Finding::ConnectionFailed(failure) => self.failure_record(failure, settings),
         }
     }
 
@@ -209,6 +218,46 @@ impl Reporter {
         record
     }
 
+    fn failure_record(
+        &mut self,
+        failure: &ConnectionFailure,
+        settings: &Settings,
+    ) -> FindingRecord {
+        use crate::detect::FailureMode;
+        let resolved = self.owner_of(failure.owner.as_ref(), failure.cookie, &failure.connection);
+        let service = service_of(&failure.connection, failure.role, settings);
+        let idle_seconds = round(failure.idle_ns as f64 / NS_PER_S);
+        let hint = hint::failure_hint(failure, service.as_deref(), idle_seconds);
+        let mut record = self.base(
+            failure.mode.as_str(),
+            failure.at_ns,
+            resolved.as_ref(),
+            &failure.connection,
+            failure.role,
+            service,
+            failure.cookie,
+            hint,
+        );
+        record.idle_seconds = idle_seconds;
+        record.retransmits = failure.retransmits;
+        record.started_at = self.clock.rfc3339(failure.started_ns);
+        record.tcp_retries2 = Some(failure.tcp_retries2);
+        if failure.timed_out {
+            record.outcome = Some(Outcome::TimedOut);
+            record.error = Some(errno_name(libc::ETIMEDOUT));
+            record.duration_seconds = Some(round(
+                failure.at_ns.saturating_sub(failure.started_ns) as f64 / NS_PER_S,
+            ));
+        }
+        if failure.mode != FailureMode::ConnectStalled {
+            record.probes = Some(failure.probes);
+        }
+        if failure.mode == FailureMode::EgressBlocked {
+            record.unsent_bytes = Some(failure.unsent_bytes);
+        }
+        record
+    }
+
     #[allow(
         clippy::too_many_arguments,
         reason = "one private constructor for the shared fields"
@@ -263,6 +312,8 @@ impl Reporter {
             duration_seconds: None,
             error: None,
             cause: None,
+            probes: None,
+            unsent_bytes: None,
             tcp_retries2: None,
             cookie,
             hint,
@@ -317,9 +368,24 @@ fn unescaped_text_line(record: &FindingRecord) -> String {
             hint::human_duration(record.duration_seconds.unwrap_or(0.0)),
             record.retransmits
         ),
-        _ => format!(
+        "reset_after_idle" => format!(
             "reset after {} idle",
             hint::human_duration(record.idle_seconds)
+        ),
+        "connect_stalled" => format!(
+            "SYN retransmitted {} times{}",
+            record.retransmits,
+            if record.outcome.is_some() {
+                ", connect timed out"
+            } else {
+                ", connect hanging"
+            }
+        ),
+        _ => format!(
+            "{} after {} idle, {} probes unanswered, timed out",
+            record.event.replace('_', " "),
+            hint::human_duration(record.idle_seconds),
+            record.probes.unwrap_or(0)
         ),
     };
     format!(

@@ -171,6 +171,7 @@ mod tests {
             },
             state: TcpState(1),
             activity: ActivityTimes::default(),
+            end: None,
         }
     }
 

@@ -20,6 +20,12 @@
 //! process that last used it.
 //! `tcp-peer pool ADDR N`: a connection pool with one writer thread per
 //! connection (see `pool`).
+//! `tcp-peer keepalive ADDR IDLE INTERVAL COUNT WAIT`: connect with
+//! `SO_KEEPALIVE` and those `TCP_KEEPIDLE`/`TCP_KEEPINTVL`/`TCP_KEEPCNT`,
+//! send `PING\r\n` (an echo server echoes it, Redis answers), print
+//! `connected LOCAL_ADDR`, then wait in a read for at most WAIT seconds:
+//! `quiet` when nothing came, `closed` at the peer's FIN, `error KIND ERRNO`
+//! when the kernel gave up on the connection.
 //!
 //! With `TCP_PEER_COMM` set, the peer first renames itself to it (any
 //! bytes, at most 15, as prctl(PR_SET_NAME) allows any process to do).
@@ -63,6 +69,10 @@ fn main() {
             args.get(4).and_then(|n| n.parse().ok()).unwrap_or(1),
         ),
         "pool" => pool(addr, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
+        "keepalive" => {
+            let number = |index: usize| args.get(index).and_then(|n| n.parse().ok()).unwrap_or(1);
+            keepalive(addr, [number(3), number(4), number(5)], number(6) as u64)
+        }
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
@@ -282,6 +292,53 @@ fn total_retransmits(stream: &TcpStream) -> Option<u32> {
         )
     };
     (result == 0).then_some(info.tcpi_total_retrans)
+}
+
+/// See the module documentation; `[idle, interval, count]` in seconds and
+/// probes.
+fn keepalive(
+    addr: &str,
+    [idle, interval, count]: [i32; 3],
+    wait_seconds: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut stream = TcpStream::connect(addr)?;
+    for (level, option, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count),
+    ] {
+        // SAFETY: an int option, passed as a pointer to an int and its size.
+        let result = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                level,
+                option,
+                (&raw const value).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if result != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    stream.write_all(b"PING\r\n")?;
+    let mut reply = [0u8; 64];
+    if stream.read(&mut reply)? == 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+    }
+    println!("connected {}", stream.local_addr()?);
+    std::io::stdout().flush()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(wait_seconds)))?;
+    match stream.read(&mut reply) {
+        Ok(0) => println!("closed"),
+        Ok(_) => println!("data"),
+        // The read's own timeout (EAGAIN), not the kernel's (ETIMEDOUT).
+        Err(error) if error.raw_os_error() == Some(libc::EAGAIN) => println!("quiet"),
+        Err(error) => return Err(error),
+    }
+    std::io::stdout().flush()
 }
 
 fn handoff(addr: &str) -> std::io::Result<()> {

@@ -221,5 +221,37 @@ until_ok 30 gone $CONNMON || fail "connmon did not exit on SIGTERM"
 wait $CONNMON
 code=$?
 [ $code -eq 0 ] || fail "connmon exited with $code after SIGTERM"
+
+# ---- a full state map (kernels whose tracing programs keep socket state
+# in a map of the loader's size): refused inserts are counted as
+# socket_map_full and the daemon goes on ----
+if grep -q '^hook store=ByAddress$' /vm/expect; then
+    RUST_LOG=info connmon run --ports $PORT --socket-map-entries 1024 --listen 127.0.0.1:9879 \
+        --output-format json > /tmp/full.out 2> /tmp/full.err &
+    FULL=$!
+    full_ready() {
+        gone $FULL && return 1
+        wget -q -O /dev/null http://127.0.0.1:9879/readyz
+    }
+    until_ok 180 full_ready || { cat /tmp/full.err; fail "connmon with a 1024-entry map not ready"; }
+    # 600 connections: 1,200 watched sockets (both ends) for 1,024 places.
+    mkfifo /tmp/many.in
+    /usr/sbin/ip netns exec app tcp-peer many $SERVER:$PORT 600 < /tmp/many.in > /tmp/many.out 2>&1 &
+    MANY=$!
+    exec 6> /tmp/many.in
+    until_ok 30 grep -q "opened 600" /tmp/many.out || fail "600 connections not opened: $(cat /tmp/many.out)"
+    refused() {
+        wget -q -O - http://127.0.0.1:9879/metrics \
+            | grep -Eq '^connmon_lost_records_total\{reason="socket_map_full"\} [1-9]'
+    }
+    until_ok 30 refused || fail "a full state map was not counted as socket_map_full"
+    wget -q -O /dev/null http://127.0.0.1:9879/healthz || fail "connmon unhealthy with a full state map"
+    say "state map full: $(wget -q -O - http://127.0.0.1:9879/metrics | grep -E '^connmon_(lost_records_total.*socket_map_full|tracked_sockets)' | tr '\n' ' ')"
+    exec 6>&-
+    until_ok 30 gone $MANY || kill $MANY
+    kill -TERM $FULL
+    until_ok 30 gone $FULL || fail "connmon with a 1024-entry map did not exit on SIGTERM"
+    wait $FULL || fail "connmon with a 1024-entry map exited with $? after SIGTERM"
+fi
 show_logs
 finish "CONNMON_VM_PASS"

@@ -559,11 +559,10 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let errno = load_btf::<i32>(sk, off!(sk_err)) as u32;
-    // Read before the storage lookup: taken after it, the verifier
-    // refused a spill of the lookup's register on the no-storage path.
-    let snapshot = end_snapshot(sk);
-    let state = LocalStorage::existing_storage(sk);
-    if let Some(state) = state {
+    // Null rather than `None` across the snapshot's helper calls: LLVM then
+    // keeps the register defined on the no-storage path (as in `emit`).
+    let state = LocalStorage::existing_storage(sk).unwrap_or(core::ptr::null_mut());
+    if !state.is_null() {
         // SAFETY: pointer to this socket's storage, from this run.
         let state = unsafe { &mut *state };
         // A failing socket's CLOSE came first on this kernel and said it
@@ -577,6 +576,9 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     } else if !ports_watched(sk) {
         return 0;
     }
+    // Only a watched socket's error gets this far.
+    let snapshot = end_snapshot(sk);
+    let state = (!state.is_null()).then_some(state);
     emit::<LocalStorage>(EVENT_SOCKET_ERROR, errno, sk, state, snapshot, WAKE_NOW);
     0
 }

@@ -103,6 +103,12 @@ pub fn failure_hint(
     let idle = human_duration(idle_seconds);
     let remote = &failure.connection.remote;
     let redis = service == Some("redis");
+    // What a stalled connect did: gave up, or is still retrying.
+    let connect_outcome = if failure.timed_out {
+        "timed out"
+    } else {
+        "hangs"
+    };
     match failure.mode {
         FailureMode::EgressBlocked => format!(
             "Likely cause: a firewall on this host or in the pod's network namespace (an nftables/iptables OUTPUT rule, an egress NetworkPolicy) drops this {what}'s packets to {remote}: {unsent} bytes written after {idle} idle never left the host, the kernel probed {probes} times without sending anything and gave up (ETIMEDOUT); the wire shows no retransmits. Fix: allow {remote} in the host firewall and the pod's egress NetworkPolicy (`nft list ruleset`, `iptables -S OUTPUT` in the network namespace).",
@@ -110,21 +116,11 @@ pub fn failure_hint(
             probes = failure.probes,
         ),
         FailureMode::ConnectStalled if failure.dropped_in_host => format!(
-            "Likely cause: a firewall on this host or in the pod's network namespace (an nftables/iptables OUTPUT rule, an egress NetworkPolicy) drops the SYNs to {remote}: they never leave the host, the connect {state} while the kernel retries ({retransmits} so far), and a pool reconnecting hangs with it. Fix: allow {remote} in the host firewall and the pod's egress NetworkPolicy; give connects their own short timeout in the client.",
-            state = if failure.timed_out {
-                "timed out"
-            } else {
-                "hangs"
-            },
+            "Likely cause: a firewall on this host or in the pod's network namespace (an nftables/iptables OUTPUT rule, an egress NetworkPolicy) drops the SYNs to {remote}: they never leave the host, the connect {connect_outcome} while the kernel retries ({retransmits} so far), and a pool reconnecting hangs with it. Fix: allow {remote} in the host firewall and the pod's egress NetworkPolicy; give connects their own short timeout in the client.",
             retransmits = failure.retransmits,
         ),
         FailureMode::ConnectStalled => format!(
-            "Likely cause: nothing answers SYNs to {remote} (a dead path, a firewall dropping them, a host down or a stale address): the connect {state} while the kernel retransmits the SYN ({retransmits} so far; `net.ipv4.tcp_syn_retries` 6 gives up after about 2 minutes), and a pool reconnecting hangs with it. Fix: check the address and the firewalls on the path; give connects their own short timeout in the client.",
-            state = if failure.timed_out {
-                "timed out"
-            } else {
-                "hangs"
-            },
+            "Likely cause: nothing answers SYNs to {remote} (a dead path, a firewall dropping them, a host down or a stale address): the connect {connect_outcome} while the kernel retransmits the SYN ({retransmits} so far; `net.ipv4.tcp_syn_retries` 6 gives up after about 2 minutes), and a pool reconnecting hangs with it. Fix: check the address and the firewalls on the path; give connects their own short timeout in the client.",
             retransmits = failure.retransmits,
         ),
         FailureMode::KeepaliveTimeout => format!(

@@ -121,6 +121,23 @@ pub fn first_finding(
     })
 }
 
+/// `first_finding`, which must name the process `pid` (the one whose
+/// connection the test broke).
+pub fn first_finding_of(
+    connmon: &Daemon,
+    event: &str,
+    netns: u32,
+    pid: u32,
+    timeout: Duration,
+) -> Result<Value> {
+    let finding = first_finding(connmon, event, netns, timeout)?;
+    anyhow::ensure!(
+        finding["pid"] == pid,
+        "{event} names another process than {pid}: {finding}"
+    );
+    Ok(finding)
+}
+
 /// `connmon trace --json ...`, stopped with SIGINT on drop.
 pub struct Trace {
     process: Process,

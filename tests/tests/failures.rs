@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Result, ensure};
 use connmon_tests::{
     artifacts::validate_schemas,
-    connmon::{Daemon, first_finding},
+    connmon::{Daemon, Trace, first_finding, first_finding_of},
     netns::NetNs,
     poll,
     process::Process,
@@ -106,6 +106,12 @@ fn a_local_egress_drop_is_reported_as_egress_blocked() -> Result<()> {
     let ns = namespace("egress")?;
     let _server = echo_server(&ns, PORT)?;
     let connmon = daemon(PORT)?;
+    let trace = Trace::start(&[
+        "--ports",
+        &PORT.to_string(),
+        "--netns",
+        &ns.inode().to_string(),
+    ])?;
     let mut client = client(&ns, PORT)?;
     ns.wait_until_idle(PORT, Duration::from_millis(1500))?;
     let retransmitted_before = ns.retransmitted_segments()?;
@@ -116,13 +122,13 @@ fn a_local_egress_drop_is_reported_as_egress_blocked() -> Result<()> {
     // Ground truth: the client's own error, ETIMEDOUT.
     let error = client.stdout.wait_for("error", Duration::from_secs(30))?;
     ensure!(error.ends_with(" 110"), "the client saw {error}");
-    let blocked = first_finding(
+    let blocked = first_finding_of(
         &connmon,
         "egress_blocked",
         ns.inode(),
+        client.pid(),
         Duration::from_secs(10),
     )?;
-    assert_eq!(blocked["pid"], client.pid(), "{blocked}");
     assert_eq!(blocked["comm"], "tcp-peer", "{blocked}");
     assert_eq!(blocked["remote"], format!("127.0.0.1:{PORT}"), "{blocked}");
     assert_eq!(blocked["role"], "client", "{blocked}");
@@ -148,7 +154,23 @@ fn a_local_egress_drop_is_reported_as_egress_blocked() -> Result<()> {
         &["storm_started", "connect_stalled", "keepalive_timeout"],
     )?;
     assert_eq!(failures_counted(&connmon, "egress_blocked")?, 1.0);
-    assert_valid(&blocked)
+    assert_valid(&blocked)?;
+
+    // trace shows the same end state the finding was made from.
+    let error = poll::until("trace's socket_error", Duration::from_secs(10), || {
+        Ok(trace
+            .records()
+            .into_iter()
+            .find(|record| record["event"] == "socket_error" && record["pid"] == client.pid()))
+    })?;
+    assert_eq!(error["error"], "ETIMEDOUT", "{error}");
+    assert_eq!(error["unsent_bytes"], 6, "{error}");
+    assert!(error["probes_out"].as_u64().unwrap_or(0) >= 1, "{error}");
+    assert_eq!(error["rto_retransmits"], 0, "{error}");
+    assert!(error["send_window"].as_u64().unwrap_or(0) > 0, "{error}");
+    assert_eq!(error["tcp_retries2"], 4, "{error}");
+    assert_eq!(trace.stop()?, Some(0), "connmon trace exits 0 on SIGINT");
+    Ok(())
 }
 
 /// The same idle connection over an intact path: the write goes out, is
@@ -320,13 +342,13 @@ fn keepalive_probes_that_go_unanswered_are_a_keepalive_timeout() -> Result<()> {
     ))?;
     let error = client.stdout.wait_for("error", Duration::from_secs(30))?;
     ensure!(error.ends_with(" 110"), "the client saw {error}");
-    let dead = first_finding(
+    let dead = first_finding_of(
         &connmon,
         "keepalive_timeout",
         ns.inode(),
+        client.pid(),
         Duration::from_secs(10),
     )?;
-    assert_eq!(dead["pid"], client.pid(), "{dead}");
     assert_eq!(dead["comm"], "tcp-peer", "{dead}");
     assert_eq!(dead["remote"], format!("127.0.0.1:{PORT}"), "{dead}");
     assert_eq!(dead["outcome"], "timed_out", "{dead}");

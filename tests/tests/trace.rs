@@ -189,18 +189,45 @@ fn every_retransmit_is_reported_with_the_owning_process() -> Result<()> {
         "no RTO retransmit among {retransmits_a:?}"
     );
     // The end of the connection is reported too, with the same owner.
+    let end_a = records
+        .iter()
+        .find(|r| {
+            r["event"] == "socket_error"
+                && r["error"] == "ETIMEDOUT"
+                && r["netns"] == ns_a.inode()
+                && r["local"] == a.client_local
+                && r["pid"] == pid_a
+        })
+        .with_context(|| {
+            format!(
+                "no ETIMEDOUT for A in {:?}",
+                records
+                    .iter()
+                    .filter(|r| r["netns"] == ns_a.inode())
+                    .collect::<Vec<_>>()
+            )
+        })?;
+    // How the kernel left it: a retransmit storm's end. The request left
+    // the host (the drop is the peer's input), no probe was sent, the
+    // peer's window was open, and the RTO retransmits in a row are at
+    // least those the last retransmit record counted.
+    let last_rto_retransmits = retransmits_a
+        .iter()
+        .filter_map(|r| r["rto_retransmits"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let end_rto_retransmits = end_a["rto_retransmits"]
+        .as_u64()
+        .with_context(|| format!("no rto_retransmits in {end_a}"))?;
     assert!(
-        records.iter().any(|r| r["event"] == "socket_error"
-            && r["error"] == "ETIMEDOUT"
-            && r["netns"] == ns_a.inode()
-            && r["local"] == a.client_local
-            && r["pid"] == pid_a),
-        "no ETIMEDOUT for A in {:?}",
-        records
-            .iter()
-            .filter(|r| r["netns"] == ns_a.inode())
-            .collect::<Vec<_>>()
+        end_rto_retransmits >= last_rto_retransmits.max(1),
+        "{end_a}; the last retransmit said {last_rto_retransmits}"
     );
+    assert_eq!(end_a["tcp_retries2"], 4, "{end_a}");
+    assert_eq!(end_a["user_timeout_ms"], 0, "{end_a}");
+    assert_eq!(end_a["probes_out"], 0, "{end_a}");
+    assert_eq!(end_a["unsent_bytes"], 0, "{end_a}");
+    assert!(end_a["send_window"].as_u64().unwrap_or(0) > 0, "{end_a}");
 
     // The same traffic in the other namespace is B's, never A's.
     let retransmits_b: Vec<&Value> = records

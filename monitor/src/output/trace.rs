@@ -67,6 +67,13 @@ pub fn json_record(event: &SocketEvent, clock: &WallClock) -> Value {
         | EventKind::Destroyed { .. }
         | EventKind::ReplyAfterIdle { .. } => {}
     }
+    // How a failing socket ended, as the kernel read it (errors, and CLOSE
+    // with an error): the field names are `EndState`'s.
+    if let Some(end) = &event.end
+        && let Value::Object(fields) = json!(end)
+    {
+        record.extend(fields);
+    }
     Value::Object(record)
 }
 
@@ -107,8 +114,21 @@ pub fn text_line(event: &SocketEvent, clock: &WallClock) -> String {
         EventKind::SocketError { errno } => format!("error {}", errno_name(*errno)),
         other => other.name().to_string(),
     };
+    let end = match &event.end {
+        Some(end) => format!(
+            " rto_retransmits={} probes_out={} unsent_bytes={} send_window={} tcp_retries2={} \
+             user_timeout_ms={}",
+            end.rto_retransmits,
+            end.probes_out,
+            end.unsent_bytes,
+            end.send_window,
+            end.tcp_retries2,
+            end.user_timeout_ms
+        ),
+        None => String::new(),
+    };
     format!(
-        "{} {what} {who} {} -> {} netns={} state={}",
+        "{} {what}{end} {who} {} -> {} netns={} state={}",
         clock.rfc3339(event.timestamp_ns),
         event.connection.local,
         event.connection.remote,
@@ -135,8 +155,8 @@ pub fn errno_name(errno: i32) -> String {
 mod tests {
     use super::*;
     use crate::event::{
-        ActivityTimes, Connection, OwnerSource, ProcessRef, RetransmitInfo, RetransmitKind, Role,
-        TcpState,
+        ActivityTimes, Connection, EndState, OwnerSource, ProcessRef, RetransmitInfo,
+        RetransmitKind, Role, TcpState,
     };
 
     fn event() -> SocketEvent {
@@ -196,5 +216,41 @@ mod tests {
         let record = json_record(&unowned, &WallClock::fixed(0, 0));
         assert!(record["pid"].is_null() && record["comm"].is_null());
         assert!(text_line(&unowned, &WallClock::fixed(0, 0)).contains("pid=?"));
+    }
+
+    #[test]
+    fn a_failed_sockets_end_state_is_shown() {
+        let mut failed = event();
+        failed.kind = EventKind::SocketError {
+            errno: libc::ETIMEDOUT,
+        };
+        failed.end = Some(EndState {
+            rto_retransmits: 0,
+            probes_out: 4,
+            unsent_bytes: 6,
+            send_window: 65_000,
+            tcp_retries2: 15,
+            user_timeout_ms: 0,
+        });
+        let record = json_record(&failed, &WallClock::fixed(0, 0));
+        assert_eq!(record["error"], "ETIMEDOUT");
+        assert_eq!(record["probes_out"], 4);
+        assert_eq!(record["unsent_bytes"], 6);
+        assert_eq!(record["send_window"], 65_000);
+        assert_eq!(record["rto_retransmits"], 0);
+        assert_eq!(record["tcp_retries2"], 15);
+        assert_eq!(record["user_timeout_ms"], 0);
+        let line = text_line(&failed, &WallClock::fixed(0, 0));
+        assert!(
+            line.contains("error ETIMEDOUT rto_retransmits=0 probes_out=4 unsent_bytes=6"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn events_without_an_end_state_have_no_end_fields() {
+        let record = json_record(&event(), &WallClock::fixed(0, 0));
+        assert!(record.get("probes_out").is_none(), "{record}");
+        assert!(record.get("unsent_bytes").is_none(), "{record}");
     }
 }

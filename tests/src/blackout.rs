@@ -23,7 +23,7 @@ use crate::{connmon::Daemon, netns::NetNs, poll, process::Process};
 const CONNECTIONS_PER_SERVER: usize = 8_000;
 
 /// `--idle-threshold` the daemon must run with (the pool idles past it).
-pub const IDLE_THRESHOLD: &str = "2s";
+const IDLE_THRESHOLD: &str = "2s";
 const IDLE_GAP: Duration = Duration::from_millis(2_500);
 
 #[derive(Clone, Debug)]
@@ -161,8 +161,18 @@ fn resident_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the blackout against `connmon`, which must watch `options.port`
-/// with `--idle-threshold IDLE_THRESHOLD`.
+/// A connmon for the blackout on `port`: watching it, with the idle
+/// threshold the pool idles past.
+pub fn daemon(port: u16) -> Result<Daemon> {
+    Daemon::start(&[
+        "--ports",
+        &port.to_string(),
+        "--idle-threshold",
+        IDLE_THRESHOLD,
+    ])
+}
+
+/// Runs the blackout against `connmon`, a `daemon(options.port)`.
 pub fn run(connmon: &Daemon, options: &Options) -> Result<Report> {
     let ns = NetNs::create(&format!("blackout{}", options.port))?;
     // The kernel gives up after seconds, not 15 minutes; a large pool needs

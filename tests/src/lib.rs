@@ -18,4 +18,5 @@ pub mod poll;
 pub mod process;
 pub mod scenario;
 pub mod soak;
+pub mod storm;
 pub mod topology;

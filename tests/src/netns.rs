@@ -45,6 +45,13 @@ impl NetNs {
         cmd::run("ip", &full).map(|_| ())
     }
 
+    /// A veth pair: `local` in this namespace, `remote` in `peer`.
+    pub fn veth_to(&self, local: &str, peer: &NetNs, remote: &str) -> Result<()> {
+        self.ip(&[
+            "link", "add", local, "type", "veth", "peer", "name", remote, "netns", &peer.name,
+        ])
+    }
+
     /// Runs a program inside the namespace to completion; returns stdout.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
         let mut full = vec!["netns", "exec", &self.name, program];

@@ -80,30 +80,8 @@ impl Topology {
 
     fn wire(&self) -> Result<()> {
         let (app, router, cache) = (&self.app, &self.router, &self.cache);
-        app.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "to-app",
-            "netns",
-            router.name(),
-        ])?;
-        cache.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "to-cache",
-            "netns",
-            router.name(),
-        ])?;
+        app.veth_to("eth0", router, "to-app")?;
+        cache.veth_to("eth0", router, "to-cache")?;
         for (ns, dev, v4, v6) in [
             (app, "eth0", "10.77.1.2/24", "fd00:77:1::2/64"),
             (router, "to-app", "10.77.1.1/24", "fd00:77:1::1/64"),
@@ -171,28 +149,7 @@ impl Topology {
         let dir = std::env::temp_dir().join(format!("{}-redis", self.cache.name()));
         std::fs::create_dir_all(&dir)?;
         let dir = crate::artifacts::RemoveOnDrop(dir);
-        let mut command = self.cache.command("redis-server");
-        command.args([
-            "--bind",
-            "0.0.0.0",
-            "::",
-            "--port",
-            &REDIS_PORT.to_string(),
-            "--protected-mode",
-            "no",
-        ]);
-        command.args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--tcp-keepalive",
-            "0",
-            "--timeout",
-            "0",
-        ]);
+        let mut command = redis_server(&self.cache, &["0.0.0.0", "::"], REDIS_PORT, 0);
         command.arg("--dir").arg(&dir.0);
         self.redis = Some((Process::spawn("redis-server", command)?, dir));
         poll::until(
@@ -260,6 +217,32 @@ impl Topology {
             Ok((live_flows(&table) == 0).then_some(()))
         })
     }
+}
+
+/// `redis-server` in `ns` as the tests run it: listening on `port` at the
+/// `bind` addresses, in the foreground, storing nothing, with no keepalive
+/// of its own, and closing a client idle for `idle_timeout_seconds` (0:
+/// never).
+pub fn redis_server(ns: &NetNs, bind: &[&str], port: u16, idle_timeout_seconds: u32) -> Command {
+    let mut command = ns.command("redis-server");
+    command.arg("--bind").args(bind);
+    command.args([
+        "--port",
+        &port.to_string(),
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--tcp-keepalive",
+        "0",
+        "--timeout",
+        &idle_timeout_seconds.to_string(),
+    ]);
+    command
 }
 
 /// Established flows listed by `conntrack -L` (closed ones linger in

@@ -2,12 +2,14 @@
 //! IPv6, a container-like cgroup, and identical addresses in two network
 //! namespaces each get the right process.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use connmon_tests::{
     cgroup::Cgroup,
-    connmon::{Daemon, first_finding},
+    connmon::{Daemon, first_finding_of},
+    process::Process,
+    storm::send_into_blackhole_after_idle,
     topology::{CACHE_V4, CACHE_V6, Options, REDIS_PORT, Topology},
 };
 use serde_json::Value;
@@ -28,11 +30,14 @@ fn daemon() -> Result<Daemon> {
     Daemon::start(&["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()])
 }
 
-fn storm_in(connmon: &Daemon, topology: &Topology) -> Result<Value> {
-    first_finding(
+/// The first storm in `topology`'s app namespace, which must name
+/// `client`'s process.
+fn storm_of(connmon: &Daemon, topology: &Topology, client: &Process) -> Result<Value> {
+    first_finding_of(
         connmon,
         "storm_started",
         topology.app.inode(),
+        client.pid(),
         Duration::from_secs(30),
     )
 }
@@ -68,8 +73,7 @@ fn connection_older_than_connmon_in_a_container_over_ipv6_is_attributed() -> Res
     topology.wait_until_forgotten(Duration::from_secs(30))?;
     client.send_line("set")?;
 
-    let storm = storm_in(&connmon, &topology)?;
-    assert_eq!(storm["pid"], client.pid(), "{storm}");
+    let storm = storm_of(&connmon, &topology, &client)?;
     assert_eq!(storm["comm"], "cmt-redis-clien", "{storm}");
     assert_eq!(
         storm["remote"],
@@ -111,8 +115,7 @@ fn connection_older_than_connmon_gets_its_idle_time_from_tcp_info() -> Result<()
         "{learned}"
     );
     client.send_line("set")?;
-    let storm = storm_in(&connmon, &topology)?;
-    assert_eq!(storm["pid"], client.pid(), "{storm}");
+    let storm = storm_of(&connmon, &topology, &client)?;
     assert!(
         storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 3.0,
         "idle since before connmon: {storm}"
@@ -136,10 +139,8 @@ fn identical_addresses_in_two_namespaces_are_two_connections() -> Result<()> {
     second.wait_until_forgotten(Duration::from_secs(30))?;
     client_a.send_line("set")?;
     client_b.send_line("set")?;
-    let storm_a = storm_in(&connmon, &first)?;
-    let storm_b = storm_in(&connmon, &second)?;
-    assert_eq!(storm_a["pid"], client_a.pid(), "{storm_a}");
-    assert_eq!(storm_b["pid"], client_b.pid(), "{storm_b}");
+    let storm_a = storm_of(&connmon, &first, &client_a)?;
+    let storm_b = storm_of(&connmon, &second, &client_b)?;
     assert_eq!(
         storm_a["remote"], storm_b["remote"],
         "same addresses by construction"
@@ -169,8 +170,7 @@ fn without_cap_sys_admin_an_old_connection_is_still_caught() -> Result<()> {
         "the missing capability is named: {stderr}"
     );
     client.send_line("set")?;
-    let storm = storm_in(&connmon, &topology)?;
-    assert_eq!(storm["pid"], client.pid(), "{storm}");
+    let storm = storm_of(&connmon, &topology, &client)?;
     assert!(
         storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 3.0,
         "idle since before connmon: {storm}"
@@ -210,8 +210,7 @@ fn with_hidepid_proc_an_old_connection_is_attributed_from_proc() -> Result<()> {
         "connmon's /proc is not mounted with hidepid: {mounts}"
     );
     client.send_line("set")?;
-    let storm = storm_in(&connmon, &topology)?;
-    assert_eq!(storm["pid"], client.pid(), "{storm}");
+    let storm = storm_of(&connmon, &topology, &client)?;
     assert_eq!(
         storm["owner_source"], "proc",
         "learned at start-up: {storm}"
@@ -309,15 +308,13 @@ fn a_reused_pid_never_lends_its_details_to_a_storm() -> Result<()> {
     let mut command =
         ns.command(&connmon_tests::connmon::built_binary("tcp-peer").to_string_lossy());
     command.args(["handoff", &addr]);
-    let mut sender = connmon_tests::process::Process::spawn("tcp-peer handoff", command)?;
+    let mut sender = Process::spawn("tcp-peer handoff", command)?;
     sender
         .stdout
         .wait_for("connected", Duration::from_secs(10))?;
-    // An idle gap past the 1 s threshold: the absence of traffic, nothing
-    // to poll for.
-    std::thread::sleep(Duration::from_millis(1500));
-    ns.blackhole_tcp_port(PORT)?;
-    sender.send_line("SET key value")?;
+    // An idle gap past the 1 s threshold.
+    let idle_until = Instant::now() + Duration::from_millis(1500);
+    send_into_blackhole_after_idle(&ns, PORT, &mut sender, idle_until, "SET key value")?;
     let holder: i32 = sender
         .stdout
         .wait_for("holder ", Duration::from_secs(10))?

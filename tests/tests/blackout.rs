@@ -5,21 +5,13 @@
 //! `timed_out`); no kernel record is lost.
 
 use anyhow::Result;
-use connmon_tests::{
-    blackout::{self, IDLE_THRESHOLD, Options},
-    connmon::Daemon,
-};
+use connmon_tests::blackout::{self, Options};
 
 const PORT: u16 = 7421;
 
 #[test]
 fn a_whole_pool_blackholed_at_once_is_reported_storm_by_storm() -> Result<()> {
-    let connmon = Daemon::start(&[
-        "--ports",
-        &PORT.to_string(),
-        "--idle-threshold",
-        IDLE_THRESHOLD,
-    ])?;
+    let connmon = blackout::daemon(PORT)?;
     let options = Options {
         processes: 4,
         connections_per_process: 500,

@@ -2,7 +2,10 @@
 //! exit code 2; SIGTERM in the middle of a storm ends it as
 //! `monitor_stopped`, detaches every program and exits 0.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use connmon_tests::{
@@ -10,6 +13,7 @@ use connmon_tests::{
     netns::NetNs,
     peer, poll,
     scenario::{IDLE_THRESHOLD, SeedScenario},
+    storm::{send_into_blackhole_after_idle, storm_after_idle},
     topology::{Options, REDIS_PORT},
 };
 
@@ -235,18 +239,16 @@ fn a_namespace_deleted_mid_storm_ends_the_storm_and_frees_its_sockets() -> Resul
     let addr = format!("127.0.0.1:{PORT}");
     let mut server = peer::server(&ns, &addr)?;
     let mut client = peer::client(&ns, &addr, |_| Ok(()))?;
-    // An idle gap past the 1 s threshold: the absence of traffic, nothing
-    // to poll for.
-    std::thread::sleep(Duration::from_millis(1500));
-    ns.blackhole_tcp_port(PORT)?;
-    client.send_line("SET key value")?;
-    let started = first_finding(
+    // An idle gap past the 1 s threshold.
+    let idle_until = Instant::now() + Duration::from_millis(1500);
+    let started = storm_after_idle(
         &connmon,
-        "storm_started",
-        ns.inode(),
-        Duration::from_secs(30),
+        &ns,
+        PORT,
+        &mut client,
+        idle_until,
+        "SET key value",
     )?;
-    assert_eq!(started["pid"], client.pid(), "{started}");
 
     client.stop(libc::SIGKILL, Duration::from_secs(5))?;
     server.stop(libc::SIGKILL, Duration::from_secs(5))?;
@@ -369,7 +371,7 @@ fn more_sockets_than_the_map_size_are_all_tracked() -> Result<()> {
     let mut victim = connmon_tests::peer::client(&ns, "127.0.0.1:7301", |_| Ok(()))?;
     // The victim's last exchange was before "connected": from here it is
     // idle, and must be past the threshold when it sends again.
-    let idle_since = std::time::Instant::now();
+    let idle_since = Instant::now();
     // 900 client and 900 accepted sockets, each used in process context.
     let mut clients = ns.command(env!("CARGO_BIN_EXE_tcp-peer"));
     clients.args(["many", "127.0.0.1:7301", "900"]);
@@ -390,20 +392,17 @@ fn more_sockets_than_the_map_size_are_all_tracked() -> Result<()> {
         0.0,
         "no socket was refused its state"
     );
-    // Idle past the 2 s threshold, with margin for the kernel's jiffies.
-    let idle_enough = idle_since + Duration::from_secs(3);
-    std::thread::sleep(idle_enough.saturating_duration_since(std::time::Instant::now()));
-
-    // The victim, idle all along, now sends into a black hole.
-    ns.blackhole_tcp_port(7301)?;
-    victim.send_line("after the flood")?;
-    let storm = connmon_tests::connmon::first_finding(
+    // The victim, idle all along, sends into a black hole once idle past
+    // the 2 s threshold (with margin for the kernel's jiffies).
+    let idle_until = idle_since + Duration::from_secs(3);
+    let storm = storm_after_idle(
         &connmon,
-        "storm_started",
-        ns.inode(),
-        Duration::from_secs(30),
+        &ns,
+        7301,
+        &mut victim,
+        idle_until,
+        "after the flood",
     )?;
-    assert_eq!(storm["pid"], victim.pid(), "{storm}");
     assert_eq!(storm["role"], "client", "{storm}");
     assert_ne!(storm["pid"], clients.pid(), "{storm}");
     drop(clients);
@@ -421,7 +420,7 @@ fn a_full_start_up_table_is_said_and_old_connections_are_still_attributed() -> R
     ns.sysctl("net.ipv4.tcp_retries2", "4")?;
     let _server = peer::server(&ns, "127.0.0.1:7304")?;
     let mut victim = peer::client(&ns, "127.0.0.1:7304", |_| Ok(()))?;
-    let idle_since = std::time::Instant::now();
+    let idle_since = Instant::now();
     // 600 connections, 1,200 watched sockets with the victim's two: more
     // than the smallest table (1,024).
     let mut many = ns.command(env!("CARGO_BIN_EXE_tcp-peer"));
@@ -444,17 +443,15 @@ fn a_full_start_up_table_is_said_and_old_connections_are_still_attributed() -> R
     );
 
     // Idle past the 2 s threshold, with margin for the kernel's jiffies.
-    let idle_enough = idle_since + Duration::from_secs(3);
-    std::thread::sleep(idle_enough.saturating_duration_since(std::time::Instant::now()));
-    ns.blackhole_tcp_port(7304)?;
-    victim.send_line("after start-up")?;
-    let storm = first_finding(
+    let idle_until = idle_since + Duration::from_secs(3);
+    let storm = storm_after_idle(
         &connmon,
-        "storm_started",
-        ns.inode(),
-        Duration::from_secs(30),
+        &ns,
+        7304,
+        &mut victim,
+        idle_until,
+        "after start-up",
     )?;
-    assert_eq!(storm["pid"], victim.pid(), "{storm}");
     assert_ne!(storm["pid"], many.pid(), "{storm}");
     Ok(())
 }
@@ -523,9 +520,8 @@ fn a_hostile_process_name_cannot_forge_output() -> Result<()> {
     assert_eq!(comm, format!("{HOSTILE}\n").as_bytes(), "the name took");
     // The idle gap the storm needs (idle threshold 2 s), then a send into
     // a black hole.
-    std::thread::sleep(Duration::from_millis(2500));
-    ns.blackhole_tcp_port(7302)?;
-    client.send_line("after the idle gap")?;
+    let idle_until = Instant::now() + Duration::from_millis(2500);
+    send_into_blackhole_after_idle(&ns, 7302, &mut client, idle_until, "after the idle gap")?;
 
     let line = connmon_tests::poll::until("the storm's text line", Duration::from_secs(30), || {
         Ok(connmon

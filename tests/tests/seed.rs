@@ -10,11 +10,11 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use connmon_tests::{
-    connmon::{Daemon, first_finding},
+    connmon::{Daemon, first_finding, first_finding_of},
     poll,
     process::Process,
     scenario::{IDLE_THRESHOLD, SeedScenario},
-    topology::{CACHE_V4, Options, REDIS_PORT, StaleFlow, Topology},
+    topology::{CACHE_V4, Options, REDIS_PORT, StaleFlow, Topology, redis_server},
 };
 use serde_json::Value;
 
@@ -336,21 +336,7 @@ except OSError as e:\n    print('error', e.errno, flush=True)\n";
 fn a_server_closing_an_idle_client_is_told_from_a_forgotten_path() -> Result<()> {
     const PORT: u16 = 6391;
     let ns = connmon_tests::netns::NetNs::create("srvclose")?;
-    let mut redis = ns.command("redis-server");
-    redis.args([
-        "--port",
-        &PORT.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--timeout",
-        "2",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-    ]);
+    let redis = redis_server(&ns, &["127.0.0.1"], PORT, 2);
     let redis = Process::spawn("redis-server", redis)?;
     redis
         .stdout
@@ -363,13 +349,13 @@ fn a_server_closing_an_idle_client_is_told_from_a_forgotten_path() -> Result<()>
         .stdout
         .wait_for("connected", Duration::from_secs(10))?;
 
-    let reset = first_finding(
+    let reset = first_finding_of(
         &connmon,
         "reset_after_idle",
         ns.inode(),
+        client.pid(),
         Duration::from_secs(20),
     )?;
-    assert_eq!(reset["pid"], client.pid(), "{reset}");
     assert_eq!(reset["cause"], "peer_closed", "{reset}");
     assert_eq!(
         reset["service"],

@@ -5,10 +5,7 @@
 //! records emitted and lost, outcomes, connmon's CPU and memory.
 
 use anyhow::{Context, Result};
-use connmon_tests::{
-    blackout::{self, IDLE_THRESHOLD, Options as BlackoutOptions, Report},
-    connmon::Daemon,
-};
+use connmon_tests::blackout::{self, Options as BlackoutOptions, Report};
 
 use crate::{bench::env::Sysctl, setup::Project, tasks::run_checked};
 
@@ -48,12 +45,7 @@ pub fn run(project: &Project, sizes: &[usize]) -> Result<Results> {
     for &size in sizes {
         crate::bench::env::interrupt::check()?;
         // A fresh daemon per size, with default settings.
-        let connmon = Daemon::start(&[
-            "--ports",
-            &PORT.to_string(),
-            "--idle-threshold",
-            IDLE_THRESHOLD,
-        ])?;
+        let connmon = blackout::daemon(PORT)?;
         let options = BlackoutOptions {
             processes: size.div_ceil(PER_PROCESS),
             connections_per_process: size.min(PER_PROCESS),

@@ -90,18 +90,7 @@ impl Network {
     fn build() -> Result<Self> {
         let client = NetNs::create("bench-cli")?;
         let receiver = NetNs::create("bench-srv")?;
-        client.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            receiver.name(),
-        ])?;
+        client.veth_to("eth0", &receiver, "eth0")?;
         for (ns, addr) in [(&client, "10.78.0.1/24"), (&receiver, "10.78.0.2/24")] {
             ns.ip(&["addr", "add", addr, "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;

@@ -42,6 +42,16 @@ fn storm_of(connmon: &Daemon, topology: &Topology, client: &Process) -> Result<V
     )
 }
 
+/// A Redis client in a new topology whose connection is idle past the
+/// path's timeout: the middlebox has forgotten it. Started before connmon.
+fn forgotten_connection(tag: &str) -> Result<(Topology, Process)> {
+    let mut topology = Topology::build(tag, &Options::default())?;
+    topology.start_redis()?;
+    let client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
+    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    Ok((topology, client))
+}
+
 /// The seed scenario over IPv6, with the client in a Kubernetes-style
 /// container cgroup, connected before connmon started.
 #[test]
@@ -104,10 +114,7 @@ fn connection_older_than_connmon_in_a_container_over_ipv6_is_attributed() -> Res
 /// its idle time comes from the kernel's tcp_info at start-up.
 #[test]
 fn connection_older_than_connmon_gets_its_idle_time_from_tcp_info() -> Result<()> {
-    let mut topology = Topology::build("old", &Options::default())?;
-    topology.start_redis()?;
-    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    let (topology, mut client) = forgotten_connection("old")?;
     let connmon = daemon()?;
     let learned = connmon.stderr().join("\n");
     assert!(
@@ -156,10 +163,7 @@ fn identical_addresses_in_two_namespaces_are_two_connections() -> Result<()> {
 /// still give the idle gap, and the storm still names the process.
 #[test]
 fn without_cap_sys_admin_an_old_connection_is_still_caught() -> Result<()> {
-    let mut topology = Topology::build("lpriv", &Options::default())?;
-    topology.start_redis()?;
-    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    let (topology, mut client) = forgotten_connection("lpriv")?;
     let connmon = Daemon::start_as_nobody(
         "+bpf,+perfmon,+net_admin,+sys_ptrace,+dac_read_search",
         &["--idle-threshold", "2s", "--ports", &REDIS_PORT.to_string()],
@@ -187,10 +191,7 @@ fn without_cap_sys_admin_an_old_connection_is_still_caught() -> Result<()> {
 /// executable: the documented degradation.)
 #[test]
 fn with_hidepid_proc_an_old_connection_is_attributed_from_proc() -> Result<()> {
-    let mut topology = Topology::build("hidepid", &Options::default())?;
-    topology.start_redis()?;
-    let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    topology.wait_until_forgotten(Duration::from_secs(30))?;
+    let (topology, mut client) = forgotten_connection("hidepid")?;
     let (nobody, dir) = connmon_tests::connmon::as_nobody(
         "+bpf,+perfmon,+net_admin,+sys_ptrace,+dac_read_search,+sys_admin",
         "hidepid",

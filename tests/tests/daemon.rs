@@ -120,15 +120,21 @@ fn wait_until_unloaded(ids: Vec<u64>) -> Result<()> {
     outcome.map_err(|e| anyhow::anyhow!("{e}; still loaded: {left:?}"))
 }
 
-#[test]
-fn sigterm_during_a_storm_ends_it_detaches_and_exits_0() -> Result<()> {
-    // The default tcp_retries2: the storm would last 15 minutes.
+/// The seed scenario with the default tcp_retries2 (a storm would last
+/// 15 minutes), and the ids of the programs its connmon holds.
+fn long_storm_scenario(tag: &str) -> Result<(SeedScenario, Vec<u64>)> {
     let options = Options {
         tcp_retries2: 15,
         ..Options::default()
     };
-    let mut scenario = SeedScenario::start("sigterm", &options, &[])?;
+    let scenario = SeedScenario::start(tag, &options, &[])?;
     let programs = programs_of(scenario.connmon.pid())?;
+    Ok((scenario, programs))
+}
+
+#[test]
+fn sigterm_during_a_storm_ends_it_detaches_and_exits_0() -> Result<()> {
+    let (mut scenario, programs) = long_storm_scenario("sigterm")?;
     assert!(
         programs.len() >= 3,
         "connmon holds its programs: {programs:?}"
@@ -322,12 +328,7 @@ fn a_missing_capability_is_named() -> Result<()> {
 /// the existing connection again and still attributes its storm.
 #[test]
 fn after_sigkill_and_restart_existing_connections_are_attributed_again() -> Result<()> {
-    let options = Options {
-        tcp_retries2: 15,
-        ..Options::default()
-    };
-    let mut scenario = SeedScenario::start("sigkill", &options, &[])?;
-    let programs = programs_of(scenario.connmon.pid())?;
+    let (mut scenario, programs) = long_storm_scenario("sigkill")?;
     assert!(!programs.is_empty());
     scenario
         .connmon

@@ -52,6 +52,18 @@ fn forgotten_connection(tag: &str) -> Result<(Topology, Process)> {
     Ok((topology, client))
 }
 
+/// The client of a `forgotten_connection` sends again: its storm names
+/// it, idle since before connmon started.
+fn storm_on_resuming(connmon: &Daemon, topology: &Topology, client: &mut Process) -> Result<()> {
+    client.send_line("set")?;
+    let storm = storm_of(connmon, topology, client)?;
+    assert!(
+        storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 3.0,
+        "idle since before connmon: {storm}"
+    );
+    Ok(())
+}
+
 /// The seed scenario over IPv6, with the client in a Kubernetes-style
 /// container cgroup, connected before connmon started.
 #[test]
@@ -121,12 +133,7 @@ fn connection_older_than_connmon_gets_its_idle_time_from_tcp_info() -> Result<()
         learned.contains("learned existing watched connections"),
         "{learned}"
     );
-    client.send_line("set")?;
-    let storm = storm_of(&connmon, &topology, &client)?;
-    assert!(
-        storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 3.0,
-        "idle since before connmon: {storm}"
-    );
+    storm_on_resuming(&connmon, &topology, &mut client)?;
     Ok(())
 }
 
@@ -173,12 +180,7 @@ fn without_cap_sys_admin_an_old_connection_is_still_caught() -> Result<()> {
         stderr.contains("CAP_SYS_ADMIN"),
         "the missing capability is named: {stderr}"
     );
-    client.send_line("set")?;
-    let storm = storm_of(&connmon, &topology, &client)?;
-    assert!(
-        storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 3.0,
-        "idle since before connmon: {storm}"
-    );
+    storm_on_resuming(&connmon, &topology, &mut client)?;
     Ok(())
 }
 

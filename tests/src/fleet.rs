@@ -33,13 +33,7 @@ impl Node {
     /// A node whose middlebox forgets idle flows to the Redis port after
     /// `forget_after` (and never those to `KEPT_PORT`), with Redis on both.
     pub fn build(name: &str, forget_after: Duration) -> Result<Self> {
-        let mut topology = Topology::build(
-            name,
-            &Options {
-                forget_after: None,
-                ..Options::default()
-            },
-        )?;
+        let mut topology = Topology::build(name, &Options::intact_path())?;
         // A conntrack timeout policy of its own for the Redis port: a
         // middlebox with an idle timeout on that service only.
         topology.router.nft(&format!(

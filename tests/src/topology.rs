@@ -51,6 +51,16 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// A path that never forgets an idle flow (no conntrack timeout).
+    pub fn intact_path() -> Self {
+        Self {
+            forget_after: None,
+            ..Self::default()
+        }
+    }
+}
+
 /// The three namespaces and the Redis server. Fields drop in order: the
 /// server first, then the namespaces.
 pub struct Topology {
@@ -174,6 +184,14 @@ impl Topology {
             )?;
         }
         Ok(())
+    }
+
+    /// Waits until the app's connection to Redis has been idle past
+    /// connmon's 2 s threshold (`scenario::IDLE_THRESHOLD`), measured by
+    /// the kernel itself.
+    pub fn wait_until_idle_past_threshold(&self) -> Result<()> {
+        self.app
+            .wait_until_idle(REDIS_PORT, Duration::from_millis(2500))
     }
 
     pub fn redis_pid(&self) -> Option<u32> {

@@ -938,15 +938,9 @@ fn resets_after_idle_fire_their_rule_from_real_metrics() -> Result<()> {
 /// the drop gone, a keepalive client's probes find the path dead.
 #[test]
 fn connection_failures_fire_their_rules_from_real_metrics() -> Result<()> {
-    let options = Options {
-        forget_after: None,
-        ..Options::default()
-    };
-    let mut rig = RuleRig::start("failed", &options, 1)?;
+    let mut rig = RuleRig::start("failed", &Options::intact_path(), 1)?;
     let redis = format!("{CACHE_V4}:{REDIS_PORT}");
-    rig.topology
-        .app
-        .wait_until_idle(REDIS_PORT, Duration::from_millis(2500))?;
+    rig.topology.wait_until_idle_past_threshold()?;
     rig.topology.app.nft(&format!(
         "table inet cmt_egress {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    tcp dport {REDIS_PORT} drop\n  }}\n}}\n"
     ))?;

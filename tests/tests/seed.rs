@@ -257,18 +257,11 @@ fn busy_connection_with_random_loss_is_not_an_idle_storm() -> Result<()> {
 
 #[test]
 fn idle_connection_used_again_over_an_intact_path_is_quiet() -> Result<()> {
-    let options = Options {
-        forget_after: None,
-        ..Options::default()
-    };
-    let mut topology = Topology::build("intact", &options)?;
+    let mut topology = Topology::build("intact", &Options::intact_path())?;
     topology.start_redis()?;
     let connmon = daemon()?;
     let mut client = topology.redis_client(&format!("redis://{CACHE_V4}:{REDIS_PORT}"))?;
-    // Idle past connmon's threshold, measured by the kernel itself.
-    topology
-        .app
-        .wait_until_idle(REDIS_PORT, Duration::from_millis(2500))?;
+    topology.wait_until_idle_past_threshold()?;
     client.send_line("set")?;
     client.stdout.wait_for("ok", Duration::from_secs(10))?;
     close_and_sync(&connmon, &mut client)?;

@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::{
-    connmon::{Daemon, first_finding},
+    connmon::{Daemon, first_finding, first_finding_of},
     process::Process,
     topology::{CACHE_V4, Options, REDIS_PORT, Topology},
 };
@@ -79,5 +79,17 @@ impl SeedScenario {
     /// The first finding `event` in the app namespace.
     pub fn finding(&self, event: &str, timeout: Duration) -> Result<Value> {
         first_finding(&self.connmon, event, self.topology.app.inode(), timeout)
+    }
+
+    /// The first `storm_started` in the app namespace, which must name the
+    /// client's process.
+    pub fn client_storm(&self) -> Result<Value> {
+        first_finding_of(
+            &self.connmon,
+            "storm_started",
+            self.topology.app.inode(),
+            self.client.pid(),
+            Duration::from_secs(30),
+        )
     }
 }

@@ -339,8 +339,7 @@ fn after_sigkill_and_restart_existing_connections_are_attributed_again() -> Resu
     scenario.connmon =
         connmon_tests::connmon::Daemon::start(&["--idle-threshold", "2s", "--ports", &port])?;
     scenario.resume_after_forgotten("set")?;
-    let storm = scenario.finding("storm_started", Duration::from_secs(30))?;
-    assert_eq!(storm["pid"], scenario.client.pid(), "{storm}");
+    let storm = scenario.client_storm()?;
     assert!(
         storm["idle_seconds"].as_f64().unwrap_or(0.0) >= 2.0,
         "{storm}"

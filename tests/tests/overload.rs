@@ -135,8 +135,7 @@ fn a_full_ring_loses_records_countably_and_detection_stays_right() -> Result<()>
     )?;
     let app = scenario.topology.app.inode();
     scenario.resume_after_forgotten("set")?;
-    let started = scenario.finding("storm_started", Duration::from_secs(30))?;
-    assert_eq!(started["pid"], scenario.client.pid(), "{started}");
+    let started = scenario.client_storm()?;
     let lost_before = scenario.connmon.metric_sum("connmon_lost_records_total")?;
     {
         let _paused = scenario.connmon.pause()?;

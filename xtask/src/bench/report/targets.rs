@@ -43,32 +43,36 @@ pub(super) struct HookTarget {
     bound: f64,
 }
 
+/// The payload hooks run on every send and receive, the lifecycle hooks on
+/// every connection's start and end: each pair is judged on the redis
+/// windows that exercise it most.
+const PAYLOAD_HOOKS: &[&str] = &["sock_send_length", "sock_recv_length"];
+const LIFECYCLE_HOOKS: &[&str] = &["inet_sock_set_state", "tcp_destroy_sock"];
+
+/// Each: its hooks, keep-alive windows (else a new connection per request),
+/// port watched, bound.
 pub(super) const HOOK_TARGETS: [HookTarget; 4] = [
-    HookTarget {
-        hooks: &["sock_send_length", "sock_recv_length"],
-        keepalive: true,
-        watched: true,
-        bound: PAYLOAD_WATCHED,
-    },
-    HookTarget {
-        hooks: &["sock_send_length", "sock_recv_length"],
-        keepalive: true,
-        watched: false,
-        bound: PAYLOAD_UNWATCHED,
-    },
-    HookTarget {
-        hooks: &["inet_sock_set_state", "tcp_destroy_sock"],
-        keepalive: false,
-        watched: true,
-        bound: LIFECYCLE_WATCHED,
-    },
-    HookTarget {
-        hooks: &["inet_sock_set_state", "tcp_destroy_sock"],
-        keepalive: false,
-        watched: false,
-        bound: LIFECYCLE_UNWATCHED,
-    },
+    HookTarget::new(PAYLOAD_HOOKS, true, true, PAYLOAD_WATCHED),
+    HookTarget::new(PAYLOAD_HOOKS, true, false, PAYLOAD_UNWATCHED),
+    HookTarget::new(LIFECYCLE_HOOKS, false, true, LIFECYCLE_WATCHED),
+    HookTarget::new(LIFECYCLE_HOOKS, false, false, LIFECYCLE_UNWATCHED),
 ];
+
+impl HookTarget {
+    const fn new(
+        hooks: &'static [&'static str],
+        keepalive: bool,
+        watched: bool,
+        bound: f64,
+    ) -> Self {
+        Self {
+            hooks,
+            keepalive,
+            watched,
+            bound,
+        }
+    }
+}
 
 pub(super) fn targets(md: &mut String, r: &Results) {
     let _ = writeln!(

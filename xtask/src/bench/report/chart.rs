@@ -52,35 +52,12 @@ pub fn chart(results: &Results) -> String {
             4 => "10 µs",
             _ => "100 µs",
         };
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{x}" y1="{}" x2="{x}" y2="{}" stroke="#ddd"/><text x="{x}" y="{}" text-anchor="middle" fill="#555">{label}</text>"##,
-            top - 10.0,
-            panel_a - 30.0,
-            top - 14.0
-        );
+        grid_line(&mut svg, x, (top - 10.0, panel_a - 30.0), top - 14.0, label);
     }
     for (i, tool) in tools.iter().enumerate() {
         let y = top + i as f64 * row;
-        let ns = median(results.retransmit_ns(*tool));
-        let color = if tool.is_connmon() { "#2a7" } else { "#888" };
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
-            left - 8.0,
-            y + 15.0,
-            tool.short()
-        );
-        if let Some(ns) = ns {
-            let _ = writeln!(
-                svg,
-                r#"<rect x="{left}" y="{}" width="{:.1}" height="18" fill="{color}"/><text x="{:.1}" y="{}">{ns:.0} ns</text>"#,
-                y + 2.0,
-                (x_of(ns) - left).max(1.0),
-                x_of(ns) + 6.0,
-                y + 15.0
-            );
-        }
+        let bar = median(results.retransmit_ns(*tool)).map(|ns| (x_of(ns), format!("{ns:.0} ns")));
+        bar_row(&mut svg, (left, y), tool.short(), tool.is_connmon(), bar);
     }
     // The empty program on the same hook: the floor connmon is held to.
     if let Some(floor) = median(results.retransmit_floor_ns(Tool::ConnmonEvents)) {
@@ -102,39 +79,61 @@ pub fn chart(results: &Results) -> String {
     let x_pct = |pct: f64| left + pct.clamp(0.0, 110.0) / 110.0 * plot;
     for pct in [0.0, 25.0, 50.0, 75.0, 100.0] {
         let x = x_pct(pct);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{x}" y1="{}" x2="{x}" y2="{}" stroke="#ddd"/><text x="{x}" y="{}" text-anchor="middle" fill="#555">{pct:.0} %</text>"##,
-            top_b - 6.0,
-            top_b + row * rows_b.len() as f64,
-            top_b + row * rows_b.len() as f64 + 16.0
+        let bottom = top_b + row * rows_b.len() as f64;
+        grid_line(
+            &mut svg,
+            x,
+            (top_b - 6.0, bottom),
+            bottom + 16.0,
+            &format!("{pct:.0} %"),
         );
     }
     for (i, (label, ratio)) in rows_b.iter().enumerate() {
         let y = top_b + i as f64 * row;
-        let color = if label.contains("connmon") {
-            "#2a7"
-        } else {
-            "#888"
-        };
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#,
-            left - 8.0,
-            y + 15.0
-        );
-        if let Some(ratio) = ratio {
+        let bar = ratio.map(|ratio| {
             let pct = ratio * 100.0;
-            let _ = writeln!(
-                svg,
-                r#"<rect x="{left}" y="{}" width="{:.1}" height="18" fill="{color}"/><text x="{:.1}" y="{}">{pct:.1} %</text>"#,
-                y + 2.0,
-                (x_pct(pct) - left).max(1.0),
-                x_pct(pct) + 6.0,
-                y + 15.0
-            );
-        }
+            (x_pct(pct), format!("{pct:.1} %"))
+        });
+        bar_row(&mut svg, (left, y), label, label.contains("connmon"), bar);
     }
     let _ = writeln!(svg, "</svg>");
     svg
+}
+
+/// A vertical grid line from `y1` to `y2` at `x`, labelled at `label_y`.
+fn grid_line(svg: &mut String, x: f64, (y1, y2): (f64, f64), label_y: f64, label: &str) {
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{x}" y1="{y1}" x2="{x}" y2="{y2}" stroke="#ddd"/><text x="{x}" y="{label_y}" text-anchor="middle" fill="#555">{label}</text>"##,
+    );
+}
+
+/// One row of a panel whose plot starts at `left`: its label before the
+/// plot and, with a value, a bar to x `end` labelled with it (connmon's
+/// in green).
+fn bar_row(
+    svg: &mut String,
+    (left, y): (f64, f64),
+    label: &str,
+    connmon: bool,
+    bar: Option<(f64, String)>,
+) {
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#,
+        left - 8.0,
+        y + 15.0
+    );
+    let Some((end, value)) = bar else {
+        return;
+    };
+    let color = if connmon { "#2a7" } else { "#888" };
+    let _ = writeln!(
+        svg,
+        r#"<rect x="{left}" y="{}" width="{:.1}" height="18" fill="{color}"/><text x="{:.1}" y="{}">{value}</text>"#,
+        y + 2.0,
+        (end - left).max(1.0),
+        end + 6.0,
+        y + 15.0
+    );
 }

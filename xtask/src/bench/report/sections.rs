@@ -17,18 +17,25 @@ use crate::bench::{
 };
 
 pub(super) fn kernel_cost(md: &mut String, r: &Results) {
-    let _ = writeln!(md, "## 1. Kernel cost per retransmit event\n");
-    let _ = writeln!(
+    open_section(
         md,
-        "Workload: `iperf3 -P {}` for {} s per window between two network namespaces joined by a veth pair; nftables in the receiver drops {} ‰ of the data segments at random (`numgen random mod 1000 < {}`), so the sender retransmits continuously. Each round attaches each tool in turn (rotating the order) for one window. **ns per event** is the kernel's own accounting for the tool's program on `tcp:tcp_retransmit_skb` (`run_time_ns / run_cnt` from `/proc/PID/fdinfo` of the tool's program file descriptors, with `kernel.bpf_stats_enabled=1` for the run, differenced over the window). **IRQ-work interrupts** are the `IWI` line of `/proc/interrupts` (all CPUs) over the window, per 1,000 retransmit events: every ring-buffer or perf-buffer wakeup raises one, and each costs about 10 µs on this VM (kernel-facts.md) on top of the program's own time. **CPU** is the tool's own process (all threads, `/proc/PID/task/*/schedstat`). All tools see every retransmit of the machine, so *events per window* also counts other work's retransmits.\n",
-        retransmit::STREAMS,
-        r.seconds,
-        retransmit::DROP_PER_MILLE,
-        retransmit::DROP_PER_MILLE
-    );
-    let _ = writeln!(
-        md,
-        "| tool | ns per event | events per window | IRQ-work interrupts per second | per 1,000 events | tool CPU (user+sys) ms per 1,000 events | throughput vs none |\n|---|---|---|---|---|---|---|"
+        Some("## 1. Kernel cost per retransmit event"),
+        &format!(
+            "Workload: `iperf3 -P {}` for {} s per window between two network namespaces joined by a veth pair; nftables in the receiver drops {} ‰ of the data segments at random (`numgen random mod 1000 < {}`), so the sender retransmits continuously. Each round attaches each tool in turn (rotating the order) for one window. **ns per event** is the kernel's own accounting for the tool's program on `tcp:tcp_retransmit_skb` (`run_time_ns / run_cnt` from `/proc/PID/fdinfo` of the tool's program file descriptors, with `kernel.bpf_stats_enabled=1` for the run, differenced over the window). **IRQ-work interrupts** are the `IWI` line of `/proc/interrupts` (all CPUs) over the window, per 1,000 retransmit events: every ring-buffer or perf-buffer wakeup raises one, and each costs about 10 µs on this VM (kernel-facts.md) on top of the program's own time. **CPU** is the tool's own process (all threads, `/proc/PID/task/*/schedstat`). All tools see every retransmit of the machine, so *events per window* also counts other work's retransmits.",
+            retransmit::STREAMS,
+            r.seconds,
+            retransmit::DROP_PER_MILLE,
+            retransmit::DROP_PER_MILLE
+        ),
+        &[
+            "tool",
+            "ns per event",
+            "events per window",
+            "IRQ-work interrupts per second",
+            "per 1,000 events",
+            "tool CPU (user+sys) ms per 1,000 events",
+            "throughput vs none",
+        ],
     );
     for tool in Tool::ALL {
         let ns = r.retransmit_ns(tool);
@@ -44,13 +51,11 @@ pub(super) fn kernel_cost(md: &mut String, r: &Results) {
             show(r.throughput_ratio(tool).map(|v| v * 100.0), 1) + " %",
         );
     }
-    let _ = writeln!(
+    open_section(
         md,
-        "\nconnmon's programs in the same windows (ns per run; the send/receive hooks run on every `sendmsg`/`recvmsg` of the workload):\n"
-    );
-    let _ = writeln!(
-        md,
-        "| program | port not watched | port watched |\n|---|---|---|"
+        None,
+        "\nconnmon's programs in the same windows (ns per run; the send/receive hooks run on every `sendmsg`/`recvmsg` of the workload):",
+        &["program", "port not watched", "port watched"],
     );
     let mut names: Vec<String> = r
         .retransmit
@@ -99,17 +104,23 @@ pub(super) fn kernel_cost(md: &mut String, r: &Results) {
 }
 
 pub(super) fn hot_path(md: &mut String, r: &Results) {
-    let _ = writeln!(md, "## 2. Hot path: redis-benchmark\n");
-    let _ = writeln!(
+    open_section(
         md,
-        "A real `redis-server` and `redis-benchmark -t set -c {} --csv` on the loopback of a namespace of their own; `-n {}` requests with keep-alive connections (`-k 1`), `-n {}` with a new connection per request (`-k 0`). Each round runs four setups, rotating which goes first: without connmon; connmon with its defaults (6379 watched); connmon watching 6379 with an **empty program** (`r0 = 0; exit`, loaded by the bench with the `bpf` syscall as a BTF tracepoint program, like connmon's) attached to each of connmon's hooks; and the same with 6379 not watched (`--ports 1`). The first two give the machine's CPU per request (busy time of all CPUs from /proc/stat over the window, per request), measured with BPF run-time statistics off as in production; the last two give connmon's ns per run next to the empty program's on the same hook in the same window (statistics on, which adds two clock reads to every run: most of the empty program's time). Medians of the rounds, (min–max).\n",
-        redis::CLIENTS,
-        r.redis.requests_keepalive,
-        r.redis.requests_reconnect
-    );
-    let _ = writeln!(
-        md,
-        "| mode | req/s without | req/s with connmon | machine CPU µs per request without | with connmon | difference (paired per round) |\n|---|---|---|---|---|---|"
+        Some("## 2. Hot path: redis-benchmark"),
+        &format!(
+            "A real `redis-server` and `redis-benchmark -t set -c {} --csv` on the loopback of a namespace of their own; `-n {}` requests with keep-alive connections (`-k 1`), `-n {}` with a new connection per request (`-k 0`). Each round runs four setups, rotating which goes first: without connmon; connmon with its defaults (6379 watched); connmon watching 6379 with an **empty program** (`r0 = 0; exit`, loaded by the bench with the `bpf` syscall as a BTF tracepoint program, like connmon's) attached to each of connmon's hooks; and the same with 6379 not watched (`--ports 1`). The first two give the machine's CPU per request (busy time of all CPUs from /proc/stat over the window, per request), measured with BPF run-time statistics off as in production; the last two give connmon's ns per run next to the empty program's on the same hook in the same window (statistics on, which adds two clock reads to every run: most of the empty program's time). Medians of the rounds, (min–max).",
+            redis::CLIENTS,
+            r.redis.requests_keepalive,
+            r.redis.requests_reconnect
+        ),
+        &[
+            "mode",
+            "req/s without",
+            "req/s with connmon",
+            "machine CPU µs per request without",
+            "with connmon",
+            "difference (paired per round)",
+        ],
     );
     for (keepalive, name) in [(true, "keep-alive"), (false, "new connection per request")] {
         let pct: Vec<f64> = r
@@ -127,13 +138,21 @@ pub(super) fn hot_path(md: &mut String, r: &Results) {
             signed_spread(&pct),
         );
     }
-    let _ = writeln!(
+    open_section(
         md,
-        "\nns per run, connmon and the empty program on the same hook, same windows (ratio = connmon / empty, per round):\n"
-    );
-    let _ = writeln!(
-        md,
-        "| mode | hook | runs per request | port watched: connmon ns | empty ns | ratio | port not watched: connmon ns | empty ns | ratio |\n|---|---|---|---|---|---|---|---|---|"
+        None,
+        "\nns per run, connmon and the empty program on the same hook, same windows (ratio = connmon / empty, per round):",
+        &[
+            "mode",
+            "hook",
+            "runs per request",
+            "port watched: connmon ns",
+            "empty ns",
+            "ratio",
+            "port not watched: connmon ns",
+            "empty ns",
+            "ratio",
+        ],
     );
     for (keepalive, name) in [(true, "keep-alive"), (false, "new connection")] {
         for hook in floor::HOOKS {
@@ -176,14 +195,16 @@ pub(super) fn hot_path(md: &mut String, r: &Results) {
 }
 
 pub(super) fn workload_throughput(md: &mut String, r: &Results) {
-    let _ = writeln!(md, "## 3. Throughput of the retransmit workload\n");
-    let _ = writeln!(
+    open_section(
         md,
-        "iperf3's received goodput in the windows of section 1, per tool, divided by the median with no tool attached. Both CPUs are busy with the workload, so whatever a tool costs (kernel time per event, wakeups, its own process) comes out of the workload.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| tool | Gbit/s | with / without | retransmitted segments per window (nstat) |\n|---|---|---|---|"
+        Some("## 3. Throughput of the retransmit workload"),
+        "iperf3's received goodput in the windows of section 1, per tool, divided by the median with no tool attached. Both CPUs are busy with the workload, so whatever a tool costs (kernel time per event, wakeups, its own process) comes out of the workload.",
+        &[
+            "tool",
+            "Gbit/s",
+            "with / without",
+            "retransmitted segments per window (nstat)",
+        ],
     );
     for tool in Tool::ALL {
         let gbps: Vec<f64> = r.throughput(tool).iter().map(|v| v / 1e9).collect();
@@ -201,12 +222,12 @@ pub(super) fn workload_throughput(md: &mut String, r: &Results) {
 }
 
 pub(super) fn userspace(md: &mut String, r: &Results) {
-    let _ = writeln!(md, "## 4. Userspace\n");
-    let _ = writeln!(
+    open_section(
         md,
-        "**Pipeline** (`cargo bench -p connmon --bench pipeline`, criterion, one core, median): a recorded stream of 100,000 kernel records over 10,000 connections (retransmits, acknowledgements, state changes, a few idle storms) decoded, run through the socket table and the storm detector.\n"
+        Some("## 4. Userspace"),
+        "**Pipeline** (`cargo bench -p connmon --bench pipeline`, criterion, one core, median): a recorded stream of 100,000 kernel records over 10,000 connections (retransmits, acknowledgements, state changes, a few idle storms) decoded, run through the socket table and the storm detector.",
+        &["stage", "events per second"],
     );
-    let _ = writeln!(md, "| stage | events per second |\n|---|---|");
     for p in &r.pipeline {
         let _ = writeln!(md, "| {} | {:.2} M |", p.name, p.events_per_second / 1e6);
     }
@@ -226,13 +247,18 @@ pub(super) fn userspace(md: &mut String, r: &Results) {
 /// The memory table (also printed alone by `--only memory`).
 pub fn memory_markdown(r: &Results) -> String {
     let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "**Resident memory** (`VmRSS`) and CPU of `connmon run` with default settings holding the given number of open sockets (both ends of loopback connections on four watched ports in a namespace of their own), opened at about 5,000 connections a second, read once connmon's `connmon_tracked_sockets{{table=\"kernel\"}}` shows them all (or has not grown for 5 s). The kernel keeps each watched socket's state (96 bytes) in the socket's own storage, freed with it, which is kernel memory, not connmon's; userspace keeps only sockets a record was written for:\n"
-    );
-    let _ = writeln!(
-        md,
-        "| sockets open | tracked in the kernel | records lost | RSS idle before | RSS with the sockets | connmon CPU while they opened |\n|---|---|---|---|---|---|"
+    open_section(
+        &mut md,
+        None,
+        "**Resident memory** (`VmRSS`) and CPU of `connmon run` with default settings holding the given number of open sockets (both ends of loopback connections on four watched ports in a namespace of their own), opened at about 5,000 connections a second, read once connmon's `connmon_tracked_sockets{table=\"kernel\"}` shows them all (or has not grown for 5 s). The kernel keeps each watched socket's state (96 bytes) in the socket's own storage, freed with it, which is kernel memory, not connmon's; userspace keeps only sockets a record was written for:",
+        &[
+            "sockets open",
+            "tracked in the kernel",
+            "records lost",
+            "RSS idle before",
+            "RSS with the sockets",
+            "connmon CPU while they opened",
+        ],
     );
     for size in SIZES {
         if let Some(s) = r.memory.samples.iter().find(|s| s.sockets == size) {
@@ -257,32 +283,47 @@ pub(super) fn latency_section(md: &mut String, r: &Results) {
     let stdout: Vec<f64> = samples.iter().map(|s| s.to_stdout_ms).collect();
     let metrics: Vec<f64> = samples.iter().map(|s| s.to_metrics_ms).collect();
     let confirm: Vec<f64> = samples.iter().map(|s| s.send_to_confirm_ms).collect();
-    let _ = writeln!(md, "## 5. Detection latency\n");
-    let _ = writeln!(
+    open_section(
         md,
-        "The seed scenario: app, a middlebox whose conntrack forgets idle flows after 2 s and drops their packets, and a real redis-server; `connmon run --idle-threshold 1s`. A connection sends `PING`, goes idle until the middlebox has forgotten it, and sends `PING` again: the kernel retransmits with backoff and the third RTO retransmit confirms the storm. Latency is measured from `confirmed_at` (the kernel timestamp of the confirming retransmit, in the `storm_started` record, millisecond precision) to the moment this benchmark saw the record on connmon's stdout, and to the moment `connmon_storms_started_total` moved on `/metrics`; both are polled every 2 ms. {} storms.\n",
-        samples.len()
+        Some("## 5. Detection latency"),
+        &format!(
+            "The seed scenario: app, a middlebox whose conntrack forgets idle flows after 2 s and drops their packets, and a real redis-server; `connmon run --idle-threshold 1s`. A connection sends `PING`, goes idle until the middlebox has forgotten it, and sends `PING` again: the kernel retransmits with backoff and the third RTO retransmit confirms the storm. Latency is measured from `confirmed_at` (the kernel timestamp of the confirming retransmit, in the `storm_started` record, millisecond precision) to the moment this benchmark saw the record on connmon's stdout, and to the moment `connmon_storms_started_total` moved on `/metrics`; both are polled every 2 ms. {} storms.",
+            samples.len()
+        ),
+        &["from the confirming retransmit to", "ms"],
     );
-    let _ = writeln!(
-        md,
-        "| from the confirming retransmit to | ms |\n|---|---|\n| `storm_started` on stdout | {} |\n| the counter on `/metrics` | {} |\n| (from the stuck send to the confirming retransmit: the kernel's backoff) | {} |\n",
-        spread(&stdout, 1),
-        spread(&metrics, 1),
-        spread(&confirm, 0),
-    );
+    for (to, values, decimals) in [
+        ("`storm_started` on stdout", &stdout, 1),
+        ("the counter on `/metrics`", &metrics, 1),
+        (
+            "(from the stuck send to the confirming retransmit: the kernel's backoff)",
+            &confirm,
+            0,
+        ),
+    ] {
+        let _ = writeln!(md, "| {to} | {} |", spread(values, decimals));
+    }
+    let _ = writeln!(md);
 }
 
 /// The blackout section (also printed alone by `--only blackout`).
 pub fn blackout_markdown(r: &Results) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "## 5b. A pool blackholed at once\n");
-    let _ = writeln!(
-        md,
-        "N pooled connections on a watched port (processes of 1,000 connections, one writer thread each, `tcp-peer pool`), idle past `--idle-threshold 2s`, then every flow blackholed at once (an nftables drop, as a NAT gateway that forgot them) and every thread sends; `tcp_retries2 = 4`, so every client ends with ETIMEDOUT. connmon with default settings otherwise (4 MiB ring). Latency: from each storm's `confirmed_at` (the kernel's time of the confirming retransmit) to this benchmark reading `storm_started` on connmon's stdout. Outcomes right: storms that ended `timed_out` like their client. CPU: connmon's user + system time from the send until every storm ended; memory: peak resident set. Target: nothing lost, every outcome right, at most 100 ms after the confirming retransmit.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| connections | storms found (right pid/tid) | confirming retransmit to `storm_started` p50 / p99 / max ms | send to `storm_started` p50 / max ms | records emitted | lost | outcomes right | connmon CPU s | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|"
+    open_section(
+        &mut md,
+        Some("## 5b. A pool blackholed at once"),
+        "N pooled connections on a watched port (processes of 1,000 connections, one writer thread each, `tcp-peer pool`), idle past `--idle-threshold 2s`, then every flow blackholed at once (an nftables drop, as a NAT gateway that forgot them) and every thread sends; `tcp_retries2 = 4`, so every client ends with ETIMEDOUT. connmon with default settings otherwise (4 MiB ring). Latency: from each storm's `confirmed_at` (the kernel's time of the confirming retransmit) to this benchmark reading `storm_started` on connmon's stdout. Outcomes right: storms that ended `timed_out` like their client. CPU: connmon's user + system time from the send until every storm ended; memory: peak resident set. Target: nothing lost, every outcome right, at most 100 ms after the confirming retransmit.",
+        &[
+            "connections",
+            "storms found (right pid/tid)",
+            "confirming retransmit to `storm_started` p50 / p99 / max ms",
+            "send to `storm_started` p50 / max ms",
+            "records emitted",
+            "lost",
+            "outcomes right",
+            "connmon CPU s",
+            "peak RSS MiB",
+        ],
     );
     for row in &r.blackout.rows {
         let at = |values: &[f64], q| format!("{:.0}", connmon_tests::blackout::quantile(values, q));
@@ -312,14 +353,23 @@ pub fn blackout_markdown(r: &Results) -> String {
 }
 
 pub(super) fn accuracy(md: &mut String, r: &Results) {
-    let _ = writeln!(md, "## 6. Accuracy under load\n");
-    let _ = writeln!(
+    open_section(
         md,
-        "In the retransmit windows of section 1: retransmitted segments counted by connmon (`connmon_kernel_retransmitted_segments_total`: for each successful retransmit, the skb's GSO segment count, which is what nstat's `TcpRetransSegs` counts; failed attempts are counted apart) against `TcpRetransSegs` of the workload's two namespaces (`/proc/net/snmp` inside each). connmon's counter is host-wide: retransmits elsewhere on the machine during the window (other work) add to it. Lost: `recursion_misses` of connmon's programs (events the kernel did not run a program for) and records the ring buffer or socket map could not take.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| connmon | nstat segments | connmon segments | connmon / nstat | retransmit attempts | recursion misses | records emitted | processed | lost: ring buffer full | lost: socket map full | decode errors |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        Some("## 6. Accuracy under load"),
+        "In the retransmit windows of section 1: retransmitted segments counted by connmon (`connmon_kernel_retransmitted_segments_total`: for each successful retransmit, the skb's GSO segment count, which is what nstat's `TcpRetransSegs` counts; failed attempts are counted apart) against `TcpRetransSegs` of the workload's two namespaces (`/proc/net/snmp` inside each). connmon's counter is host-wide: retransmits elsewhere on the machine during the window (other work) add to it. Lost: `recursion_misses` of connmon's programs (events the kernel did not run a program for) and records the ring buffer or socket map could not take.",
+        &[
+            "connmon",
+            "nstat segments",
+            "connmon segments",
+            "connmon / nstat",
+            "retransmit attempts",
+            "recursion misses",
+            "records emitted",
+            "processed",
+            "lost: ring buffer full",
+            "lost: socket map full",
+            "decode errors",
+        ],
     );
     for tool in [Tool::ConnmonCounted, Tool::ConnmonEvents] {
         let samples: Vec<&retransmit::Sample> = r.samples(tool).collect();
@@ -358,4 +408,19 @@ pub(super) fn accuracy(md: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(md);
+}
+
+/// Opens a section or a part of one: its heading, what was measured and
+/// how, and the header of its table.
+fn open_section(md: &mut String, heading: Option<&str>, intro: &str, columns: &[&str]) {
+    if let Some(heading) = heading {
+        let _ = writeln!(md, "{heading}\n");
+    }
+    let _ = writeln!(md, "{intro}\n");
+    let _ = writeln!(
+        md,
+        "| {} |\n{}|",
+        columns.join(" | "),
+        "|---".repeat(columns.len())
+    );
 }

@@ -7,6 +7,8 @@ use prometheus::{
     core::Collector,
 };
 
+use crate::detect::Outcome;
+
 /// The families a label set can be folded or expired in, by name (the
 /// `metric` label of `connmon_series_capped_total`).
 pub(super) const RETRANSMITS: &str = "connmon_retransmits_total";
@@ -18,18 +20,6 @@ pub(super) const IDLE_REUSE_GAPS: &str = "connmon_idle_reuse_gap_seconds";
 
 /// What a watched connection's per-owner families are labelled with.
 const OWNER: [&str; 4] = ["process", "container", "destination", "role"];
-
-/// Storm outcomes exported from the start, so rules on them see 0 rather
-/// than nothing.
-const STORM_OUTCOMES: [&str; 7] = [
-    "recovered",
-    "timed_out",
-    "reset",
-    "closed",
-    "aborted",
-    "monitor_stopped",
-    "unknown",
-];
 
 pub(super) struct Families {
     pub retransmits: IntCounterVec,
@@ -183,8 +173,10 @@ impl Families {
                 &["hook", "lost"],
             )?,
         };
-        for outcome in STORM_OUTCOMES {
-            families.storms_ended.with_label_values(&[outcome]);
+        // Every outcome from the start, so rules on them see 0 rather than
+        // nothing.
+        for outcome in Outcome::ALL {
+            families.storms_ended.with_label_values(&[outcome.as_str()]);
         }
         register_build_info(registry)?;
         // process_cpu_seconds_total, process_resident_memory_bytes,

@@ -11,7 +11,7 @@ use crate::bench::{
     },
 };
 
-pub(super) fn floor_setup(watched: bool) -> Setup {
+fn floor_setup(watched: bool) -> Setup {
     if watched {
         Setup::WatchedWithFloor
     } else {

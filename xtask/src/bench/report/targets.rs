@@ -15,19 +15,19 @@ use crate::bench::{
 // Targets from the issue.
 /// Hook cost targets: connmon's ns per run over an empty program's on the
 /// same hook, in the same window.
-pub(super) const PAYLOAD_WATCHED: f64 = 1.3;
-pub(super) const PAYLOAD_UNWATCHED: f64 = 1.15;
-pub(super) const LIFECYCLE_WATCHED: f64 = 2.0;
-pub(super) const LIFECYCLE_UNWATCHED: f64 = 1.15;
-pub(super) const RETRANSMIT_WATCHED: f64 = 2.0;
+const PAYLOAD_WATCHED: f64 = 1.3;
+const PAYLOAD_UNWATCHED: f64 = 1.15;
+const LIFECYCLE_WATCHED: f64 = 2.0;
+const LIFECYCLE_UNWATCHED: f64 = 1.15;
+const RETRANSMIT_WATCHED: f64 = 2.0;
 /// Machine CPU per redis request with connmon over without, minus one.
-pub(super) const KEEPALIVE_CPU: f64 = 0.01;
-pub(super) const RECONNECT_CPU: f64 = 0.03;
-pub(super) const EVENTS_PER_SECOND: f64 = 2e6;
-pub(super) const CPU_MS_PER_1000: f64 = 1.0;
-pub(super) const RSS_MIB_AT_100K: f64 = 32.0;
+const KEEPALIVE_CPU: f64 = 0.01;
+const RECONNECT_CPU: f64 = 0.03;
+const EVENTS_PER_SECOND: f64 = 2e6;
+const CPU_MS_PER_1000: f64 = 1.0;
+const RSS_MIB_AT_100K: f64 = 32.0;
 
-pub(super) fn verdict(met: Option<bool>) -> &'static str {
+fn verdict(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "**met**",
         Some(false) => "**missed**",
@@ -36,7 +36,7 @@ pub(super) fn verdict(met: Option<bool>) -> &'static str {
 }
 
 /// One ratio target: the hook, which windows, the bound.
-pub(super) struct HookTarget {
+struct HookTarget {
     hooks: &'static [&'static str],
     keepalive: bool,
     watched: bool,
@@ -51,7 +51,7 @@ const LIFECYCLE_HOOKS: &[&str] = &["inet_sock_set_state", "tcp_destroy_sock"];
 
 /// Each: its hooks, keep-alive windows (else a new connection per request),
 /// port watched, bound.
-pub(super) const HOOK_TARGETS: [HookTarget; 4] = [
+const HOOK_TARGETS: [HookTarget; 4] = [
     HookTarget::new(PAYLOAD_HOOKS, true, true, PAYLOAD_WATCHED),
     HookTarget::new(PAYLOAD_HOOKS, true, false, PAYLOAD_UNWATCHED),
     HookTarget::new(LIFECYCLE_HOOKS, false, true, LIFECYCLE_WATCHED),
@@ -202,7 +202,7 @@ pub(super) fn targets(md: &mut String, r: &Results) {
 }
 
 /// What each hook does per run, for the gaps: where its nanoseconds go.
-pub(super) fn hook_work(hook: &str, watched: bool) -> &'static str {
+fn hook_work(hook: &str, watched: bool) -> &'static str {
     match (hook, watched) {
         ("sock_send_length" | "sock_recv_length", false) => {
             "a direct load for the TCP check and two for the ports, two tests in the read-only port bitmap, then return"
@@ -227,7 +227,7 @@ pub(super) fn hook_work(hook: &str, watched: bool) -> &'static str {
 }
 
 /// For every missed target: the gap, where the time goes, the next step.
-pub(super) fn gaps(
+fn gaps(
     md: &mut String,
     r: &Results,
     missed_hooks: &[(&str, bool, bool, f64)],

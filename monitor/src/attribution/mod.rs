@@ -90,6 +90,33 @@ impl Attributor {
     }
 }
 
+/// Container labels by cgroup id, for owners known only by their cgroup id
+/// (metrics count per owner without a pid to look up): each cgroup's path is
+/// read once from the cgroup tree, then cached.
+#[derive(Default)]
+pub struct ContainerByCgroup {
+    short_ids: HashMap<u64, String>,
+}
+
+impl ContainerByCgroup {
+    /// The container's short id (`container::short_id`); empty for cgroup 0
+    /// (unknown), a cgroup gone or one outside any container.
+    pub fn short_id(&mut self, cgroup_id: u64) -> String {
+        if cgroup_id == 0 {
+            return String::new();
+        }
+        self.short_ids
+            .entry(cgroup_id)
+            .or_insert_with(|| {
+                procfs::cgroup_path_by_id(cgroup_id)
+                    .and_then(|path| container::workload(&path).container_id)
+                    .map(|id| container::short_id(&id))
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+}
+
 /// Whether /proc/PID is the process that started at `start_boottime_ns`
 /// (`task_struct.start_boottime`). /proc reports start time in clock ticks;
 /// a start time of 0 (unknown) accepts any.

@@ -51,6 +51,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Self; 7] = [
+        Self::Recovered,
+        Self::TimedOut,
+        Self::Reset,
+        Self::Closed,
+        Self::Aborted,
+        Self::MonitorStopped,
+        Self::Unknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Recovered => "recovered",

@@ -232,24 +232,16 @@ fn load(label: &str, btf_id: u32, insns: &[u64]) -> Result<OwnedFd> {
     };
     // SAFETY: `attr` is a valid, fully initialised BPF_PROG_LOAD attribute
     // whose pointers (instructions, license, log) outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
-    };
-    if fd < 0 {
-        let error = std::io::Error::last_os_error();
-        let log = String::from_utf8_lossy(&log);
-        bail!(
-            "loading the empty program for {hook}: {error}: {}",
-            log.trim_end_matches('\0')
-        );
+    match unsafe { bpf(BPF_PROG_LOAD, &attr) } {
+        Ok(fd) => Ok(fd),
+        Err(error) => {
+            let log = String::from_utf8_lossy(&log);
+            bail!(
+                "loading the empty program for {hook}: {error}: {}",
+                log.trim_end_matches('\0')
+            )
+        }
     }
-    // SAFETY: the syscall returned a new file descriptor that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn attach(program: &OwnedFd) -> Result<OwnedFd> {
@@ -261,16 +253,26 @@ fn attach(program: &OwnedFd) -> Result<OwnedFd> {
     };
     // SAFETY: a valid BPF_RAW_TRACEPOINT_OPEN attribute for a loaded
     // program fd.
+    Ok(unsafe { bpf(BPF_RAW_TRACEPOINT_OPEN, &attr) }?)
+}
+
+/// The `bpf` syscall for a command that returns a new file descriptor.
+///
+/// # Safety
+/// `attr` must be a valid attribute for `command`, and every pointer in it
+/// must stay valid for the call.
+unsafe fn bpf<Attr>(command: libc::c_long, attr: &Attr) -> std::io::Result<OwnedFd> {
+    // SAFETY: the caller vouches for `attr`; the size passed is its own.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_RAW_TRACEPOINT_OPEN,
-            &attr as *const RawTracepointAttr,
-            std::mem::size_of::<RawTracepointAttr>(),
+            command,
+            attr as *const Attr,
+            std::mem::size_of::<Attr>(),
         )
     };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error().into());
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: the syscall returned a new file descriptor that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

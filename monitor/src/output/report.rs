@@ -399,3 +399,187 @@ fn unescaped_text_line(record: &FindingRecord) -> String {
         record.hint
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        detect::FailureMode,
+        event::{OwnerSource, ProcessRef},
+    };
+
+    /// 2026-11-25T09:32:40Z at monotonic 0.
+    const WALL_AT_ZERO_NS: u64 = 1_795_599_160_000_000_000;
+    const S: u64 = 1_000_000_000;
+
+    fn reporter() -> Reporter {
+        // No /proc here: attribution finds nothing beyond the recorded owner.
+        Reporter::new(
+            WallClock::fixed(0, WALL_AT_ZERO_NS),
+            Attributor::new("/nonexistent"),
+            OwnerResolver::new("/nonexistent"),
+        )
+    }
+
+    fn owner() -> ProcessRef {
+        ProcessRef {
+            pid: 4242,
+            tid: 4250,
+            comm: "invite-svc".into(),
+            cgroup_id: 9,
+            start_boottime_ns: 1,
+            source: OwnerSource::Send,
+            shared: false,
+        }
+    }
+
+    fn connection() -> Connection {
+        Connection {
+            local: "10.0.0.2:41000".parse().expect("addr"),
+            remote: "10.0.1.5:6379".parse().expect("addr"),
+            netns: 4026531840,
+        }
+    }
+
+    fn storm() -> Storm {
+        Storm {
+            id: 7,
+            cookie: 11,
+            owner: Some(owner()),
+            role: Role::Client,
+            connection: connection(),
+            state: crate::event::TcpState(monitor_common::tcp::TCP_ESTABLISHED),
+            idle_ns: 361 * S,
+            started_ns: 3 * S + 4_000_000,
+            first_retransmit_ns: 3 * S + 300_000_000,
+            confirmed_ns: 4 * S + 689_000_000,
+            retransmits: 4,
+            timeout_retransmits: 3,
+            gives_up_at_ns: Some(926 * S + 689_000_000),
+            tcp_retries2: 15,
+            user_timeout_ms: 0,
+        }
+    }
+
+    fn failure(mode: FailureMode, timed_out: bool) -> ConnectionFailure {
+        ConnectionFailure {
+            mode,
+            cookie: 12,
+            owner: None,
+            role: Role::Server,
+            connection: Connection {
+                local: "[fd00::5]:5432".parse().expect("addr"),
+                remote: "[fd00::2]:50000".parse().expect("addr"),
+                netns: 1,
+            },
+            idle_ns: 120 * S,
+            started_ns: 10 * S,
+            at_ns: 70 * S + 500_000_000,
+            retransmits: 6,
+            probes: 9,
+            unsent_bytes: 512,
+            timed_out,
+            dropped_in_host: false,
+            tcp_retries2: 15,
+        }
+    }
+
+    /// The record's JSON as printed (fields in order), hint elided.
+    fn json_of(finding: &Finding) -> String {
+        let mut record = reporter().record(finding, &Settings::default());
+        // The hints' wording is hint.rs's; here only that there is one.
+        assert!(!record.hint.is_empty(), "{record:?}");
+        record.hint = "…".into();
+        serde_json::to_string(&record).expect("serializes")
+    }
+
+    /// The records' JSON, field by field: stdout, the storms API and the
+    /// webhooks all carry this shape (docs/schemas/finding.schema.json).
+    #[test]
+    fn records_keep_their_json_shape() {
+        let started = json_of(&Finding::StormStarted(storm()));
+        assert_eq!(
+            started.as_str(),
+            r#"{"event":"storm_started","schema_version":1,"time":"2026-11-25T09:32:44.689Z","storm_id":7,"pid":4242,"tid":4250,"comm":"invite-svc","exe":null,"cgroup":null,"cgroup_id":9,"container_id":null,"pod_uid":null,"pod_namespace":null,"pod_name":null,"systemd_unit":null,"owner_source":"send","shared":false,"local":"10.0.0.2:41000","remote":"10.0.1.5:6379","netns":4026531840,"role":"client","service":"redis","idle_seconds":361.0,"retransmits":4,"started_at":"2026-11-25T09:32:43.004Z","confirmed_at":"2026-11-25T09:32:44.689Z","gives_up_in_seconds":922.0,"tcp_retries2":15,"cookie":11,"hint":"…"}"#
+        );
+        let ended = json_of(&Finding::StormEnded {
+            storm: storm(),
+            outcome: Outcome::TimedOut,
+            ended_ns: 928 * S,
+            errno: Some(libc::ETIMEDOUT),
+        });
+        assert_eq!(
+            ended.as_str(),
+            r#"{"event":"storm_ended","schema_version":1,"time":"2026-11-25T09:48:08.000Z","storm_id":7,"pid":4242,"tid":4250,"comm":"invite-svc","exe":null,"cgroup":null,"cgroup_id":9,"container_id":null,"pod_uid":null,"pod_namespace":null,"pod_name":null,"systemd_unit":null,"owner_source":"send","shared":false,"local":"10.0.0.2:41000","remote":"10.0.1.5:6379","netns":4026531840,"role":"client","service":"redis","idle_seconds":361.0,"retransmits":4,"started_at":"2026-11-25T09:32:43.004Z","confirmed_at":"2026-11-25T09:32:44.689Z","outcome":"timed_out","duration_seconds":924.996,"error":"ETIMEDOUT","tcp_retries2":15,"cookie":11,"hint":"…"}"#
+        );
+        let reset = json_of(&Finding::ResetAfterIdle(IdleReset {
+            cookie: 13,
+            owner: Some(owner()),
+            role: Role::Client,
+            connection: connection(),
+            idle_ns: 3_700 * S,
+            at_ns: 5 * S,
+            retransmits: 0,
+            peer_closed: true,
+        }));
+        assert_eq!(
+            reset.as_str(),
+            r#"{"event":"reset_after_idle","schema_version":1,"time":"2026-11-25T09:32:45.000Z","pid":4242,"tid":4250,"comm":"invite-svc","exe":null,"cgroup":null,"cgroup_id":9,"container_id":null,"pod_uid":null,"pod_namespace":null,"pod_name":null,"systemd_unit":null,"owner_source":"send","shared":false,"local":"10.0.0.2:41000","remote":"10.0.1.5:6379","netns":4026531840,"role":"client","service":"redis","idle_seconds":3700.0,"retransmits":0,"started_at":"2026-11-25T09:32:45.000Z","outcome":"reset","cause":"peer_closed","tcp_retries2":null,"cookie":13,"hint":"…"}"#
+        );
+        let blocked = json_of(&Finding::ConnectionFailed(failure(
+            FailureMode::EgressBlocked,
+            true,
+        )));
+        assert_eq!(
+            blocked.as_str(),
+            r#"{"event":"egress_blocked","schema_version":1,"time":"2026-11-25T09:33:50.500Z","pid":null,"tid":null,"comm":null,"exe":null,"cgroup":null,"cgroup_id":null,"container_id":null,"pod_uid":null,"pod_namespace":null,"pod_name":null,"systemd_unit":null,"owner_source":null,"shared":null,"local":"[fd00::5]:5432","remote":"[fd00::2]:50000","netns":1,"role":"server","service":"postgres","idle_seconds":120.0,"retransmits":6,"started_at":"2026-11-25T09:32:50.000Z","outcome":"timed_out","duration_seconds":60.5,"error":"ETIMEDOUT","probes":9,"unsent_bytes":512,"tcp_retries2":15,"cookie":12,"hint":"…"}"#
+        );
+        let stalled = json_of(&Finding::ConnectionFailed(failure(
+            FailureMode::ConnectStalled,
+            false,
+        )));
+        assert_eq!(
+            stalled.as_str(),
+            r#"{"event":"connect_stalled","schema_version":1,"time":"2026-11-25T09:33:50.500Z","pid":null,"tid":null,"comm":null,"exe":null,"cgroup":null,"cgroup_id":null,"container_id":null,"pod_uid":null,"pod_namespace":null,"pod_name":null,"systemd_unit":null,"owner_source":null,"shared":null,"local":"[fd00::5]:5432","remote":"[fd00::2]:50000","netns":1,"role":"server","service":"postgres","idle_seconds":120.0,"retransmits":6,"started_at":"2026-11-25T09:32:50.000Z","tcp_retries2":15,"cookie":12,"hint":"…"}"#
+        );
+    }
+
+    /// The text line for people: time, event, who, where, what happened.
+    #[test]
+    fn text_lines_say_what_happened() {
+        let mut reporter = reporter();
+        let settings = Settings::default();
+        let started = reporter.record(&Finding::StormStarted(storm()), &settings);
+        let line = text_line(&started);
+        assert!(
+            line.starts_with(
+                "2026-11-25T09:32:44.689Z STORM_STARTED invite-svc[4242] tid=4250 Client \
+                 10.0.0.2:41000 -> 10.0.1.5:6379 (redis) netns=4026531840: \
+                 idle 6m 1s then 4 retransmits, gives up in 15m 22s. "
+            ),
+            "{line}"
+        );
+        let keepalive = reporter.record(
+            &Finding::ConnectionFailed(failure(FailureMode::KeepaliveTimeout, true)),
+            &settings,
+        );
+        let line = text_line(&keepalive);
+        assert!(
+            line.starts_with(
+                "2026-11-25T09:33:50.500Z KEEPALIVE_TIMEOUT unknown process Server \
+                 [fd00::5]:5432 -> [fd00::2]:50000 (postgres) netns=1: \
+                 keepalive timeout after 2m 0s idle, 9 probes unanswered, timed out. "
+            ),
+            "{line}"
+        );
+        let stalled = reporter.record(
+            &Finding::ConnectionFailed(failure(FailureMode::ConnectStalled, false)),
+            &settings,
+        );
+        assert!(
+            text_line(&stalled).contains("SYN retransmitted 6 times, connect hanging. "),
+            "{}",
+            text_line(&stalled)
+        );
+    }
+}

@@ -86,10 +86,16 @@ impl WallClock {
         SystemTime::UNIX_EPOCH + Duration::from_nanos(realtime as u64)
     }
 
-    /// RFC 3339 with milliseconds, UTC.
+    /// `rfc3339` of a kernel timestamp.
     pub fn rfc3339(&self, monotonic_ns: u64) -> String {
-        humantime::format_rfc3339_millis(self.wall_time(monotonic_ns)).to_string()
+        rfc3339(self.wall_time(monotonic_ns))
     }
+}
+
+/// RFC 3339 with milliseconds, UTC: how every time connmon prints or
+/// sends is written.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 impl Default for WallClock {

@@ -26,7 +26,7 @@ use crate::{
     output::{
         Format,
         alerts::{self, AlertConfig, AlertQueue},
-        report::{Reporter, text_line},
+        report::{Reporter, ServiceNames, text_line},
     },
     shutdown,
     sockets::SocketTable,
@@ -113,6 +113,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         WallClock::new(),
         Attributor::new("/proc"),
         OwnerResolver::new("/proc"),
+        ServiceNames::new(settings.services.clone()),
     );
     if let Some(dir) = &settings.pod_metadata_dir {
         reporter = reporter.with_pods(PodDirectory::new(dir));
@@ -604,7 +605,7 @@ impl Pipeline {
             if let Some(reuse) = crate::detect::reuse::failed(finding) {
                 self.status.metrics.observe_idle_reuse(&reuse);
             }
-            let mut record = self.reporter.record(finding, &self.settings);
+            let mut record = self.reporter.record(finding);
             self.add_fleet_hint(finding, &mut record);
             let line = match self.settings.output_format {
                 Format::Json => serde_json::to_string(&record).unwrap_or_default(),
@@ -624,12 +625,12 @@ impl Pipeline {
                 let line = json!({
                     "event": "fail_fast",
                     "schema_version": crate::output::SCHEMA_VERSION,
-                    "time": record.time,
+                    "time": crate::clock::rfc3339(record.time),
                     "storm_id": abort.storm_id,
                     "pid": record.pid,
                     "comm": record.comm,
-                    "local": record.local,
-                    "remote": record.remote,
+                    "local": record.local.to_string(),
+                    "remote": record.remote.to_string(),
                     "netns": record.netns,
                     "dry_run": abort.dry_run,
                     "result": abort.result,

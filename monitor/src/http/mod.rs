@@ -21,7 +21,10 @@ use serde::Serialize;
 
 pub use crate::kernel_metrics::KernelSources;
 
-use crate::{metrics::Metrics, output::report::FindingRecord};
+use crate::{
+    metrics::Metrics,
+    output::report::{FindingRecord, StormChange},
+};
 
 /// Ended storms kept for `/api/v1/storms`.
 const RECENT_STORMS: usize = 100;
@@ -77,12 +80,12 @@ impl Status {
         let Ok(mut board) = self.storms.lock() else {
             return;
         };
-        match (record.event, record.storm_id) {
-            ("storm_started", Some(id)) => {
+        match record.storm_change() {
+            Some(StormChange::Started(id)) => {
                 board.active.insert(id, record.clone());
             }
-            (_, id) => {
-                if let Some(id) = id {
+            change => {
+                if let Some(StormChange::Ended(id)) = change {
                     board.active.remove(&id);
                 }
                 board.recent.push_front(record.clone());
@@ -406,6 +409,34 @@ mod tests {
             .get(..12)
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// A storm is active from its start to its end, then recent; other
+    /// findings are recent at once.
+    #[test]
+    fn storms_are_active_until_they_end() {
+        use crate::output::report::FindingEvent;
+        let status =
+            Status::new(Metrics::new(crate::metrics::DEFAULT_SERIES_CAP).expect("metrics"));
+        let started = crate::output::report::tests::storm_started();
+        status.record(&started);
+        let board = status.board();
+        assert_eq!(board.active.keys().collect::<Vec<_>>(), [&7]);
+        assert!(board.recent.is_empty());
+        let mut ended = started.clone();
+        ended.event = FindingEvent::StormEnded;
+        status.record(&ended);
+        let mut reset = started;
+        reset.event = FindingEvent::ResetAfterIdle;
+        reset.storm_id = None;
+        status.record(&reset);
+        let board = status.board();
+        assert!(board.active.is_empty());
+        let recent: Vec<_> = board.recent.iter().map(|r| r.event).collect();
+        assert_eq!(
+            recent,
+            [FindingEvent::ResetAfterIdle, FindingEvent::StormEnded]
+        );
     }
 
     #[tokio::test]

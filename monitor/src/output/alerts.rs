@@ -18,7 +18,14 @@ use serde_json::{Value, json};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
-use crate::output::{hint::human_duration, report::FindingRecord};
+use crate::{
+    clock::rfc3339,
+    detect::FailureMode,
+    output::{
+        hint::human_duration,
+        report::{FindingEvent, FindingRecord, StormChange},
+    },
+};
 
 /// How often active storms are pushed again.
 const REPEAT_INTERVAL: Duration = Duration::from_secs(60);
@@ -54,8 +61,17 @@ impl AlertConfig {
     }
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
+/// The shipped rule that says the same as a finding (checked against
+/// deploy/prometheus/connmon-rules.yml by a test): one runbook section, one
+/// route, whichever of the two fired.
+fn alertname(event: FindingEvent) -> &'static str {
+    match event {
+        FindingEvent::StormStarted | FindingEvent::StormEnded => IDLE_CONNECTION_STORM,
+        FindingEvent::ResetAfterIdle => RESETS_AFTER_IDLE,
+        FindingEvent::ConnectionFailed(FailureMode::EgressBlocked) => EGRESS_BLOCKED,
+        FindingEvent::ConnectionFailed(FailureMode::ConnectStalled) => CONNECT_STALLED,
+        FindingEvent::ConnectionFailed(FailureMode::KeepaliveTimeout) => KEEPALIVE_TIMEOUTS,
+    }
 }
 
 /// Alertmanager's alert for a finding record. `ends_at`: `None` while
@@ -73,20 +89,8 @@ pub fn alertmanager_alert(
         .comm
         .as_deref()
         .map_or_else(|| "unknown".into(), escape);
-    let destination = record
-        .role
-        .destination(&record.local, &record.remote)
-        .clone();
-    // The names of the shipped rules that say the same (checked against
-    // deploy/prometheus/connmon-rules.yml by a test): one runbook section,
-    // one route, whichever of the two fired.
-    let alertname = match record.event {
-        "reset_after_idle" => RESETS_AFTER_IDLE,
-        "egress_blocked" => EGRESS_BLOCKED,
-        "connect_stalled" => CONNECT_STALLED,
-        "keepalive_timeout" => KEEPALIVE_TIMEOUTS,
-        _ => IDLE_CONNECTION_STORM,
-    };
+    let destination = record.role.destination(record.local, record.remote);
+    let alertname = alertname(record.event);
     // Only a storm pages: a request is hanging now. The others are
     // reported when the connection has failed already.
     let severity = if alertname == IDLE_CONNECTION_STORM {
@@ -108,7 +112,7 @@ pub fn alertmanager_alert(
         "instance": config.instance,
         "process": process,
         "container": container,
-        "destination": destination,
+        "destination": destination.to_string(),
         "role": record.role,
         "source": "connmon",
     });
@@ -126,22 +130,22 @@ pub fn alertmanager_alert(
         (_, _, Some(_)) => format!(" in container {container}"),
         _ => String::new(),
     };
-    let summary = match alertname {
-        RESETS_AFTER_IDLE => format!(
+    let summary = match record.event {
+        FindingEvent::ResetAfterIdle => format!(
             "{process} (pid {pid}){where_}: connection to {destination} reset after {} idle",
             human_duration(record.idle_seconds)
         ),
-        EGRESS_BLOCKED => format!(
+        FindingEvent::ConnectionFailed(FailureMode::EgressBlocked) => format!(
             "{process} (pid {pid}){where_}: packets to {destination} dropped inside the host; the connection timed out"
         ),
-        CONNECT_STALLED => {
+        FindingEvent::ConnectionFailed(FailureMode::ConnectStalled) => {
             format!("{process} (pid {pid}){where_}: connect to {destination} gets no answer")
         }
-        KEEPALIVE_TIMEOUTS => format!(
+        FindingEvent::ConnectionFailed(FailureMode::KeepaliveTimeout) => format!(
             "{process} (pid {pid}){where_}: keepalive found the idle connection to {destination} dead after {}",
             human_duration(record.idle_seconds)
         ),
-        _ => format!(
+        FindingEvent::StormStarted | FindingEvent::StormEnded => format!(
             "{process} (pid {pid}){where_} is hanging on an idle connection to {destination}"
         ),
     };
@@ -153,7 +157,7 @@ pub fn alertmanager_alert(
         record.remote,
         record.netns,
         human_duration(record.idle_seconds),
-        record.started_at,
+        rfc3339(record.started_at),
         record.retransmits,
     );
     if let Some(seconds) = record.gives_up_in_seconds {
@@ -178,7 +182,7 @@ pub fn alertmanager_alert(
             "hint": escape(&record.hint),
             "runbook_url": format!("{}#{}", config.runbook_url, alertname.to_lowercase()),
         },
-        "startsAt": record.started_at,
+        "startsAt": rfc3339(record.started_at),
         "endsAt": rfc3339(ends_at),
     })
 }
@@ -317,7 +321,7 @@ impl AlertQueue {
     pub fn push(&self, record: &FindingRecord) {
         for receiver in self.receivers.iter() {
             if receiver.tx.try_send(record.clone()).is_err() {
-                receiver.drops.dropped(record.event);
+                receiver.drops.dropped(record.event.as_str());
             }
         }
     }
@@ -462,20 +466,17 @@ impl Sender {
                     }
                     records
                         .into_iter()
-                        .map(|record| match (record.event, record.storm_id) {
-                            ("storm_started", Some(id)) => {
+                        .map(|record| match record.storm_change() {
+                            Some(StormChange::Started(id)) => {
                                 active.insert(id, record.clone());
                                 (record, None)
                             }
-                            ("storm_ended", id) => {
-                                if let Some(id) = id {
-                                    active.remove(&id);
-                                }
-                                let ended = humantime::parse_rfc3339(&record.time)
-                                    .unwrap_or_else(|_| SystemTime::now());
+                            Some(StormChange::Ended(id)) => {
+                                active.remove(&id);
+                                let ended = record.time;
                                 (record, Some(ended))
                             }
-                            _ => (record, Some(SystemTime::now() + FIRING_HORIZON)),
+                            None => (record, Some(SystemTime::now() + FIRING_HORIZON)),
                         })
                         .collect()
                 }
@@ -536,49 +537,15 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Role;
 
     fn record() -> FindingRecord {
-        FindingRecord {
-            event: "storm_started",
-            schema_version: crate::output::SCHEMA_VERSION,
-            time: "2026-11-25T09:32:44.689Z".into(),
-            storm_id: Some(7),
-            pid: Some(4242),
-            tid: Some(4250),
-            comm: Some("invite-svc".into()),
-            exe: None,
-            cgroup: None,
-            cgroup_id: None,
-            container_id: Some(
-                "3f2c1b0e9d8c7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa0099".into(),
-            ),
-            pod_uid: None,
-            pod_namespace: Some("payments".into()),
-            pod_name: Some("invite-svc-7d9f8b".into()),
-            systemd_unit: None,
-            owner_source: None,
-            shared: None,
-            local: "10.0.0.2:41000".into(),
-            remote: "10.0.1.5:6379".into(),
-            netns: 4026531840,
-            role: Role::Client,
-            service: Some("redis".into()),
-            idle_seconds: 361.0,
-            retransmits: 4,
-            started_at: "2026-11-25T09:32:43.004Z".into(),
-            confirmed_at: Some("2026-11-25T09:32:44.689Z".into()),
-            gives_up_in_seconds: Some(922.0),
-            outcome: None,
-            duration_seconds: None,
-            error: None,
-            cause: None,
-            probes: None,
-            unsent_bytes: None,
-            tcp_retries2: Some(15),
-            cookie: 1,
-            hint: "Likely cause: a middlebox ... Fix: Redis `tcp-keepalive 60`".into(),
-        }
+        let mut record = crate::output::report::tests::storm_started();
+        record.container_id =
+            Some("3f2c1b0e9d8c7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa0099".into());
+        record.pod_namespace = Some("payments".into());
+        record.pod_name = Some("invite-svc-7d9f8b".into());
+        record.hint = "Likely cause: a middlebox ... Fix: Redis `tcp-keepalive 60`".into();
+        record
     }
 
     fn config() -> AlertConfig {
@@ -661,7 +628,7 @@ mod tests {
     #[test]
     fn an_ended_storm_resolves_at_its_end() {
         let mut ended = record();
-        ended.event = "storm_ended";
+        ended.event = FindingEvent::StormEnded;
         ended.outcome = Some(crate::detect::Outcome::TimedOut);
         ended.duration_seconds = Some(925.0);
         let end = humantime::parse_rfc3339("2026-11-25T09:48:08Z").expect("time");
@@ -688,9 +655,7 @@ mod tests {
     /// own label; the others still get it.
     #[test]
     fn a_full_queue_drops_for_that_receiver_only() {
-        let deliveries =
-            IntCounterVec::new(prometheus::Opts::new("d", "d"), &["receiver", "result"])
-                .expect("counter");
+        let deliveries = deliveries();
         let (slow_tx, _slow_rx) = mpsc::channel(1);
         let (fast_tx, mut fast_rx) = mpsc::channel(8);
         let queue = AlertQueue {
@@ -710,6 +675,12 @@ mod tests {
             received += 1;
         }
         assert_eq!(received, 3);
+    }
+
+    /// `connmon_alert_deliveries_total`'s shape, unregistered.
+    fn deliveries() -> IntCounterVec {
+        IntCounterVec::new(prometheus::Opts::new("d", "d"), &["receiver", "result"])
+            .expect("counter")
     }
 
     fn receiver_queue(
@@ -755,9 +726,7 @@ mod tests {
     /// receiver's task ends). Every drop is counted.
     #[test]
     fn drops_for_a_hung_receiver_are_logged_once_per_interval_with_counts() {
-        let deliveries =
-            IntCounterVec::new(prometheus::Opts::new("d", "d"), &["receiver", "result"])
-                .expect("counter");
+        let deliveries = deliveries();
         let (hung_tx, _hung_rx) = mpsc::channel(1);
         let queue = AlertQueue {
             receivers: Arc::new(vec![receiver_queue("webhook-0", hung_tx, &deliveries)]),
@@ -881,12 +850,10 @@ mod tests {
     fn pushed_alerts() -> Vec<Value> {
         let now = humantime::parse_rfc3339("2026-11-25T09:32:45Z").expect("time");
         let mut records = vec![record()];
-        for event in [
-            "reset_after_idle",
-            "egress_blocked",
-            "connect_stalled",
-            "keepalive_timeout",
-        ] {
+        for event in [FindingEvent::ResetAfterIdle]
+            .into_iter()
+            .chain(FailureMode::ALL.map(FindingEvent::ConnectionFailed))
+        {
             let mut other = record();
             other.event = event;
             other.storm_id = None;

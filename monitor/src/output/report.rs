@@ -1,26 +1,78 @@
-//! Findings as records: the same shape on stdout, in the HTTP API and in
-//! alerts.
+//! Findings as records: `Reporter` builds one typed record per finding;
+//! stdout, the HTTP API and the alerts read its fields, and serde writes
+//! the one JSON shape they all carry (docs/schemas/finding.schema.json).
 
-use serde::Serialize;
+use std::{collections::BTreeMap, net::SocketAddr, time::SystemTime};
+
+use serde::{Serialize, Serializer};
 
 use crate::{
     attribution::{Attributor, existing::OwnerResolver, pods::PodDirectory},
     clock::WallClock,
-    config::Settings,
-    detect::{ConnectionFailure, Finding, IdleReset, Outcome, Storm},
+    detect::{ConnectionFailure, FailureMode, Finding, Outcome, Storm},
     event::{Connection, OwnerSource, ProcessRef, Role},
     output::{hint, trace::errno_name},
 };
 
 const NS_PER_S: f64 = 1e9;
 
-/// One finding, flat and stable: `event` says which.
+/// Which finding a record is; its name is the record's `event`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FindingEvent {
+    StormStarted,
+    StormEnded,
+    ResetAfterIdle,
+    /// `egress_blocked`, `connect_stalled`, `keepalive_timeout`.
+    ConnectionFailed(FailureMode),
+}
+
+impl FindingEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StormStarted => "storm_started",
+            Self::StormEnded => "storm_ended",
+            Self::ResetAfterIdle => "reset_after_idle",
+            Self::ConnectionFailed(mode) => mode.as_str(),
+        }
+    }
+}
+
+impl Serialize for FindingEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Why a connection was reset after idle (`reset_after_idle` only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetCause {
+    /// The peer had closed the idle connection first (its FIN arrived;
+    /// e.g. Redis `timeout`).
+    PeerClosed,
+    /// The reset came out of the blue: the path or the server forgot the
+    /// connection.
+    Reset,
+}
+
+/// What a record does to the storms in progress (the storms API's
+/// `active`, Alertmanager's repeated alerts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StormChange {
+    Started(u64),
+    Ended(u64),
+}
+
+/// One finding, flat and stable: `event` says which. Times, addresses and
+/// kinds stay typed here; they become the JSON's strings only when the
+/// record is serialized.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FindingRecord {
-    pub event: &'static str,
+    pub event: FindingEvent,
     /// `output::SCHEMA_VERSION`.
     pub schema_version: u32,
-    pub time: String,
+    #[serde(serialize_with = "wall_time")]
+    pub time: SystemTime,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm_id: Option<u64>,
     pub pid: Option<u32>,
@@ -41,16 +93,20 @@ pub struct FindingRecord {
     /// The socket changed hands between processes (fork, fd passing);
     /// `pid` is the last process that used it.
     pub shared: Option<bool>,
-    pub local: String,
-    pub remote: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
     pub netns: u32,
     pub role: Role,
     pub service: Option<String>,
     pub idle_seconds: f64,
     pub retransmits: u32,
-    pub started_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub confirmed_at: Option<String>,
+    #[serde(serialize_with = "wall_time")]
+    pub started_at: SystemTime,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "optional_wall_time"
+    )]
+    pub confirmed_at: Option<SystemTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gives_up_in_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,13 +114,9 @@ pub struct FindingRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// `reset_after_idle` only: `peer_closed` when the peer had closed the
-    /// idle connection first (its FIN arrived; e.g. Redis `timeout`),
-    /// `reset` when the reset came out of the blue (the path or the server
-    /// forgot the connection).
+    pub error: Option<Errno>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cause: Option<&'static str>,
+    pub cause: Option<ResetCause>,
     /// `egress_blocked`, `keepalive_timeout`: zero-window or keepalive
     /// probes the kernel sent without an answer before it gave up.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,20 +130,128 @@ pub struct FindingRecord {
     pub hint: String,
 }
 
+impl FindingRecord {
+    /// A storm's start or end; `None` for every other finding.
+    pub fn storm_change(&self) -> Option<StormChange> {
+        match (self.event, self.storm_id) {
+            (FindingEvent::StormStarted, Some(id)) => Some(StormChange::Started(id)),
+            (FindingEvent::StormEnded, Some(id)) => Some(StormChange::Ended(id)),
+            _ => None,
+        }
+    }
+}
+
+fn wall_time<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::clock::rfc3339(*time))
+}
+
+fn optional_wall_time<S: Serializer>(
+    time: &Option<SystemTime>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(time) => wall_time(time, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A socket's errno, written by name (`ETIMEDOUT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Serialize for Errno {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&errno_name(self.0))
+    }
+}
+
+/// Port -> the service's name (`Settings::services`), for hints and
+/// labels: all of the settings a `Reporter` needs.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceNames(BTreeMap<u16, String>);
+
+impl ServiceNames {
+    pub fn new(names: BTreeMap<u16, String>) -> Self {
+        Self(names)
+    }
+
+    /// The watched service on the far side (client) or this side (server).
+    fn of(&self, connection: &Connection, role: Role) -> Option<String> {
+        let (first, second) =
+            role.service_then_peer(connection.local.port(), connection.remote.port());
+        self.0.get(&first).or_else(|| self.0.get(&second)).cloned()
+    }
+}
+
+/// The connection a finding is about and who holds it: what every record
+/// starts from.
+struct Subject<'a> {
+    event: FindingEvent,
+    at_ns: u64,
+    recorded_owner: Option<&'a ProcessRef>,
+    cookie: u64,
+    connection: &'a Connection,
+    role: Role,
+    idle_ns: u64,
+}
+
+impl<'a> Subject<'a> {
+    fn of(finding: &'a Finding) -> Self {
+        // `Storm`, `IdleReset` and `ConnectionFailure` name these fields
+        // alike.
+        macro_rules! subject {
+            ($event:expr, $at_ns:expr, $about:expr) => {
+                Subject {
+                    event: $event,
+                    at_ns: $at_ns,
+                    recorded_owner: $about.owner.as_ref(),
+                    cookie: $about.cookie,
+                    connection: &$about.connection,
+                    role: $about.role,
+                    idle_ns: $about.idle_ns,
+                }
+            };
+        }
+        match finding {
+            Finding::StormStarted(storm) => {
+                subject!(FindingEvent::StormStarted, storm.confirmed_ns, storm)
+            }
+            Finding::StormEnded {
+                storm, ended_ns, ..
+            } => subject!(FindingEvent::StormEnded, *ended_ns, storm),
+            Finding::ResetAfterIdle(reset) => {
+                subject!(FindingEvent::ResetAfterIdle, reset.at_ns, reset)
+            }
+            Finding::ConnectionFailed(failure) => subject!(
+                FindingEvent::ConnectionFailed(failure.mode),
+                failure.at_ns,
+                failure
+            ),
+        }
+    }
+}
+
 /// Builds records from findings, looking processes up as needed.
 pub struct Reporter {
     clock: WallClock,
     attributor: Attributor,
     owners: OwnerResolver,
+    services: ServiceNames,
     pods: Option<PodDirectory>,
 }
 
 impl Reporter {
-    pub fn new(clock: WallClock, attributor: Attributor, owners: OwnerResolver) -> Self {
+    pub fn new(
+        clock: WallClock,
+        attributor: Attributor,
+        owners: OwnerResolver,
+        services: ServiceNames,
+    ) -> Self {
         Self {
             clock,
             attributor,
             owners,
+            services,
             pods: None,
         }
     }
@@ -102,21 +262,15 @@ impl Reporter {
         self
     }
 
-    pub fn record(&mut self, finding: &Finding, settings: &Settings) -> FindingRecord {
+    pub fn record(&mut self, finding: &Finding) -> FindingRecord {
+        let mut record = self.base(Subject::of(finding));
         match finding {
             Finding::StormStarted(storm) => {
                 let gives_up = storm
                     .gives_up_at_ns
-                    .map(|at| round(at.saturating_sub(storm.confirmed_ns) as f64 / NS_PER_S));
-                let mut record = self.storm_record(
-                    "storm_started",
-                    storm,
-                    storm.confirmed_ns,
-                    settings,
-                    gives_up,
-                );
+                    .map(|at| round(seconds(at.saturating_sub(storm.confirmed_ns))));
                 record.gives_up_in_seconds = gives_up;
-                record
+                self.fill_storm(&mut record, storm, gives_up);
             }
             Finding::StormEnded {
                 storm,
@@ -124,130 +278,61 @@ impl Reporter {
                 ended_ns,
                 errno,
             } => {
-                let mut record = self.storm_record("storm_ended", storm, *ended_ns, settings, None);
                 record.outcome = Some(*outcome);
-                record.duration_seconds = Some(round(
-                    ended_ns.saturating_sub(storm.started_ns) as f64 / NS_PER_S,
-                ));
-                record.error = errno.map(errno_name);
-                record
-            }
-            Finding::ResetAfterIdle(reset) => self.reset_record(reset, settings),
-            Finding::ConnectionFailed(failure) => self.failure_record(failure, settings),
-        }
-    }
-
-    /// The recorded owner, or, for a socket the kernel never saw used in
-    /// process context, the process /proc says holds it.
-    fn owner_of(
-        &mut self,
-        recorded: Option<&ProcessRef>,
-        cookie: u64,
-        connection: &Connection,
-    ) -> Option<ProcessRef> {
-        recorded
-            .cloned()
-            .or_else(|| self.owners.resolve(cookie, connection))
-    }
-
-    fn storm_record(
-        &mut self,
-        event: &'static str,
-        storm: &Storm,
-        at_ns: u64,
-        settings: &Settings,
-        gives_up: Option<f64>,
-    ) -> FindingRecord {
-        let service = service_of(&storm.connection, storm.role, settings);
-        let idle_seconds = round(storm.idle_ns as f64 / NS_PER_S);
-        let resolved = self.owner_of(storm.owner.as_ref(), storm.cookie, &storm.connection);
-        let owner = resolved.as_ref();
-        let hint = hint::storm_hint(
-            storm.role,
-            service.as_deref(),
-            owner.map(|o| o.comm.as_str()),
-            idle_seconds,
-            gives_up.or_else(|| {
-                storm
+                record.duration_seconds =
+                    Some(round(seconds(ended_ns.saturating_sub(storm.started_ns))));
+                record.error = errno.map(Errno);
+                let gives_up = storm
                     .gives_up_at_ns
-                    .map(|at| at.saturating_sub(storm.confirmed_ns) as f64 / NS_PER_S)
-            }),
-        );
-        let mut record = self.base(
-            event,
-            at_ns,
-            owner,
-            &storm.connection,
-            storm.role,
-            service,
-            storm.cookie,
-            hint,
-        );
+                    .map(|at| seconds(at.saturating_sub(storm.confirmed_ns)));
+                self.fill_storm(&mut record, storm, gives_up);
+            }
+            Finding::ResetAfterIdle(reset) => {
+                record.retransmits = reset.retransmits;
+                record.outcome = Some(Outcome::Reset);
+                record.cause = Some(if reset.peer_closed {
+                    ResetCause::PeerClosed
+                } else {
+                    ResetCause::Reset
+                });
+                record.hint = hint::reset_hint(
+                    record.service.as_deref(),
+                    record.idle_seconds,
+                    reset.peer_closed,
+                );
+            }
+            Finding::ConnectionFailed(failure) => self.fill_failure(&mut record, failure),
+        }
+        record
+    }
+
+    /// A storm's own fields, and its hint (`gives_up`: seconds from its
+    /// confirmation until the kernel gives up).
+    fn fill_storm(&self, record: &mut FindingRecord, storm: &Storm, gives_up: Option<f64>) {
         record.storm_id = Some(storm.id);
-        record.idle_seconds = idle_seconds;
         record.retransmits = storm.retransmits;
-        record.started_at = self.clock.rfc3339(storm.started_ns);
-        record.confirmed_at = Some(self.clock.rfc3339(storm.confirmed_ns));
+        record.started_at = self.clock.wall_time(storm.started_ns);
+        record.confirmed_at = Some(self.clock.wall_time(storm.confirmed_ns));
         record.tcp_retries2 = Some(storm.tcp_retries2);
-        record
+        record.hint = hint::storm_hint(
+            storm.role,
+            record.service.as_deref(),
+            record.comm.as_deref(),
+            record.idle_seconds,
+            gives_up,
+        );
     }
 
-    fn reset_record(&mut self, reset: &IdleReset, settings: &Settings) -> FindingRecord {
-        let resolved = self.owner_of(reset.owner.as_ref(), reset.cookie, &reset.connection);
-        let service = service_of(&reset.connection, reset.role, settings);
-        let idle_seconds = round(reset.idle_ns as f64 / NS_PER_S);
-        let hint = hint::reset_hint(service.as_deref(), idle_seconds, reset.peer_closed);
-        let mut record = self.base(
-            "reset_after_idle",
-            reset.at_ns,
-            resolved.as_ref(),
-            &reset.connection,
-            reset.role,
-            service,
-            reset.cookie,
-            hint,
-        );
-        record.idle_seconds = idle_seconds;
-        record.retransmits = reset.retransmits;
-        record.outcome = Some(Outcome::Reset);
-        record.cause = Some(if reset.peer_closed {
-            "peer_closed"
-        } else {
-            "reset"
-        });
-        record
-    }
-
-    fn failure_record(
-        &mut self,
-        failure: &ConnectionFailure,
-        settings: &Settings,
-    ) -> FindingRecord {
-        use crate::detect::FailureMode;
-        let resolved = self.owner_of(failure.owner.as_ref(), failure.cookie, &failure.connection);
-        let service = service_of(&failure.connection, failure.role, settings);
-        let idle_seconds = round(failure.idle_ns as f64 / NS_PER_S);
-        let hint = hint::failure_hint(failure, service.as_deref(), idle_seconds);
-        let mut record = self.base(
-            failure.mode.as_str(),
-            failure.at_ns,
-            resolved.as_ref(),
-            &failure.connection,
-            failure.role,
-            service,
-            failure.cookie,
-            hint,
-        );
-        record.idle_seconds = idle_seconds;
+    fn fill_failure(&self, record: &mut FindingRecord, failure: &ConnectionFailure) {
         record.retransmits = failure.retransmits;
-        record.started_at = self.clock.rfc3339(failure.started_ns);
+        record.started_at = self.clock.wall_time(failure.started_ns);
         record.tcp_retries2 = Some(failure.tcp_retries2);
         if failure.timed_out {
             record.outcome = Some(Outcome::TimedOut);
-            record.error = Some(errno_name(libc::ETIMEDOUT));
-            record.duration_seconds = Some(round(
-                failure.at_ns.saturating_sub(failure.started_ns) as f64 / NS_PER_S,
-            ));
+            record.error = Some(Errno(libc::ETIMEDOUT));
+            record.duration_seconds = Some(round(seconds(
+                failure.at_ns.saturating_sub(failure.started_ns),
+            )));
         }
         if failure.mode != FailureMode::ConnectStalled {
             record.probes = Some(failure.probes);
@@ -255,57 +340,52 @@ impl Reporter {
         if failure.mode == FailureMode::EgressBlocked {
             record.unsent_bytes = Some(failure.unsent_bytes);
         }
-        record
+        record.hint = hint::failure_hint(failure, record.service.as_deref(), record.idle_seconds);
     }
 
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one private constructor for the shared fields"
-    )]
-    fn base(
-        &mut self,
-        event: &'static str,
-        at_ns: u64,
-        owner: Option<&ProcessRef>,
-        connection: &Connection,
-        role: Role,
-        service: Option<String>,
-        cookie: u64,
-        hint: String,
-    ) -> FindingRecord {
+    /// The fields every record has: what, when, who and which connection.
+    /// The owner is the recorded one, or, for a socket the kernel never saw
+    /// used in process context, the process /proc says holds it.
+    fn base(&mut self, subject: Subject) -> FindingRecord {
+        let owner = subject
+            .recorded_owner
+            .cloned()
+            .or_else(|| self.owners.resolve(subject.cookie, subject.connection));
         let details = owner
+            .as_ref()
             .map(|owner| self.attributor.details(owner))
             .unwrap_or_default();
         let pod = match (&mut self.pods, &details.workload.pod_uid) {
             (Some(pods), Some(uid)) => pods.lookup(uid),
             _ => None,
         };
+        let at = self.clock.wall_time(subject.at_ns);
         FindingRecord {
-            event,
+            event: subject.event,
             schema_version: crate::output::SCHEMA_VERSION,
-            time: self.clock.rfc3339(at_ns),
+            time: at,
             storm_id: None,
-            pid: owner.map(|o| o.pid),
-            tid: owner.map(|o| o.tid),
-            comm: owner.map(|o| o.comm.clone()),
+            pid: owner.as_ref().map(|o| o.pid),
+            tid: owner.as_ref().map(|o| o.tid),
+            cgroup_id: owner.as_ref().map(|o| o.cgroup_id),
+            owner_source: owner.as_ref().map(|o| o.source),
+            shared: owner.as_ref().map(|o| o.shared),
+            comm: owner.map(|o| o.comm),
             exe: details.exe,
             cgroup: details.cgroup,
-            cgroup_id: owner.map(|o| o.cgroup_id),
             container_id: details.workload.container_id,
             pod_namespace: pod.as_ref().map(|p| p.namespace.clone()),
             pod_name: pod.map(|p| p.name),
             pod_uid: details.workload.pod_uid,
             systemd_unit: details.workload.systemd_unit,
-            owner_source: owner.map(|o| o.source),
-            shared: owner.map(|o| o.shared),
-            local: connection.local.to_string(),
-            remote: connection.remote.to_string(),
-            netns: connection.netns,
-            role,
-            service,
-            idle_seconds: 0.0,
+            local: subject.connection.local,
+            remote: subject.connection.remote,
+            netns: subject.connection.netns,
+            role: subject.role,
+            service: self.services.of(subject.connection, subject.role),
+            idle_seconds: round(seconds(subject.idle_ns)),
             retransmits: 0,
-            started_at: self.clock.rfc3339(at_ns),
+            started_at: at,
             confirmed_at: None,
             gives_up_in_seconds: None,
             outcome: None,
@@ -315,19 +395,14 @@ impl Reporter {
             probes: None,
             unsent_bytes: None,
             tcp_retries2: None,
-            cookie,
-            hint,
+            cookie: subject.cookie,
+            hint: String::new(),
         }
     }
 }
 
-/// The watched service on the far side (client) or this side (server).
-fn service_of(connection: &Connection, role: Role, settings: &Settings) -> Option<String> {
-    let (first, second) = role.service_then_peer(connection.local.port(), connection.remote.port());
-    settings
-        .service(first)
-        .or_else(|| settings.service(second))
-        .map(str::to_string)
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / NS_PER_S
 }
 
 /// Seconds to milliseconds precision, for readable JSON.
@@ -354,7 +429,7 @@ fn unescaped_text_line(record: &FindingRecord) -> String {
         .map(|s| format!(" ({s})"))
         .unwrap_or_default();
     let detail = match record.event {
-        "storm_started" => format!(
+        FindingEvent::StormStarted => format!(
             "idle {} then {} retransmits, gives up in {}",
             hint::human_duration(record.idle_seconds),
             record.retransmits,
@@ -362,17 +437,17 @@ fn unescaped_text_line(record: &FindingRecord) -> String {
                 .gives_up_in_seconds
                 .map_or("?".into(), hint::human_duration)
         ),
-        "storm_ended" => format!(
+        FindingEvent::StormEnded => format!(
             "{} after {}, {} retransmits",
             record.outcome.map_or("?", Outcome::as_str),
             hint::human_duration(record.duration_seconds.unwrap_or(0.0)),
             record.retransmits
         ),
-        "reset_after_idle" => format!(
+        FindingEvent::ResetAfterIdle => format!(
             "reset after {} idle",
             hint::human_duration(record.idle_seconds)
         ),
-        "connect_stalled" => format!(
+        FindingEvent::ConnectionFailed(FailureMode::ConnectStalled) => format!(
             "SYN retransmitted {} times{}",
             record.retransmits,
             if record.outcome.is_some() {
@@ -381,21 +456,209 @@ fn unescaped_text_line(record: &FindingRecord) -> String {
                 ", connect hanging"
             }
         ),
-        _ => format!(
+        FindingEvent::ConnectionFailed(mode) => format!(
             "{} after {} idle, {} probes unanswered, timed out",
-            record.event.replace('_', " "),
+            mode.as_str().replace('_', " "),
             hint::human_duration(record.idle_seconds),
             record.probes.unwrap_or(0)
         ),
     };
     format!(
         "{} {} {who} {:?} {} -> {}{service} netns={}: {detail}. {}",
-        record.time,
-        record.event.to_uppercase(),
+        crate::clock::rfc3339(record.time),
+        record.event.as_str().to_uppercase(),
         record.role,
         record.local,
         record.remote,
         record.netns,
         record.hint
     )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::detect::IdleReset;
+
+    /// 2026-11-25T09:32:40Z at monotonic 0.
+    const WALL_AT_ZERO_NS: u64 = 1_795_599_160_000_000_000;
+    const S: u64 = 1_000_000_000;
+
+    fn reporter() -> Reporter {
+        // No /proc here: attribution finds nothing beyond the recorded owner.
+        Reporter::new(
+            WallClock::fixed(0, WALL_AT_ZERO_NS),
+            Attributor::new("/nonexistent"),
+            OwnerResolver::new("/nonexistent"),
+            ServiceNames::new(crate::config::Settings::default().services),
+        )
+    }
+
+    fn owner() -> ProcessRef {
+        ProcessRef {
+            pid: 4242,
+            tid: 4250,
+            comm: "invite-svc".into(),
+            cgroup_id: 9,
+            start_boottime_ns: 1,
+            source: OwnerSource::Send,
+            shared: false,
+        }
+    }
+
+    fn connection(local: &str, remote: &str, netns: u32) -> Connection {
+        Connection {
+            local: local.parse().expect("addr"),
+            remote: remote.parse().expect("addr"),
+            netns,
+        }
+    }
+
+    /// A client's connection to Redis.
+    fn redis_connection() -> Connection {
+        connection("10.0.0.2:41000", "10.0.1.5:6379", 4026531840)
+    }
+
+    fn storm() -> Storm {
+        Storm {
+            id: 7,
+            cookie: 11,
+            owner: Some(owner()),
+            role: Role::Client,
+            connection: redis_connection(),
+            state: crate::event::TcpState(monitor_common::tcp::TCP_ESTABLISHED),
+            idle_ns: 361 * S,
+            started_ns: 3 * S + 4_000_000,
+            first_retransmit_ns: 3 * S + 300_000_000,
+            confirmed_ns: 4 * S + 689_000_000,
+            retransmits: 4,
+            timeout_retransmits: 3,
+            gives_up_at_ns: Some(926 * S + 689_000_000),
+            tcp_retries2: 15,
+            user_timeout_ms: 0,
+        }
+    }
+
+    /// A `storm_started` record as the reporter builds it, for the
+    /// outputs' tests.
+    pub(crate) fn storm_started() -> FindingRecord {
+        reporter().record(&Finding::StormStarted(storm()))
+    }
+
+    fn failure(mode: FailureMode, timed_out: bool) -> ConnectionFailure {
+        ConnectionFailure {
+            mode,
+            cookie: 12,
+            owner: None,
+            role: Role::Server,
+            connection: connection("[fd00::5]:5432", "[fd00::2]:50000", 1),
+            idle_ns: 120 * S,
+            started_ns: 10 * S,
+            at_ns: 70 * S + 500_000_000,
+            retransmits: 6,
+            probes: 9,
+            unsent_bytes: 512,
+            timed_out,
+            dropped_in_host: false,
+            tcp_retries2: 15,
+        }
+    }
+
+    /// The record's JSON as printed (fields in order), hint elided.
+    fn json_of(finding: &Finding) -> String {
+        let mut record = reporter().record(finding);
+        // The hints' wording is hint.rs's; here only that there is one.
+        assert!(!record.hint.is_empty(), "{record:?}");
+        record.hint = "…".into();
+        serde_json::to_string(&record).expect("serializes")
+    }
+
+    /// The records' JSON, field by field: stdout, the storms API and the
+    /// webhooks all carry this shape (docs/schemas/finding.schema.json).
+    #[test]
+    fn records_keep_their_json_shape() {
+        let started = json_of(&Finding::StormStarted(storm()));
+        assert_eq!(
+            started.as_str(),
+            r#"{"event":"storm_started","schema_version":1,"time":"2026-11-25T09:32:44.689Z","storm_id":7,"pid":4242,"tid":4250,"comm":"invite-svc","exe":null,"cgroup":null,"cgroup_id":9,"container_id":null,"pod_uid":null,"pod_namespace":null,"pod_name":null,"systemd_unit":null,"owner_source":"send","shared":false,"local":"10.0.0.2:41000","remote":"10.0.1.5:6379","netns":4026531840,"role":"client","service":"redis","idle_seconds":361.0,"retransmits":4,"started_at":"2026-11-25T09:32:43.004Z","confirmed_at":"2026-11-25T09:32:44.689Z","gives_up_in_seconds":922.0,"tcp_retries2":15,"cookie":11,"hint":"…"}"#
+        );
+        let ended = json_of(&Finding::StormEnded {
+            storm: storm(),
+            outcome: Outcome::TimedOut,
+            ended_ns: 928 * S,
+            errno: Some(libc::ETIMEDOUT),
+        });
+        assert_eq!(
+            ended.as_str(),
+            r#"{"event":"storm_ended","schema_version":1,"time":"2026-11-25T09:48:08.000Z","storm_id":7,"pid":4242,"tid":4250,"comm":"invite-svc","exe":null,"cgroup":null,"cgroup_id":9,"container_id":null,"pod_uid":null,"pod_namespace":null,"pod_name":null,"systemd_unit":null,"owner_source":"send","shared":false,"local":"10.0.0.2:41000","remote":"10.0.1.5:6379","netns":4026531840,"role":"client","service":"redis","idle_seconds":361.0,"retransmits":4,"started_at":"2026-11-25T09:32:43.004Z","confirmed_at":"2026-11-25T09:32:44.689Z","outcome":"timed_out","duration_seconds":924.996,"error":"ETIMEDOUT","tcp_retries2":15,"cookie":11,"hint":"…"}"#
+        );
+        let reset = json_of(&Finding::ResetAfterIdle(IdleReset {
+            cookie: 13,
+            owner: Some(owner()),
+            role: Role::Client,
+            connection: redis_connection(),
+            idle_ns: 3_700 * S,
+            at_ns: 5 * S,
+            retransmits: 0,
+            peer_closed: true,
+        }));
+        assert_eq!(
+            reset.as_str(),
+            r#"{"event":"reset_after_idle","schema_version":1,"time":"2026-11-25T09:32:45.000Z","pid":4242,"tid":4250,"comm":"invite-svc","exe":null,"cgroup":null,"cgroup_id":9,"container_id":null,"pod_uid":null,"pod_namespace":null,"pod_name":null,"systemd_unit":null,"owner_source":"send","shared":false,"local":"10.0.0.2:41000","remote":"10.0.1.5:6379","netns":4026531840,"role":"client","service":"redis","idle_seconds":3700.0,"retransmits":0,"started_at":"2026-11-25T09:32:45.000Z","outcome":"reset","cause":"peer_closed","tcp_retries2":null,"cookie":13,"hint":"…"}"#
+        );
+        let blocked = json_of(&Finding::ConnectionFailed(failure(
+            FailureMode::EgressBlocked,
+            true,
+        )));
+        assert_eq!(
+            blocked.as_str(),
+            r#"{"event":"egress_blocked","schema_version":1,"time":"2026-11-25T09:33:50.500Z","pid":null,"tid":null,"comm":null,"exe":null,"cgroup":null,"cgroup_id":null,"container_id":null,"pod_uid":null,"pod_namespace":null,"pod_name":null,"systemd_unit":null,"owner_source":null,"shared":null,"local":"[fd00::5]:5432","remote":"[fd00::2]:50000","netns":1,"role":"server","service":"postgres","idle_seconds":120.0,"retransmits":6,"started_at":"2026-11-25T09:32:50.000Z","outcome":"timed_out","duration_seconds":60.5,"error":"ETIMEDOUT","probes":9,"unsent_bytes":512,"tcp_retries2":15,"cookie":12,"hint":"…"}"#
+        );
+        let stalled = json_of(&Finding::ConnectionFailed(failure(
+            FailureMode::ConnectStalled,
+            false,
+        )));
+        assert_eq!(
+            stalled.as_str(),
+            r#"{"event":"connect_stalled","schema_version":1,"time":"2026-11-25T09:33:50.500Z","pid":null,"tid":null,"comm":null,"exe":null,"cgroup":null,"cgroup_id":null,"container_id":null,"pod_uid":null,"pod_namespace":null,"pod_name":null,"systemd_unit":null,"owner_source":null,"shared":null,"local":"[fd00::5]:5432","remote":"[fd00::2]:50000","netns":1,"role":"server","service":"postgres","idle_seconds":120.0,"retransmits":6,"started_at":"2026-11-25T09:32:50.000Z","tcp_retries2":15,"cookie":12,"hint":"…"}"#
+        );
+    }
+
+    /// The text line for people: time, event, who, where, what happened.
+    #[test]
+    fn text_lines_say_what_happened() {
+        let mut reporter = reporter();
+        let started = reporter.record(&Finding::StormStarted(storm()));
+        let line = text_line(&started);
+        assert!(
+            line.starts_with(
+                "2026-11-25T09:32:44.689Z STORM_STARTED invite-svc[4242] tid=4250 Client \
+                 10.0.0.2:41000 -> 10.0.1.5:6379 (redis) netns=4026531840: \
+                 idle 6m 1s then 4 retransmits, gives up in 15m 22s. "
+            ),
+            "{line}"
+        );
+        let keepalive = reporter.record(&Finding::ConnectionFailed(failure(
+            FailureMode::KeepaliveTimeout,
+            true,
+        )));
+        let line = text_line(&keepalive);
+        assert!(
+            line.starts_with(
+                "2026-11-25T09:33:50.500Z KEEPALIVE_TIMEOUT unknown process Server \
+                 [fd00::5]:5432 -> [fd00::2]:50000 (postgres) netns=1: \
+                 keepalive timeout after 2m 0s idle, 9 probes unanswered, timed out. "
+            ),
+            "{line}"
+        );
+        let stalled = reporter.record(&Finding::ConnectionFailed(failure(
+            FailureMode::ConnectStalled,
+            false,
+        )));
+        assert!(
+            text_line(&stalled).contains("SYN retransmitted 6 times, connect hanging. "),
+            "{}",
+            text_line(&stalled)
+        );
+    }
 }

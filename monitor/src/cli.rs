@@ -1,14 +1,16 @@
 //! Command-line interface.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 use clap::{Args, Parser, Subcommand};
 use monitor_common::defaults;
 
 use crate::{
     capture::CaptureConfig,
-    config::{ConfigError, Layer, Settings},
-    failfast::FailFastMode,
+    config::{ConfigError, Layer, SOCKET_MAP_ENTRIES_RANGE, Settings, parse_port},
     output::{Format, LogFormat},
 };
 
@@ -136,67 +138,16 @@ impl TraceArgs {
     }
 }
 
-/// `connmon run` flags. Each also reads a `CONNMON_*` variable; both
-/// override the `--config` file, which overrides the defaults.
+/// `connmon run` flags: `--config`, each setting of the table in
+/// `config.rs` (which also reads a `CONNMON_*` variable; both override the
+/// file, which overrides the defaults), and the path timeouts.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// TOML settings file (see README for the keys).
     #[arg(long, env = "CONNMON_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// TCP ports (local or remote) to watch, comma separated [default: 6379].
-    #[arg(long, value_delimiter = ',', value_parser = parse_port, env = "CONNMON_PORTS")]
-    pub ports: Option<Vec<u16>>,
-    /// Watch every TCP port.
-    #[arg(long, env = "CONNMON_ALL_PORTS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub all_ports: Option<bool>,
-    /// No payload either way for this long makes a connection idle [default: 30s].
-    #[arg(long, env = "CONNMON_IDLE_THRESHOLD", value_name = "DURATION")]
-    pub idle_threshold: Option<String>,
-    /// RTO retransmits without progress after idle that confirm a storm [default: 3].
-    #[arg(long, env = "CONNMON_CONFIRM_RETRANSMITS", value_name = "N")]
-    pub confirm_retransmits: Option<u32>,
-    /// HTTP listen address for /metrics, /healthz, /readyz, /api/v1/storms [default: 0.0.0.0:9878].
-    #[arg(long, env = "CONNMON_LISTEN", value_name = "ADDR:PORT")]
-    pub listen: Option<String>,
-    /// Findings on stdout: json lines or text for people [default: json].
-    /// (`--log-format` used to set this; it now formats the logs.)
-    #[arg(long, env = "CONNMON_OUTPUT_FORMAT", value_enum)]
-    pub output_format: Option<Format>,
-    /// Sockets the kernel's socket table can hold [default: 65536].
-    #[arg(long, env = "CONNMON_SOCKET_MAP_ENTRIES")]
-    pub socket_map_entries: Option<u32>,
-    /// Event ring buffer size in KiB, a power of two [default: 4096].
-    #[arg(long, env = "CONNMON_RING_BUFFER_KIB")]
-    pub ring_buffer_kib: Option<u32>,
-    /// Name pods from the kubelet's log directory (e.g. /var/log/pods) [default: off].
-    #[arg(long, env = "CONNMON_POD_METADATA_DIR", value_name = "DIR")]
-    pub pod_metadata_dir: Option<PathBuf>,
-    /// Push alerts to Alertmanager's v2 API at this base URL (repeat or comma separate).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        env = "CONNMON_ALERTMANAGER_URL",
-        value_name = "URL"
-    )]
-    pub alertmanager_url: Option<Vec<String>>,
-    /// POST every finding as JSON to this webhook (repeat or comma separate).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        env = "CONNMON_WEBHOOK_URL",
-        value_name = "URL"
-    )]
-    pub webhook_url: Option<Vec<String>>,
-    /// Runbook link for alerts (each alert links `#<alertname>`).
-    #[arg(long, env = "CONNMON_RUNBOOK_URL", value_name = "URL")]
-    pub runbook_url: Option<String>,
-    /// This node's name in alerts [default: the hostname].
-    #[arg(long, env = "CONNMON_NODE_NAME")]
-    pub node_name: Option<String>,
-    /// Abort the socket of each confirmed storm so the application fails now
-    /// and reconnects, instead of hanging [default: off; bare flag: on].
-    #[arg(long, env = "CONNMON_FAIL_FAST", value_enum, num_args = 0..=1, default_missing_value = "on")]
-    pub fail_fast: Option<FailFastMode>,
+    #[command(flatten)]
+    pub flags: Layer,
     /// Idle timeout of the path to a network, CIDR=DURATION|PRESET (repeat);
     /// connections quiet for longer are reported at risk.
     #[arg(long, value_name = "CIDR=TIMEOUT")]
@@ -204,46 +155,16 @@ pub struct RunArgs {
     /// Idle timeout of every other path [default: 350s].
     #[arg(long, value_name = "TIMEOUT")]
     pub default_path_timeout: Option<String>,
-    /// How often to look for idle connections at risk [default: 60s].
-    #[arg(long, env = "CONNMON_AT_RISK_INTERVAL", value_name = "DURATION")]
-    pub at_risk_interval: Option<String>,
-    /// Remove metric label sets (process, container, destination) that
-    /// have not changed for this long [default: 24h].
-    #[arg(long, env = "CONNMON_SERIES_EXPIRY", value_name = "DURATION")]
-    pub series_expiry: Option<String>,
-    /// TLS and basic auth for the HTTP endpoints: a Prometheus exporter
-    /// web-config file (as node_exporter's --web.config.file).
-    #[arg(long, env = "CONNMON_WEB_CONFIG_FILE", value_name = "FILE")]
-    pub web_config_file: Option<PathBuf>,
-    /// PEM CA bundle that https alert and webhook URLs are checked against
-    /// [default: the bundled Mozilla roots].
-    #[arg(long, env = "CONNMON_ALERT_CA_FILE", value_name = "FILE")]
-    pub alert_ca_file: Option<PathBuf>,
-    /// Turn on the kernel's BPF run-time accounting for
-    /// connmon_bpf_program_run_seconds_total while connmon runs. It costs
-    /// every BPF program on the host two clock reads per run, so it is off
-    /// unless asked for (or the node sets kernel.bpf_stats_enabled=1)
-    /// [default: false].
-    #[arg(long, env = "CONNMON_BPF_RUN_TIME_STATS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub bpf_run_time_stats: Option<bool>,
-    /// Only watch sockets in this network namespace (one pod, or a test's
-    /// stand-in for a node): an inode number or a path such as
-    /// /run/netns/NAME or /proc/PID/ns/net [default: every namespace].
-    #[arg(long, env = "CONNMON_NETNS", value_name = "INODE|PATH")]
-    pub netns: Option<String>,
-    /// A Prometheus scraping every node's connmon with the shipped fleet
-    /// rules: the at-risk audits take each destination's path timeout from
-    /// the whole fleet's evidence when it is shorter [default: off].
-    #[arg(long, env = "CONNMON_PROMETHEUS_URL", value_name = "URL")]
-    pub prometheus_url: Option<String>,
 }
 
 impl RunArgs {
-    fn path_timeout_layer(&self) -> Option<std::collections::BTreeMap<String, String>> {
+    /// `--path-timeout` and `--default-path-timeout` as the file's
+    /// `[path_timeouts]` table.
+    fn path_timeout_layer(&self) -> Option<BTreeMap<String, String>> {
         if self.path_timeout.is_empty() && self.default_path_timeout.is_none() {
             return None;
         }
-        let mut rules = std::collections::BTreeMap::new();
+        let mut rules = BTreeMap::new();
         if let Some(default) = &self.default_path_timeout {
             rules.insert("default".to_string(), default.clone());
         }
@@ -262,30 +183,9 @@ impl RunArgs {
             layers.push(Layer::from_file(path)?);
         }
         layers.push(Layer {
-            ports: self.ports.clone(),
-            all_ports: self.all_ports,
-            idle_threshold: self.idle_threshold.clone(),
-            confirm_retransmits: self.confirm_retransmits,
-            listen: self.listen.clone(),
-            output_format: self.output_format,
             log_format,
-            socket_map_entries: self.socket_map_entries,
-            ring_buffer_kib: self.ring_buffer_kib,
-            services: None,
-            pod_metadata_dir: self.pod_metadata_dir.clone(),
-            alertmanager_urls: self.alertmanager_url.clone(),
-            webhook_urls: self.webhook_url.clone(),
-            runbook_url: self.runbook_url.clone(),
-            node_name: self.node_name.clone(),
-            fail_fast: self.fail_fast,
             path_timeouts: self.path_timeout_layer(),
-            at_risk_interval: self.at_risk_interval.clone(),
-            series_expiry: self.series_expiry.clone(),
-            web_config_file: self.web_config_file.clone(),
-            alert_ca_file: self.alert_ca_file.clone(),
-            bpf_run_time_stats: self.bpf_run_time_stats,
-            netns: self.netns.clone(),
-            prometheus_url: self.prometheus_url.clone(),
+            ..self.flags.clone()
         });
         Settings::resolve(&layers)
     }
@@ -351,7 +251,7 @@ pub struct CaptureArgs {
     #[arg(long, env = "CONNMON_ALL_PORTS")]
     pub all_ports: bool,
     /// Sockets the kernel's socket table can hold.
-    #[arg(long, default_value_t = defaults::SOCKET_MAP_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=4_194_304), env = "CONNMON_SOCKET_MAP_ENTRIES")]
+    #[arg(long, default_value_t = defaults::SOCKET_MAP_ENTRIES, value_parser = parse_socket_map_entries, env = "CONNMON_SOCKET_MAP_ENTRIES")]
     pub socket_map_entries: u32,
     /// Event ring buffer size in KiB (a power of two, at least 64).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib, env = "CONNMON_RING_BUFFER_KIB")]
@@ -373,12 +273,12 @@ impl CaptureArgs {
     }
 }
 
-fn parse_port(value: &str) -> Result<u16, String> {
-    match value.trim().parse::<u16>() {
-        Ok(0) => Err("port 0 is not a port".into()),
-        Ok(port) => Ok(port),
-        Err(_) => Err(format!("{value:?} is not a TCP port (1-65535)")),
-    }
+fn parse_socket_map_entries(value: &str) -> Result<u32, String> {
+    let entries: u32 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of sockets"))?;
+    crate::config::within(&entries, SOCKET_MAP_ENTRIES_RANGE)
 }
 
 fn parse_ring_kib(value: &str) -> Result<u32, String> {
@@ -386,12 +286,7 @@ fn parse_ring_kib(value: &str) -> Result<u32, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{value:?} is not a number of KiB"))?;
-    if !(64..=1_048_576).contains(&kib) || !kib.is_power_of_two() {
-        return Err(format!(
-            "{kib} KiB: the ring buffer must be a power of two between 64 and 1048576 KiB"
-        ));
-    }
-    Ok(kib)
+    crate::config::ring_buffer_kib(&kib)
 }
 
 /// Resolves `--netns`: an inode number, or a namespace file to stat.
@@ -479,7 +374,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!()
         };
-        assert_eq!(args.output_format, Some(Format::Text));
+        assert_eq!(args.flags.output_format, Some(Format::Text));
         let settings = args.settings(cli.log_format).expect("valid");
         assert_eq!(settings.log_format, LogFormat::Json);
         assert_eq!(settings.output_format, Format::Text);

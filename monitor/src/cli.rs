@@ -402,4 +402,191 @@ mod tests {
         assert!(resolve_netns("/proc/self/ns/net").is_ok());
         assert!(resolve_netns("/no/such/netns").is_err());
     }
+
+    /// A scratch directory, removed even when the test fails.
+    struct ScratchDir(PathBuf);
+
+    impl ScratchDir {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("connmon-cli-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("scratch dir");
+            Self(dir)
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.0.join(name).to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn run_settings(args: &[&str]) -> Settings {
+        let Command::Run(run) = parse(&[&["run"], args].concat()).expect("valid").command else {
+            panic!("not run")
+        };
+        run.settings(None).expect("valid settings")
+    }
+
+    /// One setting of each kind (duration, size, list, bool, path): the
+    /// file overrides the default, a flag overrides the file.
+    #[test]
+    fn run_flags_override_the_file_for_each_kind_of_setting() {
+        use std::time::Duration;
+        let dir = ScratchDir::new("kinds");
+        for pods in ["pods-file", "pods-flag"] {
+            std::fs::create_dir_all(dir.path(pods)).expect("dir");
+        }
+        let file = dir.path("connmon.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "idle_threshold = \"5m\"\nring_buffer_kib = 128\nports = [5432]\n\
+                 all_ports = true\npod_metadata_dir = {:?}\n",
+                dir.path("pods-file")
+            ),
+        )
+        .expect("write");
+        let defaults = Settings::default();
+        assert_eq!(defaults.idle_threshold, Duration::from_secs(30));
+        assert_eq!(defaults.ring_buffer_kib, defaults::RING_BUFFER_KIB);
+        assert_eq!(defaults.ports, BTreeSet::from([defaults::WATCHED_PORT]));
+        assert!(!defaults.all_ports);
+        assert_eq!(defaults.pod_metadata_dir, None);
+
+        let from_file = run_settings(&["--config", &file]);
+        assert_eq!(from_file.idle_threshold, Duration::from_secs(300));
+        assert_eq!(from_file.ring_buffer_kib, 128);
+        assert_eq!(from_file.ports, BTreeSet::from([5432]));
+        assert!(from_file.all_ports);
+        assert_eq!(
+            from_file.pod_metadata_dir,
+            Some(PathBuf::from(dir.path("pods-file")))
+        );
+
+        let pods_flag = dir.path("pods-flag");
+        let from_flags = run_settings(&[
+            "--config",
+            &file,
+            "--idle-threshold",
+            "10s",
+            "--ring-buffer-kib",
+            "256",
+            "--ports",
+            "3306,11211",
+            "--all-ports",
+            "false",
+            "--pod-metadata-dir",
+            &pods_flag,
+        ]);
+        assert_eq!(from_flags.idle_threshold, Duration::from_secs(10));
+        assert_eq!(from_flags.ring_buffer_kib, 256);
+        assert_eq!(from_flags.ports, BTreeSet::from([3306, 11211]));
+        assert!(!from_flags.all_ports);
+        assert_eq!(from_flags.pod_metadata_dir, Some(PathBuf::from(pods_flag)));
+    }
+
+    /// The `run` flags, each with its help text.
+    fn run_flags() -> Vec<clap::Arg> {
+        let command = <Cli as clap::CommandFactory>::command();
+        let run = command.find_subcommand("run").expect("run").clone();
+        run.get_arguments()
+            .filter(|arg| arg.get_long().is_some_and(|long| long != "help"))
+            .cloned()
+            .collect()
+    }
+
+    /// A `[default: X]` in a flag's help is what the daemon uses: given
+    /// as the flag's value, X resolves to the defaults. Defaults that are
+    /// not a value are listed here.
+    #[test]
+    fn each_default_the_help_states_is_the_default() {
+        const DESCRIBED: &[&str] = &[
+            "off",
+            "off; bare flag: on",
+            "the hostname",
+            "every namespace",
+            "the bundled Mozilla roots",
+        ];
+        let mut checked = 0;
+        for arg in run_flags() {
+            let long = arg.get_long().expect("a flag");
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let Some((_, rest)) = help.split_once("[default: ") else {
+                continue;
+            };
+            let stated = rest.split_once(']').expect("closing bracket").0;
+            if DESCRIBED.contains(&stated) {
+                continue;
+            }
+            let flag = format!("--{long}");
+            assert_eq!(
+                run_settings(&[&flag, stated]),
+                Settings::default(),
+                "{flag} states [default: {stated}]"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} stated defaults found");
+    }
+
+    /// Every setting has a `CONNMON_*` variable named after its flag (the
+    /// path timeouts, several values to a flag, have none).
+    #[test]
+    fn each_run_flag_has_its_environment_variable() {
+        for arg in run_flags() {
+            let long = arg.get_long().expect("a flag");
+            if matches!(long, "path-timeout" | "default-path-timeout") {
+                continue;
+            }
+            let expected = format!("CONNMON_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|env| env.to_str()),
+                Some(expected.as_str()),
+                "--{long}"
+            );
+        }
+    }
+
+    /// The README's settings reference names every flag, variable and
+    /// TOML key of `run`.
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split_once("### Settings of `connmon run`")
+            .expect("settings section")
+            .1;
+        let section = section.split_once("\n### ").map_or(section, |(it, _)| it);
+        let mut names: Vec<String> = Vec::new();
+        for arg in run_flags() {
+            names.push(format!("`--{}", arg.get_long().expect("a flag")));
+            if let Some(env) = arg.get_env() {
+                names.push(format!("`{}`", env.to_string_lossy()));
+            }
+        }
+        for key in crate::config::KEYS {
+            names.push(if section.contains(&format!("`[{key}]`")) {
+                format!("`[{key}]`")
+            } else {
+                format!("`{key} =")
+            });
+        }
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|name| !section.contains(name.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README settings section lacks {missing:?}"
+        );
+    }
 }

@@ -148,33 +148,11 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub flags: Layer,
-    /// Idle timeout of the path to a network, CIDR=DURATION|PRESET (repeat);
-    /// connections quiet for longer are reported at risk.
-    #[arg(long, value_name = "CIDR=TIMEOUT")]
-    pub path_timeout: Vec<String>,
-    /// Idle timeout of every other path [default: 350s].
-    #[arg(long, value_name = "TIMEOUT")]
-    pub default_path_timeout: Option<String>,
+    #[command(flatten)]
+    pub paths: PathTimeoutArgs,
 }
 
 impl RunArgs {
-    /// `--path-timeout` and `--default-path-timeout` as the file's
-    /// `[path_timeouts]` table.
-    fn path_timeout_layer(&self) -> Option<BTreeMap<String, String>> {
-        if self.path_timeout.is_empty() && self.default_path_timeout.is_none() {
-            return None;
-        }
-        let mut rules = BTreeMap::new();
-        if let Some(default) = &self.default_path_timeout {
-            rules.insert("default".to_string(), default.clone());
-        }
-        for rule in &self.path_timeout {
-            let (cidr, timeout) = rule.split_once('=').unwrap_or((rule.as_str(), ""));
-            rules.insert(cidr.to_string(), timeout.to_string());
-        }
-        Some(rules)
-    }
-
     /// Defaults, then the config file, then environment and flags
     /// (`log_format`: the global `--log-format`).
     pub fn settings(&self, log_format: Option<LogFormat>) -> Result<Settings, ConfigError> {
@@ -184,7 +162,7 @@ impl RunArgs {
         }
         layers.push(Layer {
             log_format,
-            path_timeouts: self.path_timeout_layer(),
+            path_timeouts: self.paths.as_table(),
             ..self.flags.clone()
         });
         Settings::resolve(&layers)
@@ -199,14 +177,8 @@ pub struct AuditArgs {
     /// Audit every TCP port.
     #[arg(long)]
     pub all_ports: bool,
-    /// Idle timeout of the path to a network: CIDR=DURATION or CIDR=PRESET
-    /// (aws-nat-gateway, aws-nlb, aws-vpc-endpoint: 350s; azure-lb: 240s;
-    /// gcp-cloud-nat: 1200s). Repeat for several networks.
-    #[arg(long, value_name = "CIDR=TIMEOUT")]
-    pub path_timeout: Vec<String>,
-    /// Idle timeout of every other path [default: 350s].
-    #[arg(long, value_name = "TIMEOUT")]
-    pub default_path_timeout: Option<String>,
+    #[command(flatten)]
+    pub paths: PathTimeoutArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -224,7 +196,38 @@ pub struct AuditArgs {
     pub client: DaemonClientArgs,
 }
 
-impl AuditArgs {
+/// The idle timeouts of the paths to destination networks (`run`,
+/// `audit`); connections quiet for longer are at risk.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PathTimeoutArgs {
+    /// Idle timeout of the path to a network: CIDR=DURATION or CIDR=PRESET
+    /// (aws-nat-gateway, aws-nlb, aws-vpc-endpoint: 350s; azure-lb: 240s;
+    /// gcp-cloud-nat: 1200s). Repeat for several networks.
+    #[arg(long, value_name = "CIDR=TIMEOUT")]
+    pub path_timeout: Vec<String>,
+    /// Idle timeout of every other path [default: 350s].
+    #[arg(long, value_name = "TIMEOUT")]
+    pub default_path_timeout: Option<String>,
+}
+
+impl PathTimeoutArgs {
+    /// The flags as the config file's `[path_timeouts]` table (`run`).
+    fn as_table(&self) -> Option<BTreeMap<String, String>> {
+        if self.path_timeout.is_empty() && self.default_path_timeout.is_none() {
+            return None;
+        }
+        let mut rules = BTreeMap::new();
+        if let Some(default) = &self.default_path_timeout {
+            rules.insert("default".to_string(), default.clone());
+        }
+        for rule in &self.path_timeout {
+            let (cidr, timeout) = rule.split_once('=').unwrap_or((rule.as_str(), ""));
+            rules.insert(cidr.to_string(), timeout.to_string());
+        }
+        Some(rules)
+    }
+
+    /// The flags parsed, each error naming its flag (`audit`).
     pub fn path_timeouts(&self) -> Result<crate::risk::PathTimeouts, String> {
         let default = match &self.default_path_timeout {
             Some(text) => crate::risk::parse_timeout(text)

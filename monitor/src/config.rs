@@ -570,118 +570,32 @@ mod tests {
 
     #[test]
     fn every_bad_value_names_its_setting_in_one_line() {
-        let cases: Vec<(Layer, &str)> = vec![
+        let cases = [
+            ("series_expiry = \"500ms\"", "series_expiry"),
+            ("series_expiry = \"a day\"", "series_expiry"),
+            ("ports = []", "ports"),
+            ("ports = [0]", "ports"),
+            ("idle_threshold = \"soon\"", "idle_threshold"),
+            ("idle_threshold = \"10ms\"", "idle_threshold"),
+            ("confirm_retransmits = 0", "confirm_retransmits"),
+            ("confirm_retransmits = 16", "confirm_retransmits"),
+            ("listen = \"localhost\"", "listen"),
+            ("socket_map_entries = 5", "socket_map_entries"),
+            ("ring_buffer_kib = 100", "ring_buffer_kib"),
             (
-                Layer {
-                    series_expiry: Some("500ms".into()),
-                    ..Layer::default()
-                },
-                "series_expiry",
-            ),
-            (
-                Layer {
-                    series_expiry: Some("a day".into()),
-                    ..Layer::default()
-                },
-                "series_expiry",
-            ),
-            (
-                Layer {
-                    ports: Some(vec![]),
-                    ..Layer::default()
-                },
-                "ports",
-            ),
-            (
-                Layer {
-                    ports: Some(vec![0]),
-                    ..Layer::default()
-                },
-                "ports",
-            ),
-            (
-                Layer {
-                    idle_threshold: Some("soon".into()),
-                    ..Layer::default()
-                },
-                "idle_threshold",
-            ),
-            (
-                Layer {
-                    idle_threshold: Some("10ms".into()),
-                    ..Layer::default()
-                },
-                "idle_threshold",
-            ),
-            (
-                Layer {
-                    confirm_retransmits: Some(0),
-                    ..Layer::default()
-                },
-                "confirm_retransmits",
-            ),
-            (
-                Layer {
-                    confirm_retransmits: Some(16),
-                    ..Layer::default()
-                },
-                "confirm_retransmits",
-            ),
-            (
-                Layer {
-                    listen: Some("localhost".into()),
-                    ..Layer::default()
-                },
-                "listen",
-            ),
-            (
-                Layer {
-                    socket_map_entries: Some(5),
-                    ..Layer::default()
-                },
-                "socket_map_entries",
-            ),
-            (
-                Layer {
-                    ring_buffer_kib: Some(100),
-                    ..Layer::default()
-                },
-                "ring_buffer_kib",
-            ),
-            (
-                Layer {
-                    alertmanager_urls: Some(vec!["alertmanager:9093".into()]),
-                    ..Layer::default()
-                },
+                "alertmanager_urls = [\"alertmanager:9093\"]",
                 "alertmanager_urls",
             ),
-            (
-                Layer {
-                    webhook_urls: Some(vec!["ftp://hooks.example/x".into()]),
-                    ..Layer::default()
-                },
-                "webhook_urls",
-            ),
-            (
-                Layer {
-                    alert_ca_file: Some("/no/such/ca.pem".into()),
-                    ..Layer::default()
-                },
-                "alert_ca_file",
-            ),
-            (
-                Layer {
-                    services: Some(BTreeMap::from([("redis".into(), "x".into())])),
-                    ..Layer::default()
-                },
-                "services",
-            ),
+            ("webhook_urls = [\"ftp://hooks.example/x\"]", "webhook_urls"),
+            ("alert_ca_file = \"/no/such/ca.pem\"", "alert_ca_file"),
+            ("services = { redis = \"x\" }", "services"),
         ];
-        for (layer, setting) in cases {
+        for (toml, setting) in cases {
+            let layer = Layer::from_toml(toml).expect("valid toml");
             let error = Settings::resolve(&[layer])
                 .expect_err("invalid")
                 .to_string();
-            assert!(error.starts_with(setting), "{error}");
+            assert!(error.starts_with(setting), "{toml}: {error}");
             assert!(!error.contains('\n'), "{error}");
         }
     }

@@ -134,6 +134,9 @@ macro_rules! settings {
     ($($entries:tt)*) => { settings!(@entries [] $($entries)*); };
 }
 
+// To add a setting: one entry here (see `settings!` for its parts) and a row
+// in README's settings table; unit tests check the help's `[default: …]`,
+// the `CONNMON_*` name and the README row.
 settings! {
     /// TCP ports (local or remote) to watch, comma separated [default: 6379].
     #[arg(long, value_delimiter = ',', value_parser = parse_port, env = "CONNMON_PORTS")]
@@ -221,7 +224,7 @@ settings! {
     /// How often to look for idle connections at risk [default: 60s].
     #[arg(long, env = "CONNMON_AT_RISK_INTERVAL", value_name = "DURATION")]
     at_risk_interval: String => Duration = Duration::from_secs(60),
-        set |text| duration_within(text, ONE_SECOND..=Duration::MAX);
+        set interval;
 
     /// Remove metric label sets (process, container, destination) that
     /// have not changed for this long [default: 24h].
@@ -230,7 +233,7 @@ settings! {
     // which `increase()` over a window it spans does not see.
     #[arg(long, env = "CONNMON_SERIES_EXPIRY", value_name = "DURATION")]
     series_expiry: String => Duration = Duration::from_secs(24 * 3600),
-        set |text| duration_within(text, ONE_SECOND..=Duration::MAX);
+        set interval;
 
     /// TLS and basic auth for the HTTP endpoints: a Prometheus exporter
     /// web-config file (as node_exporter's --web.config.file).
@@ -356,6 +359,11 @@ fn duration_within(text: &str, range: RangeInclusive<Duration>) -> Result<Durati
         let end = humantime::format_duration(*range.end());
         format!("{text:?} is outside {start}..{end}")
     })
+}
+
+/// A period of at least a second.
+fn interval(text: &str) -> Result<Duration, String> {
+    duration_within(text, ONE_SECOND..=Duration::MAX)
 }
 
 /// One port of `--ports` (a flag's value parser too).
@@ -598,6 +606,23 @@ mod tests {
             assert!(error.starts_with(setting), "{toml}: {error}");
             assert!(!error.contains('\n'), "{error}");
         }
+    }
+
+    #[test]
+    fn durations_out_of_range_say_the_range() {
+        let error = |toml: &str| {
+            Settings::resolve(&[Layer::from_toml(toml).expect("valid toml")])
+                .expect_err("out of range")
+                .to_string()
+        };
+        assert_eq!(
+            error("idle_threshold = \"8d\""),
+            "idle_threshold: \"8d\" is outside 1s..7days"
+        );
+        assert_eq!(
+            error("at_risk_interval = \"10ms\""),
+            "at_risk_interval: \"10ms\" is shorter than 1s"
+        );
     }
 
     #[test]

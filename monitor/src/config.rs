@@ -64,9 +64,9 @@ pub enum ConfigError {
 /// clap attribute (`#[arg(skip)]` for a file-only key), then
 /// `key [as field]: Raw => Type = default, set parser;` where `parser` turns
 /// `&Raw` into `Result<Type, String>` (`merge parser` instead takes
-/// `(&mut Type, &Raw)` and adds to the value). `key` is the TOML key, the
-/// flag and variable names' stem and the name in error lines; `as field`
-/// names the `Settings` field when it differs.
+/// `(&mut Type, &Raw)` and adds to the value). `key` is the TOML key and
+/// the setting's name in error lines (and, unless `#[arg]` says otherwise,
+/// the flag's); `as field` names the `Settings` field when it differs.
 macro_rules! settings {
     // Normalises each entry to `key as field`, then generates.
     (@entries [$($done:tt)*]) => { settings!(@generate $($done)*); };

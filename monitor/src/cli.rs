@@ -1,14 +1,16 @@
 //! Command-line interface.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 use clap::{Args, Parser, Subcommand};
 use monitor_common::defaults;
 
 use crate::{
     capture::CaptureConfig,
-    config::{ConfigError, Layer, Settings},
-    failfast::FailFastMode,
+    config::{ConfigError, Layer, SOCKET_MAP_ENTRIES_RANGE, Settings, parse_port},
     output::{Format, LogFormat},
 };
 
@@ -136,124 +138,21 @@ impl TraceArgs {
     }
 }
 
-/// `connmon run` flags. Each also reads a `CONNMON_*` variable; both
-/// override the `--config` file, which overrides the defaults.
+/// `connmon run` flags: `--config`, each setting of the table in
+/// `config.rs` (which also reads a `CONNMON_*` variable; both override the
+/// file, which overrides the defaults), and the path timeouts.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// TOML settings file (see README for the keys).
     #[arg(long, env = "CONNMON_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// TCP ports (local or remote) to watch, comma separated [default: 6379].
-    #[arg(long, value_delimiter = ',', value_parser = parse_port, env = "CONNMON_PORTS")]
-    pub ports: Option<Vec<u16>>,
-    /// Watch every TCP port.
-    #[arg(long, env = "CONNMON_ALL_PORTS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub all_ports: Option<bool>,
-    /// No payload either way for this long makes a connection idle [default: 30s].
-    #[arg(long, env = "CONNMON_IDLE_THRESHOLD", value_name = "DURATION")]
-    pub idle_threshold: Option<String>,
-    /// RTO retransmits without progress after idle that confirm a storm [default: 3].
-    #[arg(long, env = "CONNMON_CONFIRM_RETRANSMITS", value_name = "N")]
-    pub confirm_retransmits: Option<u32>,
-    /// HTTP listen address for /metrics, /healthz, /readyz, /api/v1/storms [default: 0.0.0.0:9878].
-    #[arg(long, env = "CONNMON_LISTEN", value_name = "ADDR:PORT")]
-    pub listen: Option<String>,
-    /// Findings on stdout: json lines or text for people [default: json].
-    /// (`--log-format` used to set this; it now formats the logs.)
-    #[arg(long, env = "CONNMON_OUTPUT_FORMAT", value_enum)]
-    pub output_format: Option<Format>,
-    /// Sockets the kernel's socket table can hold [default: 65536].
-    #[arg(long, env = "CONNMON_SOCKET_MAP_ENTRIES")]
-    pub socket_map_entries: Option<u32>,
-    /// Event ring buffer size in KiB, a power of two [default: 4096].
-    #[arg(long, env = "CONNMON_RING_BUFFER_KIB")]
-    pub ring_buffer_kib: Option<u32>,
-    /// Name pods from the kubelet's log directory (e.g. /var/log/pods) [default: off].
-    #[arg(long, env = "CONNMON_POD_METADATA_DIR", value_name = "DIR")]
-    pub pod_metadata_dir: Option<PathBuf>,
-    /// Push alerts to Alertmanager's v2 API at this base URL (repeat or comma separate).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        env = "CONNMON_ALERTMANAGER_URL",
-        value_name = "URL"
-    )]
-    pub alertmanager_url: Option<Vec<String>>,
-    /// POST every finding as JSON to this webhook (repeat or comma separate).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        env = "CONNMON_WEBHOOK_URL",
-        value_name = "URL"
-    )]
-    pub webhook_url: Option<Vec<String>>,
-    /// Runbook link for alerts (each alert links `#<alertname>`).
-    #[arg(long, env = "CONNMON_RUNBOOK_URL", value_name = "URL")]
-    pub runbook_url: Option<String>,
-    /// This node's name in alerts [default: the hostname].
-    #[arg(long, env = "CONNMON_NODE_NAME")]
-    pub node_name: Option<String>,
-    /// Abort the socket of each confirmed storm so the application fails now
-    /// and reconnects, instead of hanging [default: off; bare flag: on].
-    #[arg(long, env = "CONNMON_FAIL_FAST", value_enum, num_args = 0..=1, default_missing_value = "on")]
-    pub fail_fast: Option<FailFastMode>,
-    /// Idle timeout of the path to a network, CIDR=DURATION|PRESET (repeat);
-    /// connections quiet for longer are reported at risk.
-    #[arg(long, value_name = "CIDR=TIMEOUT")]
-    pub path_timeout: Vec<String>,
-    /// Idle timeout of every other path [default: 350s].
-    #[arg(long, value_name = "TIMEOUT")]
-    pub default_path_timeout: Option<String>,
-    /// How often to look for idle connections at risk [default: 60s].
-    #[arg(long, env = "CONNMON_AT_RISK_INTERVAL", value_name = "DURATION")]
-    pub at_risk_interval: Option<String>,
-    /// Remove metric label sets (process, container, destination) that
-    /// have not changed for this long [default: 24h].
-    #[arg(long, env = "CONNMON_SERIES_EXPIRY", value_name = "DURATION")]
-    pub series_expiry: Option<String>,
-    /// TLS and basic auth for the HTTP endpoints: a Prometheus exporter
-    /// web-config file (as node_exporter's --web.config.file).
-    #[arg(long, env = "CONNMON_WEB_CONFIG_FILE", value_name = "FILE")]
-    pub web_config_file: Option<PathBuf>,
-    /// PEM CA bundle that https alert and webhook URLs are checked against
-    /// [default: the bundled Mozilla roots].
-    #[arg(long, env = "CONNMON_ALERT_CA_FILE", value_name = "FILE")]
-    pub alert_ca_file: Option<PathBuf>,
-    /// Turn on the kernel's BPF run-time accounting for
-    /// connmon_bpf_program_run_seconds_total while connmon runs. It costs
-    /// every BPF program on the host two clock reads per run, so it is off
-    /// unless asked for (or the node sets kernel.bpf_stats_enabled=1)
-    /// [default: false].
-    #[arg(long, env = "CONNMON_BPF_RUN_TIME_STATS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub bpf_run_time_stats: Option<bool>,
-    /// Only watch sockets in this network namespace (one pod, or a test's
-    /// stand-in for a node): an inode number or a path such as
-    /// /run/netns/NAME or /proc/PID/ns/net [default: every namespace].
-    #[arg(long, env = "CONNMON_NETNS", value_name = "INODE|PATH")]
-    pub netns: Option<String>,
-    /// A Prometheus scraping every node's connmon with the shipped fleet
-    /// rules: the at-risk audits take each destination's path timeout from
-    /// the whole fleet's evidence when it is shorter [default: off].
-    #[arg(long, env = "CONNMON_PROMETHEUS_URL", value_name = "URL")]
-    pub prometheus_url: Option<String>,
+    #[command(flatten)]
+    pub flags: Layer,
+    #[command(flatten)]
+    pub paths: PathTimeoutArgs,
 }
 
 impl RunArgs {
-    fn path_timeout_layer(&self) -> Option<std::collections::BTreeMap<String, String>> {
-        if self.path_timeout.is_empty() && self.default_path_timeout.is_none() {
-            return None;
-        }
-        let mut rules = std::collections::BTreeMap::new();
-        if let Some(default) = &self.default_path_timeout {
-            rules.insert("default".to_string(), default.clone());
-        }
-        for rule in &self.path_timeout {
-            let (cidr, timeout) = rule.split_once('=').unwrap_or((rule.as_str(), ""));
-            rules.insert(cidr.to_string(), timeout.to_string());
-        }
-        Some(rules)
-    }
-
     /// Defaults, then the config file, then environment and flags
     /// (`log_format`: the global `--log-format`).
     pub fn settings(&self, log_format: Option<LogFormat>) -> Result<Settings, ConfigError> {
@@ -262,30 +161,9 @@ impl RunArgs {
             layers.push(Layer::from_file(path)?);
         }
         layers.push(Layer {
-            ports: self.ports.clone(),
-            all_ports: self.all_ports,
-            idle_threshold: self.idle_threshold.clone(),
-            confirm_retransmits: self.confirm_retransmits,
-            listen: self.listen.clone(),
-            output_format: self.output_format,
             log_format,
-            socket_map_entries: self.socket_map_entries,
-            ring_buffer_kib: self.ring_buffer_kib,
-            services: None,
-            pod_metadata_dir: self.pod_metadata_dir.clone(),
-            alertmanager_urls: self.alertmanager_url.clone(),
-            webhook_urls: self.webhook_url.clone(),
-            runbook_url: self.runbook_url.clone(),
-            node_name: self.node_name.clone(),
-            fail_fast: self.fail_fast,
-            path_timeouts: self.path_timeout_layer(),
-            at_risk_interval: self.at_risk_interval.clone(),
-            series_expiry: self.series_expiry.clone(),
-            web_config_file: self.web_config_file.clone(),
-            alert_ca_file: self.alert_ca_file.clone(),
-            bpf_run_time_stats: self.bpf_run_time_stats,
-            netns: self.netns.clone(),
-            prometheus_url: self.prometheus_url.clone(),
+            path_timeouts: self.paths.as_table(),
+            ..self.flags.clone()
         });
         Settings::resolve(&layers)
     }
@@ -299,14 +177,8 @@ pub struct AuditArgs {
     /// Audit every TCP port.
     #[arg(long)]
     pub all_ports: bool,
-    /// Idle timeout of the path to a network: CIDR=DURATION or CIDR=PRESET
-    /// (aws-nat-gateway, aws-nlb, aws-vpc-endpoint: 350s; azure-lb: 240s;
-    /// gcp-cloud-nat: 1200s). Repeat for several networks.
-    #[arg(long, value_name = "CIDR=TIMEOUT")]
-    pub path_timeout: Vec<String>,
-    /// Idle timeout of every other path [default: 350s].
-    #[arg(long, value_name = "TIMEOUT")]
-    pub default_path_timeout: Option<String>,
+    #[command(flatten)]
+    pub paths: PathTimeoutArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -324,7 +196,38 @@ pub struct AuditArgs {
     pub client: DaemonClientArgs,
 }
 
-impl AuditArgs {
+/// The idle timeouts of the paths to destination networks (`run`,
+/// `audit`); connections quiet for longer are at risk.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PathTimeoutArgs {
+    /// Idle timeout of the path to a network: CIDR=DURATION or CIDR=PRESET
+    /// (aws-nat-gateway, aws-nlb, aws-vpc-endpoint: 350s; azure-lb: 240s;
+    /// gcp-cloud-nat: 1200s). Repeat for several networks.
+    #[arg(long, value_name = "CIDR=TIMEOUT")]
+    pub path_timeout: Vec<String>,
+    /// Idle timeout of every other path [default: 350s].
+    #[arg(long, value_name = "TIMEOUT")]
+    pub default_path_timeout: Option<String>,
+}
+
+impl PathTimeoutArgs {
+    /// The flags as the config file's `[path_timeouts]` table (`run`).
+    fn as_table(&self) -> Option<BTreeMap<String, String>> {
+        if self.path_timeout.is_empty() && self.default_path_timeout.is_none() {
+            return None;
+        }
+        let mut rules = BTreeMap::new();
+        if let Some(default) = &self.default_path_timeout {
+            rules.insert("default".to_string(), default.clone());
+        }
+        for rule in &self.path_timeout {
+            let (cidr, timeout) = rule.split_once('=').unwrap_or((rule.as_str(), ""));
+            rules.insert(cidr.to_string(), timeout.to_string());
+        }
+        Some(rules)
+    }
+
+    /// The flags parsed, each error naming its flag (`audit`).
     pub fn path_timeouts(&self) -> Result<crate::risk::PathTimeouts, String> {
         let default = match &self.default_path_timeout {
             Some(text) => crate::risk::parse_timeout(text)
@@ -351,7 +254,7 @@ pub struct CaptureArgs {
     #[arg(long, env = "CONNMON_ALL_PORTS")]
     pub all_ports: bool,
     /// Sockets the kernel's socket table can hold.
-    #[arg(long, default_value_t = defaults::SOCKET_MAP_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=4_194_304), env = "CONNMON_SOCKET_MAP_ENTRIES")]
+    #[arg(long, default_value_t = defaults::SOCKET_MAP_ENTRIES, value_parser = parse_socket_map_entries, env = "CONNMON_SOCKET_MAP_ENTRIES")]
     pub socket_map_entries: u32,
     /// Event ring buffer size in KiB (a power of two, at least 64).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib, env = "CONNMON_RING_BUFFER_KIB")]
@@ -373,12 +276,12 @@ impl CaptureArgs {
     }
 }
 
-fn parse_port(value: &str) -> Result<u16, String> {
-    match value.trim().parse::<u16>() {
-        Ok(0) => Err("port 0 is not a port".into()),
-        Ok(port) => Ok(port),
-        Err(_) => Err(format!("{value:?} is not a TCP port (1-65535)")),
-    }
+fn parse_socket_map_entries(value: &str) -> Result<u32, String> {
+    let entries: u32 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of sockets"))?;
+    crate::config::within(&entries, SOCKET_MAP_ENTRIES_RANGE)
 }
 
 fn parse_ring_kib(value: &str) -> Result<u32, String> {
@@ -386,12 +289,7 @@ fn parse_ring_kib(value: &str) -> Result<u32, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{value:?} is not a number of KiB"))?;
-    if !(64..=1_048_576).contains(&kib) || !kib.is_power_of_two() {
-        return Err(format!(
-            "{kib} KiB: the ring buffer must be a power of two between 64 and 1048576 KiB"
-        ));
-    }
-    Ok(kib)
+    crate::config::ring_buffer_kib(&kib)
 }
 
 /// Resolves `--netns`: an inode number, or a namespace file to stat.
@@ -479,7 +377,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!()
         };
-        assert_eq!(args.output_format, Some(Format::Text));
+        assert_eq!(args.flags.output_format, Some(Format::Text));
         let settings = args.settings(cli.log_format).expect("valid");
         assert_eq!(settings.log_format, LogFormat::Json);
         assert_eq!(settings.output_format, Format::Text);
@@ -506,5 +404,192 @@ mod tests {
         assert_eq!(resolve_netns("4026531840"), Ok(4026531840));
         assert!(resolve_netns("/proc/self/ns/net").is_ok());
         assert!(resolve_netns("/no/such/netns").is_err());
+    }
+
+    /// A scratch directory, removed even when the test fails.
+    struct ScratchDir(PathBuf);
+
+    impl ScratchDir {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("connmon-cli-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("scratch dir");
+            Self(dir)
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.0.join(name).to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn run_settings(args: &[&str]) -> Settings {
+        let Command::Run(run) = parse(&[&["run"], args].concat()).expect("valid").command else {
+            panic!("not run")
+        };
+        run.settings(None).expect("valid settings")
+    }
+
+    /// One setting of each kind (duration, size, list, bool, path): the
+    /// file overrides the default, a flag overrides the file.
+    #[test]
+    fn run_flags_override_the_file_for_each_kind_of_setting() {
+        use std::time::Duration;
+        let dir = ScratchDir::new("kinds");
+        for pods in ["pods-file", "pods-flag"] {
+            std::fs::create_dir_all(dir.path(pods)).expect("dir");
+        }
+        let file = dir.path("connmon.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "idle_threshold = \"5m\"\nring_buffer_kib = 128\nports = [5432]\n\
+                 all_ports = true\npod_metadata_dir = {:?}\n",
+                dir.path("pods-file")
+            ),
+        )
+        .expect("write");
+        let defaults = Settings::default();
+        assert_eq!(defaults.idle_threshold, Duration::from_secs(30));
+        assert_eq!(defaults.ring_buffer_kib, defaults::RING_BUFFER_KIB);
+        assert_eq!(defaults.ports, BTreeSet::from([defaults::WATCHED_PORT]));
+        assert!(!defaults.all_ports);
+        assert_eq!(defaults.pod_metadata_dir, None);
+
+        let from_file = run_settings(&["--config", &file]);
+        assert_eq!(from_file.idle_threshold, Duration::from_secs(300));
+        assert_eq!(from_file.ring_buffer_kib, 128);
+        assert_eq!(from_file.ports, BTreeSet::from([5432]));
+        assert!(from_file.all_ports);
+        assert_eq!(
+            from_file.pod_metadata_dir,
+            Some(PathBuf::from(dir.path("pods-file")))
+        );
+
+        let pods_flag = dir.path("pods-flag");
+        let from_flags = run_settings(&[
+            "--config",
+            &file,
+            "--idle-threshold",
+            "10s",
+            "--ring-buffer-kib",
+            "256",
+            "--ports",
+            "3306,11211",
+            "--all-ports",
+            "false",
+            "--pod-metadata-dir",
+            &pods_flag,
+        ]);
+        assert_eq!(from_flags.idle_threshold, Duration::from_secs(10));
+        assert_eq!(from_flags.ring_buffer_kib, 256);
+        assert_eq!(from_flags.ports, BTreeSet::from([3306, 11211]));
+        assert!(!from_flags.all_ports);
+        assert_eq!(from_flags.pod_metadata_dir, Some(PathBuf::from(pods_flag)));
+    }
+
+    /// The `run` flags, each with its help text.
+    fn run_flags() -> Vec<clap::Arg> {
+        let command = <Cli as clap::CommandFactory>::command();
+        let run = command.find_subcommand("run").expect("run").clone();
+        run.get_arguments()
+            .filter(|arg| arg.get_long().is_some_and(|long| long != "help"))
+            .cloned()
+            .collect()
+    }
+
+    /// A `[default: X]` in a flag's help is what the daemon uses: given
+    /// as the flag's value, X resolves to the defaults. Defaults that are
+    /// not a value are listed here.
+    #[test]
+    fn each_default_the_help_states_is_the_default() {
+        const DESCRIBED: &[&str] = &[
+            "off",
+            "off; bare flag: on",
+            "the hostname",
+            "every namespace",
+            "the bundled Mozilla roots",
+        ];
+        let mut checked = 0;
+        for arg in run_flags() {
+            let long = arg.get_long().expect("a flag");
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let Some((_, rest)) = help.split_once("[default: ") else {
+                continue;
+            };
+            let stated = rest.split_once(']').expect("closing bracket").0;
+            if DESCRIBED.contains(&stated) {
+                continue;
+            }
+            let flag = format!("--{long}");
+            assert_eq!(
+                run_settings(&[&flag, stated]),
+                Settings::default(),
+                "{flag} states [default: {stated}]"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} stated defaults found");
+    }
+
+    /// Every setting has a `CONNMON_*` variable named after its flag (the
+    /// path timeouts, several values to a flag, have none).
+    #[test]
+    fn each_run_flag_has_its_environment_variable() {
+        for arg in run_flags() {
+            let long = arg.get_long().expect("a flag");
+            if matches!(long, "path-timeout" | "default-path-timeout") {
+                continue;
+            }
+            let expected = format!("CONNMON_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|env| env.to_str()),
+                Some(expected.as_str()),
+                "--{long}"
+            );
+        }
+    }
+
+    /// The README's settings reference names every flag, variable and
+    /// TOML key of `run`.
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split_once("### Settings of `connmon run`")
+            .expect("settings section")
+            .1;
+        let section = section.split_once("\n### ").map_or(section, |(it, _)| it);
+        let mut names: Vec<String> = Vec::new();
+        for arg in run_flags() {
+            names.push(format!("`--{}", arg.get_long().expect("a flag")));
+            if let Some(env) = arg.get_env() {
+                names.push(format!("`{}`", env.to_string_lossy()));
+            }
+        }
+        for key in crate::config::KEYS {
+            names.push(if section.contains(&format!("`[{key}]`")) {
+                format!("`[{key}]`")
+            } else {
+                format!("`{key} =")
+            });
+        }
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|name| !section.contains(name.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README settings section lacks {missing:?}"
+        );
     }
 }

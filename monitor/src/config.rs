@@ -2,10 +2,14 @@
 //! `CONNMON_*` environment variables, then flags; each layer overrides the
 //! one before. Every value is validated once, here; a bad one is a single
 //! clear line and exit code 2.
+//!
+//! Each setting is declared once, in the `settings!` table below: its flag
+//! and variable (clap), its TOML key (serde), its default and its parser.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
+    ops::RangeInclusive,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -21,16 +25,6 @@ use crate::{
     risk::PathTimeouts,
 };
 
-/// Default `/metrics` port: not taken by any common exporter.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9878";
-
-/// Where the runbook is published; alerts link `#<alertname>` in it.
-/// Longer than the longest rule window (6 h, ConnmonIdleConnectionStormsRecurring):
-/// a label set that comes back after expiring restarts at its first increment,
-/// which `increase()` over a window it spans does not see.
-pub const DEFAULT_SERIES_EXPIRY: Duration = Duration::from_secs(24 * 3600);
-pub const DEFAULT_RUNBOOK_URL: &str = "https://example.invalid/connmon/docs/runbook.md";
-
 /// Well-known services for ports users commonly watch, used in hints.
 pub const KNOWN_SERVICES: &[(u16, &str)] = &[
     (6379, "redis"),
@@ -41,6 +35,14 @@ pub const KNOWN_SERVICES: &[(u16, &str)] = &[
     (27017, "mongodb"),
     (9042, "cassandra"),
 ];
+
+/// Sockets the kernel's socket table may be asked to hold.
+pub const SOCKET_MAP_ENTRIES_RANGE: RangeInclusive<u32> = 1024..=4_194_304;
+/// Ring buffer sizes the kernel accepts (and connmon allows), in KiB; also a
+/// power of two.
+pub const RING_BUFFER_KIB_RANGE: RangeInclusive<u32> = 64..=1_048_576;
+
+const ONE_SECOND: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -53,127 +55,218 @@ pub enum ConfigError {
     },
 }
 
-/// Validated settings for the daemon.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub ports: BTreeSet<u16>,
-    pub all_ports: bool,
-    /// No payload either way for this long makes a connection idle.
-    pub idle_threshold: Duration,
-    /// RTO retransmits without progress after an idle gap that confirm a storm.
-    pub confirm_retransmits: u32,
-    pub listen: SocketAddr,
-    /// Findings on stdout.
-    pub output_format: Format,
-    /// Log lines on stderr.
-    pub log_format: LogFormat,
-    pub socket_map_entries: u32,
-    pub ring_buffer_kib: u32,
-    /// Port -> service name, for hints and labels.
-    pub services: BTreeMap<u16, String>,
-    /// The kubelet's pod log directory, to name pods (off when `None`).
-    pub pod_metadata_dir: Option<PathBuf>,
-    /// Alertmanager base URLs for pushed alerts.
-    pub alertmanager_urls: Vec<String>,
-    /// Generic JSON webhooks, one POST per finding.
-    pub webhook_urls: Vec<String>,
-    /// Where the runbook lives (alerts link `#<alertname>` in it).
-    pub runbook_url: String,
-    /// This node's name for alerts (`instance` label); the hostname by default.
-    pub node_name: Option<String>,
-    /// Abort the sockets of confirmed storms.
-    pub fail_fast: FailFastMode,
-    /// Idle timeouts of the paths to destination networks (for at-risk
-    /// connections).
-    pub path_timeouts: PathTimeouts,
-    /// How often the daemon looks for at-risk idle connections.
-    pub at_risk_interval: Duration,
-    /// Metric label sets unchanged for this long are removed from /metrics.
-    pub series_expiry: Duration,
-    /// TLS, basic auth and headers for the HTTP endpoints.
-    pub web_config: WebConfig,
-    /// CA certificates (DER) that https alert and webhook deliveries trust
-    /// instead of the bundled Mozilla roots.
-    pub alert_ca_certs: Option<Vec<Vec<u8>>>,
-    /// Turn on the kernel's BPF run-time accounting (host-wide) for
-    /// `connmon_bpf_program_run_seconds_total`. Off by default: it costs
-    /// every BPF program on the host, not only connmon's.
-    pub bpf_run_time_stats: bool,
-    /// Only sockets in this network namespace (inode) are watched.
-    pub netns: Option<u32>,
-    /// A Prometheus with the fleet rules, for the at-risk audits.
-    pub prometheus_url: Option<String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            ports: BTreeSet::from([defaults::WATCHED_PORT]),
-            all_ports: false,
-            idle_threshold: Duration::from_nanos(defaults::IDLE_THRESHOLD_NS),
-            confirm_retransmits: 3,
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9878))),
-            output_format: Format::Json,
-            log_format: LogFormat::Plain,
-            socket_map_entries: defaults::SOCKET_MAP_ENTRIES,
-            ring_buffer_kib: defaults::RING_BUFFER_KIB,
-            services: KNOWN_SERVICES
-                .iter()
-                .map(|(port, name)| (*port, (*name).to_string()))
-                .collect(),
-            pod_metadata_dir: None,
-            alertmanager_urls: Vec::new(),
-            webhook_urls: Vec::new(),
-            runbook_url: DEFAULT_RUNBOOK_URL.to_string(),
-            node_name: None,
-            fail_fast: FailFastMode::Off,
-            path_timeouts: PathTimeouts::default(),
-            at_risk_interval: Duration::from_secs(60),
-            series_expiry: DEFAULT_SERIES_EXPIRY,
-            web_config: WebConfig::default(),
-            alert_ca_certs: None,
-            bpf_run_time_stats: false,
-            netns: None,
-            prometheus_url: None,
+/// Generates, from one table of settings, `Settings` (validated values and
+/// their defaults), `Layer` (the same settings as one source gives them:
+/// flags and environment through clap, the file through serde; every field
+/// optional, raw) and `Settings::apply` (a layer over settings).
+///
+/// An entry: doc comment (the flag's help, ending in `[default: …]`), the
+/// clap attribute (`#[arg(skip)]` for a file-only key), then
+/// `key [as field]: Raw => Type = default, set parser;` where `parser` turns
+/// `&Raw` into `Result<Type, String>` (`merge parser` instead takes
+/// `(&mut Type, &Raw)` and adds to the value). `key` is the TOML key and
+/// the setting's name in error lines (and, unless `#[arg]` says otherwise,
+/// the flag's); `as field` names the `Settings` field when it differs.
+macro_rules! settings {
+    // Normalises each entry to `key as field`, then generates.
+    (@entries [$($done:tt)*]) => { settings!(@generate $($done)*); };
+    (@entries [$($done:tt)*]
+        $(#[doc = $doc:literal])* #[arg($($arg:tt)*)]
+        $key:ident as $field:ident: $raw:ty => $typed:ty = $default:expr, $how:ident $parse:expr;
+        $($rest:tt)*
+    ) => {
+        settings!(@entries [$($done)* {
+            [$($doc)*] [$($arg)*] $key $field [$raw] [$typed] [$default] $how [$parse]
+        }] $($rest)*);
+    };
+    (@entries [$($done:tt)*]
+        $(#[doc = $doc:literal])* #[arg($($arg:tt)*)]
+        $key:ident: $raw:ty => $typed:ty = $default:expr, $how:ident $parse:expr;
+        $($rest:tt)*
+    ) => {
+        settings!(@entries [$($done)* {
+            [$($doc)*] [$($arg)*] $key $key [$raw] [$typed] [$default] $how [$parse]
+        }] $($rest)*);
+    };
+    (@generate $({
+        [$($doc:literal)*] [$($arg:tt)*] $key:ident $field:ident
+        [$raw:ty] [$typed:ty] [$default:expr] $how:ident [$parse:expr]
+    })*) => {
+        /// Validated settings for the daemon.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct Settings {
+            $( $(#[doc = $doc])* pub $field: $typed, )*
         }
-    }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        /// One layer of settings, as the TOML file or flags and environment
+        /// give them: every field optional, not yet validated.
+        #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct Layer {
+            $( $(#[doc = $doc])* #[arg($($arg)*)] pub $key: Option<$raw>, )*
+        }
+
+        /// Every TOML key, which is also each setting's name in errors.
+        pub const KEYS: &[&str] = &[$( stringify!($key) ),*];
+
+        impl Settings {
+            /// Validates each value `layer` gives and sets it.
+            fn apply(&mut self, layer: &Layer) -> Result<(), ConfigError> {
+                $(
+                    if let Some(raw) = &layer.$key {
+                        let applied: Result<(), String> =
+                            settings!(@$how self.$field, raw, $parse);
+                        applied.map_err(|reason| invalid(stringify!($key), reason))?;
+                    }
+                )*
+                Ok(())
+            }
+        }
+    };
+    (@set $slot:expr, $raw:expr, $parse:expr) => { $parse($raw).map(|value| $slot = value) };
+    (@merge $slot:expr, $raw:expr, $parse:expr) => { $parse(&mut $slot, $raw) };
+    ($($entries:tt)*) => { settings!(@entries [] $($entries)*); };
 }
 
-/// One layer of settings, as the TOML file or flags/environment give them:
-/// every field optional, raw strings not yet validated.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Layer {
-    pub ports: Option<Vec<u16>>,
-    pub all_ports: Option<bool>,
-    pub idle_threshold: Option<String>,
-    pub confirm_retransmits: Option<u32>,
-    pub listen: Option<String>,
-    pub output_format: Option<Format>,
-    pub log_format: Option<LogFormat>,
-    pub socket_map_entries: Option<u32>,
-    pub ring_buffer_kib: Option<u32>,
-    pub services: Option<BTreeMap<String, String>>,
-    pub pod_metadata_dir: Option<PathBuf>,
-    pub alertmanager_urls: Option<Vec<String>>,
-    pub webhook_urls: Option<Vec<String>>,
-    pub runbook_url: Option<String>,
-    pub node_name: Option<String>,
-    pub fail_fast: Option<FailFastMode>,
-    /// `default = "350s"` and `"CIDR" = "DURATION|PRESET"` entries.
-    pub path_timeouts: Option<BTreeMap<String, String>>,
-    pub at_risk_interval: Option<String>,
-    pub series_expiry: Option<String>,
-    /// A Prometheus exporter web-config file (TLS, basic auth).
-    pub web_config_file: Option<PathBuf>,
-    /// PEM CA bundle for https alert and webhook URLs.
-    pub alert_ca_file: Option<PathBuf>,
-    pub bpf_run_time_stats: Option<bool>,
-    /// A namespace inode or file (`/run/netns/NAME`, `/proc/PID/ns/net`).
-    pub netns: Option<String>,
-    pub prometheus_url: Option<String>,
+// To add a setting: one entry here (see `settings!` for its parts) and a row
+// in README's settings table; unit tests check the help's `[default: …]`,
+// the `CONNMON_*` name and the README row.
+settings! {
+    /// TCP ports (local or remote) to watch, comma separated [default: 6379].
+    #[arg(long, value_delimiter = ',', value_parser = parse_port, env = "CONNMON_PORTS")]
+    ports: Vec<u16> => BTreeSet<u16> = BTreeSet::from([defaults::WATCHED_PORT]), set watched_ports;
+
+    /// Watch every TCP port.
+    #[arg(long, env = "CONNMON_ALL_PORTS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    all_ports: bool => bool = false, set given;
+
+    /// No payload either way for this long makes a connection idle [default: 30s].
+    #[arg(long, env = "CONNMON_IDLE_THRESHOLD", value_name = "DURATION")]
+    idle_threshold: String => Duration = Duration::from_nanos(defaults::IDLE_THRESHOLD_NS),
+        set |text| duration_within(text, ONE_SECOND..=Duration::from_secs(7 * 24 * 3600));
+
+    /// RTO retransmits without progress after idle that confirm a storm [default: 3].
+    #[arg(long, env = "CONNMON_CONFIRM_RETRANSMITS", value_name = "N")]
+    confirm_retransmits: u32 => u32 = 3, set |count| within(count, 1..=15);
+
+    /// HTTP listen address for /metrics, /healthz, /readyz, /api/v1/storms [default: 0.0.0.0:9878].
+    // Port 9878 is not taken by any common exporter.
+    #[arg(long, env = "CONNMON_LISTEN", value_name = "ADDR:PORT")]
+    listen: String => SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9878)), set listen_address;
+
+    /// Findings on stdout: json lines or text for people [default: json].
+    /// (`--log-format` used to set this; it now formats the logs.)
+    #[arg(long, env = "CONNMON_OUTPUT_FORMAT", value_enum)]
+    output_format: Format => Format = Format::Json, set given;
+
+    /// Log lines on stderr (the global `--log-format`) [default: plain].
+    #[arg(skip)]
+    log_format: LogFormat => LogFormat = LogFormat::Plain, set given;
+
+    /// Sockets the kernel's socket table can hold [default: 65536].
+    #[arg(long, env = "CONNMON_SOCKET_MAP_ENTRIES")]
+    socket_map_entries: u32 => u32 = defaults::SOCKET_MAP_ENTRIES,
+        set |entries| within(entries, SOCKET_MAP_ENTRIES_RANGE);
+
+    /// Event ring buffer size in KiB, a power of two [default: 4096].
+    #[arg(long, env = "CONNMON_RING_BUFFER_KIB")]
+    ring_buffer_kib: u32 => u32 = defaults::RING_BUFFER_KIB, set ring_buffer_kib;
+
+    /// Port -> service name, for hints and labels (file only: `[services]`);
+    /// these add to and override the well-known ones.
+    #[arg(skip)]
+    services: BTreeMap<String, String> => BTreeMap<u16, String> = KNOWN_SERVICES
+        .iter()
+        .map(|(port, name)| (*port, (*name).to_string()))
+        .collect(),
+        merge add_service_names;
+
+    /// Name pods from the kubelet's log directory (e.g. /var/log/pods) [default: off].
+    #[arg(long, env = "CONNMON_POD_METADATA_DIR", value_name = "DIR")]
+    pod_metadata_dir: PathBuf => Option<PathBuf> = None, set directory;
+
+    /// Push alerts to Alertmanager's v2 API at this base URL (repeat or comma separate).
+    #[arg(long = "alertmanager-url", value_delimiter = ',', env = "CONNMON_ALERTMANAGER_URL", value_name = "URL")]
+    alertmanager_urls: Vec<String> => Vec<String> = Vec::new(), set http_urls;
+
+    /// POST every finding as JSON to this webhook (repeat or comma separate).
+    #[arg(long = "webhook-url", value_delimiter = ',', env = "CONNMON_WEBHOOK_URL", value_name = "URL")]
+    webhook_urls: Vec<String> => Vec<String> = Vec::new(), set http_urls;
+
+    /// Runbook link for alerts (each alert links `#<alertname>`).
+    #[arg(long, env = "CONNMON_RUNBOOK_URL", value_name = "URL")]
+    runbook_url: String => String =
+        "https://example.invalid/connmon/docs/runbook.md".to_string(),
+        set |url: &String| Ok(url.trim().to_string());
+
+    /// This node's name in alerts [default: the hostname].
+    #[arg(long, env = "CONNMON_NODE_NAME")]
+    node_name: String => Option<String> = None, set node_name;
+
+    /// Abort the socket of each confirmed storm so the application fails now
+    /// and reconnects, instead of hanging [default: off; bare flag: on].
+    #[arg(long, env = "CONNMON_FAIL_FAST", value_enum, num_args = 0..=1, default_missing_value = "on")]
+    fail_fast: FailFastMode => FailFastMode = FailFastMode::Off, set given;
+
+    /// Idle timeouts of the paths to destination networks, for at-risk
+    /// connections: `default = "350s"` and `"CIDR" = "DURATION|PRESET"`
+    /// (flags: `--path-timeout`, `--default-path-timeout`).
+    #[arg(skip)]
+    path_timeouts: BTreeMap<String, String> => PathTimeouts = PathTimeouts::default(),
+        set path_timeouts;
+
+    /// How often to look for idle connections at risk [default: 60s].
+    #[arg(long, env = "CONNMON_AT_RISK_INTERVAL", value_name = "DURATION")]
+    at_risk_interval: String => Duration = Duration::from_secs(60),
+        set interval;
+
+    /// Remove metric label sets (process, container, destination) that
+    /// have not changed for this long [default: 24h].
+    // Longer than the longest rule window (6 h, ConnmonIdleConnectionStormsRecurring):
+    // a label set that comes back after expiring restarts at its first increment,
+    // which `increase()` over a window it spans does not see.
+    #[arg(long, env = "CONNMON_SERIES_EXPIRY", value_name = "DURATION")]
+    series_expiry: String => Duration = Duration::from_secs(24 * 3600),
+        set interval;
+
+    /// TLS and basic auth for the HTTP endpoints: a Prometheus exporter
+    /// web-config file (as node_exporter's --web.config.file).
+    #[arg(long, env = "CONNMON_WEB_CONFIG_FILE", value_name = "FILE")]
+    web_config_file as web_config: PathBuf => WebConfig = WebConfig::default(), set web_config;
+
+    /// PEM CA bundle that https alert and webhook URLs are checked against
+    /// [default: the bundled Mozilla roots].
+    #[arg(long, env = "CONNMON_ALERT_CA_FILE", value_name = "FILE")]
+    alert_ca_file as alert_ca_certs: PathBuf => Option<Vec<Vec<u8>>> = None,
+        set |path: &PathBuf| in_file(path, read_ca_bundle(path)).map(Some);
+
+    /// Turn on the kernel's BPF run-time accounting for
+    /// connmon_bpf_program_run_seconds_total while connmon runs. It costs
+    /// every BPF program on the host two clock reads per run, so it is off
+    /// unless asked for (or the node sets kernel.bpf_stats_enabled=1)
+    /// [default: false].
+    #[arg(long, env = "CONNMON_BPF_RUN_TIME_STATS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    bpf_run_time_stats: bool => bool = false, set given;
+
+    /// Only watch sockets in this network namespace (one pod, or a test's
+    /// stand-in for a node): an inode number or a path such as
+    /// /run/netns/NAME or /proc/PID/ns/net [default: every namespace].
+    #[arg(long, env = "CONNMON_NETNS", value_name = "INODE|PATH")]
+    netns: String => Option<u32> = None,
+        set |text: &String| crate::cli::resolve_netns(text.trim()).map(Some);
+
+    /// A Prometheus scraping every node's connmon with the shipped fleet
+    /// rules: the at-risk audits take each destination's path timeout from
+    /// the whole fleet's evidence when it is shorter [default: off].
+    #[arg(long, env = "CONNMON_PROMETHEUS_URL", value_name = "URL")]
+    prometheus_url: String => Option<String> = None,
+        set |url: &String| http_url(url).map(Some);
 }
 
 impl Layer {
@@ -210,194 +303,6 @@ impl Settings {
         Ok(settings)
     }
 
-    fn apply(&mut self, layer: &Layer) -> Result<(), ConfigError> {
-        if let Some(ports) = &layer.ports {
-            if ports.is_empty() {
-                return Err(invalid(
-                    "ports",
-                    "at least one port is needed (or set all_ports)",
-                ));
-            }
-            if ports.contains(&0) {
-                return Err(invalid("ports", "port 0 is not a port"));
-            }
-            self.ports = ports.iter().copied().collect();
-        }
-        if let Some(all_ports) = layer.all_ports {
-            self.all_ports = all_ports;
-        }
-        if let Some(text) = &layer.idle_threshold {
-            let threshold = humantime::parse_duration(text.trim()).map_err(|error| {
-                invalid(
-                    "idle_threshold",
-                    format!("{text:?}: {error} (e.g. \"30s\", \"5m\")"),
-                )
-            })?;
-            if threshold < Duration::from_secs(1) || threshold > Duration::from_secs(7 * 24 * 3600)
-            {
-                return Err(invalid(
-                    "idle_threshold",
-                    format!("{text:?} is outside 1s..7d"),
-                ));
-            }
-            self.idle_threshold = threshold;
-        }
-        if let Some(count) = layer.confirm_retransmits {
-            if !(1..=15).contains(&count) {
-                return Err(invalid(
-                    "confirm_retransmits",
-                    format!("{count} is outside 1..15"),
-                ));
-            }
-            self.confirm_retransmits = count;
-        }
-        if let Some(text) = &layer.listen {
-            self.listen = text.trim().parse().map_err(|_| {
-                invalid(
-                    "listen",
-                    format!("{text:?} is not an address:port such as 0.0.0.0:9878"),
-                )
-            })?;
-        }
-        if let Some(format) = layer.output_format {
-            self.output_format = format;
-        }
-        if let Some(format) = layer.log_format {
-            self.log_format = format;
-        }
-        if let Some(entries) = layer.socket_map_entries {
-            if !(1024..=4_194_304).contains(&entries) {
-                return Err(invalid(
-                    "socket_map_entries",
-                    format!("{entries} is outside 1024..4194304"),
-                ));
-            }
-            self.socket_map_entries = entries;
-        }
-        if let Some(kib) = layer.ring_buffer_kib {
-            if !(64..=1_048_576).contains(&kib) || !kib.is_power_of_two() {
-                return Err(invalid(
-                    "ring_buffer_kib",
-                    format!("{kib} is not a power of two in 64..1048576"),
-                ));
-            }
-            self.ring_buffer_kib = kib;
-        }
-        if let Some(dir) = &layer.pod_metadata_dir {
-            if !dir.is_dir() {
-                return Err(invalid(
-                    "pod_metadata_dir",
-                    format!("{} is not a directory", dir.display()),
-                ));
-            }
-            self.pod_metadata_dir = Some(dir.clone());
-        }
-        if let Some(urls) = &layer.alertmanager_urls {
-            self.alertmanager_urls = urls
-                .iter()
-                .map(|url| http_url("alertmanager_urls", url))
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(urls) = &layer.webhook_urls {
-            self.webhook_urls = urls
-                .iter()
-                .map(|url| http_url("webhook_urls", url))
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(url) = &layer.runbook_url {
-            self.runbook_url = url.trim().to_string();
-        }
-        if let Some(url) = &layer.prometheus_url {
-            self.prometheus_url = Some(http_url("prometheus_url", url)?);
-        }
-        if let Some(netns) = &layer.netns {
-            self.netns =
-                Some(crate::cli::resolve_netns(netns.trim()).map_err(|e| invalid("netns", e))?);
-        }
-        if let Some(name) = &layer.node_name {
-            if name.trim().is_empty() {
-                return Err(invalid("node_name", "must not be empty"));
-            }
-            self.node_name = Some(name.trim().to_string());
-        }
-        if let Some(rules) = &layer.path_timeouts {
-            let default = match rules.get("default") {
-                Some(text) => {
-                    crate::risk::parse_timeout(text).map_err(|e| invalid("path_timeouts", e))?
-                }
-                None => crate::risk::DEFAULT_PATH_TIMEOUT,
-            };
-            let mut paths = PathTimeouts::new(default);
-            for (cidr, timeout) in rules.iter().filter(|(key, _)| *key != "default") {
-                paths
-                    .add_rule(&format!("{cidr}={timeout}"))
-                    .map_err(|e| invalid("path_timeouts", e))?;
-            }
-            self.path_timeouts = paths;
-        }
-        if let Some(text) = &layer.at_risk_interval {
-            let interval = humantime::parse_duration(text.trim())
-                .map_err(|error| invalid("at_risk_interval", format!("{text:?}: {error}")))?;
-            if interval < Duration::from_secs(1) {
-                return Err(invalid(
-                    "at_risk_interval",
-                    format!("{text:?} is shorter than 1s"),
-                ));
-            }
-            self.at_risk_interval = interval;
-        }
-        if let Some(text) = &layer.series_expiry {
-            let expiry = humantime::parse_duration(text.trim())
-                .map_err(|error| invalid("series_expiry", format!("{text:?}: {error}")))?;
-            if expiry < Duration::from_secs(1) {
-                return Err(invalid(
-                    "series_expiry",
-                    format!("{text:?} is shorter than 1s"),
-                ));
-            }
-            self.series_expiry = expiry;
-        }
-        if let Some(path) = &layer.web_config_file {
-            let web = WebConfig::from_file(path).map_err(|reason| {
-                invalid("web_config_file", format!("{}: {reason}", path.display()))
-            })?;
-            if let Some(tls) = &web.tls {
-                // Load the certificate now, so a bad one is a start-up error.
-                crate::http::tls::acceptor(tls)
-                    .map_err(|error| invalid("web_config_file", error.to_string()))?;
-            }
-            self.web_config = web;
-        }
-        if let Some(path) = &layer.alert_ca_file {
-            self.alert_ca_certs = Some(read_ca_bundle(path).map_err(|reason| {
-                invalid("alert_ca_file", format!("{}: {reason}", path.display()))
-            })?);
-        }
-        if let Some(on) = layer.bpf_run_time_stats {
-            self.bpf_run_time_stats = on;
-        }
-        if let Some(mode) = layer.fail_fast {
-            self.fail_fast = mode;
-        }
-        if let Some(services) = &layer.services {
-            for (port, name) in services {
-                let port: u16 = port
-                    .parse()
-                    .ok()
-                    .filter(|port| *port != 0)
-                    .ok_or_else(|| invalid("services", format!("{port:?} is not a port")))?;
-                if name.trim().is_empty() || name.len() > 64 {
-                    return Err(invalid(
-                        "services",
-                        format!("port {port}: name must be 1..64 characters"),
-                    ));
-                }
-                self.services.insert(port, name.trim().to_string());
-            }
-        }
-        Ok(())
-    }
-
     /// The service name for a port, if known.
     pub fn service(&self, port: u16) -> Option<&str> {
         self.services.get(&port).map(String::as_str)
@@ -417,7 +322,147 @@ impl Settings {
     }
 }
 
-/// An `http://host:port[/path]` URL (this build speaks plain HTTP only).
+// The parsers of the table: each turns one raw value into a valid one or
+// says why not (the caller names the setting).
+
+/// A value as given (clap or serde already checked its type).
+fn given<T: Clone>(value: &T) -> Result<T, String> {
+    Ok(value.clone())
+}
+
+/// A number in `range`.
+pub(crate) fn within<T: PartialOrd + Copy + std::fmt::Display>(
+    value: &T,
+    range: RangeInclusive<T>,
+) -> Result<T, String> {
+    if range.contains(value) {
+        Ok(*value)
+    } else {
+        Err(format!(
+            "{value} is outside {}..{}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+fn duration_within(text: &str, range: RangeInclusive<Duration>) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|error| format!("{text:?}: {error} (e.g. \"30s\", \"5m\")"))?;
+    if range.contains(&duration) {
+        return Ok(duration);
+    }
+    let start = humantime::format_duration(*range.start());
+    Err(if *range.end() == Duration::MAX {
+        format!("{text:?} is shorter than {start}")
+    } else {
+        let end = humantime::format_duration(*range.end());
+        format!("{text:?} is outside {start}..{end}")
+    })
+}
+
+/// A period of at least a second.
+fn interval(text: &str) -> Result<Duration, String> {
+    duration_within(text, ONE_SECOND..=Duration::MAX)
+}
+
+/// One port of `--ports` (a flag's value parser too).
+pub(crate) fn parse_port(value: &str) -> Result<u16, String> {
+    match value.trim().parse::<u16>() {
+        Ok(0) => Err("port 0 is not a port".into()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("{value:?} is not a TCP port (1-65535)")),
+    }
+}
+
+fn watched_ports(ports: &[u16]) -> Result<BTreeSet<u16>, String> {
+    if ports.is_empty() {
+        return Err("at least one port is needed (or set all_ports)".into());
+    }
+    if ports.contains(&0) {
+        return Err("port 0 is not a port".into());
+    }
+    Ok(ports.iter().copied().collect())
+}
+
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not an address:port such as 0.0.0.0:9878"))
+}
+
+/// A ring buffer size in KiB: a power of two the kernel accepts.
+pub(crate) fn ring_buffer_kib(kib: &u32) -> Result<u32, String> {
+    if RING_BUFFER_KIB_RANGE.contains(kib) && kib.is_power_of_two() {
+        Ok(*kib)
+    } else {
+        Err(format!(
+            "{kib} is not a power of two in {}..{}",
+            RING_BUFFER_KIB_RANGE.start(),
+            RING_BUFFER_KIB_RANGE.end()
+        ))
+    }
+}
+
+fn add_service_names(
+    services: &mut BTreeMap<u16, String>,
+    given: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    for (port, name) in given {
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| format!("{port:?} is not a port"))?;
+        if name.trim().is_empty() || name.len() > 64 {
+            return Err(format!("port {port}: name must be 1..64 characters"));
+        }
+        services.insert(port, name.trim().to_string());
+    }
+    Ok(())
+}
+
+fn directory(dir: &Path) -> Result<Option<PathBuf>, String> {
+    if dir.is_dir() {
+        Ok(Some(dir.to_path_buf()))
+    } else {
+        Err(format!("{} is not a directory", dir.display()))
+    }
+}
+
+fn node_name(name: &str) -> Result<Option<String>, String> {
+    if name.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(Some(name.trim().to_string()))
+}
+
+fn path_timeouts(rules: &BTreeMap<String, String>) -> Result<PathTimeouts, String> {
+    let default = match rules.get("default") {
+        Some(text) => crate::risk::parse_timeout(text)?,
+        None => crate::risk::DEFAULT_PATH_TIMEOUT,
+    };
+    let mut paths = PathTimeouts::new(default);
+    for (cidr, timeout) in rules.iter().filter(|(key, _)| *key != "default") {
+        paths.add_rule(&format!("{cidr}={timeout}"))?;
+    }
+    Ok(paths)
+}
+
+fn web_config(path: &Path) -> Result<WebConfig, String> {
+    let web = in_file(path, WebConfig::from_file(path))?;
+    if let Some(tls) = &web.tls {
+        // Load the certificate now, so a bad one is a start-up error.
+        crate::http::tls::acceptor(tls).map_err(|error| error.to_string())?;
+    }
+    Ok(web)
+}
+
+/// Names the file a reason is about.
+fn in_file<T>(path: &Path, result: Result<T, String>) -> Result<T, String> {
+    result.map_err(|reason| format!("{}: {reason}", path.display()))
+}
+
 /// The certificates of a PEM bundle, as DER.
 pub(crate) fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     let pem = std::fs::read(path).map_err(|error| error.to_string())?;
@@ -434,19 +479,19 @@ pub(crate) fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs)
 }
 
-fn http_url(setting: &'static str, url: &str) -> Result<String, ConfigError> {
+fn http_urls(urls: &[String]) -> Result<Vec<String>, String> {
+    urls.iter().map(|url| http_url(url)).collect()
+}
+
+/// An `http://` or `https://` URL with a host, without a trailing slash.
+fn http_url(url: &str) -> Result<String, String> {
     let url = url.trim();
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| {
-            invalid(
-                setting,
-                format!("{url:?} is not an http:// or https:// URL"),
-            )
-        })?;
+        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))?;
     if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
-        return Err(invalid(setting, format!("{url:?} has no host")));
+        return Err(format!("{url:?} has no host"));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -533,120 +578,51 @@ mod tests {
 
     #[test]
     fn every_bad_value_names_its_setting_in_one_line() {
-        let cases: Vec<(Layer, &str)> = vec![
+        let cases = [
+            ("series_expiry = \"500ms\"", "series_expiry"),
+            ("series_expiry = \"a day\"", "series_expiry"),
+            ("ports = []", "ports"),
+            ("ports = [0]", "ports"),
+            ("idle_threshold = \"soon\"", "idle_threshold"),
+            ("idle_threshold = \"10ms\"", "idle_threshold"),
+            ("confirm_retransmits = 0", "confirm_retransmits"),
+            ("confirm_retransmits = 16", "confirm_retransmits"),
+            ("listen = \"localhost\"", "listen"),
+            ("socket_map_entries = 5", "socket_map_entries"),
+            ("ring_buffer_kib = 100", "ring_buffer_kib"),
             (
-                Layer {
-                    series_expiry: Some("500ms".into()),
-                    ..Layer::default()
-                },
-                "series_expiry",
-            ),
-            (
-                Layer {
-                    series_expiry: Some("a day".into()),
-                    ..Layer::default()
-                },
-                "series_expiry",
-            ),
-            (
-                Layer {
-                    ports: Some(vec![]),
-                    ..Layer::default()
-                },
-                "ports",
-            ),
-            (
-                Layer {
-                    ports: Some(vec![0]),
-                    ..Layer::default()
-                },
-                "ports",
-            ),
-            (
-                Layer {
-                    idle_threshold: Some("soon".into()),
-                    ..Layer::default()
-                },
-                "idle_threshold",
-            ),
-            (
-                Layer {
-                    idle_threshold: Some("10ms".into()),
-                    ..Layer::default()
-                },
-                "idle_threshold",
-            ),
-            (
-                Layer {
-                    confirm_retransmits: Some(0),
-                    ..Layer::default()
-                },
-                "confirm_retransmits",
-            ),
-            (
-                Layer {
-                    confirm_retransmits: Some(16),
-                    ..Layer::default()
-                },
-                "confirm_retransmits",
-            ),
-            (
-                Layer {
-                    listen: Some("localhost".into()),
-                    ..Layer::default()
-                },
-                "listen",
-            ),
-            (
-                Layer {
-                    socket_map_entries: Some(5),
-                    ..Layer::default()
-                },
-                "socket_map_entries",
-            ),
-            (
-                Layer {
-                    ring_buffer_kib: Some(100),
-                    ..Layer::default()
-                },
-                "ring_buffer_kib",
-            ),
-            (
-                Layer {
-                    alertmanager_urls: Some(vec!["alertmanager:9093".into()]),
-                    ..Layer::default()
-                },
+                "alertmanager_urls = [\"alertmanager:9093\"]",
                 "alertmanager_urls",
             ),
-            (
-                Layer {
-                    webhook_urls: Some(vec!["ftp://hooks.example/x".into()]),
-                    ..Layer::default()
-                },
-                "webhook_urls",
-            ),
-            (
-                Layer {
-                    alert_ca_file: Some("/no/such/ca.pem".into()),
-                    ..Layer::default()
-                },
-                "alert_ca_file",
-            ),
-            (
-                Layer {
-                    services: Some(BTreeMap::from([("redis".into(), "x".into())])),
-                    ..Layer::default()
-                },
-                "services",
-            ),
+            ("webhook_urls = [\"ftp://hooks.example/x\"]", "webhook_urls"),
+            ("alert_ca_file = \"/no/such/ca.pem\"", "alert_ca_file"),
+            ("services = { redis = \"x\" }", "services"),
         ];
-        for (layer, setting) in cases {
+        for (toml, setting) in cases {
+            let layer = Layer::from_toml(toml).expect("valid toml");
             let error = Settings::resolve(&[layer])
                 .expect_err("invalid")
                 .to_string();
-            assert!(error.starts_with(setting), "{error}");
+            assert!(error.starts_with(setting), "{toml}: {error}");
             assert!(!error.contains('\n'), "{error}");
         }
+    }
+
+    #[test]
+    fn durations_out_of_range_say_the_range() {
+        let error = |toml: &str| {
+            Settings::resolve(&[Layer::from_toml(toml).expect("valid toml")])
+                .expect_err("out of range")
+                .to_string()
+        };
+        assert_eq!(
+            error("idle_threshold = \"8d\""),
+            "idle_threshold: \"8d\" is outside 1s..7days"
+        );
+        assert_eq!(
+            error("at_risk_interval = \"10ms\""),
+            "at_risk_interval: \"10ms\" is shorter than 1s"
+        );
     }
 
     #[test]

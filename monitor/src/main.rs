@@ -79,7 +79,7 @@ fn main() -> ExitCode {
                 .await
                 .map_err(Failure::Runtime),
             Command::Audit(args) => {
-                if let Err(error) = args.path_timeouts() {
+                if let Err(error) = args.paths.path_timeouts() {
                     return Err(Failure::Usage(error));
                 }
                 connmon::commands::audit::run(args).map_err(Failure::Runtime)

@@ -238,7 +238,7 @@ fn assess_one(
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<()> {
-    let paths = args.path_timeouts().map_err(anyhow::Error::msg)?;
+    let paths = args.paths.path_timeouts().map_err(anyhow::Error::msg)?;
     let ports: BTreeSet<u16> = args.ports.iter().copied().collect();
     let storms = match &args.daemon_url {
         Some(url) => {

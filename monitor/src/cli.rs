@@ -207,6 +207,15 @@ pub struct RunArgs {
     /// How often to look for idle connections at risk [default: 60s].
     #[arg(long, env = "CONNMON_AT_RISK_INTERVAL", value_name = "DURATION")]
     pub at_risk_interval: Option<String>,
+    /// How often to look for watched connections whose data is stuck in
+    /// the send queue: a peer that stopped reading, a local egress drop
+    /// [default: 5s].
+    #[arg(long, env = "CONNMON_STUCK_SCAN_INTERVAL", value_name = "DURATION")]
+    pub stuck_scan_interval: Option<String>,
+    /// How long a peer's receive window must stay shut, with data waiting,
+    /// before the connection is reported as zero_window [default: 10s].
+    #[arg(long, env = "CONNMON_ZERO_WINDOW_CONFIRM", value_name = "DURATION")]
+    pub zero_window_confirm: Option<String>,
     /// Remove metric label sets (process, container, destination) that
     /// have not changed for this long [default: 24h].
     #[arg(long, env = "CONNMON_SERIES_EXPIRY", value_name = "DURATION")]
@@ -280,6 +289,8 @@ impl RunArgs {
             fail_fast: self.fail_fast,
             path_timeouts: self.path_timeout_layer(),
             at_risk_interval: self.at_risk_interval.clone(),
+            stuck_scan_interval: self.stuck_scan_interval.clone(),
+            zero_window_confirm: self.zero_window_confirm.clone(),
             series_expiry: self.series_expiry.clone(),
             web_config_file: self.web_config_file.clone(),
             alert_ca_file: self.alert_ca_file.clone(),

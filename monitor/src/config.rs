@@ -88,6 +88,12 @@ pub struct Settings {
     pub path_timeouts: PathTimeouts,
     /// How often the daemon looks for at-risk idle connections.
     pub at_risk_interval: Duration,
+    /// How often the daemon looks for watched connections whose data is
+    /// stuck in the send queue (a peer that stopped reading, a local drop).
+    pub stuck_scan_interval: Duration,
+    /// How long a peer's receive window must stay shut before the
+    /// connection is reported as `zero_window`.
+    pub zero_window_confirm: Duration,
     /// Metric label sets unchanged for this long are removed from /metrics.
     pub series_expiry: Duration,
     /// TLS, basic auth and headers for the HTTP endpoints.
@@ -131,6 +137,10 @@ impl Default for Settings {
             fail_fast: FailFastMode::Off,
             path_timeouts: PathTimeouts::default(),
             at_risk_interval: Duration::from_secs(60),
+            stuck_scan_interval: Duration::from_secs(5),
+            zero_window_confirm: Duration::from_nanos(
+                crate::detect::DEFAULT_ZERO_WINDOW_CONFIRM_NS,
+            ),
             series_expiry: DEFAULT_SERIES_EXPIRY,
             web_config: WebConfig::default(),
             alert_ca_certs: None,
@@ -165,6 +175,8 @@ pub struct Layer {
     /// `default = "350s"` and `"CIDR" = "DURATION|PRESET"` entries.
     pub path_timeouts: Option<BTreeMap<String, String>>,
     pub at_risk_interval: Option<String>,
+    pub stuck_scan_interval: Option<String>,
+    pub zero_window_confirm: Option<String>,
     pub series_expiry: Option<String>,
     /// A Prometheus exporter web-config file (TLS, basic auth).
     pub web_config_file: Option<PathBuf>,
@@ -346,6 +358,14 @@ impl Settings {
             }
             self.at_risk_interval = interval;
         }
+        if let Some(text) = &layer.stuck_scan_interval {
+            self.stuck_scan_interval =
+                duration_at_least("stuck_scan_interval", text, Duration::from_millis(100))?;
+        }
+        if let Some(text) = &layer.zero_window_confirm {
+            self.zero_window_confirm =
+                duration_at_least("zero_window_confirm", text, Duration::ZERO)?;
+        }
         if let Some(text) = &layer.series_expiry {
             let expiry = humantime::parse_duration(text.trim())
                 .map_err(|error| invalid("series_expiry", format!("{text:?}: {error}")))?;
@@ -451,6 +471,26 @@ fn http_url(setting: &'static str, url: &str) -> Result<String, ConfigError> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
+/// A duration setting of at least `minimum`.
+fn duration_at_least(
+    setting: &'static str,
+    text: &str,
+    minimum: Duration,
+) -> Result<Duration, ConfigError> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|error| invalid(setting, format!("{text:?}: {error}")))?;
+    if duration < minimum {
+        return Err(invalid(
+            setting,
+            format!(
+                "{text:?} is shorter than {}",
+                humantime::format_duration(minimum)
+            ),
+        ));
+    }
+    Ok(duration)
+}
+
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting,
@@ -461,6 +501,24 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stuck_scan_settings_take_durations_and_name_a_bad_one() {
+        let defaults = Settings::resolve(&[]).expect("defaults");
+        assert_eq!(defaults.stuck_scan_interval, Duration::from_secs(5));
+        assert_eq!(defaults.zero_window_confirm, Duration::from_secs(10));
+        let file = Layer::from_toml("stuck_scan_interval = \"1s\"\nzero_window_confirm = \"2s\"\n")
+            .expect("valid toml");
+        let settings = Settings::resolve(&[file]).expect("valid");
+        assert_eq!(settings.stuck_scan_interval, Duration::from_secs(1));
+        assert_eq!(settings.zero_window_confirm, Duration::from_secs(2));
+        let too_often = Layer {
+            stuck_scan_interval: Some("10ms".into()),
+            ..Layer::default()
+        };
+        let error = Settings::resolve(&[too_often]).expect_err("too often");
+        assert!(error.to_string().contains("stuck_scan_interval"), "{error}");
+    }
 
     #[test]
     fn netns_scope_takes_an_inode_or_a_namespace_file_and_names_a_bad_one() {

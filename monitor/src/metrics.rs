@@ -215,7 +215,7 @@ impl Metrics {
         let connection_failures = IntCounterVec::new(
             Opts::new(
                 "connmon_connection_failures_total",
-                "Watched connections that failed without a retransmit storm, by mode: egress_blocked (a local firewall drop), connect_stalled (SYN retransmits), keepalive_timeout.",
+                "Watched connections that failed without a retransmit storm, by mode: egress_blocked (a local firewall drop), connect_stalled (SYN retransmits), keepalive_timeout, zero_window (the peer stopped reading). Each connection once, when first reported (a hanging one is not counted again when it times out).",
             ),
             &failure_labels,
         )?;
@@ -556,6 +556,8 @@ impl Metrics {
                 let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                 self.resets_after_idle.with_label_values(&refs).inc();
             }
+            // An episode reported while it hung was counted then.
+            Finding::ConnectionFailed(failure) if failure.reported_while_hanging => {}
             Finding::ConnectionFailed(failure) => {
                 let mut labels = Self::owner_labels(
                     &mut state,

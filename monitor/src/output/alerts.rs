@@ -30,6 +30,7 @@ pub const RESETS_AFTER_IDLE: &str = "ConnmonResetsAfterIdle";
 pub const EGRESS_BLOCKED: &str = "ConnmonEgressBlocked";
 pub const CONNECT_STALLED: &str = "ConnmonConnectStalled";
 pub const KEEPALIVE_TIMEOUTS: &str = "ConnmonKeepaliveTimeouts";
+pub const ZERO_WINDOW: &str = "ConnmonZeroWindow";
 
 /// Attempts per delivery.
 const ATTEMPTS: u32 = 3;
@@ -85,6 +86,7 @@ pub fn alertmanager_alert(
         "egress_blocked" => EGRESS_BLOCKED,
         "connect_stalled" => CONNECT_STALLED,
         "keepalive_timeout" => KEEPALIVE_TIMEOUTS,
+        "zero_window" => ZERO_WINDOW,
         _ => IDLE_CONNECTION_STORM,
     };
     // Only a storm pages: a request is hanging now. The others are
@@ -132,7 +134,15 @@ pub fn alertmanager_alert(
             human_duration(record.idle_seconds)
         ),
         EGRESS_BLOCKED => format!(
-            "{process} (pid {pid}){where_}: packets to {destination} dropped inside the host; the connection timed out"
+            "{process} (pid {pid}){where_}: packets to {destination} dropped inside the host; the connection {}",
+            if record.outcome.is_some() {
+                "timed out"
+            } else {
+                "hangs"
+            }
+        ),
+        ZERO_WINDOW => format!(
+            "{process} (pid {pid}){where_}: {destination} stopped reading; writes to it hang"
         ),
         CONNECT_STALLED => {
             format!("{process} (pid {pid}){where_}: connect to {destination} gets no answer")
@@ -886,6 +896,7 @@ mod tests {
             "egress_blocked",
             "connect_stalled",
             "keepalive_timeout",
+            "zero_window",
         ] {
             let mut other = record();
             other.event = event;

@@ -66,11 +66,12 @@ pub struct FindingRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<&'static str>,
     /// `egress_blocked`, `keepalive_timeout`: zero-window or keepalive
-    /// probes the kernel sent without an answer before it gave up.
+    /// probes the kernel sent without an answer (so far, or before it gave
+    /// up); `zero_window`: window probes since the window shut, answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probes: Option<u8>,
     /// `egress_blocked`: bytes the application wrote that never left the
-    /// host.
+    /// host; `zero_window`: bytes waiting for the peer's window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsent_bytes: Option<u32>,
     pub tcp_retries2: Option<u8>,
@@ -139,7 +140,7 @@ impl Reporter {
 
     /// The recorded owner, or, for a socket the kernel never saw used in
     /// process context, the process /proc says holds it.
-    fn owner_of(
+    pub fn owner_of(
         &mut self,
         recorded: Option<&ProcessRef>,
         cookie: u64,
@@ -252,7 +253,10 @@ impl Reporter {
         if failure.mode != FailureMode::ConnectStalled {
             record.probes = Some(failure.probes);
         }
-        if failure.mode == FailureMode::EgressBlocked {
+        if matches!(
+            failure.mode,
+            FailureMode::EgressBlocked | FailureMode::ZeroWindow
+        ) {
             record.unsent_bytes = Some(failure.unsent_bytes);
         }
         record
@@ -381,11 +385,26 @@ fn unescaped_text_line(record: &FindingRecord) -> String {
                 ", connect hanging"
             }
         ),
+        "zero_window" => format!(
+            "peer stopped reading, {} bytes waiting, {} window probes answered, {}",
+            record.unsent_bytes.unwrap_or(0),
+            record.probes.unwrap_or(0),
+            if record.outcome.is_some() {
+                "timed out"
+            } else {
+                "write hanging"
+            }
+        ),
         _ => format!(
-            "{} after {} idle, {} probes unanswered, timed out",
+            "{} after {} idle, {} probes unanswered, {}",
             record.event.replace('_', " "),
             hint::human_duration(record.idle_seconds),
-            record.probes.unwrap_or(0)
+            record.probes.unwrap_or(0),
+            if record.outcome.is_some() {
+                "timed out"
+            } else {
+                "still hanging"
+            }
         ),
     };
     format!(

@@ -489,7 +489,7 @@ fn writer(ns: &NetNs, port: u16) -> Result<Process> {
 }
 
 /// The writer's socket as `ss -tnoi` shows it (with its timer and
-/// `snd_wnd`), if it is established.
+/// unsent bytes), if it is established.
 fn writer_socket(ns: &NetNs, port: u16) -> Result<Option<String>> {
     let ss = ns.exec(
         "ss",
@@ -516,10 +516,11 @@ fn a_peer_that_stopped_reading_is_reported_as_zero_window() -> Result<()> {
     let connmon = daemon(PORT)?;
     let writer = writer(&ns, PORT)?;
     let stopped = first_finding(&connmon, "zero_window", ns.inode(), Duration::from_secs(30))?;
-    // Still hanging: the writer's connection lives, its window shut.
+    // Still hanging: the writer's connection lives, its data queued behind
+    // the shut window, the kernel probing it.
     let socket = writer_socket(&ns, PORT)?.context("the writer's connection is gone")?;
     ensure!(
-        socket.contains("persist") && socket.contains("snd_wnd:0"),
+        socket.contains("timer:(persist") && socket.contains("notsent:"),
         "the writer's socket: {socket}"
     );
     assert_eq!(stopped["pid"], writer.pid(), "{stopped}");

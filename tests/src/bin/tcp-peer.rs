@@ -77,7 +77,8 @@ fn main() {
         ),
         "reader" => {
             let number = |index: usize| args.get(index).and_then(|n| n.parse().ok()).unwrap_or(0);
-            TcpListener::bind(addr).and_then(|listener| reader(listener, number(3), number(4)))
+            TcpListener::bind(addr)
+                .and_then(|listener| reader(listener, number(3) as usize, number(4)))
         }
         "flood" => flood(addr),
         "pool" => pool(addr, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),

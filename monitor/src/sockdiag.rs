@@ -190,8 +190,13 @@ pub fn in_netns<T: Send>(
 }
 
 fn dump_here() -> io::Result<Vec<DiagSocket>> {
-    let mut sockets = dump_family(AF_INET, CONNECTED_STATES, &[])?;
-    sockets.extend(dump_family(AF_INET6, CONNECTED_STATES, &[])?);
+    let mut sockets = dump_family(AF_INET, CONNECTED_STATES, ExtensionFlags::INFO, &[])?;
+    sockets.extend(dump_family(
+        AF_INET6,
+        CONNECTED_STATES,
+        ExtensionFlags::INFO,
+        &[],
+    )?);
     Ok(sockets)
 }
 
@@ -200,18 +205,24 @@ fn dump_here() -> io::Result<Vec<DiagSocket>> {
 const SENDING_STATES: StateFlags = StateFlags::ESTABLISHED.union(StateFlags::CLOSE_WAIT);
 
 /// The TCP sockets in `netns_file` (or ours) that can hold data waiting to
-/// be sent, on one of `ports` at either end (every port when empty). Up to
-/// `MAX_FILTERED_PORTS` ports are selected in the kernel (inet_diag
-/// bytecode), so a host's other sockets cost no tcp_info and no copy; with
-/// more, every socket is dumped and the ports are checked here.
+/// be sent, on one of `ports` at either end (every port when empty),
+/// without tcp_info (`with_tcp_info` adds it): the header's timer says
+/// which are worth a look. Up to `MAX_FILTERED_PORTS` ports are selected
+/// in the kernel (inet_diag bytecode), so a host's other sockets cost no
+/// copy; with more, every socket is dumped and the ports are checked here.
 pub fn dump_senders(
     netns_file: Option<&Path>,
     ports: &std::collections::BTreeSet<u16>,
 ) -> io::Result<Vec<DiagSocket>> {
     let filter = port_filter(ports).unwrap_or_default();
     in_netns(netns_file, || {
-        let mut sockets = dump_family(AF_INET, SENDING_STATES, &filter)?;
-        sockets.extend(dump_family(AF_INET6, SENDING_STATES, &filter)?);
+        let mut sockets = dump_family(AF_INET, SENDING_STATES, ExtensionFlags::empty(), &filter)?;
+        sockets.extend(dump_family(
+            AF_INET6,
+            SENDING_STATES,
+            ExtensionFlags::empty(),
+            &filter,
+        )?);
         Ok(sockets)
     })
     .map(|mut sockets| {
@@ -273,28 +284,67 @@ pub fn port_filter(ports: &std::collections::BTreeSet<u16>) -> Option<Vec<u8>> {
     Some(bytecode)
 }
 
-fn dump_family(family: u8, states: StateFlags, bytecode: &[u8]) -> io::Result<Vec<DiagSocket>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&NetlinkAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+fn dump_family(
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+    bytecode: &[u8],
+) -> io::Result<Vec<DiagSocket>> {
     let socket_id = if family == AF_INET {
         SocketId::new_v4()
     } else {
         SocketId::new_v6()
     };
-    let mut request = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
-            states,
-            socket_id,
-        })
-        .into(),
-    );
+    let request = InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions,
+        states,
+        socket_id,
+    };
+    exchange(NLM_F_REQUEST | NLM_F_DUMP, request, bytecode)
+}
+
+/// One socket with its tcp_info, looked up by its addresses and cookie
+/// (`None`: it is gone).
+pub fn with_tcp_info(socket: &DiagSocket) -> io::Result<Option<DiagSocket>> {
+    let mut cookie = [0u8; 8];
+    cookie[..4].copy_from_slice(&(socket.cookie as u32).to_ne_bytes());
+    cookie[4..].copy_from_slice(&((socket.cookie >> 32) as u32).to_ne_bytes());
+    let request = InetRequest {
+        family: if socket.local.is_ipv4() {
+            AF_INET
+        } else {
+            AF_INET6
+        },
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::INFO,
+        states: StateFlags::all(),
+        socket_id: SocketId {
+            source_port: socket.local.port(),
+            destination_port: socket.remote.port(),
+            source_address: socket.local.ip(),
+            destination_address: socket.remote.ip(),
+            interface_id: 0,
+            cookie,
+        },
+    };
+    match exchange(NLM_F_REQUEST | NLM_F_ACK, request, &[]) {
+        Ok(found) => Ok(found.into_iter().next()),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Sends one request and collects the sockets of the answer: a dump's
+/// until NLMSG_DONE, a lookup's until its acknowledgement.
+fn exchange(flags: u16, request: InetRequest, bytecode: &[u8]) -> io::Result<Vec<DiagSocket>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NetlinkAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    let mut request = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
     request.finalize();
     let mut buffer = vec![0; request.buffer_len()];
     request.serialize(&mut buffer);
@@ -346,8 +396,13 @@ fn dump_family(family: u8, states: StateFlags, bytecode: &[u8]) -> io::Result<Ve
                     });
                 }
                 NetlinkPayload::Done(_) => return Ok(sockets),
+                // A lookup's acknowledgement.
+                NetlinkPayload::Error(error) if error.code.is_none() => return Ok(sockets),
                 NetlinkPayload::Error(error) => {
-                    return Err(io::Error::other(format!("sock_diag: {error:?}")));
+                    return Err(match error.code {
+                        Some(code) => io::Error::from_raw_os_error(-code.get()),
+                        None => io::Error::other(format!("sock_diag: {error:?}")),
+                    });
                 }
                 _ => {}
             }
@@ -425,10 +480,21 @@ mod tests {
             ends, expected,
             "both ends of the watched connection, nothing else"
         );
-        assert!(
-            sockets.iter().all(|s| s.send.is_some()),
-            "tcp_info for each"
-        );
+        let ours = sockets
+            .iter()
+            .find(|s| s.local.port() == client_port)
+            .expect("the client's end");
+        assert_eq!(ours.send, None, "no tcp_info in the dump");
+        let full = with_tcp_info(ours)
+            .expect("lookup")
+            .expect("the socket exists");
+        assert_eq!(full.cookie, ours.cookie);
+        assert!(full.send.is_some(), "tcp_info from the lookup");
+        let gone = DiagSocket {
+            cookie: ours.cookie.wrapping_add(1),
+            ..full.clone()
+        };
+        assert_eq!(with_tcp_info(&gone).expect("lookup"), None);
     }
 
     /// Needs root (sock_diag dumps of other users' sockets) like every

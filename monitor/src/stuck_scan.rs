@@ -41,8 +41,13 @@ pub fn scan(proc_root: &Path, scope: &ScanScope) -> StuckScan {
             continue;
         };
         let dumped = sockdiag::in_netns(Some(&procfs::netns_file(proc_root, member)), || {
-            let sockets = sockdiag::dump_senders(None, &scope.ports)?;
-            Ok((sockets, tcp_retries2()))
+            // tcp_info only for the few sockets whose probe timer runs.
+            let probing: Vec<_> = sockdiag::dump_senders(None, &scope.ports)?
+                .iter()
+                .filter(|socket| socket.probe_timer_in.is_some())
+                .filter_map(|socket| sockdiag::with_tcp_info(socket).ok().flatten())
+                .collect();
+            Ok((probing, tcp_retries2()))
         });
         let (sockets, retries2) = match dumped {
             Ok(dumped) => dumped,

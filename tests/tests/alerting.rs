@@ -1028,10 +1028,8 @@ fn a_server_that_stopped_reading_fires_connmon_zero_window() -> Result<()> {
     let pid = rig.topology.redis_pid().context("redis runs")?;
     let pid = libc::pid_t::try_from(pid)?;
     // SAFETY: kill with the pid of the Redis this test started.
-    anyhow::ensure!(
-        unsafe { libc::kill(pid, libc::SIGSTOP) } == 0,
-        "cannot stop Redis"
-    );
+    let signalled = unsafe { libc::kill(pid, libc::SIGSTOP) };
+    anyhow::ensure!(signalled == 0, "cannot stop Redis");
     let _resume = Resume(pid);
     let mut flood = rig.topology.app.command(env!("CARGO_BIN_EXE_tcp-peer"));
     flood.args(["flood", &redis]);

@@ -604,23 +604,38 @@ fn failures(findings: &[(usize, Finding)]) -> Vec<&ConnectionFailure> {
         .collect()
 }
 
-#[test]
-fn data_that_never_left_the_host_is_egress_blocked_with_its_idle_gap() {
-    // SET after 60 s idle; an OUTPUT drop keeps it in the host: no
-    // retransmit, only zero-window-style probes, then ETIMEDOUT.
-    let recording = Recording::client().resumed(40 * S, 100 * S);
-    let end = EndState {
+/// The end of a write that never left the host: probes, bytes unsent,
+/// the peer's window open.
+fn blocked_end() -> EndState {
+    EndState {
         probes_out: 4,
         unsent_bytes: 31,
         send_window: 65_483,
         tcp_retries2: 4,
         ..EndState::default()
-    };
-    let mut detector = Detector::new(config());
-    let findings = run(&mut detector, &[timed_out(&recording, 106 * S, 1, end)]);
+    }
+}
+
+/// The one failure a kernel timeout at 106 s reports, and all findings.
+fn failure_at_timeout(
+    detector: &mut Detector,
+    recording: &Recording,
+    end: EndState,
+) -> (ConnectionFailure, Vec<(usize, Finding)>) {
+    let findings = run(detector, &[timed_out(recording, 106 * S, 1, end)]);
     let [failure] = failures(&findings)[..] else {
         panic!("{findings:#?}")
     };
+    (failure.clone(), findings)
+}
+
+#[test]
+fn data_that_never_left_the_host_is_egress_blocked_with_its_idle_gap() {
+    // SET after 60 s idle; an OUTPUT drop keeps it in the host: no
+    // retransmit, only zero-window-style probes, then ETIMEDOUT.
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut detector = Detector::new(config());
+    let (failure, findings) = failure_at_timeout(&mut detector, &recording, blocked_end());
     assert_eq!(failure.mode, FailureMode::EgressBlocked);
     assert_eq!(
         (failure.idle_ns, failure.started_ns, failure.at_ns),
@@ -665,17 +680,7 @@ fn egress_blocked_warned_while_hanging_ends_once_counted() {
     };
     assert_eq!(warning.mode, FailureMode::EgressBlocked);
     assert!(!warning.timed_out && !warning.reported_while_hanging);
-    let end = EndState {
-        probes_out: 4,
-        unsent_bytes: 31,
-        send_window: 65_483,
-        tcp_retries2: 4,
-        ..EndState::default()
-    };
-    let findings = run(&mut detector, &[timed_out(&recording, 106 * S, 1, end)]);
-    let [last] = failures(&findings)[..] else {
-        panic!("{findings:#?}")
-    };
+    let (last, _) = failure_at_timeout(&mut detector, &recording, blocked_end());
     assert_eq!(last.mode, FailureMode::EgressBlocked);
     assert!(last.timed_out && last.reported_while_hanging, "{last:#?}");
 }
@@ -684,18 +689,12 @@ fn egress_blocked_warned_while_hanging_ends_once_counted() {
 fn a_shut_window_that_user_timeout_ends_is_zero_window() {
     let recording = Recording::client().resumed(40 * S, 100 * S);
     let end = EndState {
-        probes_out: 2,
-        unsent_bytes: 31,
         send_window: 0,
-        tcp_retries2: 15,
         user_timeout_ms: 5_000,
-        ..EndState::default()
+        ..blocked_end()
     };
     let mut detector = Detector::new(config());
-    let findings = run(&mut detector, &[timed_out(&recording, 106 * S, 1, end)]);
-    let [failure] = failures(&findings)[..] else {
-        panic!("{findings:#?}")
-    };
+    let (failure, _) = failure_at_timeout(&mut detector, &recording, end);
     assert_eq!(failure.mode, FailureMode::ZeroWindow);
     assert!(failure.timed_out && !failure.reported_while_hanging);
     assert!(!failure.dropped_in_host);

@@ -226,6 +226,20 @@ settings! {
     at_risk_interval: String => Duration = Duration::from_secs(60),
         set interval;
 
+    /// How often to look for watched connections whose data is stuck in
+    /// the send queue: a peer that stopped reading, a local egress drop
+    /// [default: 5s].
+    #[arg(long, env = "CONNMON_STUCK_SCAN_INTERVAL", value_name = "DURATION")]
+    stuck_scan_interval: String => Duration = Duration::from_secs(5),
+        set |text| duration_within(text, Duration::from_millis(100)..=Duration::MAX);
+
+    /// How long a peer's receive window must stay shut, with data waiting,
+    /// before the connection is reported as zero_window [default: 10s].
+    #[arg(long, env = "CONNMON_ZERO_WINDOW_CONFIRM", value_name = "DURATION")]
+    zero_window_confirm: String => Duration =
+        Duration::from_nanos(crate::detect::DEFAULT_ZERO_WINDOW_CONFIRM_NS),
+        set |text| duration_within(text, Duration::ZERO..=Duration::MAX);
+
     /// Remove metric label sets (process, container, destination) that
     /// have not changed for this long [default: 24h].
     // Longer than the longest rule window (6 h, ConnmonIdleConnectionStormsRecurring):
@@ -506,6 +520,21 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stuck_scan_settings_take_durations_and_name_a_bad_one() {
+        let defaults = Settings::resolve(&[]).expect("defaults");
+        assert_eq!(defaults.stuck_scan_interval, Duration::from_secs(5));
+        assert_eq!(defaults.zero_window_confirm, Duration::from_secs(10));
+        let file = Layer::from_toml("stuck_scan_interval = \"1s\"\nzero_window_confirm = \"2s\"\n")
+            .expect("valid toml");
+        let settings = Settings::resolve(&[file]).expect("valid");
+        assert_eq!(settings.stuck_scan_interval, Duration::from_secs(1));
+        assert_eq!(settings.zero_window_confirm, Duration::from_secs(2));
+        let too_often = Layer::from_toml("stuck_scan_interval = \"10ms\"\n").expect("valid toml");
+        let error = Settings::resolve(&[too_often]).expect_err("too often");
+        assert!(error.to_string().contains("stuck_scan_interval"), "{error}");
+    }
 
     #[test]
     fn netns_scope_takes_an_inode_or_a_namespace_file_and_names_a_bad_one() {

@@ -29,4 +29,5 @@ pub mod risk;
 pub mod shutdown;
 pub mod sockdiag;
 pub mod sockets;
+pub mod stuck_scan;
 pub mod version;

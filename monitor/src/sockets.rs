@@ -162,6 +162,14 @@ impl SocketTable {
         }
     }
 
+    /// The role the kernel's events gave a socket, if it is known.
+    pub fn role(&self, cookie: u64) -> Option<Role> {
+        self.connections
+            .get(&cookie)
+            .map(|known| known.role)
+            .filter(|role| *role != Role::Unknown)
+    }
+
     pub fn len(&self) -> usize {
         self.connections.len()
     }

@@ -999,3 +999,46 @@ fn connection_failures_fire_their_rules_from_real_metrics() -> Result<()> {
     assert_runbook(&dead, "connmonkeepalivetimeouts");
     Ok(())
 }
+
+/// Sends SIGCONT to a process stopped with SIGSTOP when dropped, so it can
+/// be stopped for good (and the test's teardown does not wait on it).
+struct Resume(libc::pid_t);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill with a pid this test started and a valid signal.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// ConnmonZeroWindow from a real server that stopped reading: Redis is
+/// stopped (SIGSTOP, a stuck server) while a client of the app's writes to
+/// it until the window shuts. connmon's scan finds the shut window, the
+/// counter moves, the rule fires.
+#[test]
+fn a_server_that_stopped_reading_fires_connmon_zero_window() -> Result<()> {
+    let rig = RuleRig::start("zerowin", &Options::default(), 0)?;
+    let redis = format!("{CACHE_V4}:{REDIS_PORT}");
+    let pid = rig.topology.redis_pid().context("redis runs")?;
+    let pid = libc::pid_t::try_from(pid)?;
+    // SAFETY: kill with the pid of the Redis this test started.
+    let signalled = unsafe { libc::kill(pid, libc::SIGSTOP) };
+    anyhow::ensure!(signalled == 0, "cannot stop Redis");
+    let _resume = Resume(pid);
+    let mut flood = rig.topology.app.command(env!("CARGO_BIN_EXE_tcp-peer"));
+    flood.args(["flood", &redis]);
+    let writer = connmon_tests::process::Process::spawn("tcp-peer flood", flood)?;
+    writer
+        .stdout
+        .wait_for("connected", Duration::from_secs(10))?;
+    let stopped = rig.fired("ConnmonZeroWindow", Duration::from_secs(90))?;
+    assert_eq!(stopped["labels"]["process"], "tcp-peer", "{stopped}");
+    assert_eq!(
+        stopped["labels"]["destination"],
+        redis.as_str(),
+        "{stopped}"
+    );
+    assert_eq!(stopped["labels"]["severity"], "ticket", "{stopped}");
+    assert_runbook(&stopped, "connmonzerowindow");
+    Ok(())
+}

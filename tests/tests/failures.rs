@@ -1,12 +1,13 @@
 //! Connections that fail without a retransmit storm, each in a namespace
 //! the test builds, with the kernel's own errno as ground truth: a local
 //! egress drop (an nftables OUTPUT rule), a connect to a dead path (SYN
-//! retransmits), a keepalive that finds the path dead. Each has a negative:
-//! the same connection over an intact path says nothing.
+//! retransmits), a keepalive that finds the path dead, a peer that stopped
+//! reading (zero window). Each has a negative: the same connection over an
+//! intact path (or to a reader that keeps draining) says nothing.
 
 use std::{collections::BTreeMap, time::Duration};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use connmon_tests::{
     artifacts::validate_schemas,
     connmon::{Daemon, Trace, first_finding, first_finding_of},
@@ -17,10 +18,26 @@ use connmon_tests::{
 use serde_json::Value;
 
 /// The failure findings, all of them: none may appear in a negative.
-const FAILURES: [&str; 3] = ["egress_blocked", "connect_stalled", "keepalive_timeout"];
+const FAILURES: [&str; 4] = [
+    "egress_blocked",
+    "connect_stalled",
+    "keepalive_timeout",
+    "zero_window",
+];
 
+/// Stuck sockets scanned every 500 ms, a shut window confirmed after 2 s:
+/// as quick as a test wants, the same rules as the defaults.
 fn daemon(port: u16) -> Result<Daemon> {
-    Daemon::start(&["--idle-threshold", "1s", "--ports", &port.to_string()])
+    Daemon::start(&[
+        "--idle-threshold",
+        "1s",
+        "--ports",
+        &port.to_string(),
+        "--stuck-scan-interval",
+        "500ms",
+        "--zero-window-confirm",
+        "2s",
+    ])
 }
 
 /// A namespace whose kernel gives up on a connection within seconds.
@@ -100,10 +117,13 @@ fn none_of(findings: &[Value], events: &[&str]) -> Result<()> {
 
 /// An OUTPUT drop in the client's namespace: the write after an idle gap
 /// never leaves the host, the kernel probes (no retransmit) and gives up.
+/// Reported while the client still hangs, then again when it gives up.
 #[test]
 fn a_local_egress_drop_is_reported_as_egress_blocked() -> Result<()> {
     const PORT: u16 = 7151;
     let ns = namespace("egress")?;
+    // Seven probes, 25 s: the early warning has room to come first.
+    ns.sysctl("net.ipv4.tcp_retries2", "6")?;
     let _server = echo_server(&ns, PORT)?;
     let connmon = daemon(PORT)?;
     let trace = Trace::start(&[
@@ -119,16 +139,51 @@ fn a_local_egress_drop_is_reported_as_egress_blocked() -> Result<()> {
         "table inet cmt_egress {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    tcp dport {PORT} drop\n  }}\n}}\n"
     ))?;
     client.send_line("stuck")?;
-    // Ground truth: the client's own error, ETIMEDOUT.
-    let error = client.stdout.wait_for("error", Duration::from_secs(30))?;
-    ensure!(error.ends_with(" 110"), "the client saw {error}");
-    let blocked = first_finding_of(
+    let warning = first_finding(
         &connmon,
         "egress_blocked",
         ns.inode(),
-        client.pid(),
-        Duration::from_secs(10),
+        Duration::from_secs(20),
     )?;
+    // Still hanging: the client has not seen an error yet.
+    let client_lines = client.stdout.snapshot();
+    ensure!(
+        !client_lines.iter().any(|line| line.starts_with("error")),
+        "the warning came after the client failed: {client_lines:?} {warning}"
+    );
+    ensure!(warning.get("outcome").is_none(), "still hanging: {warning}");
+    assert_eq!(warning["pid"], client.pid(), "{warning}");
+    assert_eq!(warning["remote"], format!("127.0.0.1:{PORT}"), "{warning}");
+    assert_eq!(warning["role"], "client", "{warning}");
+    assert_eq!(warning["unsent_bytes"], 6, "{warning}");
+    assert!(warning["probes"].as_u64().unwrap_or(0) >= 3, "{warning}");
+    // From tcp_info and the probe backoff: the same gap, give or take a tick.
+    assert!(
+        warning["idle_seconds"].as_f64().unwrap_or(0.0) >= 1.4,
+        "{warning}"
+    );
+    ensure!(
+        warning["hint"]
+            .as_str()
+            .is_some_and(|hint| hint.contains("firewall") && hint.contains("hangs")),
+        "{warning}"
+    );
+    assert_valid(&warning)?;
+    assert_eq!(failures_counted(&connmon, "egress_blocked")?, 1.0);
+    // Ground truth: the client's own error, ETIMEDOUT.
+    let error = client.stdout.wait_for("error", Duration::from_secs(40))?;
+    ensure!(error.ends_with(" 110"), "the client saw {error}");
+    let blocked = poll::until(
+        "egress_blocked with the kernel's verdict",
+        Duration::from_secs(10),
+        || {
+            Ok(connmon
+                .findings("egress_blocked", ns.inode())
+                .into_iter()
+                .find(|finding| finding.get("outcome").is_some()))
+        },
+    )?;
+    assert_eq!(blocked["pid"], client.pid(), "{blocked}");
     assert_eq!(blocked["comm"], "tcp-peer", "{blocked}");
     assert_eq!(blocked["remote"], format!("127.0.0.1:{PORT}"), "{blocked}");
     assert_eq!(blocked["role"], "client", "{blocked}");
@@ -151,8 +206,22 @@ fn a_local_egress_drop_is_reported_as_egress_blocked() -> Result<()> {
     let findings = settled_findings(&connmon, &ns)?;
     none_of(
         &findings,
-        &["storm_started", "connect_stalled", "keepalive_timeout"],
+        &[
+            "storm_started",
+            "connect_stalled",
+            "keepalive_timeout",
+            "zero_window",
+        ],
     )?;
+    assert_eq!(
+        findings
+            .iter()
+            .filter(|f| f["event"] == "egress_blocked")
+            .count(),
+        2,
+        "a warning and the final report: {findings:?}"
+    );
+    // One connection, counted once.
     assert_eq!(failures_counted(&connmon, "egress_blocked")?, 1.0);
     assert_valid(&blocked)?;
 
@@ -168,9 +237,35 @@ fn a_local_egress_drop_is_reported_as_egress_blocked() -> Result<()> {
     assert!(error["probes_out"].as_u64().unwrap_or(0) >= 1, "{error}");
     assert_eq!(error["rto_retransmits"], 0, "{error}");
     assert!(error["send_window"].as_u64().unwrap_or(0) > 0, "{error}");
-    assert_eq!(error["tcp_retries2"], 4, "{error}");
+    assert_eq!(error["tcp_retries2"], 6, "{error}");
     assert_eq!(trace.stop()?, Some(0), "connmon trace exits 0 on SIGINT");
     Ok(())
+}
+
+/// The path drops what comes back (an INPUT drop in the client's
+/// namespace): the write leaves the host and is retransmitted. A storm,
+/// never egress_blocked, neither while it hangs nor at its end.
+#[test]
+fn a_drop_on_the_way_back_is_a_storm_not_egress_blocked() -> Result<()> {
+    const PORT: u16 = 7157;
+    let ns = namespace("ingress")?;
+    let _server = echo_server(&ns, PORT)?;
+    let connmon = daemon(PORT)?;
+    let mut client = client(&ns, PORT)?;
+    ns.wait_until_idle(PORT, Duration::from_millis(1500))?;
+    ns.nft(&format!(
+        "table inet cmt_ingress {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp sport {PORT} drop\n  }}\n}}\n"
+    ))?;
+    client.send_line("lost")?;
+    let error = client.stdout.wait_for("error", Duration::from_secs(30))?;
+    ensure!(error.ends_with(" 110"), "the client saw {error}");
+    first_finding(
+        &connmon,
+        "storm_started",
+        ns.inode(),
+        Duration::from_secs(10),
+    )?;
+    none_of(&settled_findings(&connmon, &ns)?, &FAILURES)
 }
 
 /// The same idle connection over an intact path: the write goes out, is
@@ -384,5 +479,132 @@ fn answered_keepalive_probes_are_quiet() -> Result<()> {
     // Six seconds: more than the three unanswered probes would take.
     let client = keepalive_client(&ns, PORT, 6)?;
     client.stdout.wait_for("quiet", Duration::from_secs(20))?;
+    none_of(&settled_findings(&connmon, &ns)?, &FAILURES)
+}
+
+/// A server that reads each connection `bytes_per_tick` every `tick_ms`
+/// (0: never).
+fn reader(ns: &NetNs, port: u16, bytes_per_tick: usize, tick_ms: u64) -> Result<Process> {
+    let mut command = ns.command(env!("CARGO_BIN_EXE_tcp-peer"));
+    command.args([
+        "reader",
+        &format!("127.0.0.1:{port}"),
+        &bytes_per_tick.to_string(),
+        &tick_ms.to_string(),
+    ]);
+    let server = Process::spawn("tcp-peer reader", command)?;
+    server
+        .stdout
+        .wait_for("listening", Duration::from_secs(10))?;
+    Ok(server)
+}
+
+/// A client that writes as fast as the kernel takes it.
+fn writer(ns: &NetNs, port: u16) -> Result<Process> {
+    let mut command = ns.command(env!("CARGO_BIN_EXE_tcp-peer"));
+    command.args(["flood", &format!("127.0.0.1:{port}")]);
+    let writer = Process::spawn("tcp-peer flood", command)?;
+    writer
+        .stdout
+        .wait_for("connected", Duration::from_secs(10))?;
+    Ok(writer)
+}
+
+/// The writer's socket as `ss -tnoi` shows it (with its timer and
+/// unsent bytes), if it is established.
+fn writer_socket(ns: &NetNs, port: u16) -> Result<Option<String>> {
+    let ss = ns.exec(
+        "ss",
+        &[
+            "-tnoiH",
+            "state",
+            "established",
+            "dport",
+            "=",
+            &format!(":{port}"),
+        ],
+    )?;
+    Ok((!ss.trim().is_empty()).then(|| ss.split_whitespace().collect::<Vec<_>>().join(" ")))
+}
+
+/// A server that accepts and never reads: the writer's data fills its
+/// buffers, the window shuts and stays shut, the peer answers every window
+/// probe. Reported while the writer still hangs, with its pid.
+#[test]
+fn a_peer_that_stopped_reading_is_reported_as_zero_window() -> Result<()> {
+    const PORT: u16 = 7158;
+    let ns = namespace("zerownd")?;
+    let _server = reader(&ns, PORT, 0, 0)?;
+    let connmon = daemon(PORT)?;
+    let writer = writer(&ns, PORT)?;
+    let stopped = first_finding(&connmon, "zero_window", ns.inode(), Duration::from_secs(30))?;
+    // Still hanging: the writer's connection lives, its data queued behind
+    // the shut window, the kernel probing it.
+    let socket = writer_socket(&ns, PORT)?.context("the writer's connection is gone")?;
+    ensure!(
+        socket.contains("timer:(persist") && socket.contains("notsent:"),
+        "the writer's socket: {socket}"
+    );
+    assert_eq!(stopped["pid"], writer.pid(), "{stopped}");
+    assert_eq!(stopped["comm"], "tcp-peer", "{stopped}");
+    assert_eq!(stopped["remote"], format!("127.0.0.1:{PORT}"), "{stopped}");
+    assert_eq!(stopped["role"], "client", "{stopped}");
+    ensure!(stopped.get("outcome").is_none(), "still hanging: {stopped}");
+    assert!(
+        stopped["unsent_bytes"].as_u64().unwrap_or(0) > 0,
+        "{stopped}"
+    );
+    ensure!(
+        stopped["hint"].as_str().is_some_and(|hint| {
+            hint.contains("stopped reading") && hint.contains("TCP_USER_TIMEOUT")
+        }),
+        "{stopped}"
+    );
+    assert_valid(&stopped)?;
+    let findings = settled_findings(&connmon, &ns)?;
+    none_of(
+        &findings,
+        &[
+            "storm_started",
+            "egress_blocked",
+            "connect_stalled",
+            "keepalive_timeout",
+        ],
+    )?;
+    assert_eq!(
+        findings
+            .iter()
+            .filter(|f| f["event"] == "zero_window")
+            .count(),
+        1,
+        "one finding per episode: {findings:?}"
+    );
+    assert_eq!(failures_counted(&connmon, "zero_window")?, 1.0);
+    Ok(())
+}
+
+/// A reader that is slow but keeps draining: the writer outpaces it, so
+/// its window shuts again and again, but only for moments. No finding.
+#[test]
+fn a_slow_reader_that_keeps_draining_is_no_zero_window() -> Result<()> {
+    const PORT: u16 = 7159;
+    let ns = namespace("slowread")?;
+    // 16 KiB every 20 ms: about 800 KB/s.
+    let server = reader(&ns, PORT, 16 * 1024, 20)?;
+    let connmon = daemon(PORT)?;
+    let _writer = writer(&ns, PORT)?;
+    // The premise: the window does shut (the probe timer runs) now and then.
+    poll::until(
+        "the writer's window to shut for a moment",
+        Duration::from_secs(20),
+        || {
+            Ok(writer_socket(&ns, PORT)?
+                .filter(|socket| socket.contains("persist"))
+                .map(|_| ()))
+        },
+    )?;
+    // Eight megabytes drained at that pace take about ten seconds: five
+    // times the confirmation, twenty scans.
+    server.stdout.wait_for("read 8", Duration::from_secs(60))?;
     none_of(&settled_findings(&connmon, &ns)?, &FAILURES)
 }

@@ -143,10 +143,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         } else {
             settings.ports.clone()
         }),
-        detector: Detector::new(DetectorConfig::new(
-            settings.idle_threshold.as_nanos() as u64,
-            settings.confirm_retransmits,
-        )),
+        detector: Detector::new(DetectorConfig {
+            zero_window_confirm_ns: settings.zero_window_confirm.as_nanos() as u64,
+            ..DetectorConfig::new(
+                settings.idle_threshold.as_nanos() as u64,
+                settings.confirm_retransmits,
+            )
+        }),
         reporter,
         status: status.clone(),
         alerts,
@@ -157,6 +160,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &pipeline.settings,
         status.clone(),
         pipeline.latest_fleet.clone(),
+    );
+    let (stuck_tx, mut stuck_scans) = tokio::sync::mpsc::channel(1);
+    let stuck_scanner = crate::stuck_scan::spawn(
+        crate::stuck_scan::ScanScope {
+            ports: if pipeline.settings.all_ports {
+                Default::default()
+            } else {
+                pipeline.settings.ports.clone()
+            },
+            netns: pipeline.settings.netns,
+        },
+        pipeline.settings.stuck_scan_interval,
+        stuck_tx,
     );
     let mut losses = LossReconciler::default();
     let mut expire = tokio::time::interval(EXPIRE_INTERVAL);
@@ -179,6 +195,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     break;
                 }
             },
+            Some(scan) = stuck_scans.recv() => {
+                let findings = pipeline.stuck_scan(scan);
+                pipeline.report(&findings);
+            }
             _ = expire.tick() => {
                 let now = monotonic_now_ns();
                 let findings = pipeline.detector.expire(now);
@@ -238,6 +258,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     reader.abort();
     at_risk.abort();
+    stuck_scanner.abort();
     loss_log.abort();
     unwatched.abort();
     drop(capture);
@@ -573,6 +594,26 @@ impl Pipeline {
             record.hint.push(' ');
             record.hint.push_str(&hint);
         }
+    }
+
+    /// A scan's stuck sockets: roles the kernel's events gave them, owners
+    /// from /proc (the scan cannot say who writes), then the detector.
+    fn stuck_scan(&mut self, mut scan: crate::detect::stuck::StuckScan) -> Vec<Finding> {
+        for row in &mut scan.rows {
+            if let Some(role) = self.sockets.role(row.cookie) {
+                row.role = role;
+            }
+        }
+        let mut findings = self.detector.on_stuck_scan(&scan);
+        for finding in &mut findings {
+            if let Finding::ConnectionFailed(failure) = finding {
+                failure.owner = tokio::task::block_in_place(|| {
+                    self.reporter
+                        .owner_of(None, failure.cookie, &failure.connection)
+                });
+            }
+        }
+        findings
     }
 
     fn event(&mut self, mut event: SocketEvent) -> Vec<Finding> {

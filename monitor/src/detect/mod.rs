@@ -15,6 +15,7 @@
 
 pub mod giveup;
 pub mod reuse;
+pub mod stuck;
 
 // Keys are kernel cookies, not attacker-chosen input: a fast hasher is
 // safe here and the table is on the per-event path.
@@ -74,6 +75,9 @@ impl Outcome {
     }
 }
 
+/// A peer's window shut this long is no slow reader: 10 s.
+pub const DEFAULT_ZERO_WINDOW_CONFIRM_NS: u64 = 10_000_000_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DetectorConfig {
     pub idle_threshold_ns: u64,
@@ -89,6 +93,9 @@ pub struct DetectorConfig {
     pub forget_after_ns: u64,
     /// Bound on sockets with retransmits in flight.
     pub max_episodes: usize,
+    /// How long a peer's receive window must stay shut, with data waiting,
+    /// before the connection is reported as `zero_window`.
+    pub zero_window_confirm_ns: u64,
 }
 
 impl DetectorConfig {
@@ -99,6 +106,7 @@ impl DetectorConfig {
             burst_window_ns: 60_000_000_000,
             forget_after_ns: 300_000_000_000,
             max_episodes: 65_536,
+            zero_window_confirm_ns: DEFAULT_ZERO_WINDOW_CONFIRM_NS,
         }
     }
 }
@@ -160,13 +168,17 @@ pub enum FailureMode {
     ConnectStalled,
     /// Keepalive probes on an idle connection went unanswered.
     KeepaliveTimeout,
+    /// The peer stopped reading: its receive window stayed shut with data
+    /// waiting, while its ACKs keep the connection alive.
+    ZeroWindow,
 }
 
 impl FailureMode {
-    pub const ALL: [Self; 3] = [
+    pub const ALL: [Self; 4] = [
         Self::EgressBlocked,
         Self::ConnectStalled,
         Self::KeepaliveTimeout,
+        Self::ZeroWindow,
     ];
 
     /// The finding's `event` name, and the metric's `mode` label.
@@ -175,6 +187,7 @@ impl FailureMode {
             Self::EgressBlocked => "egress_blocked",
             Self::ConnectStalled => "connect_stalled",
             Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::ZeroWindow => "zero_window",
         }
     }
 }
@@ -196,13 +209,18 @@ pub struct ConnectionFailure {
     pub at_ns: u64,
     /// SYN retransmits (connect), else RTO retransmits in a row.
     pub retransmits: u32,
-    /// Zero-window or keepalive probes sent without an answer.
+    /// Zero-window or keepalive probes sent without an answer; for a
+    /// `zero_window` still hanging, the probes since the window shut (the
+    /// peer answered them).
     pub probes: u8,
     /// Bytes written that never left the host.
     pub unsent_bytes: u32,
     /// The kernel gave up (ETIMEDOUT); `false`: still hanging (a connect
-    /// whose SYN retransmits confirmed it).
+    /// whose SYN retransmits confirmed it, a socket a scan found stuck).
     pub timed_out: bool,
+    /// This is the end of an episode already reported while it hung
+    /// (counted then, not again).
+    pub reported_while_hanging: bool,
     /// A SYN retransmit failed inside the host (EPERM: a local firewall
     /// dropped it), so the connect never reached the wire.
     pub dropped_in_host: bool,
@@ -256,6 +274,8 @@ const RTO_TIMES_KEPT: usize = 8;
 pub struct Detector {
     config: DetectorConfig,
     episodes: FxHashMap<u64, Episode>,
+    /// Sockets a scan found with data stuck in the send queue.
+    stuck: stuck::StuckSockets,
     /// Connects with SYN retransmits, bounded by `max_episodes` too.
     connects: FxHashMap<u64, ConnectAttempt>,
     next_storm_id: u64,
@@ -311,6 +331,13 @@ impl Detector {
         Self {
             config,
             episodes: FxHashMap::default(),
+            stuck: stuck::StuckSockets::new(stuck::StuckConfig {
+                zero_window_confirm_ns: config.zero_window_confirm_ns,
+                egress_confirm_probes: stuck::EGRESS_CONFIRM_PROBES,
+                idle_threshold_ns: config.idle_threshold_ns,
+                keep_reported_ns: config.forget_after_ns,
+                max_episodes: config.max_episodes,
+            }),
             connects: FxHashMap::default(),
             next_storm_id: 1,
             episodes_dropped: 0,
@@ -331,6 +358,18 @@ impl Detector {
     /// Sockets with retransmits in flight.
     pub fn episodes(&self) -> usize {
         self.episodes.len()
+    }
+
+    /// Feeds a scan of the sockets whose data is stuck in the send queue
+    /// (`stuck`): each episode is reported once, while it hangs. A socket
+    /// with a storm is the storm's.
+    pub fn on_stuck_scan(&mut self, scan: &stuck::StuckScan) -> Vec<Finding> {
+        self.stuck
+            .scan(scan)
+            .into_iter()
+            .filter(|failure| !self.episodes.contains_key(&failure.cookie))
+            .map(Finding::ConnectionFailed)
+            .collect()
     }
 
     /// Feeds one event; returns what it concluded.
@@ -430,6 +469,7 @@ impl Detector {
             // their records were lost, the destroy record repeats the errno.
             EventKind::Destroyed { errno, .. } => {
                 self.connects.remove(&event.cookie);
+                self.stuck.ended(event.cookie);
                 let errno = (*errno != 0).then_some(*errno);
                 self.end(
                     event.cookie,
@@ -493,6 +533,7 @@ impl Detector {
             unsent_bytes: 0,
             timed_out: false,
             dropped_in_host: attempt.dropped_in_host,
+            reported_while_hanging: false,
             tcp_retries2,
         }));
     }
@@ -507,6 +548,7 @@ impl Detector {
         findings: &mut Vec<Finding>,
     ) {
         let attempt = self.connects.remove(&event.cookie);
+        let reported_stuck = self.stuck.ended(event.cookie);
         if errno != libc::ETIMEDOUT {
             return;
         }
@@ -527,10 +569,16 @@ impl Detector {
                 .as_ref()
                 .map_or(event.timestamp_ns, |attempt| attempt.first_retransmit_ns);
             (FailureMode::ConnectStalled, 0, started)
-        } else if end.probes_out > 0 && end.unsent_bytes > 0 && end.send_window > 0 {
+        } else if end.probes_out > 0 && end.unsent_bytes > 0 {
             // The peer's window was open, nothing was in flight, yet the
-            // data stayed: every transmit failed inside the host. (A shut
-            // window, `send_window` 0, is a peer that stopped reading.)
+            // data stayed: every transmit failed inside the host. A shut
+            // window is a peer that stopped reading (given up on only with
+            // TCP_USER_TIMEOUT: its ACKs answer the probes).
+            let mode = if end.send_window > 0 {
+                FailureMode::EgressBlocked
+            } else {
+                FailureMode::ZeroWindow
+            };
             let started = activity.burst_start_ns.or(activity.last_send_ns);
             let idle = idle_before_stuck_burst(event, &self.config, event.timestamp_ns)
                 .or_else(|| {
@@ -538,11 +586,7 @@ impl Detector {
                         .then_some(activity.idle_before_burst_ns)
                 })
                 .unwrap_or(0);
-            (
-                FailureMode::EgressBlocked,
-                idle,
-                started.unwrap_or(event.timestamp_ns),
-            )
+            (mode, idle, started.unwrap_or(event.timestamp_ns))
         } else if end.probes_out > 0 && end.unsent_bytes == 0 && end.rto_retransmits == 0 {
             // Nothing to send and nothing retransmitted: only keepalive
             // probes go out on such a socket.
@@ -572,6 +616,7 @@ impl Detector {
             probes: end.probes_out,
             unsent_bytes: end.unsent_bytes,
             timed_out: true,
+            reported_while_hanging: reported_stuck == Some(mode),
             dropped_in_host: mode == FailureMode::EgressBlocked
                 || attempt
                     .as_ref()
@@ -732,6 +777,7 @@ impl Detector {
     /// `unknown`. Call periodically with the current monotonic time.
     pub fn expire(&mut self, now_ns: u64) -> Vec<Finding> {
         let forget_after = self.config.forget_after_ns;
+        self.stuck.expire(now_ns);
         self.connects
             .retain(|_, attempt| now_ns.saturating_sub(attempt.last_event_ns) < forget_after);
         let stale: Vec<u64> = self

@@ -604,23 +604,38 @@ fn failures(findings: &[(usize, Finding)]) -> Vec<&ConnectionFailure> {
         .collect()
 }
 
-#[test]
-fn data_that_never_left_the_host_is_egress_blocked_with_its_idle_gap() {
-    // SET after 60 s idle; an OUTPUT drop keeps it in the host: no
-    // retransmit, only zero-window-style probes, then ETIMEDOUT.
-    let recording = Recording::client().resumed(40 * S, 100 * S);
-    let end = EndState {
+/// The end of a write that never left the host: probes, bytes unsent,
+/// the peer's window open.
+fn blocked_end() -> EndState {
+    EndState {
         probes_out: 4,
         unsent_bytes: 31,
         send_window: 65_483,
         tcp_retries2: 4,
         ..EndState::default()
-    };
-    let mut detector = Detector::new(config());
-    let findings = run(&mut detector, &[timed_out(&recording, 106 * S, 1, end)]);
+    }
+}
+
+/// The one failure a kernel timeout at 106 s reports, and all findings.
+fn failure_at_timeout(
+    detector: &mut Detector,
+    recording: &Recording,
+    end: EndState,
+) -> (ConnectionFailure, Vec<(usize, Finding)>) {
+    let findings = run(detector, &[timed_out(recording, 106 * S, 1, end)]);
     let [failure] = failures(&findings)[..] else {
         panic!("{findings:#?}")
     };
+    (failure.clone(), findings)
+}
+
+#[test]
+fn data_that_never_left_the_host_is_egress_blocked_with_its_idle_gap() {
+    // SET after 60 s idle; an OUTPUT drop keeps it in the host: no
+    // retransmit, only zero-window-style probes, then ETIMEDOUT.
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut detector = Detector::new(config());
+    let (failure, findings) = failure_at_timeout(&mut detector, &recording, blocked_end());
     assert_eq!(failure.mode, FailureMode::EgressBlocked);
     assert_eq!(
         (failure.idle_ns, failure.started_ns, failure.at_ns),
@@ -629,6 +644,60 @@ fn data_that_never_left_the_host_is_egress_blocked_with_its_idle_gap() {
     assert_eq!((failure.probes, failure.unsent_bytes), (4, 31));
     assert!(failure.timed_out);
     assert_eq!(findings.len(), 1, "and nothing else: {findings:#?}");
+}
+
+/// A scan row for the recording's socket: probe timer running, nothing in
+/// flight, `send_window` as given.
+fn stuck_row(recording: &Recording, send_window: u32, probes_out: u8) -> stuck::StuckRow {
+    stuck::StuckRow {
+        cookie: recording.cookie,
+        connection: recording.connection.clone(),
+        role: recording.role,
+        probe_timer_in_ms: 100,
+        send: crate::sockdiag::SendState {
+            unsent_bytes: 31,
+            in_flight: 0,
+            send_window,
+            probes_out,
+            backoff: probes_out,
+            rto_us: 200_000,
+        },
+        last_data_recv_ms: 61_000,
+        tcp_retries2: 4,
+    }
+}
+
+#[test]
+fn egress_blocked_warned_while_hanging_ends_once_counted() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let mut detector = Detector::new(config());
+    let warned = detector.on_stuck_scan(&stuck::StuckScan {
+        at_ns: 102 * S,
+        rows: vec![stuck_row(&recording, 65_483, 3)],
+    });
+    let [Finding::ConnectionFailed(warning)] = &warned[..] else {
+        panic!("{warned:#?}")
+    };
+    assert_eq!(warning.mode, FailureMode::EgressBlocked);
+    assert!(!warning.timed_out && !warning.reported_while_hanging);
+    let (last, _) = failure_at_timeout(&mut detector, &recording, blocked_end());
+    assert_eq!(last.mode, FailureMode::EgressBlocked);
+    assert!(last.timed_out && last.reported_while_hanging, "{last:#?}");
+}
+
+#[test]
+fn a_shut_window_that_user_timeout_ends_is_zero_window() {
+    let recording = Recording::client().resumed(40 * S, 100 * S);
+    let end = EndState {
+        send_window: 0,
+        user_timeout_ms: 5_000,
+        ..blocked_end()
+    };
+    let mut detector = Detector::new(config());
+    let (failure, _) = failure_at_timeout(&mut detector, &recording, end);
+    assert_eq!(failure.mode, FailureMode::ZeroWindow);
+    assert!(failure.timed_out && !failure.reported_while_hanging);
+    assert!(!failure.dropped_in_host);
 }
 
 #[test]

@@ -101,7 +101,7 @@ impl Families {
             connection_failures: family(
                 registry,
                 CONNECTION_FAILURES,
-                "Watched connections that failed without a retransmit storm, by mode: egress_blocked (a local firewall drop), connect_stalled (SYN retransmits), keepalive_timeout.",
+                "Watched connections that failed without a retransmit storm, by mode: egress_blocked (a local firewall drop), connect_stalled (SYN retransmits), keepalive_timeout, zero_window (the peer stopped reading). Each connection once, when first reported (a hanging one is not counted again when it times out).",
                 &failure_labels,
             )?,
             events: family(

@@ -85,6 +85,8 @@ impl Metrics {
                     .with_label_values(&refs(&labels))
                     .inc();
             }
+            // An episode reported while it hung was counted then.
+            Finding::ConnectionFailed(failure) if failure.reported_while_hanging => {}
             Finding::ConnectionFailed(failure) => {
                 let mut labels = Vec::from(owner_labels(
                     &mut state.containers,

@@ -37,6 +37,7 @@ pub const RESETS_AFTER_IDLE: &str = "ConnmonResetsAfterIdle";
 pub const EGRESS_BLOCKED: &str = "ConnmonEgressBlocked";
 pub const CONNECT_STALLED: &str = "ConnmonConnectStalled";
 pub const KEEPALIVE_TIMEOUTS: &str = "ConnmonKeepaliveTimeouts";
+pub const ZERO_WINDOW: &str = "ConnmonZeroWindow";
 
 /// Attempts per delivery.
 const ATTEMPTS: u32 = 3;
@@ -71,6 +72,7 @@ fn alertname(event: FindingEvent) -> &'static str {
         FindingEvent::ConnectionFailed(FailureMode::EgressBlocked) => EGRESS_BLOCKED,
         FindingEvent::ConnectionFailed(FailureMode::ConnectStalled) => CONNECT_STALLED,
         FindingEvent::ConnectionFailed(FailureMode::KeepaliveTimeout) => KEEPALIVE_TIMEOUTS,
+        FindingEvent::ConnectionFailed(FailureMode::ZeroWindow) => ZERO_WINDOW,
     }
 }
 
@@ -136,7 +138,15 @@ pub fn alertmanager_alert(
             human_duration(record.idle_seconds)
         ),
         FindingEvent::ConnectionFailed(FailureMode::EgressBlocked) => format!(
-            "{process} (pid {pid}){where_}: packets to {destination} dropped inside the host; the connection timed out"
+            "{process} (pid {pid}){where_}: packets to {destination} dropped inside the host; the connection {}",
+            if record.outcome.is_some() {
+                "timed out"
+            } else {
+                "hangs"
+            }
+        ),
+        FindingEvent::ConnectionFailed(FailureMode::ZeroWindow) => format!(
+            "{process} (pid {pid}){where_}: {destination} stopped reading; writes to it hang"
         ),
         FindingEvent::ConnectionFailed(FailureMode::ConnectStalled) => {
             format!("{process} (pid {pid}){where_}: connect to {destination} gets no answer")

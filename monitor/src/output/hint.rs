@@ -111,10 +111,48 @@ pub fn failure_hint(
     };
     match failure.mode {
         FailureMode::EgressBlocked => format!(
-            "Likely cause: a firewall on this host or in the pod's network namespace (an nftables/iptables OUTPUT rule, an egress NetworkPolicy) drops this {what}'s packets to {remote}: {unsent} bytes written after {idle} idle never left the host, the kernel probed {probes} times without sending anything and gave up (ETIMEDOUT); the wire shows no retransmits. Fix: allow {remote} in the host firewall and the pod's egress NetworkPolicy (`nft list ruleset`, `iptables -S OUTPUT` in the network namespace).",
+            "Likely cause: a firewall on this host or in the pod's network namespace (an nftables/iptables OUTPUT rule, an egress NetworkPolicy) drops this {what}'s packets to {remote}: {unsent} bytes written after {idle} idle never left the host, {outcome}; the wire shows no retransmits. Fix: allow {remote} in the host firewall and the pod's egress NetworkPolicy (`nft list ruleset`, `iptables -S OUTPUT` in the network namespace).",
             unsent = failure.unsent_bytes,
-            probes = failure.probes,
+            outcome = if failure.timed_out {
+                format!(
+                    "the kernel probed {} times without sending anything and gave up (ETIMEDOUT)",
+                    failure.probes
+                )
+            } else {
+                format!(
+                    "the kernel has probed {} times without sending anything and the request hangs until tcp_retries2 gives up ({} probes)",
+                    failure.probes, failure.tcp_retries2
+                )
+            },
         ),
+        FailureMode::ZeroWindow => {
+            let (reader, fix) = match failure.role {
+                Role::Server => (
+                    format!("the client {remote}"),
+                    if redis {
+                        "find why the client stopped reading (a stuck subscriber or a slow consumer); bound what the server buffers for it (Redis `client-output-buffer-limit`)"
+                    } else {
+                        "find why the client stopped reading (a stuck or slow consumer); bound what the server buffers for a client and time out its writes"
+                    },
+                ),
+                _ => (
+                    format!("{remote}"),
+                    "find why the peer stopped reading (a stuck or overloaded server thread, a full queue, its own blocked downstream)",
+                ),
+            };
+            format!(
+                "Likely cause: {reader} stopped reading this {what}: its receive window has been shut for {shut} with {unsent} bytes waiting to be sent. It still acknowledges the kernel's window probes ({probes} so far), so the connection never times out and the write {outcome}. Fix: {fix}; set TCP_USER_TIMEOUT on the socket so the kernel gives up on a peer that stopped reading, and give writes an application timeout.",
+                shut =
+                    human_duration(failure.at_ns.saturating_sub(failure.started_ns) as f64 / 1e9),
+                unsent = failure.unsent_bytes,
+                probes = failure.probes,
+                outcome = if failure.timed_out {
+                    "hung until TCP_USER_TIMEOUT gave up (ETIMEDOUT)"
+                } else {
+                    "hangs (for ever without TCP_USER_TIMEOUT)"
+                },
+            )
+        }
         FailureMode::ConnectStalled if failure.dropped_in_host => format!(
             "Likely cause: a firewall on this host or in the pod's network namespace (an nftables/iptables OUTPUT rule, an egress NetworkPolicy) drops the SYNs to {remote}: they never leave the host, the connect {connect_outcome} while the kernel retries ({retransmits} so far), and a pool reconnecting hangs with it. Fix: allow {remote} in the host firewall and the pod's egress NetworkPolicy; give connects their own short timeout in the client.",
             retransmits = failure.retransmits,
@@ -197,6 +235,7 @@ mod tests {
             unsent_bytes: 31,
             timed_out: true,
             dropped_in_host: false,
+            reported_while_hanging: false,
             tcp_retries2: 15,
         }
     }
@@ -245,6 +284,51 @@ mod tests {
                 "{needle} missing from {keepalive}"
             );
         }
+        let hanging = failure_hint(
+            &ConnectionFailure {
+                timed_out: false,
+                ..failure(FailureMode::EgressBlocked)
+            },
+            None,
+            0.0,
+        );
+        assert!(
+            hanging.contains("hangs") && !hanging.contains("ETIMEDOUT"),
+            "{hanging}"
+        );
+        let stopped_reading = failure_hint(
+            &ConnectionFailure {
+                timed_out: false,
+                started_ns: 0,
+                at_ns: 75_000_000_000,
+                ..failure(FailureMode::ZeroWindow)
+            },
+            Some("redis"),
+            0.0,
+        );
+        for needle in [
+            "10.0.1.5:6379 stopped reading",
+            "shut for 1m 15s",
+            "31 bytes",
+            "TCP_USER_TIMEOUT",
+        ] {
+            assert!(
+                stopped_reading.contains(needle),
+                "{needle} missing from {stopped_reading}"
+            );
+        }
+        let subscriber = failure_hint(
+            &ConnectionFailure {
+                role: Role::Server,
+                ..failure(FailureMode::ZeroWindow)
+            },
+            Some("redis"),
+            0.0,
+        );
+        assert!(
+            subscriber.contains("client-output-buffer-limit"),
+            "{subscriber}"
+        );
     }
 
     #[test]

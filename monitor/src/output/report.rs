@@ -118,11 +118,12 @@ pub struct FindingRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<ResetCause>,
     /// `egress_blocked`, `keepalive_timeout`: zero-window or keepalive
-    /// probes the kernel sent without an answer before it gave up.
+    /// probes the kernel sent without an answer (so far, or before it gave
+    /// up); `zero_window`: window probes since the window shut, answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probes: Option<u8>,
     /// `egress_blocked`: bytes the application wrote that never left the
-    /// host.
+    /// host; `zero_window`: bytes waiting for the peer's window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsent_bytes: Option<u32>,
     pub tcp_retries2: Option<u8>,
@@ -337,20 +338,31 @@ impl Reporter {
         if failure.mode != FailureMode::ConnectStalled {
             record.probes = Some(failure.probes);
         }
-        if failure.mode == FailureMode::EgressBlocked {
+        if matches!(
+            failure.mode,
+            FailureMode::EgressBlocked | FailureMode::ZeroWindow
+        ) {
             record.unsent_bytes = Some(failure.unsent_bytes);
         }
         record.hint = hint::failure_hint(failure, record.service.as_deref(), record.idle_seconds);
     }
 
-    /// The fields every record has: what, when, who and which connection.
-    /// The owner is the recorded one, or, for a socket the kernel never saw
-    /// used in process context, the process /proc says holds it.
-    fn base(&mut self, subject: Subject) -> FindingRecord {
-        let owner = subject
-            .recorded_owner
+    /// The recorded owner, or, for a socket the kernel never saw used in
+    /// process context, the process /proc says holds it.
+    pub fn owner_of(
+        &mut self,
+        recorded: Option<&ProcessRef>,
+        cookie: u64,
+        connection: &Connection,
+    ) -> Option<ProcessRef> {
+        recorded
             .cloned()
-            .or_else(|| self.owners.resolve(subject.cookie, subject.connection));
+            .or_else(|| self.owners.resolve(cookie, connection))
+    }
+
+    /// The fields every record has: what, when, who and which connection.
+    fn base(&mut self, subject: Subject) -> FindingRecord {
+        let owner = self.owner_of(subject.recorded_owner, subject.cookie, subject.connection);
         let details = owner
             .as_ref()
             .map(|owner| self.attributor.details(owner))
@@ -456,11 +468,26 @@ fn unescaped_text_line(record: &FindingRecord) -> String {
                 ", connect hanging"
             }
         ),
+        FindingEvent::ConnectionFailed(FailureMode::ZeroWindow) => format!(
+            "peer stopped reading, {} bytes waiting, {} window probes answered, {}",
+            record.unsent_bytes.unwrap_or(0),
+            record.probes.unwrap_or(0),
+            if record.outcome.is_some() {
+                "timed out"
+            } else {
+                "write hanging"
+            }
+        ),
         FindingEvent::ConnectionFailed(mode) => format!(
-            "{} after {} idle, {} probes unanswered, timed out",
+            "{} after {} idle, {} probes unanswered, {}",
             mode.as_str().replace('_', " "),
             hint::human_duration(record.idle_seconds),
-            record.probes.unwrap_or(0)
+            record.probes.unwrap_or(0),
+            if record.outcome.is_some() {
+                "timed out"
+            } else {
+                "still hanging"
+            }
         ),
     };
     format!(

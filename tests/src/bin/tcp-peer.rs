@@ -27,6 +27,13 @@
 //! `quiet` when nothing came, `closed` at the peer's FIN, `error KIND ERRNO`
 //! when the kernel gave up on the connection.
 //!
+//! `tcp-peer reader ADDR BYTES_PER_TICK TICK_MS`: accept connections and
+//! read each at most BYTES_PER_TICK every TICK_MS milliseconds (0: never
+//! read: a peer that stopped reading); prints `read N` for every
+//! megabyte read.
+//! `tcp-peer flood ADDR`: connect, print `connected LOCAL_ADDR`, then write
+//! as fast as the kernel takes it, blocking when the send buffer is full.
+//!
 //! With `TCP_PEER_COMM` set, the peer first renames itself to it (any
 //! bytes, at most 15, as prctl(PR_SET_NAME) allows any process to do).
 
@@ -68,6 +75,12 @@ fn main() {
             args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
             args.get(4).and_then(|n| n.parse().ok()).unwrap_or(1),
         ),
+        "reader" => {
+            let number = |index: usize| args.get(index).and_then(|n| n.parse().ok()).unwrap_or(0);
+            TcpListener::bind(addr)
+                .and_then(|listener| reader(listener, number(3) as usize, number(4)))
+        }
+        "flood" => flood(addr),
         "pool" => pool(addr, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1)),
         "keepalive" => {
             let number = |index: usize| args.get(index).and_then(|n| n.parse().ok()).unwrap_or(1);
@@ -271,6 +284,51 @@ fn client(addr: &str) -> std::io::Result<()> {
         std::io::stdout().flush()?;
     }
     Ok(())
+}
+
+/// A server that reads each connection at a bounded rate, or never.
+fn reader(listener: TcpListener, bytes_per_tick: usize, tick_ms: u64) -> std::io::Result<()> {
+    println!("listening {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let mut never_read = Vec::new();
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        if bytes_per_tick == 0 {
+            // Held open, never read: the window shuts and stays shut.
+            never_read.push(stream);
+            continue;
+        }
+        thread::Builder::new()
+            .stack_size(SMALL_STACK)
+            .spawn(move || {
+                let mut buffer = vec![0u8; bytes_per_tick];
+                let (mut total, mut reported) = (0usize, 0usize);
+                while let Ok(n) = stream.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                    if total / (1 << 20) > reported {
+                        reported = total / (1 << 20);
+                        println!("read {reported}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    thread::sleep(std::time::Duration::from_millis(tick_ms));
+                }
+            })?;
+    }
+    Ok(())
+}
+
+/// Writes until the kernel stops taking data, and blocks there.
+fn flood(addr: &str) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(addr)?;
+    println!("connected {}", stream.local_addr()?);
+    std::io::stdout().flush()?;
+    let chunk = vec![b'x'; 64 * 1024];
+    loop {
+        stream.write_all(&chunk)?;
+    }
 }
 
 /// `tcpi_total_retrans` of `stream`: the segments the kernel retransmitted

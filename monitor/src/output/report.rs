@@ -587,6 +587,7 @@ pub(crate) mod tests {
             unsent_bytes: 512,
             timed_out,
             dropped_in_host: false,
+            reported_while_hanging: false,
             tcp_retries2: 15,
         }
     }

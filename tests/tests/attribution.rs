@@ -283,6 +283,66 @@ fn retransmits_on_an_unwatched_port_count_under_their_process_and_container() ->
     Ok(())
 }
 
+/// A socket that starts retransmitting just after connmon looked up the
+/// owners of others is still named while its owner lives: the first lookup
+/// of a socket does not wait behind the scan interval other sockets set.
+/// (The late client gives up, and exits, about 6 s after its first
+/// retransmit: tcp_retries2 = 4.)
+#[test]
+fn a_socket_that_retransmits_just_after_a_lookup_is_named_while_its_owner_lives() -> Result<()> {
+    const ID: &str = "c0ffee0123456789c0ffee0123456789c0ffee0123456789c0ffee0123456789";
+    let ns = connmon_tests::netns::NetNs::create("unwatched2")?;
+    ns.sysctl("net.ipv4.tcp_retries2", "4")?;
+    let connmon = Daemon::start(&["--ports", "7301"])?;
+    let cgroup = Cgroup::create(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
+        POD_UID.replace('-', "_")
+    ))?;
+    let server = connmon_tests::peer::server(&ns, "127.0.0.1:7302")?;
+    let mut first = connmon_tests::peer::client(&ns, "127.0.0.1:7302", |command| {
+        cgroup.spawn_inside(command)
+    })?;
+    let mut late = connmon_tests::peer::client(&ns, "127.0.0.1:7302", |command| {
+        command.env("TCP_PEER_COMM", "late-peer");
+        cgroup.spawn_inside(command)
+    })?;
+    ns.blackhole_tcp_port(7302)?;
+    let series = |process: &str| {
+        format!(
+            "connmon_retransmits_total{{container=\"{}\",destination=\"other\",kind=\"timeout\",process=\"{process}\",role=\"client\"}}",
+            &ID[..12]
+        )
+    };
+    first.send_line("into the void")?;
+    // The first client's series appears in the read that looked it up.
+    connmon_tests::poll::until(
+        "the first client to be named",
+        Duration::from_secs(30),
+        || connmon.metric_if_present(&series("tcp-peer")),
+    )?;
+    late.send_line("into the void, later")?;
+    let counted = connmon_tests::poll::until(
+        "the late client's retransmits to be counted under its name",
+        Duration::from_secs(40),
+        || {
+            Ok(connmon
+                .metric_if_present(&series("late-peer"))?
+                .filter(|n| *n >= 4.0))
+        },
+    )
+    .map_err(|error| {
+        let metrics = connmon.http_get("/metrics").unwrap_or_default();
+        let retransmits: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("connmon_retransmits_total"))
+            .collect();
+        error.context(format!("connmon_retransmits_total: {retransmits:?}"))
+    })?;
+    assert!(counted >= 4.0, "{counted}");
+    drop((first, late, server));
+    Ok(())
+}
+
 /// Kills a process by pid when dropped (one the test did not spawn
 /// itself, e.g. a forked child).
 struct KillOnDrop(i32);

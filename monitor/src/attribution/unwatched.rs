@@ -6,10 +6,13 @@
 //! This module turns those per-socket counts into per-owner increments for
 //! `connmon_retransmits_total`: it names each socket's process lazily,
 //! through sock_diag (cookie -> inode) and `/proc/PID/fd` (inode -> pid),
-//! at most once per `SCAN_INTERVAL` and only for sockets it has not named,
-//! searching the socket's own cgroup first. A socket gone before it could
-//! be named counts as process `unknown` (its container still comes from the
-//! cgroup the kernel recorded).
+//! searching the socket's own cgroup first. A socket is looked up in the
+//! first read that sees it (its owner may not live past a few seconds of
+//! retransmits: a client that gives up exits), then again `SCAN_INTERVAL`
+//! later if that failed, `ATTEMPTS` times in all; each socket keeps its own
+//! schedule, so a lookup for other sockets never delays a new one's. A
+//! socket gone before it could be named counts as process `unknown` (its
+//! container still comes from the cgroup the kernel recorded).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,8 +25,10 @@ use monitor_common::counters::UnwatchedRetransmits;
 use super::procfs;
 use crate::{event::Role, sockdiag};
 
-/// How often sockets not yet named are looked up: each lookup reads
-/// `/proc` (the processes of one cgroup, or of one network namespace).
+/// How long after a failed lookup a socket is looked up again: each
+/// lookup reads `/proc` (the processes of one cgroup, or of one network
+/// namespace). One read of the map makes at most one lookup, for every
+/// socket due.
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Lookups after which an unnamed socket counts as `unknown`.
@@ -57,20 +62,32 @@ struct Tracked {
     counted: [u32; 4],
     owner: Option<Named>,
     attempts: u8,
+    /// When this socket was last looked up (`None`: never, so due now).
+    last_lookup: Option<Instant>,
     cgroup_id: u64,
+}
+
+impl Tracked {
+    /// Whether an unnamed socket is to be looked up at `now`.
+    fn due(&self, now: Instant) -> bool {
+        self.owner.is_none()
+            && self
+                .last_lookup
+                .is_none_or(|last| now.saturating_duration_since(last) >= SCAN_INTERVAL)
+    }
 }
 
 /// Per-socket counts in, per-owner increments out.
 #[derive(Debug, Default)]
 pub struct UnwatchedRetransmitters {
     sockets: HashMap<u64, Tracked>,
-    last_scan: Option<Instant>,
 }
 
 impl UnwatchedRetransmitters {
     /// Accounts one read of the kernel map. `resolve` names the sockets
-    /// given (it is called at most once per `SCAN_INTERVAL`, only with
-    /// sockets not named yet); a socket it leaves out stays unnamed.
+    /// given (called at most once per read, only with sockets due: unnamed
+    /// and new, or last looked up `SCAN_INTERVAL` ago); a socket it leaves
+    /// out stays unnamed.
     pub fn account(
         &mut self,
         now: Instant,
@@ -95,23 +112,23 @@ impl UnwatchedRetransmitters {
             }
             keep
         });
+        // Due per socket, not by one clock for all: a lookup made for other
+        // sockets must not push a new socket's first lookup past its
+        // owner's life.
         let pending: Vec<(u64, UnwatchedRetransmits)> = entries
             .iter()
-            .filter(|(cookie, _)| {
-                self.sockets
-                    .get(cookie)
-                    .is_none_or(|tracked| tracked.owner.is_none())
+            .filter(|(cookie, _)| match self.sockets.get(cookie) {
+                Some(tracked) => tracked.due(now),
+                // Past capacity a new socket is counted unnamed anyway.
+                None => self.sockets.len() < CAPACITY,
             })
             .copied()
             .collect();
-        let due = self
-            .last_scan
-            .is_none_or(|last| now.duration_since(last) >= SCAN_INTERVAL);
-        let named = if !pending.is_empty() && due {
-            self.last_scan = Some(now);
-            Some(resolve(&pending))
+        let looked_up: HashSet<u64> = pending.iter().map(|(cookie, _)| *cookie).collect();
+        let named = if pending.is_empty() {
+            HashMap::new()
         } else {
-            None
+            resolve(&pending)
         };
         for (cookie, counts) in entries {
             if !self.sockets.contains_key(cookie) && self.sockets.len() >= CAPACITY {
@@ -129,12 +146,12 @@ impl UnwatchedRetransmitters {
                 counted: [0; 4],
                 owner: None,
                 attempts: 0,
+                last_lookup: None,
                 cgroup_id: counts.cgroup_id,
             });
-            if tracked.owner.is_none()
-                && let Some(named) = &named
-            {
+            if tracked.owner.is_none() && looked_up.contains(cookie) {
                 tracked.attempts = tracked.attempts.saturating_add(1);
+                tracked.last_lookup = Some(now);
                 tracked.owner = named
                     .get(cookie)
                     .cloned()
@@ -413,6 +430,65 @@ mod tests {
             ("unknown", 2, 2)
         );
         assert!(table.is_empty());
+    }
+
+    /// Modelled on the kernel test that flaked: one socket whose owner
+    /// is never found (so it keeps being looked up), and a client that
+    /// starts retransmitting just after that socket's first lookup, gives
+    /// up 6 s later and exits (tcp_retries2 = 4). Reads come every 5 s,
+    /// as in the daemon.
+    #[test]
+    fn a_new_socket_is_looked_up_while_its_owner_lives_despite_lookups_for_others() {
+        const READ: Duration = Duration::from_secs(5);
+        let mut table = UnwatchedRetransmitters::default();
+        let t0 = Instant::now();
+        // The late client's owner lives from t0 + 1 s to t0 + 7 s.
+        let alive = |at: Instant| at > t0 && at < t0 + Duration::from_secs(7);
+        let reads: [(Instant, Vec<(u64, UnwatchedRetransmits)>); 5] = [
+            (t0, vec![(1, counts(1, 0))]),
+            (t0 + READ, vec![(1, counts(2, 0)), (2, counts(2, 0))]),
+            (t0 + READ * 2, vec![(1, counts(3, 0)), (2, counts(4, 0))]),
+            (t0 + READ * 3, vec![(1, counts(3, 0)), (2, counts(4, 0))]),
+            (t0 + READ * 4, vec![(1, counts(3, 0)), (2, counts(4, 0))]),
+        ];
+        let mut handed = Vec::new();
+        for (at, entries) in reads {
+            handed.extend(table.account(at, &entries, |pending| {
+                pending
+                    .iter()
+                    .filter(|(cookie, _)| *cookie == 2 && alive(at))
+                    .map(|(cookie, _)| (*cookie, app()))
+                    .collect()
+            }));
+        }
+        let total = |comm: &str| {
+            handed
+                .iter()
+                .filter(|i| i.comm == comm)
+                .map(|i| i.count)
+                .sum::<u64>()
+        };
+        assert_eq!(total("app"), 4, "the live owner, named: {handed:?}");
+        // Socket 1 alone ends as `unknown`, once its attempts are spent.
+        assert_eq!(total("unknown"), 3, "{handed:?}");
+    }
+
+    #[test]
+    fn a_socket_is_looked_up_again_only_after_the_interval() {
+        let mut table = UnwatchedRetransmitters::default();
+        let t0 = Instant::now();
+        let mut lookups = Vec::new();
+        for at in [0, 5, 10, 15, 20, 25].map(|s| t0 + Duration::from_secs(s)) {
+            table.account(at, &[(3, counts(1, 0))], |pending| {
+                lookups.push((at - t0, pending.len()));
+                HashMap::new()
+            });
+        }
+        assert_eq!(
+            lookups,
+            vec![(Duration::ZERO, 1), (SCAN_INTERVAL, 1)],
+            "at once, then once more {SCAN_INTERVAL:?} later, then given up"
+        );
     }
 
     #[test]

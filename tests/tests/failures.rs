@@ -362,7 +362,27 @@ fn a_connect_to_a_dead_path_is_reported_as_connect_stalled() -> Result<()> {
                 .into_iter()
                 .find(|finding| finding["pid"] == quick.pid()))
         },
-    )?;
+    )
+    .with_context(|| {
+        format!(
+            "second client {}: {:?}\nconnmon events: {:?}\nconnmon stdout: {:?}\nconnmon stderr: {:?}",
+            quick.pid(),
+            quick.stdout.snapshot(),
+            connmon
+                .http_get("/metrics")
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| line.starts_with("connmon_events_total")
+                    || line.starts_with("connmon_kernel_events_emitted_total")
+                    || line.starts_with("connmon_lost_records_total")
+                    || line.starts_with("connmon_tracked_sockets")
+                    || line.starts_with("connmon_bpf_program_r"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+            connmon.records(),
+            connmon.stderr()
+        )
+    })?;
     assert_eq!(timed_out["outcome"], "timed_out", "{timed_out}");
     assert_eq!(timed_out["error"], "ETIMEDOUT", "{timed_out}");
     assert_valid(&timed_out)?;

@@ -85,8 +85,9 @@ impl Metrics {
 
     /// What a stuck-send scan cost.
     pub fn observe_stuck_scan(&self, cost: &crate::stuck_scan::ScanCost) {
-        self.families.stuck_scans.inc();
+        // CPU first: a scrape never sees a scan counted without its CPU.
         self.families.stuck_scan_cpu.inc_by(cost.cpu.as_secs_f64());
+        self.families.stuck_scans.inc();
         self.families
             .stuck_scan_namespaces
             .set(i64::try_from(cost.namespaces).unwrap_or(i64::MAX));

@@ -6,11 +6,13 @@
 //! of CPU for 19,000 watched sockets (release build; 15 ms when none of
 //! them is on a watched port, as the kernel still walks them), 0.8 % of a
 //! core at the 5 s default (`connmon_stuck_scan_cpu_seconds_total` counts
-//! it; `cargo xtask bench` measures it). Namespaces are found through
-//! their processes, remembered between scans (`attribution::namespaces`):
-//! a scan lists /proc once and looks up only processes not seen before.
-//! The owner comes from /proc (who holds the socket), so a finding names
-//! the process but not the writing thread.
+//! it; `cargo xtask bench` measures it). About 1.5 ms of it is per
+//! namespace whatever its sockets: the kernel walks the host's whole
+//! established table for each namespace's dump, once per address family.
+//! Namespaces are found through their processes, remembered between scans
+//! (`attribution::namespaces`): a scan lists /proc once and looks up only
+//! processes not seen before. The owner comes from /proc (who holds the
+//! socket), so a finding names the process but not the writing thread.
 
 use std::{
     collections::BTreeSet,

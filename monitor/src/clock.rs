@@ -19,6 +19,12 @@ pub fn monotonic_now_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0)
 }
 
+/// CPU time the calling thread has used so far (CLOCK_THREAD_CPUTIME_ID);
+/// zero if it cannot be read.
+pub fn thread_cpu_time() -> Duration {
+    Duration::from_nanos(clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0))
+}
+
 /// Kernel timestamps to wall time. The offset between the clocks is read
 /// again at every conversion (two vDSO clock reads, no syscall): when the
 /// system clock is stepped (NTP, chrony's makestep, an operator), times

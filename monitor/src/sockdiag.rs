@@ -171,21 +171,38 @@ pub fn in_netns<T: Send>(
         return work();
     };
     let file = std::fs::File::open(netns_file)?;
+    in_open_netns(&file, work).0
+}
+
+/// `in_netns` with the namespace already open (`/proc/PID/ns/net`), and
+/// the CPU time of the thread that ran `work`, entering the namespace
+/// included: it is not the caller's.
+pub fn in_open_netns<T: Send>(
+    netns: &std::fs::File,
+    work: impl FnOnce() -> io::Result<T> + Send,
+) -> (io::Result<T>, std::time::Duration) {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 // SAFETY: setns on this thread only, with a valid namespace fd
                 // that outlives the call.
                 let rc = unsafe {
-                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(netns), libc::CLONE_NEWNET)
                 };
-                if rc != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                work()
+                let result = if rc != 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    work()
+                };
+                (result, crate::clock::thread_cpu_time())
             })
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("sock_diag thread panicked")))
+            .unwrap_or_else(|_| {
+                (
+                    Err(io::Error::other("sock_diag thread panicked")),
+                    std::time::Duration::ZERO,
+                )
+            })
     })
 }
 

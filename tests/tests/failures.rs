@@ -549,13 +549,14 @@ fn writer_socket(ns: &NetNs, port: u16) -> Result<Option<String>> {
 
 /// A server that accepts and never reads: the writer's data fills its
 /// buffers, the window shuts and stays shut, the peer answers every window
-/// probe. Reported while the writer still hangs, with its pid.
+/// probe. Reported while the writer still hangs, with its pid. The
+/// namespace is made after the daemon started: the scan finds new ones.
 #[test]
 fn a_peer_that_stopped_reading_is_reported_as_zero_window() -> Result<()> {
     const PORT: u16 = 7158;
+    let connmon = daemon(PORT)?;
     let ns = namespace("zerownd")?;
     let _server = reader(&ns, PORT, 0, 0)?;
-    let connmon = daemon(PORT)?;
     let writer = writer(&ns, PORT)?;
     let stopped = first_finding(&connmon, "zero_window", ns.inode(), Duration::from_secs(30))?;
     // Still hanging: the writer's connection lives, its data queued behind
@@ -600,6 +601,12 @@ fn a_peer_that_stopped_reading_is_reported_as_zero_window() -> Result<()> {
         "one finding per episode: {findings:?}"
     );
     assert_eq!(failures_counted(&connmon, "zero_window")?, 1.0);
+    // The scan's own cost is on /metrics: scans, their CPU time, the
+    // namespaces dumped (this one among them) and those skipped.
+    ensure!(connmon.metric("connmon_stuck_scans_total")? >= 1.0);
+    ensure!(connmon.metric("connmon_stuck_scan_cpu_seconds_total")? > 0.0);
+    ensure!(connmon.metric("connmon_stuck_scan_namespaces")? >= 1.0);
+    connmon.metric("connmon_stuck_scan_namespaces_skipped_total")?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod existing;
+pub mod namespaces;
 pub mod pods;
 pub mod procfs;
 pub mod unwatched;

@@ -195,8 +195,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     break;
                 }
             },
-            Some(scan) = stuck_scans.recv() => {
-                let findings = pipeline.stuck_scan(scan);
+            Some(scanned) = stuck_scans.recv() => {
+                pipeline.status.metrics.observe_stuck_scan(&scanned.cost);
+                let findings = pipeline.stuck_scan(scanned.scan);
                 pipeline.report(&findings);
             }
             _ = expire.tick() => {

@@ -3,8 +3,8 @@
 //! are `kernel_metrics.rs`'s.) A new family is a field and one statement.
 
 use prometheus::{
-    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    core::Collector,
+    Counter, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, core::Collector,
 };
 
 use crate::detect::Outcome;
@@ -42,6 +42,11 @@ pub(super) struct Families {
     pub longest_survived_gap: GaugeVec,
     pub shortest_failed_gap: GaugeVec,
     pub degraded_hooks: IntGaugeVec,
+    /// The stuck-send scan's own cost (`stuck_scan`).
+    pub stuck_scans: IntCounter,
+    pub stuck_scan_cpu: Counter,
+    pub stuck_scan_namespaces: IntGauge,
+    pub stuck_scan_skipped: IntCounter,
 }
 
 impl Families {
@@ -171,6 +176,34 @@ impl Families {
                 "connmon_degraded_hooks",
                 "Optional kernel hooks this kernel lacks or refused (1 each), with the capability lost.",
                 &["hook", "lost"],
+            )?,
+            stuck_scans: registered(
+                registry,
+                IntCounter::new(
+                    "connmon_stuck_scans_total",
+                    "Scans for watched connections whose send is stuck (zero window), one per --stuck-scan-interval.",
+                )?,
+            )?,
+            stuck_scan_cpu: registered(
+                registry,
+                Counter::new(
+                    "connmon_stuck_scan_cpu_seconds_total",
+                    "CPU time the stuck-send scans took (listing namespaces and dumping their sockets); over connmon_stuck_scans_total, the CPU per scan.",
+                )?,
+            )?,
+            stuck_scan_namespaces: registered(
+                registry,
+                IntGauge::new(
+                    "connmon_stuck_scan_namespaces",
+                    "Network namespaces the last stuck-send scan dumped.",
+                )?,
+            )?,
+            stuck_scan_skipped: registered(
+                registry,
+                IntCounter::new(
+                    "connmon_stuck_scan_namespaces_skipped_total",
+                    "Namespaces a stuck-send scan could not enter or dump, mostly because their last process exited meanwhile.",
+                )?,
             )?,
         };
         // Every outcome from the start, so rules on them see 0 rather than

@@ -83,6 +83,19 @@ impl Metrics {
         }
     }
 
+    /// What a stuck-send scan cost.
+    pub fn observe_stuck_scan(&self, cost: &crate::stuck_scan::ScanCost) {
+        // CPU first: a scrape never sees a scan counted without its CPU.
+        self.families.stuck_scan_cpu.inc_by(cost.cpu.as_secs_f64());
+        self.families.stuck_scans.inc();
+        self.families
+            .stuck_scan_namespaces
+            .set(i64::try_from(cost.namespaces).unwrap_or(i64::MAX));
+        self.families
+            .stuck_scan_skipped
+            .inc_by(u64::try_from(cost.skipped).unwrap_or(u64::MAX));
+    }
+
     pub fn observe_fail_fast(&self, result: &str) {
         self.families.fail_fast.with_label_values(&[result]).inc();
     }
@@ -191,6 +204,8 @@ mod tests {
             "connmon_build_info",
             "connmon_lost_records_total",
             "connmon_storms_ended_total",
+            "connmon_stuck_scans_total",
+            "connmon_stuck_scan_cpu_seconds_total",
         ] {
             assert!(
                 text.contains(&format!("# HELP {name} ")),

@@ -35,9 +35,13 @@ pub struct Options {
     /// Run only this part and print its section instead of writing the
     /// report (`blackout`: a pool blackholed at once; `scrape`: /metrics
     /// latency under a record flood; `memory`: memory and CPU with many
-    /// sockets).
-    #[arg(long, value_parser = ["blackout", "scrape", "memory"])]
+    /// sockets; `scan`: CPU per stuck-send scan).
+    #[arg(long, value_parser = ["blackout", "scrape", "memory", "scan"])]
     pub only: Option<String>,
+    /// Idle established loopback sockets the stuck-send scan is measured
+    /// with (both ends of half as many connections, held by the bench).
+    #[arg(long, default_value_t = 4_000)]
+    pub scan_sockets: usize,
     /// Pool sizes of the blackout part (at most as many as the machine can
     /// open; processes of 1,000 connections each).
     #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000, 30_000])]
@@ -96,6 +100,14 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
             );
             return Ok(());
         }
+        Some("scan") => {
+            let results = report::Results {
+                scan: workloads::scan::run(options.scan_sockets, options.repetitions())?,
+                ..report::Results::default()
+            };
+            print!("{}", report::scan_markdown(&results));
+            return Ok(());
+        }
         Some("memory") => {
             let results = report::Results {
                 memory: workloads::memory::run()?,
@@ -150,6 +162,9 @@ pub fn run(project: &Project, options: &Options) -> Result<()> {
         "scrape latency under a flood",
         workloads::scrape::run,
     )?;
+    results.scan = section(&mut results.failures, "stuck-send scan cost", || {
+        workloads::scan::run(options.scan_sockets, options.repetitions())
+    })?;
     results.blackout = section(&mut results.failures, "a pool blackholed at once", || {
         workloads::blackout::run(project, &options.blackout_sizes)
     })?;

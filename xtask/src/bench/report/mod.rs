@@ -17,12 +17,12 @@ use std::{fmt::Write as _, time::Duration};
 use self::machine::Machine;
 pub use self::{
     chart::chart,
-    sections::{blackout_markdown, memory_markdown},
+    sections::{blackout_markdown, memory_markdown, scan_markdown},
     stats::median,
 };
 use super::{
     stats_check,
-    workloads::{PipelineResult, blackout, latency, memory, redis, retransmit, scrape},
+    workloads::{PipelineResult, blackout, latency, memory, redis, retransmit, scan, scrape},
 };
 
 #[derive(Debug, Default)]
@@ -39,6 +39,7 @@ pub struct Results {
     pub latency: latency::Results,
     pub scrape: scrape::Results,
     pub blackout: blackout::Results,
+    pub scan: scan::Results,
     /// Whether connmon with its defaults left another program's BPF
     /// statistics alone (checked before the run switches them on).
     pub stats_untouched: Option<stats_check::Verdict>,
@@ -89,6 +90,7 @@ fn render(results: &Results, chart: &str, machine: &Machine) -> String {
     sections::latency_section(&mut md, r);
     md.push_str(&scrape::markdown(&r.scrape));
     md.push_str(&blackout_markdown(r));
+    md.push_str(&scan_markdown(r));
     sections::accuracy(&mut md, r);
     let _ = writeln!(md, "![chart]({chart})");
     md

@@ -12,7 +12,7 @@ use crate::bench::{
     workloads::{
         memory::SIZES,
         redis::{self, Setup},
-        retransmit,
+        retransmit, scan,
     },
 };
 
@@ -347,6 +347,34 @@ pub fn blackout_markdown(r: &Results) -> String {
     }
     for (size, why) in &r.blackout.skipped {
         let _ = writeln!(md, "| {size} | not run: {why} | | | | | | | |");
+    }
+    let _ = writeln!(md);
+    md
+}
+
+/// The stuck-send scan's table (also printed alone by `--only scan`).
+pub fn scan_markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let s = &r.scan;
+    open_section(
+        &mut md,
+        Some("## 5c. The stuck-send scan"),
+        &format!(
+            "CPU time per scan of `connmon run --stuck-scan-interval {}` (5 s by default; a scan's CPU does not depend on it): `connmon_stuck_scan_cpu_seconds_total` over `connmon_stuck_scans_total` from its `/metrics`, i.e. the daemon's own account of the threads that listed the namespaces and dumped their sockets, not wall time. {} idle established loopback sockets on port {} (both ends of {} connections in a namespace of their own: the bench holds the clients, the servers wait in the listener's accept queue): `--ports {}` watches them, `--ports {}` watches none of them (the kernel still walks them, and copies none). {} scans per round, {} rounds, median (min–max). The number of sockets is `--scan-sockets` (default 4,000, so the bench stays fast; a hand measurement at 19,000 watched sockets gave about 39 ms a scan, 15 ms unwatched). Every namespace on the machine with a process is scanned, other work's too: {} per scan in this run. Part of the cost is per namespace, whatever its sockets: the kernel answers each namespace's dump by walking the host's whole table of established sockets (every bucket, `tcp_ehash_entries`), once per address family.",
+            scan::INTERVAL,
+            s.sockets,
+            scan::PORT,
+            s.sockets / 2,
+            scan::PORT,
+            scan::PORT + 1,
+            scan::SCANS_PER_ROUND,
+            s.watched_ms.len().max(s.unwatched_ms.len()),
+            spread(&s.namespaces, 0),
+        ),
+        &["sockets on the port", "port", "CPU ms per scan"],
+    );
+    for (name, values) in [("watched", &s.watched_ms), ("not watched", &s.unwatched_ms)] {
+        let _ = writeln!(md, "| {} | {name} | {} |", s.sockets, spread(values, 2));
     }
     let _ = writeln!(md);
     md

@@ -197,6 +197,12 @@ fn constructed() -> Results {
             }],
             skipped: vec![(10_000, "too few file descriptors".into())],
         },
+        scan: scan::Results {
+            sockets: 4000,
+            watched_ms: vec![9.5, 10.25, 12.0],
+            unwatched_ms: vec![4.0, 4.5, 5.125],
+            namespaces: vec![3.0, 3.0, 4.0],
+        },
         stats_untouched: Some(stats_check::Verdict {
             untouched: false,
             detail: "bpf_stats_enabled was switched on".into(),

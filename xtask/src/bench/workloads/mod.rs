@@ -5,6 +5,7 @@ pub mod latency;
 pub mod memory;
 pub mod redis;
 pub mod retransmit;
+pub mod scan;
 pub mod scrape;
 
 use std::process::Command;

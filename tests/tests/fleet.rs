@@ -125,6 +125,9 @@ fn a_path_that_forgets_idle_connections_on_two_nodes_alerts_once_with_its_window
     std::thread::sleep(SHORT_GAP);
     set_and_wait(&mut nodes, to_x, 1)?;
     set_and_wait(&mut nodes, to_y, 1)?;
+    // Y's replies came after X's: its gap must outlast X's timeout by its
+    // own clock, not end when X's flows are forgotten.
+    let y_idle_since = Instant::now();
 
     // Idle again until the middleboxes forgot X's flows; then X is reused
     // on two nodes (blackholed: the request hangs) and Y on every node.
@@ -132,6 +135,9 @@ fn a_path_that_forgets_idle_connections_on_two_nodes_alerts_once_with_its_window
         node.topology
             .wait_until_forgotten(FORGET_AFTER + Duration::from_secs(20))?;
     }
+    // The rest of Y's gap: a fixed, known time, as above.
+    let y_gap_done = y_idle_since + FORGET_AFTER + Duration::from_secs(1);
+    std::thread::sleep(y_gap_done.saturating_duration_since(Instant::now()));
     for node in &mut nodes[..2] {
         node.clients[to_x].send_line("set")?;
     }

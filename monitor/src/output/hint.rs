@@ -158,7 +158,7 @@ pub fn failure_hint(
             retransmits = failure.retransmits,
         ),
         FailureMode::ConnectStalled => format!(
-            "Likely cause: nothing answers SYNs to {remote} (a dead path, a firewall dropping them, a host down or a stale address): the connect {connect_outcome} while the kernel retransmits the SYN ({retransmits} so far; it gives up after `net.ipv4.tcp_syn_retries` of them, set per network namespace: about 2 minutes at the default 6), and a pool reconnecting hangs with it. Fix: check the address and the firewalls on the path; give connects their own short timeout in the client.",
+            "Likely cause: nothing answers SYNs to {remote} (a dead path, a firewall dropping them, a host down or a stale address): the connect {connect_outcome} while the kernel retransmits the SYN ({retransmits} so far; it gives up when `net.ipv4.tcp_syn_retries`, set per network namespace, says: about 2 minutes at the default 6 with classic backoff), and a pool reconnecting hangs with it. Fix: check the address and the firewalls on the path; give connects their own short timeout in the client.",
             retransmits = failure.retransmits,
         ),
         FailureMode::KeepaliveTimeout => format!(
